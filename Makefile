@@ -1,0 +1,44 @@
+# keyexchanged — everything a new user or CI runs goes through here.
+# Only Python 3 is assumed; the virtual environment is made on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TRIAL_ARGS ?= -j2
+SECONDS ?= 60
+
+.PHONY: all test lint demo bench load fuzz clean
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the packaging metadata changes.
+$(STAMP): $(BIN)/python setup.cfg setup.py pyproject.toml
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m twisted.trial $(TRIAL_ARGS) tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m keyexchanged.demo
+
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/run_all.py
+
+load: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/load.py
+
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install -q 'atheris>=2.3'
+	$(BIN)/python tests/fuzz/fuzz_server.py -max_total_time=$(SECONDS) tests/fuzz/corpus
+
+clean:
+	rm -rf _trial_temp* build dist *.egg-info twisted/plugins/dropin.cache
