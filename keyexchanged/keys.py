@@ -1,0 +1,514 @@
+"""Key files: RSA keys to and from the standard PEM and DER formats.
+
+Our RSA mathematics lives in :mod:`keyexchanged.rsa`; this module only moves
+its key objects in and out of files, and it is the one place where
+pycryptodome touches RSA keys: its ASN.1 and PEM code does the encoding
+(:func:`Crypto.PublicKey.RSA.import_key`, :func:`~Crypto.PublicKey.RSA.construct`
+and ``export_key``), never any RSA operation.
+
+Read, as PEM or DER:
+
+* private keys: PKCS#1 (``RSA PRIVATE KEY``, also with the legacy PEM
+  encryption), PKCS#8 (``PRIVATE KEY``) and passphrase-protected PKCS#8
+  (``ENCRYPTED PRIVATE KEY``);
+* public keys: SubjectPublicKeyInfo (``PUBLIC KEY``) and PKCS#1
+  (``RSA PUBLIC KEY``).
+
+Written: private keys as PKCS#8 PEM (encrypted with PBES2, PBKDF2-HMAC-SHA256
+and AES-256-CBC when there is a passphrase), public keys as
+SubjectPublicKeyInfo PEM.  Files are written atomically: a temporary file in
+the same directory, flushed to disk, then renamed over the target (or, when an
+existing file must not be replaced, hard-linked, which fails if one appeared
+meanwhile), so a reader sees the old file, the complete new one, or nothing.
+
+A private key file that the group or others may access is refused, as
+OpenSSH does.  Every private key read must pass :meth:`PrivateKey.validate`
+(primes, sizes from 2048 bits: it is about to be used); a public key only
+needs the right shape (:class:`PublicKey` checks), as the policy for peers'
+keys (sizes, exponents) belongs to the protocol code.
+
+Every failure a user can cause with a file raises :class:`KeyFileError`, with
+one message that names the file and never contains key material or the
+passphrase.  Functions working on bytes raise :class:`KeyFormatError` (a
+``ValueError``) instead.  Passphrases are ``bytes`` or ``str``; a ``str`` is
+encoded as UTF-8 (like the bytes a terminal gives ``openssl``).
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import os
+import re
+import secrets
+import shlex
+import stat
+from contextlib import suppress
+from typing import Union
+
+from Crypto import IncorrectPassphraseError, KdfLimitError, PassphraseRequiredError
+from Crypto.IO import PEM
+from Crypto.PublicKey import RSA
+from Crypto.Util.asn1 import DerSequence
+
+from keyexchanged.rsa import PrivateKey, PublicKey
+
+__all__ = [
+    "KeyFileError",
+    "KeyFileExistsError",
+    "KeyFormatError",
+    "fingerprint",
+    "load_private_key",
+    "load_public_key",
+    "private_key_from_bytes",
+    "private_key_to_pem",
+    "public_key_from_bytes",
+    "public_key_from_der",
+    "public_key_to_der",
+    "save_private_key",
+    "save_public_key",
+]
+
+Passphrase = Union[bytes, str, None]
+StrPath = Union[str, "os.PathLike[str]"]
+
+#: Encryption of private keys written with a passphrase.  scrypt would be
+#: stronger per second of work, but OpenSSL caps scrypt at 32 MiB by default
+#: and cannot read keys made with a sound cost; PBKDF2 at the OWASP count
+#: (600 000 for HMAC-SHA256) is read everywhere.  16-byte salt as NIST asks.
+PROTECTION = "PBKDF2WithHMAC-SHA256AndAES256-CBC"
+PROTECTION_PARAMS = {"iteration_count": 600_000, "salt_size": 16}
+
+#: Larger than any key file (a 16384-bit private key is about 12 KiB of PEM);
+#: bounds what a wrong path (a log file, say) makes us read.
+MAX_KEY_FILE_SIZE = 1 << 20
+
+#: What link() says on file systems that have no hard links (FAT, some FUSE).
+_NO_HARD_LINKS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
+)
+
+PRIVATE_FILE_MODE = 0o600
+PUBLIC_FILE_MODE = 0o644
+
+_PRIVATE_LABELS = frozenset({"RSA PRIVATE KEY", "PRIVATE KEY", "ENCRYPTED PRIVATE KEY"})
+_PUBLIC_LABELS = frozenset({"RSA PUBLIC KEY", "PUBLIC KEY"})
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
+
+_UNSUPPORTED = (
+    "not an RSA key in a supported format (PEM or DER: PKCS#1, PKCS#8 or SubjectPublicKeyInfo)"
+)
+_MSG_LOCKED = "private key is encrypted: a passphrase is required"
+_MSG_UNLOCK_FAILED = "wrong passphrase (or the encrypted key is corrupted)"
+
+
+class KeyFileError(Exception):
+    """A key file cannot be read or written; the message names the file."""
+
+
+class KeyFileExistsError(KeyFileError):
+    """The file to write already exists, and overwriting was not asked for."""
+
+
+class KeyFormatError(ValueError):
+    """Bytes that do not hold a usable RSA key (or the passphrase is wrong)."""
+
+
+class _PassphraseError(KeyFormatError):
+    """An encrypted private key without its right passphrase."""
+
+
+# --- Conversions between our key objects and pycryptodome's -----------------
+
+
+def _public_half(key: PublicKey | PrivateKey) -> PublicKey:
+    if isinstance(key, PrivateKey):
+        return key.public_key()
+    if isinstance(key, PublicKey):
+        return key
+    raise TypeError(f"expected an RSA PublicKey or PrivateKey, not {type(key).__name__}")
+
+
+def _to_crypto_public(key: PublicKey | PrivateKey) -> RSA.RsaKey:
+    public = _public_half(key)
+    return RSA.construct((int(public.n), int(public.e)))
+
+
+def _to_crypto_private(key: PrivateKey) -> RSA.RsaKey:
+    if not isinstance(key, PrivateKey):
+        raise TypeError(f"expected an RSA PrivateKey, not {type(key).__name__}")
+    try:
+        # The consistency check (p*q == n, primes, e*d == 1) makes sure we
+        # never write a file that no tool could use.
+        return RSA.construct(tuple(int(x) for x in (key.n, key.e, key.d, key.p, key.q)))
+    except ValueError:
+        raise ValueError("not a valid RSA private key") from None
+
+
+def _from_crypto(rsa_key: RSA.RsaKey) -> PublicKey | PrivateKey:
+    # rsa's messages name the problem, never a secret value, so they may show.
+    if rsa_key.has_private():
+        try:
+            key = PrivateKey(rsa_key.n, rsa_key.e, rsa_key.d, rsa_key.p, rsa_key.q)
+            # The full check, size policy included: a private key is ours to
+            # use, and rsa says importers must call it.
+            key.validate()
+        except ValueError as exc:
+            raise KeyFormatError(f"not a valid RSA private key ({exc})") from None
+        return key
+    try:
+        # Only the shape (n odd, 1024..16384 bits, e odd and < n): size policy
+        # is the caller's, and PublicKey.validate's primality test on n would
+        # let a peer sending a huge key cost us seconds before policy refuses it.
+        return PublicKey(rsa_key.n, rsa_key.e)
+    except ValueError as exc:
+        raise KeyFormatError(f"not a valid RSA public key ({exc})") from None
+
+
+def _passphrase_bytes(passphrase: Passphrase) -> bytes | None:
+    if passphrase is None or isinstance(passphrase, bytes):
+        return passphrase
+    if isinstance(passphrase, str):
+        # pycryptodome would encode a str as Latin-1; UTF-8 is what openssl
+        # gets from a terminal or a file, so keys stay interchangeable.
+        return passphrase.encode("utf-8")
+    if isinstance(passphrase, (bytearray, memoryview)):
+        return bytes(passphrase)
+    raise TypeError(f"passphrase must be bytes or str, not {type(passphrase).__name__}")
+
+
+# --- Decoding ----------------------------------------------------------------
+
+
+def _import_der(der: bytes, passphrase: bytes | None) -> RSA.RsaKey:
+    # The messages are ours: pycryptodome's never carry key material either,
+    # but ours say what the user can do about it.
+    try:
+        return RSA.import_key(der, passphrase)
+    except PassphraseRequiredError:
+        raise _PassphraseError(_MSG_LOCKED) from None
+    except IncorrectPassphraseError:
+        raise _PassphraseError(_MSG_UNLOCK_FAILED) from None
+    except KdfLimitError:
+        raise KeyFormatError(
+            "encrypted key demands an excessive key-derivation cost; refused"
+        ) from None
+    except (ValueError, IndexError, TypeError, KeyError):
+        raise KeyFormatError(_UNSUPPORTED) from None
+
+
+def _find_pem_block(data: bytes) -> tuple[str, str]:
+    """The one key block of PEM text, as (label, block); other blocks, such
+    as certificates sharing the file, are ignored."""
+    blocks = []
+    for match in _PEM_BLOCK.finditer(data):
+        label = match.group(1).decode("ascii")
+        if label in _PRIVATE_LABELS or label in _PUBLIC_LABELS:
+            blocks.append((label, match.group(0)))
+    if not blocks:
+        raise KeyFormatError(_UNSUPPORTED)
+    if len(blocks) > 1:
+        raise KeyFormatError(f"holds {len(blocks)} keys; expected exactly one")
+    label, block = blocks[0]
+    try:
+        return label, block.decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyFormatError(_UNSUPPORTED) from None
+
+
+def _decode(data: bytes | str, passphrase: Passphrase) -> PublicKey | PrivateKey:
+    """Any supported private or public key, PEM or DER."""
+    # PEM is text, and often arrives as str (from JSON or a config file).
+    data = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    passphrase = _passphrase_bytes(passphrase)
+    label = None
+    if data[:1] == b"\x30":  # a DER SEQUENCE: every format we read starts so
+        der = data
+    else:
+        label, block = _find_pem_block(data)
+        try:
+            der, _, decrypted = PEM.decode(block, passphrase)
+        except PassphraseRequiredError:
+            raise _PassphraseError(_MSG_LOCKED) from None
+        except IncorrectPassphraseError:
+            raise _PassphraseError(_MSG_UNLOCK_FAILED) from None
+        except (ValueError, IndexError, TypeError, KeyError):
+            raise KeyFormatError(_UNSUPPORTED) from None
+        if decrypted:  # legacy PEM encryption, already undone
+            passphrase = None
+    rsa_key = _import_der(der, passphrase)
+    if rsa_key.has_private():
+        if label in _PUBLIC_LABELS:
+            raise KeyFormatError(f"PEM label {label!r} does not match its contents")
+    else:
+        # Public keys are public, so exactness costs nothing: the DER must be
+        # precisely what its label promises (this also refuses certificates
+        # and non-canonical encodings that pycryptodome would accept).
+        spki = rsa_key.export_key("DER")
+        pkcs1 = DerSequence([rsa_key.n, rsa_key.e]).encode()
+        expected = {"PUBLIC KEY": (spki,), "RSA PUBLIC KEY": (pkcs1,), None: (spki, pkcs1)}
+        if label in _PRIVATE_LABELS or der not in expected[label]:
+            raise KeyFormatError(_UNSUPPORTED)
+    return _from_crypto(rsa_key)
+
+
+def private_key_from_bytes(data: bytes | str, passphrase: Passphrase = None) -> PrivateKey:
+    """The private key in ``data``: PEM (bytes or str) or DER, PKCS#1 or
+    PKCS#8, possibly encrypted.  Raises :class:`KeyFormatError`."""
+    key = _decode(data, passphrase)
+    if not isinstance(key, PrivateKey):
+        raise KeyFormatError("holds a public key, not a private key")
+    return key
+
+
+def public_key_from_bytes(data: bytes | str, passphrase: Passphrase = None) -> PublicKey:
+    """The public key in ``data`` (PEM, bytes or str, or DER; SubjectPublicKeyInfo
+    or PKCS#1),
+    or the public half of a private key (which may need its ``passphrase``).
+    Raises :class:`KeyFormatError`."""
+    return _public_half(_decode(data, passphrase))
+
+
+def public_key_from_der(der: bytes) -> PublicKey:
+    """The public key of a DER SubjectPublicKeyInfo, as sent on the wire.
+
+    Strict: exactly one canonical rsaEncryption SubjectPublicKeyInfo, nothing
+    before or after it.  Raises :class:`KeyFormatError`.
+    """
+    der = bytes(der)
+    refused = KeyFormatError("not a DER SubjectPublicKeyInfo holding an RSA public key")
+    try:
+        # The shape first, SEQUENCE { SEQUENCE, BIT STRING }: import_key would
+        # also take PEM or OpenSSH text, and would run primality tests on a
+        # private key a peer sent instead.
+        outer = DerSequence().decode(der, nr_elements=2)
+        if outer[0][:1] != b"\x30" or outer[1][:1] != b"\x03":
+            raise refused
+        rsa_key = RSA.import_key(der)
+    except (ValueError, IndexError, TypeError, KeyError):
+        raise refused from None
+    if rsa_key.has_private() or rsa_key.export_key("DER") != der:
+        raise refused
+    return _from_crypto(rsa_key)
+
+
+# --- Encoding ----------------------------------------------------------------
+
+
+def public_key_to_der(key: PublicKey | PrivateKey) -> bytes:
+    """DER SubjectPublicKeyInfo of a public key (or of a private key's public half)."""
+    return _to_crypto_public(key).export_key("DER")
+
+
+def _public_key_to_pem(key: PublicKey | PrivateKey) -> bytes:
+    return _to_crypto_public(key).export_key("PEM") + b"\n"
+
+
+def private_key_to_pem(key: PrivateKey, passphrase: Passphrase = None) -> bytes:
+    """PKCS#8 PEM of ``key``; ``ENCRYPTED PRIVATE KEY`` if there is a passphrase."""
+    passphrase = _passphrase_bytes(passphrase)
+    rsa_key = _to_crypto_private(key)
+    if passphrase is None:
+        return rsa_key.export_key("PEM", pkcs=8) + b"\n"
+    if not passphrase:
+        raise ValueError("the passphrase must not be empty")
+    pem = rsa_key.export_key(
+        "PEM",
+        passphrase=passphrase,
+        pkcs=8,
+        protection=PROTECTION,
+        prot_params=PROTECTION_PARAMS,
+    )
+    return pem + b"\n"
+
+
+def fingerprint(key: PublicKey | PrivateKey | bytes) -> str:
+    """``SHA256:`` and the unpadded base64 of SHA-256 over the DER
+    SubjectPublicKeyInfo, as OpenSSH prints fingerprints.
+
+    ``key`` is a public key, a private key (its public half counts) or the
+    DER SubjectPublicKeyInfo itself (checked by :func:`public_key_from_der`).
+    """
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        der = bytes(key)
+        public_key_from_der(der)
+    else:
+        der = public_key_to_der(key)
+    digest = hashlib.sha256(der).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+# --- Files -------------------------------------------------------------------
+
+
+def _read_key_file(name: str) -> tuple[bytes, os.stat_result]:
+    """The content of a key file and the status of the very file read."""
+    # O_NONBLOCK: a FIFO must not hang us (regular files ignore the flag).
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(name, flags | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise KeyFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{name}: not a regular file")
+        chunks = []
+        size = 0
+        while size <= MAX_KEY_FILE_SIZE:
+            chunk = os.read(fd, MAX_KEY_FILE_SIZE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise KeyFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_KEY_FILE_SIZE:
+        raise KeyFileError(f"{name}: too large for a key file")
+    return b"".join(chunks), st
+
+
+def _check_private_mode(name: str, st: os.stat_result) -> None:
+    if os.name != "posix":  # Windows modes say nothing about who may read
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        how = "readable" if mode & 0o044 else "accessible"
+        raise KeyFileError(
+            f"{name}: private key is {how} by others (mode {mode:04o}); "
+            f"run: chmod 600 {shlex.quote(name)}"
+        )
+
+
+def load_private_key(path: StrPath, passphrase: Passphrase = None) -> PrivateKey:
+    """The private key in the file ``path``: PEM or DER, PKCS#1 or PKCS#8,
+    possibly encrypted with ``passphrase``.
+
+    The file must be private to its owner (no permission bits for group or
+    others), as checked on the file actually opened.  Raises
+    :class:`KeyFileError`.
+    """
+    name = os.fsdecode(path)
+    data, st = _read_key_file(name)
+    # Before decoding: an exposed key is not worth a passphrase attempt.
+    _check_private_mode(name, st)
+    try:
+        return private_key_from_bytes(data, passphrase)
+    except KeyFormatError as exc:
+        raise KeyFileError(f"{name}: {exc}") from None
+
+
+def load_public_key(path: StrPath, passphrase: Passphrase = None) -> PublicKey:
+    """The public key in the file ``path`` (PEM or DER, SubjectPublicKeyInfo
+    or PKCS#1), or the public half of a private key file, which must then be
+    private to its owner and may need ``passphrase``.  Raises :class:`KeyFileError`.
+    """
+    name = os.fsdecode(path)
+    data, st = _read_key_file(name)
+    try:
+        key = _decode(data, passphrase)
+    except _PassphraseError as exc:
+        _check_private_mode(name, st)  # only private keys are encrypted
+        raise KeyFileError(f"{name}: {exc}") from None
+    except KeyFormatError as exc:
+        raise KeyFileError(f"{name}: {exc}") from None
+    if isinstance(key, PrivateKey):
+        _check_private_mode(name, st)
+    return _public_half(key)
+
+
+def _create_temp(directory: str, base: str) -> tuple[int, str]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        # Hidden and random: no clash with a concurrent writer, and nothing
+        # a reader could mistake for the key itself.
+        temp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
+        try:
+            # Created 0600 even for a public key: nobody sees it half written.
+            return os.open(temp, flags, PRIVATE_FILE_MODE), temp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "cannot create a temporary file", directory)
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename durable; best effort, as not every system allows it."""
+    with suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _install(temp: str, name: str, force: bool) -> None:
+    """Put the complete file ``temp`` in place at ``name``."""
+    if force:
+        os.replace(temp, name)
+        return
+    try:
+        # link() fails if the target exists, where rename() would replace it:
+        # no window for a file created after our check to be clobbered.
+        os.link(temp, name)
+    except FileExistsError:
+        raise KeyFileExistsError(f"{name}: already exists; not overwritten") from None
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        # A file system without hard links: check, then rename.
+        if os.path.lexists(name):
+            raise KeyFileExistsError(f"{name}: already exists; not overwritten") from None
+        os.replace(temp, name)
+        return
+    os.unlink(temp)
+
+
+def _write_atomically(path: StrPath, data: bytes, mode: int, force: bool) -> None:
+    name = os.fsdecode(path)
+    if not force and os.path.lexists(name):
+        raise KeyFileExistsError(f"{name}: already exists; not overwritten")
+    directory = os.path.dirname(name) or os.curdir
+    fd = -1
+    temp = None
+    try:
+        fd, temp = _create_temp(directory, os.path.basename(name))
+        # The mode exactly, whatever the umask (which could make it 0600 or 0640).
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        _install(temp, name, force)
+        temp = None
+        _fsync_directory(directory)
+    except OSError as exc:
+        raise KeyFileError(f"{name}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        # Whatever went wrong (even KeyboardInterrupt), leave nothing behind.
+        if fd >= 0:
+            with suppress(OSError):
+                os.close(fd)
+        if temp is not None:
+            with suppress(OSError):
+                os.unlink(temp)
+
+
+def save_private_key(
+    key: PrivateKey, path: StrPath, passphrase: Passphrase = None, force: bool = False
+) -> None:
+    """Write ``key`` to ``path`` as PKCS#8 PEM, mode 0600, encrypted if a
+    ``passphrase`` is given; atomically, and only over an existing file if
+    ``force``.  Raises :class:`KeyFileError` (:class:`KeyFileExistsError`)."""
+    _write_atomically(path, private_key_to_pem(key, passphrase), PRIVATE_FILE_MODE, force)
+
+
+def save_public_key(key: PublicKey | PrivateKey, path: StrPath, force: bool = False) -> None:
+    """Write ``key`` (or a private key's public half) to ``path`` as
+    SubjectPublicKeyInfo PEM, mode 0644; atomically, and only over an
+    existing file if ``force``.  Raises :class:`KeyFileError`."""
+    _write_atomically(path, _public_key_to_pem(key), PUBLIC_FILE_MODE, force)

@@ -1,0 +1,404 @@
+"""Tests for the keyexchange command (keyexchanged.cli).
+
+Commands run in-process through main() with stdout and stderr captured,
+except for one real keygen in a subprocess (python -m keyexchanged.cli),
+shared by the tests that need a freshly generated key.  Elsewhere key
+generation is replaced by the KX/1 vector key, so the tests stay fast.
+"""
+
+import atexit
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from keyexchanged import cli, keys
+
+from .test_keys import (
+    PASSPHRASE,
+    components,
+    data,
+    openssl_fingerprint,
+    openssl_pipeline_fingerprint,
+    vector_key,
+)
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_subprocess(*args, cwd):
+    """python -m keyexchanged.cli ARGS, as a user would run it."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPOSITORY, env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "keyexchanged.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+_generated = None
+
+
+def generated_key_directory():
+    """A directory holding key and key.pub from one real 2048-bit keygen run
+    in a subprocess, with its result; made once per test process."""
+    global _generated
+    if _generated is None:
+        directory = tempfile.mkdtemp(prefix="keyexchange-cli-test-")
+        atexit.register(shutil.rmtree, directory, True)
+        result = run_subprocess("keygen", "--bits", "2048", "--out", "key", cwd=directory)
+        _generated = directory, result
+    return _generated
+
+
+class TTY(io.StringIO):
+    """A captured stderr that says it is a terminal."""
+
+    def isatty(self):
+        return True
+
+
+class CommandTestCase(SynchronousTestCase):
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.generations = []
+
+        def fake_generate(bits=3072, progress=None):
+            self.generations.append(bits)
+            if progress is not None:
+                for _ in range(3):
+                    progress()
+            return vector_key()
+
+        self.patch(cli.rsa, "generate_private_key", fake_generate)
+
+    def path(self, *names):
+        return os.path.join(self.dir, *names)
+
+    def run_main(self, *argv, stderr=None):
+        """main(argv) with captured output: (status, stdout, stderr)."""
+        out = io.StringIO()
+        err = stderr if stderr is not None else io.StringIO()
+        patchers = [self.patch(sys, "stdout", out), self.patch(sys, "stderr", err)]
+        try:
+            status = cli.main(list(argv))
+        finally:
+            for patcher in patchers:
+                patcher.restore()
+        return status, out.getvalue(), err.getvalue()
+
+    def assertOneErrorLine(self, stderr, *fragments):
+        self.assertNotIn("Traceback", stderr)
+        lines = stderr.splitlines()
+        self.assertEqual(len(lines), 1, stderr)
+        self.assertTrue(lines[0].startswith("keyexchange: error: "), stderr)
+        for fragment in fragments:
+            self.assertIn(fragment, lines[0])
+
+    def assertFails(self, argv, *fragments, status=1):
+        code, out, err = self.run_main(*argv)
+        self.assertEqual(code, status, err)
+        self.assertEqual(out, "")
+        self.assertOneErrorLine(err, *fragments)
+        return err
+
+    def write(self, name, content, mode=0o600):
+        path = self.path(name)
+        with open(path, "wb") as f:
+            f.write(content)
+        os.chmod(path, mode)
+        return path
+
+
+class RealKeygenTests(CommandTestCase):
+    """One real generation, run as users run it."""
+
+    def setUp(self):
+        super().setUp()
+        self.keydir, self.result = generated_key_directory()
+        self.private = os.path.join(self.keydir, "key")
+        self.public = self.private + ".pub"
+
+    def test_succeeds_quietly(self):
+        self.assertEqual(self.result.returncode, 0, self.result.stderr)
+        # Not a terminal: no spinner, nothing at all on stderr.
+        self.assertEqual(self.result.stderr, "")
+        lines = self.result.stdout.splitlines()
+        self.assertEqual(len(lines), 3, self.result.stdout)
+        self.assertTrue(lines[0].startswith("Fingerprint: SHA256:"))
+        self.assertEqual(lines[1], "Private key: key")
+        self.assertEqual(lines[2], "Public key:  key.pub")
+
+    def test_files(self):
+        self.assertEqual(os.stat(self.private).st_mode & 0o7777, 0o600)
+        self.assertEqual(os.stat(self.public).st_mode & 0o7777, 0o644)
+        key = keys.load_private_key(self.private)
+        self.assertEqual(key.size, 2048)
+        self.assertEqual(keys.load_public_key(self.public), key.public_key())
+        self.assertEqual(sorted(os.listdir(self.keydir)), ["key", "key.pub"])
+
+    def test_openssl_checks_key(self):
+        if shutil.which("openssl") is None:
+            raise SkipTest("openssl is not installed")
+        result = subprocess.run(
+            ["openssl", "rsa", "-check", "-noout", "-in", self.private],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("RSA key ok", result.stdout)
+
+    def test_fingerprint_command_matches_openssl(self):
+        if shutil.which("openssl") is None:
+            raise SkipTest("openssl is not installed")
+        expected = openssl_pipeline_fingerprint(self.public)
+        printed = self.result.stdout.splitlines()[0].split(": ", 1)[1]
+        self.assertEqual(printed, expected)
+        for path in (self.public, self.private):
+            status, out, err = self.run_main("fingerprint", path)
+            self.assertEqual((status, err), (0, ""))
+            self.assertEqual(out, expected + "\n")
+
+    def test_error_in_subprocess(self):
+        """A bad file, for real: one line, status 1, no traceback."""
+        garbage = self.write("garbage", b"not a key\n")
+        result = run_subprocess("fingerprint", garbage, cwd=self.dir)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stdout, "")
+        self.assertOneErrorLine(result.stderr, garbage, "not an RSA key")
+
+
+class KeygenTests(CommandTestCase):
+    def test_default_output(self):
+        """Without --out: keyexchange.key (and .pub) in the current directory."""
+        cwd = os.getcwd()
+        os.chdir(self.dir)
+        self.addCleanup(os.chdir, cwd)
+        status, out, err = self.run_main("keygen")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(self.generations, [3072])
+        self.assertEqual(sorted(os.listdir(self.dir)), ["keyexchange.key", "keyexchange.key.pub"])
+        fingerprint = keys.fingerprint(vector_key())
+        self.assertEqual(
+            out,
+            f"Fingerprint: {fingerprint}\n"
+            "Private key: keyexchange.key\n"
+            "Public key:  keyexchange.key.pub\n",
+        )
+
+    def test_bits(self):
+        for bits in ("2048", "2056", "4096", "8192"):
+            status, _, err = self.run_main("keygen", "--bits", bits, "--out", self.path(bits))
+            self.assertEqual((status, err), (0, ""))
+        self.assertEqual(self.generations, [2048, 2056, 4096, 8192])
+
+    def test_bits_out_of_range(self):
+        for bits in ("1024", "2047", "2049", "8200", "16384", "0", "-2048"):
+            err = self.assertFails(
+                ["keygen", "--bits", bits, "--out", self.path("k")], "--bits", status=2
+            )
+            self.assertIn("2048", err)
+        self.assertEqual(self.generations, [])
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_bits_not_a_number(self):
+        """argparse's own usage error: status 2, no traceback."""
+        status, out, err = self.run_main("keygen", "--bits", "many")
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn("invalid int value", err)
+        self.assertNotIn("Traceback", err)
+
+    def test_refuses_overwrite(self):
+        """Either file existing stops keygen before it generates anything."""
+        key = self.path("k")
+        for existing in (key, key + ".pub"):
+            self.write(os.path.basename(existing), b"precious")
+            self.assertFails(["keygen", "--out", key], existing, "--force")
+            self.assertEqual(os.listdir(self.dir), [os.path.basename(existing)])
+            with open(existing, "rb") as f:
+                self.assertEqual(f.read(), b"precious")
+            os.unlink(existing)
+        self.assertEqual(self.generations, [])
+
+    def test_force(self):
+        key = self.path("k")
+        self.write("k", b"old")
+        self.write("k.pub", b"old", 0o644)
+        status, _, err = self.run_main("keygen", "--out", key, "--force")
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(components(keys.load_private_key(key)), components(vector_key()))
+        self.assertEqual(keys.load_public_key(key + ".pub"), vector_key().public_key())
+        self.assertEqual(os.stat(key).st_mode & 0o777, 0o600)
+
+    def test_passphrase_file(self):
+        key = self.path("k")
+        passfile = self.write("pass", b"open sesame\r\nsecond line ignored\n")
+        status, _, err = self.run_main("keygen", "--out", key, "--passphrase-file", passfile)
+        self.assertEqual((status, err), (0, ""))
+        with open(key, "rb") as f:
+            self.assertTrue(f.read().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----"))
+        loaded = keys.load_private_key(key, b"open sesame")
+        self.assertEqual(components(loaded), components(vector_key()))
+
+    def test_empty_passphrase_file(self):
+        passfile = self.write("pass", b"\n")
+        self.assertFails(
+            ["keygen", "--out", self.path("k"), "--passphrase-file", passfile], passfile, "empty"
+        )
+        self.assertEqual(self.generations, [])
+
+    def test_missing_passphrase_file(self):
+        passfile = self.path("absent")
+        self.assertFails(
+            ["keygen", "--out", self.path("k"), "--passphrase-file", passfile],
+            passfile,
+            "No such file",
+        )
+
+    def test_missing_directory(self):
+        self.assertFails(["keygen", "--out", self.path("no", "k")], "no such directory")
+        self.assertEqual(self.generations, [])
+
+    def test_unwritable_location(self):
+        """A write that fails after generation: one line, and no half pair."""
+
+        def refuse(*args):
+            raise OSError(13, "Permission denied")
+
+        self.patch(os, "link", refuse)
+        self.patch(os, "replace", refuse)
+        key = self.path("k")
+        self.assertFails(["keygen", "--out", key], key, "Permission denied")
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_public_write_fails(self):
+        """The private key is taken back when its .pub cannot be written."""
+        key = self.path("k")
+        real_save = keys.save_public_key
+
+        def create_then_save(key_, path, force=False):
+            self.write("k.pub", b"appeared meanwhile")
+            return real_save(key_, path, force)
+
+        self.patch(keys, "save_public_key", create_then_save)
+        self.assertFails(["keygen", "--out", key], key + ".pub", "already exists")
+        self.assertEqual(os.listdir(self.dir), ["k.pub"])
+
+    def test_directory_in_the_way(self):
+        """Caught before generating, even with --force."""
+        key = self.path("k")
+        os.mkdir(key + ".pub")
+        self.assertFails(["keygen", "--out", key, "--force"], key + ".pub", "is a directory")
+        self.assertEqual(self.generations, [])
+        self.assertEqual(os.listdir(self.dir), ["k.pub"])
+
+    def test_interrupted(self):
+        def interrupted(bits=3072, progress=None):
+            raise KeyboardInterrupt
+
+        self.patch(cli.rsa, "generate_private_key", interrupted)
+        self.assertFails(["keygen", "--out", self.path("k")], "interrupted", status=130)
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_spinner_on_terminal(self):
+        tty = TTY()
+        status, _, err = self.run_main("keygen", "--out", self.path("k"), stderr=tty)
+        self.assertEqual(status, 0)
+        self.assertIn("\rGenerating an RSA key of 3072 bits...", err)
+        self.assertTrue(err.endswith("\r"), repr(err))  # the line is wiped
+        self.assertNotIn("\n", err)
+
+    def test_no_spinner_otherwise(self):
+        status, _, err = self.run_main("keygen", "--out", self.path("k"))
+        self.assertEqual((status, err), (0, ""))
+
+
+class FingerprintTests(CommandTestCase):
+    def test_formats(self):
+        """Public and private keys, PEM and DER."""
+        expected = openssl_fingerprint() + "\n"
+        for name in (
+            "keys_openssl_spki.pem",
+            "keys_openssl_spki.der",
+            "keys_openssl_pkcs1_public.pem",
+            "keys_openssl_pkcs8.pem",
+            "keys_openssl_pkcs8.der",
+            "keys_openssl_pkcs1.pem",
+        ):
+            path = self.write(name, data(name))
+            status, out, err = self.run_main("fingerprint", path)
+            self.assertEqual((status, out, err), (0, expected, ""), name)
+
+    def test_encrypted(self):
+        path = self.write("enc", data("keys_openssl_pkcs8_encrypted.pem"))
+        passfile = self.write("pass", PASSPHRASE.encode() + b"\n")
+        status, out, err = self.run_main("fingerprint", path, "--passphrase-file", passfile)
+        self.assertEqual((status, out, err), (0, openssl_fingerprint() + "\n", ""))
+        self.assertFails(["fingerprint", path], path, "encrypted", "passphrase")
+
+    def test_wrong_passphrase(self):
+        path = self.write("enc", data("keys_openssl_pkcs8_encrypted.pem"))
+        passfile = self.write("pass", b"wrong horse\n")
+        err = self.assertFails(
+            ["fingerprint", path, "--passphrase-file", passfile], path, "wrong passphrase"
+        )
+        self.assertNotIn("horse", err)
+
+    def test_missing_file(self):
+        path = self.path("absent")
+        self.assertFails(["fingerprint", path], path, "No such file")
+
+    def test_unreadable_file(self):
+        path = self.write("locked", data("keys_openssl_spki.pem"), 0o000)
+        if os.access(path, os.R_OK):
+            raise SkipTest("running as root: permissions do not stop reading")
+        self.assertFails(["fingerprint", path], path, "Permission denied")
+
+    def test_directory(self):
+        self.assertFails(["fingerprint", self.dir], self.dir, "not a regular file")
+
+    def test_garbage(self):
+        for name, content in [
+            ("empty", b""),
+            ("text", b"hello\n"),
+            ("binary", os.urandom(300)),
+            ("truncated", data("keys_openssl_spki.pem")[:200]),
+        ]:
+            path = self.write(name, content)
+            self.assertFails(["fingerprint", path], path, "not an RSA key")
+
+    def test_exposed_private_key(self):
+        path = self.write("key", data("keys_openssl_pkcs8.pem"), 0o644)
+        self.assertFails(["fingerprint", path], path, f"chmod 600 {path}")
+
+    def test_usage(self):
+        status, out, err = self.run_main("fingerprint")
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn("usage:", err)
+
+
+class ParserTests(CommandTestCase):
+    def test_no_command(self):
+        status, _, err = self.run_main()
+        self.assertEqual(status, 2)
+        self.assertIn("usage:", err)
+
+    def test_help(self):
+        status, out, _ = self.run_main("--help")
+        self.assertEqual(status, 0)
+        for command in ("keygen", "fingerprint"):
+            self.assertIn(command, out)
+        status, out, _ = self.run_main("keygen", "--help")
+        self.assertEqual(status, 0)
+        self.assertIn("keyexchange.key", out)
