@@ -1,0 +1,636 @@
+"""The I/O-free KX/1 state machines, driven with the vector file."""
+
+import base64
+import json
+
+from Crypto.PublicKey import RSA as PyCryptodomeRSA
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
+from keyexchanged import handshake, keys
+from keyexchanged.framing import MAX_PAYLOAD, encode_frame
+from keyexchanged.handshake import (
+    ClientAuthenticated,
+    ClientConnection,
+    DataReceived,
+    EndReceived,
+    ErrorReceived,
+    HandshakeComplete,
+    ProtocolFailed,
+    ServerConnection,
+    ServerIdentity,
+    ServerKeyReceived,
+)
+from tests.vectors import RAW, hexbytes, record
+
+SERVER_KEY = keys.private_key_from_bytes(RAW["server_private_key_pem"].encode())
+CLIENT_KEY = keys.private_key_from_bytes(RAW["client_private_key_pem"].encode())
+IDENTITY = ServerIdentity(SERVER_KEY)
+
+
+def replay(*values):
+    """A ``random`` that hands out the given byte strings in order."""
+    pending = list(values)
+
+    def draw(n):
+        value = pending.pop(0)
+        assert len(value) == n, (len(value), n)
+        return value
+
+    return draw
+
+
+def frames(data):
+    """Split bytes we produced into (verb, payload) pairs."""
+    out = []
+    decoder = handshake.FrameDecoder(lambda verb, payload: out.append((verb, payload)))
+    decoder.feed(data)
+    return out
+
+
+def vector_server(**options):
+    server = ServerConnection(IDENTITY, random=replay(hexbytes("nonce"), b"\x00" * 32), **options)
+    server.start()
+    return server
+
+
+def vector_client(identity=None, **options):
+    return ClientConnection(
+        identity=identity,
+        random=replay(hexbytes("secret")),
+        oaep_seed=hexbytes("oaep_seed"),
+        pss_salt=hexbytes("pss_salt"),
+        **options,
+    )
+
+
+def frame(verb, name):
+    return encode_frame(verb, record(name))
+
+
+class VectorTests(unittest.TestCase):
+    """Every step of the vector file, byte for byte."""
+
+    def test_hello(self):
+        server = vector_server()
+        self.assertEqual(server.data_to_send(), hexbytes("hello_frame"))
+        self.assertEqual(IDENTITY.hello_payload(hexbytes("nonce")), hexbytes("hello_payload"))
+        self.assertEqual(IDENTITY.der, hexbytes("server_spki_der"))
+        self.assertEqual(IDENTITY.fingerprint, RAW["server_fingerprint"])
+
+    def test_client_reads_hello_and_sends_key(self):
+        client = vector_client()
+        events = client.receive_data(hexbytes("hello_frame"))
+        self.assertEqual(len(events), 1)
+        offer = events[0]
+        self.assertIsInstance(offer, ServerKeyReceived)
+        self.assertEqual(offer.fingerprint, RAW["server_fingerprint"])
+        self.assertEqual(offer.der, hexbytes("server_spki_der"))
+        self.assertEqual(offer.certificates, [])
+        self.assertEqual(client.data_to_send(), b"")  # nothing before trust
+        client.accept_key()
+        self.assertEqual(frames(client.data_to_send()), [("KEY", hexbytes("key_payload"))])
+        self.assertEqual(client.transcript_hash, hexbytes("transcript_hash"))
+
+    def test_key_schedule(self):
+        th = handshake.transcript_hash(hexbytes("hello_payload"), hexbytes("key_payload"))
+        self.assertEqual(th, hexbytes("transcript_hash"))
+        client_key, server_key = handshake.derive_keys(hexbytes("secret"), hexbytes("nonce"), th)
+        self.assertEqual(client_key, hexbytes("client_key"))
+        self.assertEqual(server_key, hexbytes("server_key"))
+
+    def test_server_decrypts_key_and_sends_records(self):
+        server = vector_server()
+        server.data_to_send()
+        events = server.receive_data(encode_frame("KEY", hexbytes("key_payload")))
+        self.assertEqual(events, [HandshakeComplete(None)])
+        self.assertEqual(server.transcript_hash, hexbytes("transcript_hash"))
+        server.send_data(hexbytes("server_message"))
+        server.send_end()
+        self.assertEqual(
+            server.data_to_send(),
+            frame("MSG", "server_msg_seq0") + frame("END", "server_end_seq1"),
+        )
+
+    def test_client_auth_record(self):
+        client = vector_client(identity=CLIENT_KEY)
+        client.receive_data(hexbytes("hello_frame"))
+        client.accept_key()
+        self.assertEqual(client.auth_plaintext(), hexbytes("auth_plaintext"))
+        self.assertEqual(
+            frames(client.data_to_send()),
+            [("KEY", hexbytes("key_payload")), ("AUTH", record("client_auth_seq0"))],
+        )
+        client.send_data(hexbytes("client_message"))
+        client.send_end()
+        self.assertEqual(
+            client.data_to_send(), frame("MSG", "client_msg_seq1") + frame("END", "client_end_seq2")
+        )
+
+    def test_server_checks_the_vector_auth(self):
+        server = vector_server(authorized_keys={RAW["client_fingerprint"]})
+        server.data_to_send()
+        self.assertEqual(server.receive_data(encode_frame("KEY", hexbytes("key_payload"))), [])
+        events = server.receive_data(
+            frame("AUTH", "client_auth_seq0")
+            + frame("MSG", "client_msg_seq1")
+            + frame("END", "client_end_seq2")
+        )
+        self.assertEqual(
+            events,
+            [
+                HandshakeComplete(RAW["client_fingerprint"]),
+                DataReceived(hexbytes("client_message")),
+                EndReceived(),
+            ],
+        )
+
+    def test_optional_auth_is_reported(self):
+        server = vector_server()
+        server.receive_data(encode_frame("KEY", hexbytes("key_payload")))
+        events = server.receive_data(frame("AUTH", "client_auth_seq0"))
+        self.assertEqual(events, [ClientAuthenticated(RAW["client_fingerprint"])])
+
+    def test_client_opens_server_records(self):
+        client = vector_client()
+        client.receive_data(hexbytes("hello_frame"))
+        client.accept_key()
+        events = client.receive_data(
+            frame("MSG", "server_msg_seq0") + frame("END", "server_end_seq1")
+        )
+        self.assertEqual(
+            events,
+            [
+                HandshakeComplete(RAW["server_fingerprint"]),
+                DataReceived(hexbytes("server_message")),
+                EndReceived(),
+            ],
+        )
+        self.assertFalse(client.finished)
+        client.send_end()
+        self.assertTrue(client.finished)
+
+    def test_key_update_vector(self):
+        server = vector_server(max_records=2)
+        server.receive_data(encode_frame("KEY", hexbytes("key_payload")))
+        server.data_to_send()
+        server.send_data(hexbytes("server_message"))
+        server.send_data(b"after update")
+        self.assertEqual(
+            server.data_to_send(),
+            frame("MSG", "server_msg_seq0")
+            + frame("UPDATE", "server_update_seq1")
+            + frame("MSG", "server_msg_after_update_seq0"),
+        )
+        client = vector_client()
+        client.receive_data(hexbytes("hello_frame"))
+        client.accept_key()
+        events = client.receive_data(
+            frame("MSG", "server_msg_seq0")
+            + frame("UPDATE", "server_update_seq1")
+            + frame("MSG", "server_msg_after_update_seq0")
+        )
+        self.assertEqual(
+            events[1:], [DataReceived(hexbytes("server_message")), DataReceived(b"after update")]
+        )
+
+    def test_every_chunk_size_server(self):
+        stream = (
+            encode_frame("KEY", hexbytes("key_payload"))
+            + frame("AUTH", "client_auth_seq0")
+            + frame("MSG", "client_msg_seq1")
+            + frame("END", "client_end_seq2")
+        )
+        expected = [
+            HandshakeComplete(RAW["client_fingerprint"]),
+            DataReceived(hexbytes("client_message")),
+            EndReceived(),
+        ]
+        for size in range(1, len(stream) + 1):
+            server = vector_server(authorized_keys={RAW["client_fingerprint"]})
+            events = []
+            for i in range(0, len(stream), size):
+                events += server.receive_data(stream[i : i + size])
+            self.assertEqual(events, expected, f"chunk size {size}")
+
+    def test_every_chunk_size_client(self):
+        # The server sends nothing after HELLO until it has our KEY, so the
+        # HELLO and the records are chunked separately, around accept_key().
+        hello = hexbytes("hello_frame")
+        tail = frame("MSG", "server_msg_seq0") + frame("END", "server_end_seq1")
+        for size in range(1, len(hello) + len(tail) + 1):
+            client = vector_client()
+            events = []
+            for i in range(0, len(hello), size):
+                events += client.receive_data(hello[i : i + size])
+            self.assertIsInstance(events[-1], ServerKeyReceived, f"chunk size {size}")
+            events += client.accept_key()
+            self.assertEqual(client.data_to_send(), encode_frame("KEY", hexbytes("key_payload")))
+            for i in range(0, len(tail), size):
+                events += client.receive_data(tail[i : i + size])
+            self.assertEqual(
+                [type(e) for e in events],
+                [ServerKeyReceived, HandshakeComplete, DataReceived, EndReceived],
+                f"chunk size {size}",
+            )
+
+
+def established(authorized=None, identity=None, **limits):
+    """A server and a client that finished the handshake, in memory."""
+    server = ServerConnection(IDENTITY, authorized_keys=authorized, **limits)
+    server.start()
+    client = ClientConnection(identity=identity, **limits)
+    client.receive_data(server.data_to_send())
+    client.accept_key()
+    server_events = server.receive_data(client.data_to_send())
+    return server, client, server_events
+
+
+class RoundTripTests(unittest.TestCase):
+    def test_both_ways_with_updates(self):
+        server, client, events = established(max_records=3, max_bytes=1000)
+        self.assertEqual(events, [HandshakeComplete(None)])
+        received = []
+        for i in range(20):
+            server.send_data(b"s%d" % i * 40)
+            client.send_data(b"c%d" % i * 40)
+        for event in client.receive_data(server.data_to_send()):
+            if isinstance(event, DataReceived):
+                received.append(event.data)
+        self.assertEqual(b"".join(received), b"".join(b"s%d" % i * 40 for i in range(20)))
+        events = server.receive_data(client.data_to_send())
+        self.assertEqual(
+            b"".join(e.data for e in events if isinstance(e, DataReceived)),
+            b"".join(b"c%d" % i * 40 for i in range(20)),
+        )
+
+    def test_large_write_is_split_into_64k_records(self):
+        server, client, _ = established()
+        server.send_data(b"x" * (3 * 65536 + 1))
+        sent = frames(server.data_to_send())
+        self.assertEqual([len(p) - 16 for _, p in sent], [65536, 65536, 65536, 1])
+        events = client.receive_data(b"".join(encode_frame(v, p) for v, p in sent))
+        self.assertEqual(
+            sum(len(e.data) for e in events if isinstance(e, DataReceived)), 3 * 65536 + 1
+        )
+
+    def test_confirm_sends_an_empty_record_once(self):
+        server, client, _ = established()
+        server.confirm()
+        server.confirm()
+        sent = frames(server.data_to_send())
+        self.assertEqual([(v, len(p)) for v, p in sent], [("MSG", 16)])
+        self.assertEqual(
+            client.receive_data(encode_frame(*sent[0])), [HandshakeComplete(IDENTITY.fingerprint)]
+        )
+
+    def test_no_sending_after_end(self):
+        server, _, _ = established()
+        server.send_end()
+        self.assertRaises(RuntimeError, server.send_data, b"x")
+        self.assertRaises(RuntimeError, server.send_end)
+
+
+class ImplicitRejectionTests(unittest.TestCase):
+    """A KEY that does not decode gets exactly what a good one gets."""
+
+    def server_output_for(self, ciphertext):
+        server = ServerConnection(IDENTITY)
+        server.start()
+        hello = server.data_to_send()
+        events = server.receive_data(encode_frame("KEY", ciphertext))
+        server.confirm()
+        return hello, events, [(v, len(p)) for v, p in frames(server.data_to_send())]
+
+    def test_bad_keys_look_like_good_ones(self):
+        k = IDENTITY.key_bytes
+        n = SERVER_KEY.n
+        good_client = ClientConnection()
+        server = ServerConnection(IDENTITY)
+        server.start()
+        good_client.receive_data(server.data_to_send())
+        good_client.accept_key()
+        good_key = frames(good_client.data_to_send())[0][1]
+        good_events = server.receive_data(encode_frame("KEY", good_key))
+        server.confirm()
+        good_out = [(v, len(p)) for v, p in frames(server.data_to_send())]
+
+        wrong_label = IDENTITY.public_key.encrypt_oaep(b"s" * 32, label=b"another HELLO")
+        short_secret = IDENTITY.public_key.encrypt_oaep(b"s" * 16)
+        for ciphertext in [
+            b"\x00" * k,
+            b"\xff" * k,  # above n
+            n.to_bytes(k, "big"),  # exactly n
+            (n - 1).to_bytes(k, "big"),
+            wrong_label,
+            short_secret,
+            good_key,  # replayed into another connection: the label differs
+        ]:
+            _, events, out = self.server_output_for(ciphertext)
+            self.assertEqual(events, good_events)
+            self.assertEqual(out, good_out)
+
+    def test_client_then_fails_to_open(self):
+        server = ServerConnection(IDENTITY)
+        server.start()
+        client = ClientConnection()
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        client.data_to_send()
+        server.receive_data(encode_frame("KEY", b"\x01" * IDENTITY.key_bytes))
+        server.confirm()
+        events = client.receive_data(server.data_to_send())
+        self.assertEqual(events, [ProtocolFailed("bad-record", "MSG record failed to open")])
+        error = frames(client.data_to_send())
+        self.assertEqual(error[0][0], "ERROR")
+        self.assertEqual(json.loads(error[0][1])["error"], "bad-record")
+
+
+def error_of(connection):
+    out = frames(connection.data_to_send())
+    assert out[-1][0] == "ERROR", out
+    return json.loads(out[-1][1])
+
+
+class ServerRefusalTests(unittest.TestCase):
+    def assertFails(self, server, data, code):
+        events = server.receive_data(data)
+        self.assertEqual(len(events), 1, events)
+        self.assertIsInstance(events[0], ProtocolFailed)
+        self.assertEqual(events[0].code, code)
+        self.assertEqual(error_of(server)["error"], code)
+        self.assertTrue(server.closed)
+        # Nothing more is read or sent.
+        self.assertEqual(server.receive_data(b"MSG 0\r\n"), [])
+        self.assertEqual(server.data_to_send(), b"")
+        return events[0]
+
+    def fresh(self, **options):
+        server = ServerConnection(IDENTITY, **options)
+        server.start()
+        server.data_to_send()
+        return server
+
+    def test_msg_before_key(self):
+        self.assertFails(self.fresh(), encode_frame("MSG", b"x" * 16), "unexpected-frame")
+
+    def test_hello_from_client(self):
+        self.assertFails(self.fresh(), encode_frame("HELLO", b"{}"), "unexpected-frame")
+
+    def test_wrong_state_refused_before_payload(self):
+        # Only the header arrived: it is refused at once.
+        self.assertFails(self.fresh(), b"MSG 65552\r\n", "unexpected-frame")
+
+    def test_key_wrong_length(self):
+        for length in (0, 1, IDENTITY.key_bytes - 1, IDENTITY.key_bytes + 1):
+            event = self.assertFails(self.fresh(), b"KEY %d\r\n" % length, "malformed-frame")
+            self.assertIn(str(IDENTITY.key_bytes), event.detail)
+
+    def test_second_key(self):
+        server, _client, _ = established()
+        key = encode_frame("KEY", b"\x00" * IDENTITY.key_bytes)
+        self.assertFails(server, key, "unexpected-frame")
+
+    def test_record_that_fails_to_open(self):
+        server, _, _ = established()
+        self.assertFails(server, encode_frame("MSG", b"\x00" * 40), "bad-record")
+
+    def test_record_after_end(self):
+        server, client, _ = established()
+        client.send_end()
+        self.assertEqual(server.receive_data(client.data_to_send()), [EndReceived()])
+        late = encode_frame("MSG", client._sealer.seal("MSG", b"late"))
+        self.assertFails(server, late, "unexpected-frame")
+
+    def test_bad_update(self):
+        server, _, _ = established()
+        self.assertFails(server, encode_frame("UPDATE", b"\x00" * 16), "bad-record")
+
+    def test_short_end(self):
+        server, _, _ = established()
+        self.assertFails(server, encode_frame("END", b"\x00" * 5), "bad-record")
+
+    def test_auth_required(self):
+        server, client, events = established(authorized=set())
+        self.assertEqual(events, [])
+        client.send_data(b"hi")
+        self.assertFails(server, client.data_to_send(), "auth-required")
+
+    def test_auth_unauthorized_key(self):
+        stranger = {"SHA256:" + "A" * 43}
+        _server, _client, events = established(authorized=stranger, identity=CLIENT_KEY)
+        self.assertEqual(events[-1].code, "auth-failed")
+        self.assertEqual(events[-1].detail, "client key is not authorized")
+
+    def test_auth_bad_signature(self):
+        server, client, _ = established(authorized={RAW["client_fingerprint"]})
+        obj = json.loads(hexbytes("auth_plaintext"))  # signed over another th
+        payload = client._sealer.seal("AUTH", json.dumps(obj).encode())
+        event = self.assertFails(server, encode_frame("AUTH", payload), "auth-failed")
+        self.assertEqual(event.detail, "bad AUTH signature")
+
+    def test_auth_garbage(self):
+        for plaintext in [
+            b"",
+            b"not json",
+            b"[]",
+            b'{"key": 1}',
+            b'{"key": "!!", "signature": ""}',
+            b'{"key": "AAAA", "signature": "AAAA"}',
+            b"\xff\xfe",
+        ]:
+            server, client, _ = established()
+            payload = client._sealer.seal("AUTH", plaintext)
+            event = self.assertFails(server, encode_frame("AUTH", payload), "auth-failed")
+            self.assertIn(event.detail, {"malformed AUTH", "AUTH is not a JSON object"})
+
+    def test_auth_not_first(self):
+        server, client, _ = established()
+        client.send_data(b"first")
+        server.receive_data(client.data_to_send())
+        client.identity = CLIENT_KEY
+        payload = client._sealer.seal("AUTH", client.auth_plaintext())
+        self.assertFails(server, encode_frame("AUTH", payload), "unexpected-frame")
+
+    def test_error_from_client(self):
+        server = self.fresh()
+        events = server.receive_data(encode_frame("ERROR", b'{"error": "weak-key", "detail": "x"}'))
+        self.assertEqual(events, [ErrorReceived("weak-key", "x")])
+        self.assertTrue(server.closed)
+        self.assertEqual(server.data_to_send(), b"")
+
+    def test_unreadable_error(self):
+        server = self.fresh()
+        events = server.receive_data(encode_frame("ERROR", b'{"error": "\\u0000made-up"}'))
+        self.assertEqual(events, [ErrorReceived("unknown", "")])
+
+    def test_timeout(self):
+        server = self.fresh()
+        self.assertEqual(
+            server.fail("timeout", "handshake took too long"),
+            [ProtocolFailed("timeout", "handshake took too long")],
+        )
+        self.assertEqual(
+            error_of(server), {"error": "timeout", "detail": "handshake took too long"}
+        )
+
+
+def hello_with(**members):
+    hello = {
+        "protocol": "kx/1",
+        "key": IDENTITY.key_b64,
+        "nonce": base64.b64encode(b"n" * 32).decode(),
+    }
+    hello.update(members)
+    hello = {k: v for k, v in hello.items() if v is not None}
+    return encode_frame("HELLO", json.dumps(hello).encode())
+
+
+class ClientRefusalTests(unittest.TestCase):
+    def assertFails(self, data, code, client=None):
+        client = client or ClientConnection()
+        events = client.receive_data(data)
+        self.assertEqual([type(e) for e in events], [ProtocolFailed], events)
+        self.assertEqual(events[0].code, code)
+        out = frames(client.data_to_send())
+        self.assertEqual([v for v, _ in out], ["ERROR"])  # and no KEY
+        return events[0]
+
+    def test_valid_hello(self):
+        events = ClientConnection().receive_data(hello_with())
+        self.assertIsInstance(events[0], ServerKeyReceived)
+
+    def test_unknown_members_ignored(self):
+        events = ClientConnection().receive_data(hello_with(extra=[1, 2], more={"a": None}))
+        self.assertIsInstance(events[0], ServerKeyReceived)
+
+    def test_malformed_hellos(self):
+        nonce = base64.b64encode(b"n" * 32).decode()
+        for data in [
+            encode_frame("HELLO", b"not json"),
+            encode_frame("HELLO", b"[1, 2]"),
+            encode_frame("HELLO", b"\xff" * 10),
+            encode_frame("HELLO", b"[" * 60000),
+            hello_with(protocol=None),
+            hello_with(protocol=1),
+            hello_with(key=None),
+            hello_with(key=5),
+            hello_with(key="!!!!"),
+            hello_with(key=IDENTITY.key_b64[:-2]),  # bad padding
+            hello_with(key=base64.b64encode(b"not DER").decode()),
+            hello_with(nonce=None),
+            hello_with(nonce=base64.b64encode(b"n" * 31).decode()),
+            hello_with(nonce=nonce.replace("=", "")),
+            hello_with(nonce=nonce[:-2] + "5="),  # non-canonical trailing bits
+            hello_with(certificates="AAAA"),
+            hello_with(certificates=[5]),
+            encode_frame(
+                "HELLO",
+                b'{"protocol": "kx/1", "protocol": "kx/2", "key": "%s", "nonce": "%s"}'
+                % (IDENTITY.key_b64.encode(), nonce.encode()),
+            ),
+        ]:
+            self.assertFails(data, "malformed-frame")
+
+    def test_other_protocol(self):
+        event = self.assertFails(hello_with(protocol="kx/2"), "unsupported-protocol")
+        self.assertIn("kx/2", event.detail)
+
+    def test_weak_keys(self):
+        small = PyCryptodomeRSA.generate(1024)
+        e3 = PyCryptodomeRSA.construct((SERVER_KEY.n, 3))
+        for key in [small.public_key(), e3]:
+            der = key.export_key("DER")
+            self.assertFails(hello_with(key=base64.b64encode(der).decode()), "weak-key")
+
+    def test_frames_before_hello(self):
+        for verb in ("MSG", "END", "KEY", "AUTH", "UPDATE"):
+            self.assertFails(b"%s 16\r\n" % verb.encode(), "unexpected-frame")
+
+    def test_frames_while_deciding_trust(self):
+        client = ClientConnection()
+        client.receive_data(hello_with())
+        self.assertFails(b"MSG 16\r\n", "unexpected-frame", client)
+
+    def test_second_hello(self):
+        client = ClientConnection()
+        client.receive_data(hello_with())
+        client.accept_key()
+        client.data_to_send()
+        self.assertFails(hello_with(), "unexpected-frame", client)
+
+    def test_reject_key_sends_error_and_no_key(self):
+        client = ClientConnection()
+        client.receive_data(hello_with())
+        events = client.reject_key("fingerprint mismatch")
+        self.assertEqual(events, [ProtocolFailed("untrusted-key", "fingerprint mismatch")])
+        self.assertEqual([v for v, _ in frames(client.data_to_send())], ["ERROR"])
+        self.assertRaises(RuntimeError, client.accept_key)
+
+    def test_error_detail_is_bounded_and_printable(self):
+        client = ClientConnection()
+        client.fail("internal", "\x1b[31m" + "x" * 5000)
+        error = frames(client.data_to_send())[0][1]
+        self.assertLessEqual(len(error), MAX_PAYLOAD["ERROR"])
+        self.assertNotIn(b"\x1b", error)
+
+
+class HostileInputProperties(unittest.TestCase):
+    """Any bytes at any chunking: events or exactly one ERROR, never a crash."""
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.lists(
+            st.one_of(
+                st.binary(max_size=40),
+                st.sampled_from(
+                    [
+                        encode_frame("KEY", hexbytes("key_payload")),
+                        frame("AUTH", "client_auth_seq0"),
+                        frame("MSG", "client_msg_seq1"),
+                        frame("END", "client_end_seq2"),
+                        b"MSG 16\r\n",
+                        b"KEY 256\r\n",
+                    ]
+                ),
+            ),
+            max_size=8,
+        )
+    )
+    def test_server(self, chunks):
+        server = vector_server(authorized_keys={RAW["client_fingerprint"]})
+        failures = 0
+        for chunk in chunks:
+            for event in server.receive_data(chunk):
+                failures += isinstance(event, ProtocolFailed)
+            self.assertLessEqual(server._decoder.buffered, max(MAX_PAYLOAD.values()))
+        self.assertLessEqual(failures, 1)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.lists(
+            st.one_of(
+                st.binary(max_size=40),
+                st.sampled_from(
+                    [
+                        hexbytes("hello_frame"),
+                        frame("MSG", "server_msg_seq0"),
+                        frame("END", "server_end_seq1"),
+                        frame("UPDATE", "server_update_seq1"),
+                        b"HELLO 480\r\n",
+                    ]
+                ),
+            ),
+            max_size=8,
+        )
+    )
+    def test_client(self, chunks):
+        client = vector_client()
+        failures = 0
+        for chunk in chunks:
+            for event in client.receive_data(chunk):
+                failures += isinstance(event, ProtocolFailed)
+                if isinstance(event, ServerKeyReceived):
+                    client.accept_key()
+        self.assertLessEqual(failures, 1)
