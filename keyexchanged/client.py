@@ -1,0 +1,262 @@
+"""``keyexchange connect``: talk to a KX/1 server from the command line.
+
+What the server sends goes to stdout byte for byte; ``--send TEXT`` or data
+piped on stdin goes to the server, then END.  The exit code says how it
+ended, so scripts can tell a refused key from a dropped connection:
+
+==  =====================================================
+0   the server sent END: everything it sent was printed
+2   usage
+3   the server's key was not trusted (nothing was sent)
+4   connection or protocol failure
+5   truncated: the connection closed before the server's END
+==  =====================================================
+
+``-v/--explain`` narrates each step on stderr for someone learning how the
+exchange works.  It shows public values only.
+"""
+
+import binascii
+import os
+import sys
+
+from twisted.internet import defer, error, stdio
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+from keyexchanged import protocol, trust
+from keyexchanged.framing import UNTRUSTED_KEY
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_TRUNCATED",
+    "EXIT_UNTRUSTED",
+    "EXIT_USAGE",
+    "parse_server",
+    "run_connect",
+]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_UNTRUSTED = 3
+EXIT_FAILED = 4
+EXIT_TRUNCATED = 5
+
+DEFAULT_PORT = 51424
+
+
+def parse_server(text):
+    """``HOST[:PORT]`` (``[v6]:port`` for IPv6) → ``(host, port)``."""
+    host, port = text, DEFAULT_PORT
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"{text!r}: unclosed [ in IPv6 address")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r}: expected :PORT after ]")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host:
+        raise ValueError(f"{text!r}: no host name")
+    try:
+        port = int(port)
+    except ValueError:
+        raise ValueError(f"{text!r}: the port must be a number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{text!r}: the port must be from 1 to 65535")
+    return host, port
+
+
+class Explainer:
+    """Narrates the handshake on a text stream: public values only."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def say(self, text):
+        print(f"keyexchange: {text}", file=self.stream, flush=True)
+
+    def connected(self, host, port):
+        self.say(f"connected to {host}:{port}; waiting for HELLO")
+
+    def hello(self, offer):
+        bits = offer.public_key.n.bit_length()
+        self.say(f"HELLO: the server's RSA key is {bits} bits, e = {offer.public_key.e}")
+        self.say(f"HELLO: key fingerprint {offer.fingerprint}")
+        if offer.certificates:
+            self.say(f"HELLO: {len(offer.certificates)} certificate(s) offered")
+
+    def key_accepted(self, connection):
+        label = connection.hello_payload
+        self.say("key trusted; drew a fresh 32-byte session secret")
+        self.say(
+            f"KEY: secret encrypted with RSA-OAEP (SHA-256, MGF1-SHA-256) into "
+            f"{len(connection.key_payload)} bytes; OAEP label = the HELLO payload "
+            f"({len(label)} bytes, {label[:24]!r}...)"
+        )
+        self.say(
+            "transcript hash th = SHA-256(HELLO ‖ KEY) = "
+            f"{binascii.hexlify(connection.transcript_hash[:8]).decode()}..."
+        )
+        self.say(
+            "keys: HKDF-SHA256(secret, salt = nonce, info = 'kx/1 keys' ‖ th) → "
+            "client_key (seals our records), server_key (seals the server's)"
+        )
+        if connection.identity is not None:
+            self.say("AUTH: sent our key and an RSA-PSS signature over th (record 0)")
+
+    def confirmed(self):
+        self.say(
+            "the server's first record opened with server_key: it holds the private "
+            "key. Handshake complete (AES-256-GCM, nonce = record number)"
+        )
+
+
+class _ExplainingTrust:
+    """Narrates the offer, then asks the real policy."""
+
+    def __init__(self, policy, explainer):
+        self.policy = policy
+        self.explainer = explainer
+
+    def verify(self, server_name, offer):
+        self.explainer.hello(offer)
+        return self.policy.verify(server_name, offer)
+
+
+class StdioApplication(Protocol):
+    """Inside the channel: the server's data to stdout, ours from --send/stdin."""
+
+    def __init__(self, output, send=None, stream_stdin=False, stdin_factory=None):
+        self.output = output
+        self.send = send
+        self.stream_stdin = stream_stdin
+        self.stdin_factory = stdin_factory or _open_stdin
+        self.received = 0
+
+    def connectionMade(self):
+        if self.send is not None:
+            self.transport.write(self.send)
+        if self.stream_stdin:
+            self.stdin_factory(self.transport)
+        else:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data):
+        self.received += len(data)
+        self.output.write(data)
+        self.output.flush()
+
+
+class _StdinForwarder(Protocol):
+    """Copies stdin into the channel; END at end of file."""
+
+    def __init__(self, channel_transport):
+        self.channel_transport = channel_transport
+
+    def dataReceived(self, data):
+        self.channel_transport.write(data)
+
+    def connectionLost(self, reason=None):
+        self.channel_transport.loseConnection()
+
+
+def _open_stdin(channel_transport):
+    forwarder = _StdinForwarder(channel_transport)
+    stdin = stdio.StandardIO(forwarder, stdout=os.open(os.devnull, os.O_WRONLY))
+    # Backpressure: a slow server pauses reading stdin.
+    channel_transport.registerProducer(stdin, True)
+    return stdin
+
+
+def _cause(value):
+    """Dig the real cause out of HandshakeFailed and Failure wrappers."""
+    while True:
+        if isinstance(value, Failure):
+            value = value.value
+        elif isinstance(value, protocol.HandshakeFailed):
+            value = value.reason
+        else:
+            return value
+
+
+def describe(value):
+    """One line for a user, and the exit code, for why a session ended."""
+    if isinstance(value, trust.UntrustedKey):
+        return f"untrusted server key: {value}", EXIT_UNTRUSTED
+    if isinstance(value, protocol.PeerError):
+        if value.code == UNTRUSTED_KEY:
+            return f"server refused: {value.detail}", EXIT_UNTRUSTED
+        return f"server sent ERROR {value.code}: {value.detail}", EXIT_FAILED
+    if isinstance(value, protocol.ProtocolFailure):
+        return f"protocol failure ({value.code}): {value.detail}", EXIT_FAILED
+    if isinstance(value, protocol.Truncated):
+        return "connection closed before the server's END: output is truncated", EXIT_TRUNCATED
+    if isinstance(value, error.ConnectError):
+        return f"cannot connect: {value.osError or value}".strip(), EXIT_FAILED
+    if isinstance(value, (error.ConnectionDone, error.ConnectionLost)):
+        return "connection closed during the handshake", EXIT_FAILED
+    return f"{type(value).__name__}: {value}", EXIT_FAILED
+
+
+@defer.inlineCallbacks
+def run_connect(
+    reactor,
+    host,
+    port,
+    policy,
+    send=None,
+    stream_stdin=False,
+    identity=None,
+    explain=False,
+    output=None,
+    errors=None,
+    timeout=30.0,
+    endpoint=None,
+):
+    """Run one session; fire with the exit code (see the module docstring)."""
+    output = output or sys.stdout.buffer
+    errors = errors or sys.stderr
+    explainer = Explainer(errors) if explain else None
+    if explainer is not None:
+        policy = _ExplainingTrust(policy, explainer)
+        explainer.connected(host, port)
+    application = StdioApplication(output, send=send, stream_stdin=stream_stdin)
+    app_factory = Factory.forProtocol(lambda: application)
+    if endpoint is None:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    channel = protocol.ChannelClientFactory(
+        app_factory,
+        policy,
+        server_name=host,
+        identity=identity,
+        reactor=reactor,
+        observer=explainer,
+    )
+    connecting = endpoint.connect(channel)
+
+    def failed(failure):
+        channel.clientConnectionFailed(None, failure)
+
+    connecting.addErrback(failed)
+    try:
+        yield channel.handshake
+    except protocol.HandshakeFailed as failed_handshake:
+        message, code = describe(_cause(failed_handshake))
+        print(f"keyexchange: error: {message}", file=errors, flush=True)
+        return code
+    if explainer is not None:
+        explainer.confirmed()
+    value = _cause((yield channel.done))
+    if isinstance(value, error.ConnectionDone):
+        if explainer is not None:
+            explainer.say(f"END received after {application.received} bytes: clean end")
+        return EXIT_OK
+    message, code = describe(value)
+    print(f"keyexchange: error: {message}", file=errors, flush=True)
+    return code

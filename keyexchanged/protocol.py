@@ -1,0 +1,726 @@
+"""KX/1 over Twisted: a secure channel that wraps any application protocol.
+
+The shape is Twisted's own TLS wrapper: :class:`SecureChannelFactory` wraps
+an application factory, and the application protocol it builds sees an
+ordinary transport and plain bytes.  It is connected (``connectionMade``)
+only after key confirmation, and it is told how the connection ended:
+
+- :class:`~twisted.internet.error.ConnectionDone` after the peer's END;
+- :class:`Truncated` when the TCP connection closed before END arrived;
+- :class:`PeerError` when the peer sent ERROR, :class:`ProtocolFailure` when
+  we did (a bad record, a timeout);
+- :class:`IdleTimeout` when the server closed an idle session.
+
+:class:`ChannelProtocol` is the thin adapter: a ``LineReceiver`` that reads
+one header line, switches to raw mode for exactly the announced payload, and
+hands both to the I/O-free state machine in handshake.py.  Everything it
+reads is bounded by what the header announced, and the header is refused
+before a payload byte is kept.
+"""
+
+from twisted.internet import defer, error, interfaces
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from keyexchanged import handshake
+from keyexchanged.framing import (
+    BUSY,
+    HEADER_MAX,
+    MALFORMED_FRAME,
+    RECORD_DATA_MAX,
+    TIMEOUT,
+    encode_frame,
+)
+from keyexchanged.trust import UntrustedKey
+
+__all__ = [
+    "ChannelClientFactory",
+    "ChannelProtocol",
+    "HandshakeFailed",
+    "IdleTimeout",
+    "PeerError",
+    "ProtocolFailure",
+    "SecureChannelFactory",
+    "SecureTransport",
+    "Truncated",
+    "UntrustedKey",
+]
+
+
+class Truncated(error.ConnectionLost):
+    """The connection closed before the peer's END: the data may be cut short."""
+
+
+class PeerError(error.ConnectionLost):
+    """The peer ended the connection with ERROR."""
+
+    def __init__(self, code, detail):
+        super().__init__(f"peer sent ERROR {code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class ProtocolFailure(error.ConnectionLost):
+    """We ended the connection with ERROR."""
+
+    def __init__(self, code, detail):
+        super().__init__(f"sent ERROR {code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class IdleTimeout(error.ConnectionLost):
+    """The server ended a session that was idle for too long."""
+
+
+class HandshakeFailed(Exception):
+    """The connection ended before the handshake completed."""
+
+    def __init__(self, reason):
+        super().__init__(str(reason))
+        self.reason = reason
+
+
+@implementer(interfaces.ITransport, interfaces.ITCPTransport, interfaces.IConsumer)
+class SecureTransport:
+    """The transport an application protocol sees inside the channel.
+
+    Writes are gathered and sealed together at the end of the reactor turn
+    (pycryptodome's GCM costs about 100 µs per record whatever its size), and
+    a full 64 KiB record goes out at once.
+    """
+
+    def __init__(self, channel):
+        self._channel = channel
+        self.disconnecting = False
+
+    @property
+    def peer_fingerprint(self):
+        """The client's key fingerprint after AUTH (server side), or the
+        server's (client side); ``None`` when the client did not authenticate."""
+        return self._channel.peer_fingerprint
+
+    def write(self, data):
+        self._channel.write_application_data(data)
+
+    def writeSequence(self, data):
+        self._channel.write_application_data(b"".join(data))
+
+    def loseConnection(self):
+        self.disconnecting = True
+        self._channel.close_write()
+
+    def loseWriteConnection(self):
+        self._channel.close_write()
+
+    def abortConnection(self):
+        self.disconnecting = True
+        self._channel.transport.abortConnection()
+
+    def getPeer(self):
+        return self._channel.transport.getPeer()
+
+    def getHost(self):
+        return self._channel.transport.getHost()
+
+    def getHandle(self):
+        return self._channel.transport.getHandle()
+
+    def getTcpNoDelay(self):
+        return self._channel.transport.getTcpNoDelay()
+
+    def setTcpNoDelay(self, enabled):
+        return self._channel.transport.setTcpNoDelay(enabled)
+
+    def getTcpKeepAlive(self):
+        return self._channel.transport.getTcpKeepAlive()
+
+    def setTcpKeepAlive(self, enabled):
+        return self._channel.transport.setTcpKeepAlive(enabled)
+
+    # Flow control passes straight through: records are written to the TCP
+    # transport as they are sealed, so its buffer is what a producer must
+    # respect, and pausing us pauses reading from the socket.
+    def registerProducer(self, producer, streaming):
+        self._channel.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self):
+        self._channel.transport.unregisterProducer()
+
+    def pauseProducing(self):
+        self._channel.transport.pauseProducing()
+
+    def resumeProducing(self):
+        self._channel.transport.resumeProducing()
+
+    def stopProducing(self):
+        self._channel.transport.stopProducing()
+
+
+class ChannelProtocol(LineReceiver):
+    """Frames on the wire ↔ the KX/1 state machine ↔ the application."""
+
+    delimiter = b"\r\n"
+    # The header line is all we ever read in line mode: 32 bytes is the
+    # protocol's cap, and LineReceiver then refuses a longer line before
+    # buffering more than 34 bytes of it.
+    MAX_LENGTH = HEADER_MAX
+
+    log = Logger()
+
+    def __init__(self, connection, reactor):
+        self.connection = connection
+        self.reactor = reactor
+        self.application = None
+        self.peer_fingerprint = None
+        self._verb = None
+        self._length = 0
+        self._payload = bytearray()
+        self._pending = []
+        self._pending_length = 0
+        self._flush_call = None
+        self._closing = False
+        self._outcome = None
+        self._started = None
+
+    # -- LineReceiver -----------------------------------------------------------
+
+    def connectionMade(self):
+        self._started = self.reactor.seconds()
+
+    def lineReceived(self, line):
+        if self._closing:
+            return
+        header = self.connection.receive_header(line)
+        if header is None:
+            self._handle_events(self.connection.next_events())
+            return
+        self._verb, self._length = header
+        if self._length == 0:
+            self._frame_complete(b"")
+        else:
+            self.setRawMode()
+
+    def rawDataReceived(self, data):
+        if self._closing:
+            return
+        need = self._length - len(self._payload)
+        self._payload += data[:need]
+        if len(self._payload) < self._length:
+            return
+        payload, self._payload = bytes(self._payload), bytearray()
+        self._frame_complete(payload)
+        rest = data[need:]
+        if not self._closing:
+            self.setLineMode(rest)
+
+    def lineLengthExceeded(self, line):
+        self._handle_events(
+            self.connection.fail(MALFORMED_FRAME, "header line longer than 32 bytes")
+        )
+
+    def _frame_complete(self, payload):
+        verb, self._verb = self._verb, None
+        self._handle_events(self.connection.receive_frame(verb, payload))
+
+    # -- events from the state machine -------------------------------------------
+
+    def _handle_events(self, events):
+        for event in events:
+            handler = getattr(self, "event_" + type(event).__name__, None)
+            if handler is not None:
+                handler(event)
+            if self._closing:
+                break
+        self._write_out()
+        if self.connection.closed or self.connection.finished:
+            self._close()
+
+    def _write_out(self):
+        data = self.connection.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def event_ErrorReceived(self, event):
+        self._outcome = event.code
+        self._reason = Failure(PeerError(event.code, event.detail))
+
+    def event_ProtocolFailed(self, event):
+        self._outcome = event.code
+        self._reason = Failure(ProtocolFailure(event.code, event.detail))
+
+    def event_DataReceived(self, event):
+        self._touch()
+        if self.application is not None:
+            self.application.dataReceived(event.data)
+
+    def event_EndReceived(self, event):
+        self._touch()
+        if self.application is None:
+            return
+        half_close = interfaces.IHalfCloseableProtocol(self.application, None)
+        if half_close is not None:
+            half_close.readConnectionLost()
+        else:
+            # An application that cannot half-close is done when its peer
+            # is: answer END with END, as TCP's close would.
+            self.close_write()
+
+    def event_HandshakeComplete(self, event):
+        self.peer_fingerprint = event.peer_fingerprint
+        self.handshake_complete(event)
+
+    def handshake_complete(self, event):
+        """Build and connect the application; subclasses add to it."""
+        self.application = self.factory.build_application(self.transport.getPeer(), self)
+        if self.application is None:
+            self.close_write()
+            return
+        self.application.makeConnection(SecureTransport(self))
+
+    # -- writing application data -------------------------------------------------
+
+    def write_application_data(self, data):
+        if not data or self._closing or not self.connection.can_send:
+            return
+        self._pending.append(data)
+        self._pending_length += len(data)
+        if self._pending_length >= RECORD_DATA_MAX:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self.flush)
+
+    def flush(self):
+        """Seal what the application wrote: whole 64 KiB records, then the rest."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if not self._pending or not self.connection.can_send:
+            return
+        data = b"".join(self._pending)
+        self._pending, self._pending_length = [], 0
+        self.connection.send_data(data)
+        self._write_out()
+
+    def close_write(self):
+        """Flush, then send END (once)."""
+        if self._closing or not self.connection.can_send:
+            return
+        self.flush()
+        self.connection.send_end()
+        self._write_out()
+        if self.connection.finished:
+            self._close()
+
+    def _close(self):
+        if not self._closing:
+            self._closing = True
+            self._cancel_timers()
+            if self.transport is not None:
+                self.transport.loseConnection()
+
+    def _touch(self):
+        """Traffic on an established session; subclasses reset timers."""
+
+    def _cancel_timers(self):
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+
+    # -- the end ---------------------------------------------------------------------
+
+    _reason = None
+
+    def connectionLost(self, reason=connectionDone):
+        self._closing = True
+        self._cancel_timers()
+        if self._reason is None:
+            if self.connection.received_end:
+                self._reason = Failure(error.ConnectionDone("END received"))
+            elif self.connection.handshake_done:
+                self._reason = Failure(Truncated("connection closed before END"))
+            else:
+                self._reason = reason
+        if self._outcome is None:
+            if self.connection.received_end:
+                self._outcome = "ok"
+            elif self.connection.handshake_done:
+                self._outcome = "truncated"
+            else:
+                self._outcome = "closed"
+        application, self.application = self.application, None
+        if application is not None:
+            application.connectionLost(self._reason)
+
+    @property
+    def duration(self):
+        if self._started is None:
+            return 0.0
+        return self.reactor.seconds() - self._started
+
+
+# -- the server ---------------------------------------------------------------------
+
+
+class ServerChannelProtocol(ChannelProtocol):
+    """Server side: HELLO at once, timeouts, the connection log line."""
+
+    def __init__(self, connection, reactor, handshake_timeout, idle_timeout):
+        super().__init__(connection, reactor)
+        self._handshake_timeout = handshake_timeout
+        self._idle_timeout = idle_timeout
+        self._timer = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.connection.start()
+        self._write_out()
+        if self._handshake_timeout:
+            self._timer = self.reactor.callLater(self._handshake_timeout, self._handshake_expired)
+
+    def _handshake_expired(self):
+        self._timer = None
+        self._handle_events(self.connection.fail(TIMEOUT, "handshake took too long"))
+
+    def handshake_complete(self, event):
+        self._cancel_handshake_timer()
+        if self._idle_timeout:
+            self._timer = self.reactor.callLater(self._idle_timeout, self._idle_expired)
+        super().handshake_complete(event)
+        if not self._closing:
+            # Key confirmation: our first record goes out now, even if empty.
+            self.flush()
+            self.connection.confirm()
+            self._write_out()
+
+    def event_ClientAuthenticated(self, event):
+        self.peer_fingerprint = event.fingerprint
+
+    def _touch(self):
+        if self._timer is not None and self._timer.active() and self.connection.handshake_done:
+            self._timer.reset(self._idle_timeout)
+
+    def write_application_data(self, data):
+        self._touch()
+        super().write_application_data(data)
+
+    def _idle_expired(self):
+        self._timer = None
+        self._reason = Failure(IdleTimeout("idle session closed"))
+        self._outcome = "idle-timeout"
+        if self.connection.can_send:
+            self.flush()
+            self.connection.send_end()
+            self._write_out()
+        self._close()
+
+    def shut_down(self):
+        """The daemon is stopping: finish cleanly if we can."""
+        if self.connection.handshake_done:
+            self._outcome = "shutdown"
+            self.close_write()
+        else:
+            self._handle_events(self.connection.fail(BUSY, "server is shutting down"))
+
+    def _cancel_handshake_timer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _cancel_timers(self):
+        super()._cancel_timers()
+        self._cancel_handshake_timer()
+
+    def connectionLost(self, reason=connectionDone):
+        super().connectionLost(reason)
+        self.factory.connection_ended(self)
+
+
+class SecureChannelFactory(Factory):
+    """Serve KX/1, wrapping ``wrapped_factory`` the way TLS wrappers do.
+
+    ``identity`` is a :class:`~keyexchanged.handshake.ServerIdentity`.
+    ``authorized_keys``: fingerprints allowed to AUTH (AUTH then required).
+    """
+
+    noisy = False  # one log line per connection is ours to write
+
+    protocol = ServerChannelProtocol
+    log = Logger()
+
+    def __init__(
+        self,
+        wrapped_factory,
+        identity,
+        reactor=None,
+        handshake_timeout=10.0,
+        idle_timeout=300.0,
+        max_connections=1024,
+        max_per_source=32,
+        authorized_keys=None,
+        record_limits=None,
+    ):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.wrapped_factory = wrapped_factory
+        self.identity = identity
+        self.reactor = reactor
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_per_source = max_per_source
+        self.authorized_keys = authorized_keys
+        self.record_limits = record_limits or {}
+        self.connections = set()
+        # Counted by host and released by host.  (Twisted's
+        # LimitConnectionsByPeer adds by host but removes by (host, port).)
+        self.per_source = {}
+        self.shutting_down = False
+        self._all_closed = None
+
+    def startFactory(self):
+        self.wrapped_factory.doStart()
+
+    def stopFactory(self):
+        self.wrapped_factory.doStop()
+
+    def buildProtocol(self, addr):
+        source = getattr(addr, "host", None)
+        if self.shutting_down:
+            return BusyProtocol("server is shutting down")
+        if len(self.connections) >= self.max_connections:
+            return BusyProtocol("too many connections")
+        if self.per_source.get(source, 0) >= self.max_per_source:
+            return BusyProtocol("too many connections from this address")
+        connection = self.make_connection()
+        protocol = self.protocol(
+            connection, self.reactor, self.handshake_timeout, self.idle_timeout
+        )
+        protocol.factory = self
+        protocol.source = source
+        self.connections.add(protocol)
+        self.per_source[source] = self.per_source.get(source, 0) + 1
+        return protocol
+
+    def make_connection(self):
+        """The state machine for one new connection."""
+        return handshake.ServerConnection(
+            self.identity, authorized_keys=self.authorized_keys, **self.record_limits
+        )
+
+    def shutdown(self, grace_period):
+        """Stop serving: established sessions get END and ``grace_period``
+        seconds to finish; handshakes still under way are told ERROR busy.
+        Fires when every connection is closed."""
+        self.shutting_down = True
+        if not self.connections:
+            return defer.succeed(None)
+        self._all_closed = defer.Deferred()
+        for protocol in list(self.connections):
+            protocol.shut_down()
+        deadline = self.reactor.callLater(grace_period, self._abort_all)
+        self._all_closed.addBoth(lambda result: deadline.active() and deadline.cancel())
+        return self._all_closed
+
+    def _abort_all(self):
+        for protocol in list(self.connections):
+            protocol.transport.abortConnection()
+
+    def build_application(self, address, channel):
+        application = self.wrapped_factory.buildProtocol(address)
+        if application is not None:
+            # What an application may want to know of its peer (and what
+            # the forwarding and message applications log).
+            application.peer_fingerprint = channel.peer_fingerprint
+        return application
+
+    def connection_ended(self, protocol):
+        self.connections.discard(protocol)
+        remaining = self.per_source.get(protocol.source, 1) - 1
+        if remaining:
+            self.per_source[protocol.source] = remaining
+        else:
+            self.per_source.pop(protocol.source, None)
+        if self._all_closed is not None and not self.connections:
+            self._all_closed, done = None, self._all_closed
+            done.callback(None)
+        connection = protocol.connection
+        self.log.info(
+            "connection from {peer} ended: {outcome}; {bytes_in} bytes in, "
+            "{bytes_out} bytes out, {duration:.3f} s{client}",
+            peer=_describe(protocol.transport.getPeer()),
+            outcome=protocol._outcome,
+            bytes_in=connection.bytes_received,
+            bytes_out=connection.bytes_sent,
+            duration=protocol.duration,
+            client=(
+                f"; client key {protocol.peer_fingerprint}" if protocol.peer_fingerprint else ""
+            ),
+        )
+
+
+class BusyProtocol(Protocol):
+    """Sends ERROR busy and closes, before any key work: serves nothing."""
+
+    def __init__(self, detail):
+        self.detail = detail
+
+    def connectionMade(self):
+        self.transport.write(encode_frame("ERROR", handshake.error_payload(BUSY, self.detail)))
+        self.transport.loseConnection()
+
+
+def _describe(address):
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    return f"{host}:{port}"
+
+
+# -- the client ---------------------------------------------------------------------
+
+
+class ClientChannelProtocol(ChannelProtocol):
+    """Client side: the trust decision, then KEY, then wait for confirmation."""
+
+    def event_ServerKeyReceived(self, event):
+        checking = defer.maybeDeferred(self.factory.trust.verify, self.factory.server_name, event)
+        checking.addCallbacks(self._trusted, self._untrusted)
+
+    def _trusted(self, _):
+        if self._closing or self.connection.closed:
+            return
+        self.connection.accept_key()
+        if self.connection.identity is None:
+            # Without a key of our own, an empty MSG at once: a server that
+            # requires AUTH then answers auth-required now rather than at its
+            # handshake timeout (PROTOCOL.md §5 lets the client send MSG
+            # right after KEY; the server skips empty records).
+            self.connection.send_data(b"")
+        self.factory.key_accepted(self.connection)
+        self._handle_events(self.connection.next_events())
+
+    def _untrusted(self, failure):
+        if self._closing:
+            return None
+        detail = failure.getErrorMessage() if failure.check(UntrustedKey) else "trust check failed"
+        self._handle_events(self.connection.reject_key(detail))
+        self._reason = Failure(UntrustedKey(detail))
+        self._outcome = "untrusted-key"
+        return None
+
+    def handshake_complete(self, event):
+        super().handshake_complete(event)
+        self.factory.handshake_done(self.application)
+
+    def connectionLost(self, reason=connectionDone):
+        super().connectionLost(reason)
+        self.factory.connection_ended(self, self._reason)
+
+
+class ChannelClientFactory(ClientFactory):
+    """Connect to a KX/1 server and run ``wrapped_factory``'s protocol over it.
+
+    ``trust`` has ``verify(server_name, ServerKeyReceived)`` returning (or
+    firing with) anything to accept and raising :class:`UntrustedKey` to
+    refuse.  ``handshake`` fires with the application protocol once the
+    server has proved it holds the key; it fails with
+    :class:`HandshakeFailed` (its ``reason`` says why) otherwise.
+    """
+
+    noisy = False  # one log line per connection is ours to write
+
+    protocol = ClientChannelProtocol
+
+    def __init__(
+        self,
+        wrapped_factory,
+        trust,
+        server_name=None,
+        identity=None,
+        reactor=None,
+        observer=None,
+        record_limits=None,
+    ):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.wrapped_factory = wrapped_factory
+        self.trust = trust
+        self.server_name = server_name
+        self.identity = identity
+        self.reactor = reactor
+        self.observer = observer
+        self.record_limits = record_limits or {}
+        self.handshake = defer.Deferred()
+        self.done = defer.Deferred()
+
+    def buildProtocol(self, addr):
+        connection = handshake.ClientConnection(identity=self.identity, **self.record_limits)
+        protocol = self.protocol(connection, self.reactor)
+        protocol.factory = self
+        self._protocol = protocol
+        return protocol
+
+    def build_application(self, address, channel):
+        return self.wrapped_factory.buildProtocol(address)
+
+    def key_accepted(self, connection):
+        if self.observer is not None:
+            self.observer.key_accepted(connection)
+
+    def handshake_done(self, application):
+        if not self.handshake.called:
+            self.handshake.callback(application)
+
+    def connection_ended(self, protocol, reason):
+        if not self.handshake.called:
+            self.handshake.errback(Failure(HandshakeFailed(reason)))
+        if not self.done.called:
+            # The exception itself: a Failure handed to callback() would
+            # travel down the errback chain and be reported as unhandled.
+            self.done.callback(reason.value if isinstance(reason, Failure) else reason)
+
+    def clientConnectionFailed(self, connector, reason):
+        self.connection_ended(None, reason)
+
+
+def connect(
+    reactor,
+    endpoint,
+    trust,
+    application_factory,
+    server_name=None,
+    identity=None,
+    observer=None,
+    record_limits=None,
+):
+    """Open a KX/1 session through ``endpoint`` running ``application_factory``.
+
+    Returns a Deferred that fires with the application protocol once the
+    handshake is complete (the server has proved it holds its key), or
+    fails with :class:`HandshakeFailed`.  ``server_name`` is the host name
+    or address that was dialled: the known-hosts and certificate checks use
+    it.
+    """
+    factory = ChannelClientFactory(
+        application_factory,
+        trust,
+        server_name=server_name,
+        identity=identity,
+        reactor=reactor,
+        observer=observer,
+        record_limits=record_limits,
+    )
+    connecting = endpoint.connect(factory)
+
+    def failed(failure):
+        if not factory.handshake.called:
+            factory.handshake.errback(Failure(HandshakeFailed(failure.value)))
+
+    connecting.addErrback(failed)
+    return factory.handshake
