@@ -1,0 +1,228 @@
+"""Daemon settings: one table, read from an INI file and the command line.
+
+Every setting is described once in :data:`SETTINGS`; ``tap.Options`` builds
+its command-line options from the same table, so the two can never drift.
+Values are validated here, and a bad one is refused with the file, the line
+and the reason.  Relative paths in a config file are taken relative to the
+file's own directory, so a config file and the keys beside it can be moved
+together.
+
+Where the daemon looks for its config file: ``--config``, else
+``$KEYEXCHANGED_CONFIG``, else ``/etc/keyexchanged/keyexchanged.conf``, else
+it runs on built-in defaults.
+"""
+
+import configparser
+import os
+import re
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "SECTION",
+    "SETTINGS",
+    "ConfigError",
+    "Setting",
+    "default_key_path",
+    "find_config",
+    "read_config",
+]
+
+SECTION = "keyexchanged"
+DEFAULT_CONFIG_PATH = "/etc/keyexchanged/keyexchanged.conf"
+DEFAULT_MESSAGE = "The secret message: hello from keyexchanged."
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message says where and why."""
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _seconds(text):
+    value = float(text)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError("must be a number of seconds greater than 0")
+    return value
+
+
+def _grace(text):
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
+def _key_bits(text):
+    value = int(text)
+    if not (2048 <= value <= 8192 and value % 8 == 0):
+        raise ValueError("must be from 2048 to 8192 in steps of 8")
+    return value
+
+
+# A strports description: a type, then colon-separated arguments.  Twisted
+# checks the rest when it listens; this catches the obvious typos early.
+_ENDPOINT = re.compile(r"[a-zA-Z][a-zA-Z0-9]*(:.*)?")
+
+
+def _endpoint(text):
+    if not _ENDPOINT.fullmatch(text):
+        raise ValueError("must be an endpoint description such as tcp:51424")
+    return text
+
+
+def _text(text):
+    return text
+
+
+class Setting:
+    """One setting: its name in the file and on the command line (``--name``)."""
+
+    def __init__(self, name, default, coerce, help, path=False, reason=None):
+        self.name = name
+        self.default = default
+        self.coerce = coerce
+        self.help = help
+        self.path = path
+        #: The words that say what a value must be, for error messages.
+        self.reason = reason
+
+    @property
+    def attribute(self):
+        return self.name.replace("-", "_")
+
+
+SETTINGS = [
+    Setting("listen", "tcp:51424", _endpoint, "where to listen (a strports description)"),
+    Setting(
+        "private-key",
+        None,
+        _text,
+        "the server's private key file; generated (0600) if missing",
+        path=True,
+    ),
+    Setting("key-bits", 3072, _key_bits, "size of a key generated on first start"),
+    Setting("message", DEFAULT_MESSAGE, _text, "the secret message the server sends"),
+    Setting("message-file", None, _text, "read the secret message from this file", path=True),
+    Setting(
+        "handshake-timeout",
+        10.0,
+        _seconds,
+        "seconds from accept to a complete KEY before ERROR timeout",
+    ),
+    Setting("idle-timeout", 300.0, _seconds, "seconds of silence before an idle session ends"),
+    Setting("max-connections", 1024, _positive_int, "concurrent connections, beyond: ERROR busy"),
+    Setting(
+        "max-per-source",
+        32,
+        _positive_int,
+        "concurrent connections from one source address, beyond: ERROR busy",
+    ),
+    Setting(
+        "grace-period", 10.0, _grace, "seconds open sessions get to finish on SIGTERM or SIGINT"
+    ),
+]
+
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def default_key_path(environ=None, uid=None):
+    """Where a daemon with no config keeps its key, as sshd keeps host keys.
+
+    ``$STATE_DIRECTORY`` when systemd provides one (``StateDirectory=``);
+    else root: ``/var/lib/keyexchanged/server.key``; anyone else: under
+    ``$XDG_DATA_HOME`` (else ``~/.local/share``), so that ``twistd -n
+    keyexchange`` works for an unprivileged user with nothing configured.
+    """
+    environ = os.environ if environ is None else environ
+    uid = os.getuid() if uid is None else uid
+    state = environ.get("STATE_DIRECTORY")
+    if state:
+        # systemd may list several, separated by colons: the first is ours.
+        return os.path.join(state.split(":")[0], "server.key")
+    if uid == 0:
+        return "/var/lib/keyexchanged/server.key"
+    data = environ.get("XDG_DATA_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(data, "keyexchanged", "server.key")
+
+
+def find_config(explicit=None, environ=None):
+    """The config file to read, or ``None`` for built-in defaults."""
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return explicit
+    if environ.get("KEYEXCHANGED_CONFIG"):
+        return environ["KEYEXCHANGED_CONFIG"]
+    if os.path.exists(DEFAULT_CONFIG_PATH):
+        return DEFAULT_CONFIG_PATH
+    return None
+
+
+def coerce(setting, raw, where):
+    """Turn the text of a setting into its value, or raise :class:`ConfigError`."""
+    try:
+        return setting.coerce(raw.strip())
+    except ValueError as error:
+        reason = str(error)
+        if not reason or "invalid literal" in reason or "could not convert" in reason:
+            reason = "must be " + {
+                _positive_int: "a whole number of at least 1",
+                _seconds: "a number of seconds greater than 0",
+                _grace: "a number of seconds, 0 or more",
+                _key_bits: "from 2048 to 8192 in steps of 8",
+            }.get(setting.coerce, "valid")
+        raise ConfigError(f"{where}: {setting.name} = {raw.strip()!r}: {reason}") from None
+
+
+def _line_of(lines, name):
+    pattern = re.compile(r"\s*" + re.escape(name) + r"\s*[=:]")
+    for number, line in enumerate(lines, 1):
+        if pattern.match(line):
+            return number
+    return None
+
+
+def read_config(path):
+    """Read an INI config file; return ``{setting name: value}`` for what it sets.
+
+    Unknown settings and sections are refused (a typo should not pass
+    silently); so is a file that cannot be read or parsed.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config file: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8 text") from None
+    parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as error:
+        message = str(error).replace("\n", " ")
+        raise ConfigError(f"{path}: {message}") from None
+    lines = text.splitlines()
+    for section in parser.sections():
+        if section != SECTION:
+            raise ConfigError(f"{path}: unknown section [{section}] (expected [{SECTION}])")
+    if not parser.has_section(SECTION):
+        return {}
+    base = os.path.dirname(os.path.abspath(path))
+    values = {}
+    for name, raw in parser.items(SECTION):
+        line = _line_of(lines, name)
+        where = f"{path}, line {line}" if line else path
+        setting = BY_NAME.get(name)
+        if setting is None:
+            raise ConfigError(f"{where}: unknown setting {name!r}")
+        value = coerce(setting, raw, where)
+        if setting.path and value:
+            value = os.path.join(base, os.path.expanduser(value))
+        values[name] = value
+    return values

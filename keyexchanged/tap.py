@@ -1,0 +1,230 @@
+"""``twistd keyexchange``: options, settings and the service.
+
+Settings come from three places, later ones winning: built-in defaults, the
+config file (``--config``, else ``$KEYEXCHANGED_CONFIG``, else
+``/etc/keyexchanged/keyexchanged.conf``), and the command line.  Everything
+is checked in :meth:`Options.postOptions`, before twistd daemonizes, so a bad
+value or an unusable key file is one clear line and a non-zero exit.
+
+On first start with no key the daemon generates one (0600) where the
+settings say and serves it, as sshd does with its host keys.
+"""
+
+import os
+import signal
+import sys
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from keyexchanged import keys, rsa
+from keyexchanged.applications import MessageFactory
+from keyexchanged.config import (
+    SETTINGS,
+    ConfigError,
+    coerce,
+    default_key_path,
+    find_config,
+    read_config,
+)
+from keyexchanged.handshake import ServerIdentity
+from keyexchanged.protocol import SecureChannelFactory
+
+__all__ = ["KeyexchangeService", "Options", "load_or_create_key", "makeService"]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve KX/1: hand the server's RSA public key to every client, receive "
+        "a session secret under it, then talk AES-256-GCM.  Settings come from "
+        "the config file and are overridden by these options."
+    )
+    optParameters = [
+        [
+            "config",
+            "c",
+            None,
+            "config file [default: $KEYEXCHANGED_CONFIG, else "
+            "/etc/keyexchanged/keyexchanged.conf, else built-in defaults]",
+        ]
+    ] + [
+        [setting.name, None, None, f"{setting.help} [default: {setting.default}]"]
+        for setting in SETTINGS
+    ]
+
+    def __init__(self, environ=None):
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+        self.settings = None
+        self.identity = None
+        self.generated_key = False
+
+    def postOptions(self):
+        try:
+            self.settings = self._collect()
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+        self.settings["message"] = self._message()
+        key_path = self.settings["private-key"] or default_key_path(self.environ)
+        self.settings["private-key"] = key_path
+        try:
+            private_key, self.generated_key = load_or_create_key(
+                key_path, self.settings["key-bits"]
+            )
+        except keys.KeyFileError as error:
+            raise usage.UsageError(str(error)) from None
+        self.identity = ServerIdentity(private_key)
+
+    def _collect(self):
+        values = {setting.name: setting.default for setting in SETTINGS}
+        path = find_config(self["config"], self.environ)
+        self.config_path = path
+        if path is not None:
+            values.update(read_config(path))
+        for setting in SETTINGS:
+            raw = self[setting.name]
+            if raw is not None:
+                value = coerce(setting, raw, "--" + setting.name)
+                if setting.path:
+                    value = os.path.abspath(value)
+                values[setting.name] = value
+        return values
+
+    def _message(self):
+        path = self.settings["message-file"]
+        if path is None:
+            return self.settings["message"].encode("utf-8")
+        try:
+            with open(path, "rb") as f:
+                # The message travels in records; one that cannot fit in
+                # memory comfortably is a mistake, not a message.
+                message = f.read(16 * 1024 * 1024 + 1)
+        except OSError as error:
+            raise usage.UsageError(f"{path}: cannot read message file: {error.strerror}") from None
+        if len(message) > 16 * 1024 * 1024:
+            raise usage.UsageError(f"{path}: message file is larger than 16 MiB")
+        return message
+
+
+def load_or_create_key(path, bits, report=None):
+    """Load the server key at ``path``, or generate and save one if missing.
+
+    Returns ``(private_key, generated)``.  Raises
+    :class:`keyexchanged.keys.KeyFileError` for a key that exists but cannot
+    be used (including one readable by others).
+    """
+    if os.path.exists(path):
+        return keys.load_private_key(path), False
+    report = report or (lambda text: print(text, file=sys.stderr))
+    report(f"keyexchanged: no key at {path}; generating a {bits}-bit RSA key")
+    directory = os.path.dirname(path)
+    try:
+        if directory:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise keys.KeyFileError(
+            f"{path}: cannot create the key directory: {error.strerror}"
+        ) from None
+    private_key = rsa.generate_private_key(bits)
+    keys.save_private_key(private_key, path)
+    keys.save_public_key(private_key.public_key(), path + ".pub", force=True)
+    return private_key, True
+
+
+class KeyexchangeService(service.Service):
+    """Listens, serves, and on stop lets open sessions finish (grace period)."""
+
+    log = Logger()
+
+    def __init__(self, listen, factory, reactor, grace_period, handle_signals=False):
+        self.listen = listen
+        self.factory = factory
+        self.reactor = reactor
+        self.grace_period = grace_period
+        self.handle_signals = handle_signals
+        self.port = None
+        self.listening = None
+
+    def startService(self):
+        super().startService()
+        if self.handle_signals:
+            # After the reactor's own handlers are in place, replace them.
+            self.reactor.callWhenRunning(self._handle_signals)
+        identity = self.factory.identity
+        self.log.info(
+            "serving RSA-{bits} key {fingerprint}",
+            bits=identity.public_key.n.bit_length(),
+            fingerprint=identity.fingerprint,
+        )
+        endpoint = serverFromString(self.reactor, self.listen)
+        self.listening = endpoint.listen(self.factory)
+        self.listening.addCallbacks(self._listening, self._cannot_listen)
+
+    def _handle_signals(self):
+        """SIGTERM and SIGINT: a graceful stop that exits 0.
+
+        twistd's own handlers make the process re-kill itself with the
+        signal after shutdown, so the exit status would say "killed"; for a
+        daemon whose stop is the ordinary, orderly way to end, 0 is the
+        honest status (and what init systems and scripts expect).
+        """
+
+        def stop(number, frame):
+            name = signal.Signals(number).name
+            self.log.info(
+                "{signal}: no new connections; open sessions get {grace} s to finish",
+                signal=name,
+                grace=self.grace_period,
+            )
+            self.reactor.callFromThread(self.reactor.stop)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def _listening(self, port):
+        self.port = port
+        address = port.getHost()
+        self.log.info(
+            "listening on {host}:{port}",
+            host=getattr(address, "host", address),
+            port=getattr(address, "port", ""),
+        )
+        return port
+
+    def _cannot_listen(self, failure):
+        self.log.critical(
+            "cannot listen on {listen}: {reason}",
+            listen=self.listen,
+            reason=failure.getErrorMessage(),
+        )
+        self.reactor.stop()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            yield self.port.stopListening()
+            self.port = None
+        yield self.factory.shutdown(self.grace_period)
+
+
+def makeService(options, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    settings = options.settings
+    factory = SecureChannelFactory(
+        MessageFactory(settings["message"]),
+        options.identity,
+        reactor=reactor,
+        handshake_timeout=settings["handshake-timeout"],
+        idle_timeout=settings["idle-timeout"],
+        max_connections=settings["max-connections"],
+        max_per_source=settings["max-per-source"],
+    )
+    return KeyexchangeService(
+        settings["listen"], factory, reactor, settings["grace-period"], handle_signals=True
+    )

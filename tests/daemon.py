@@ -1,0 +1,123 @@
+"""Run the real ``twistd keyexchange`` and ``keyexchange`` for system tests.
+
+Both are child processes driven by the reactor: we wait on their output
+and exit, never on a timer, and every wait is bounded by trial's timeout.
+"""
+
+import os
+import re
+import sys
+
+from twisted.internet import defer, protocol, reactor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+CLIENT = [sys.executable, "-m", "keyexchanged.cli"]
+
+_LISTENING = re.compile(rb"listening on ([0-9.]+):(\d+)")
+
+
+def environment(**extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("KEYEXCHANGED_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+class Daemon(protocol.ProcessProtocol):
+    """``twistd -n keyexchange ...`` with its log on stdout."""
+
+    def __init__(self):
+        self.output = b""
+        self.port = None
+        self.listening = defer.Deferred()
+        self.ended = defer.Deferred()
+        self._waiters = []
+
+    @classmethod
+    def start(cls, args, env=None, cwd=None):
+        daemon = cls()
+        argv = [*TWISTD, "-n", "--pidfile=", "--logfile=-", "keyexchange", *args]
+        reactor.spawnProcess(daemon, argv[0], argv, env=env or environment(), path=cwd)
+        return daemon
+
+    def outReceived(self, data):
+        self.output += data
+        if self.port is None:
+            match = _LISTENING.search(self.output)
+            if match:
+                self.port = int(match.group(2))
+                self.listening.callback(self.port)
+        for waiter in list(self._waiters):
+            pattern, d = waiter
+            if pattern in self.output:
+                self._waiters.remove(waiter)
+                d.callback(self.output)
+
+    errReceived = outReceived
+
+    def wait_for(self, pattern):
+        """Fires when ``pattern`` (bytes) has appeared in the output."""
+        d = defer.Deferred()
+        if pattern in self.output:
+            d.callback(self.output)
+        else:
+            self._waiters.append((pattern, d))
+        return d
+
+    def processEnded(self, reason):
+        code = reason.value.exitCode
+        if not self.listening.called:
+            self.listening.errback(
+                RuntimeError(f"twistd exited ({code}) before listening:\n{self.output.decode()}")
+            )
+        self.ended.callback(code)
+
+    def signal(self, name):
+        self.transport.signalProcess(name)
+
+    def refused(self):
+        """Fires with the exit code of a daemon expected never to listen."""
+        self.listening.addErrback(lambda failure: None)
+        return self.ended
+
+    @defer.inlineCallbacks
+    def stop(self):
+        if not self.ended.called:
+            try:
+                self.signal("TERM")
+            except OSError:
+                pass
+        code = yield self.ended
+        return code
+
+
+class Output(protocol.ProcessProtocol):
+    def __init__(self, stdin=None):
+        self.stdin = stdin
+        self.out = b""
+        self.err = b""
+        self.done = defer.Deferred()
+
+    def connectionMade(self):
+        if self.stdin is not None:
+            self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data):
+        self.out += data
+
+    def errReceived(self, data):
+        self.err += data
+
+    def processEnded(self, reason):
+        self.done.callback((self.out, self.err, reason.value.exitCode))
+
+
+def run_client(*args, stdin=None, env=None):
+    """Run ``keyexchange ARGS``; fires with ``(stdout, stderr, exit code)``."""
+    output = Output(stdin)
+    argv = CLIENT + list(args)
+    reactor.spawnProcess(output, argv[0], argv, env=env or environment())
+    return output.done

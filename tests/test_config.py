@@ -1,0 +1,181 @@
+"""Settings: the config file, the command line, and every bad value."""
+
+import os
+
+from twisted.python import usage
+from twisted.trial import unittest
+
+from keyexchanged import config, keys, tap
+from keyexchanged.config import ConfigError, read_config
+from tests.test_handshake import SERVER_KEY
+
+SHIPPED = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "keyexchanged.conf")
+
+
+class ReadConfigTests(unittest.TestCase):
+    def write(self, text):
+        path = os.path.join(self.mktemp() + "-dir", "keyexchanged.conf")
+        os.makedirs(os.path.dirname(path))
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def test_shipped_file_is_valid_and_listens_on_51424(self):
+        values = read_config(SHIPPED)
+        self.assertEqual(values["listen"], "tcp:51424")
+        self.assertTrue(values["private-key"].endswith("server.key"))
+
+    def test_shipped_file_mentions_every_setting(self):
+        with open(SHIPPED, encoding="utf-8") as f:
+            text = f.read()
+        for setting in config.SETTINGS:
+            self.assertIn(setting.name, text)
+
+    def test_values_and_relative_paths(self):
+        path = self.write(
+            "[keyexchanged]\nlisten = tcp:1234:interface=127.0.0.1\nprivate-key = keys/server.key\n"
+            "handshake-timeout = 2.5\nmax-connections = 7\n"
+        )
+        values = read_config(path)
+        self.assertEqual(values["listen"], "tcp:1234:interface=127.0.0.1")
+        self.assertEqual(
+            values["private-key"],
+            os.path.abspath(os.path.join(os.path.dirname(path), "keys", "server.key")),
+        )
+        self.assertEqual(values["handshake-timeout"], 2.5)
+        self.assertEqual(values["max-connections"], 7)
+
+    def assertRefused(self, text, *fragments):
+        path = self.write(text)
+        with self.assertRaises(ConfigError) as caught:
+            read_config(path)
+        message = str(caught.exception)
+        self.assertTrue(message.startswith(path), message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+        return message
+
+    def test_bad_values_name_line_and_reason(self):
+        cases = [
+            ("max-connections = 0", "at least 1"),
+            ("max-connections = ten", "at least 1"),
+            ("max-per-source = -3", "at least 1"),
+            ("handshake-timeout = 0", "greater than 0"),
+            ("handshake-timeout = nan", "greater than 0"),
+            ("idle-timeout = soon", "greater than 0"),
+            ("grace-period = -1", "0 or more"),
+            ("key-bits = 1024", "2048 to 8192"),
+            ("key-bits = 2049", "2048 to 8192"),
+            ("listen = 51424", "endpoint description"),
+        ]
+        for line, reason in cases:
+            message = self.assertRefused(
+                "# comment\n[keyexchanged]\n" + line + "\n", "line 3", reason
+            )
+            self.assertIn(line.split(" =")[0], message)
+
+    def test_unknown_setting(self):
+        self.assertRefused(
+            "[keyexchanged]\nlisten = tcp:1\nport = 5\n", "line 3", "unknown setting 'port'"
+        )
+
+    def test_unknown_section(self):
+        self.assertRefused("[server]\nlisten = tcp:1\n", "unknown section [server]")
+
+    def test_not_ini(self):
+        self.assertRefused("listen = tcp:1\n", "no section")
+
+    def test_unreadable(self):
+        with self.assertRaises(ConfigError) as caught:
+            read_config("/nonexistent/keyexchanged.conf")
+        self.assertIn("cannot read config file", str(caught.exception))
+
+
+class FindConfigTests(unittest.TestCase):
+    def test_order(self):
+        self.assertEqual(config.find_config("a.conf", {"KEYEXCHANGED_CONFIG": "b.conf"}), "a.conf")
+        self.assertEqual(config.find_config(None, {"KEYEXCHANGED_CONFIG": "b.conf"}), "b.conf")
+
+    def test_default_key_path(self):
+        self.assertEqual(config.default_key_path({}, uid=0), "/var/lib/keyexchanged/server.key")
+        self.assertEqual(
+            config.default_key_path({"XDG_DATA_HOME": "/x"}, uid=1000),
+            "/x/keyexchanged/server.key",
+        )
+        self.assertEqual(
+            config.default_key_path({"HOME": "/home/u"}, uid=1000),
+            "/home/u/.local/share/keyexchanged/server.key",
+        )
+        self.assertEqual(
+            config.default_key_path({"STATE_DIRECTORY": "/var/lib/kx:/other"}, uid=0),
+            "/var/lib/kx/server.key",
+        )
+
+
+class OptionsTests(unittest.TestCase):
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.key_path = os.path.join(self.dir, "server.key")
+        keys.save_private_key(SERVER_KEY, self.key_path)
+        self.conf = os.path.join(self.dir, "k.conf")
+        with open(self.conf, "w") as f:
+            f.write(
+                "[keyexchanged]\nprivate-key = server.key\n"
+                "max-connections = 5\nmessage = from file\n"
+            )
+
+    def parse(self, *argv, environ=None):
+        options = tap.Options(environ=environ if environ is not None else {})
+        options.parseOptions(list(argv))
+        return options
+
+    def test_config_then_command_line(self):
+        options = self.parse("--config", self.conf, "--max-connections", "9")
+        self.assertEqual(options.settings["max-connections"], 9)
+        self.assertEqual(options.settings["message"], b"from file")
+        self.assertEqual(options.settings["private-key"], self.key_path)
+        self.assertEqual(options.identity.fingerprint, keys.fingerprint(SERVER_KEY.public_key()))
+
+    def test_environment_names_the_config(self):
+        options = self.parse(environ={"KEYEXCHANGED_CONFIG": self.conf})
+        self.assertEqual(options.settings["max-connections"], 5)
+
+    def test_message_file(self):
+        message = os.path.join(self.dir, "message.txt")
+        with open(message, "wb") as f:
+            f.write(b"\x00binary\xff")
+        options = self.parse("--config", self.conf, "--message-file", message)
+        self.assertEqual(options.settings["message"], b"\x00binary\xff")
+
+    def test_bad_command_line_values(self):
+        for argv, fragment in [
+            (["--max-connections", "0"], "--max-connections"),
+            (["--handshake-timeout", "-1"], "greater than 0"),
+            (["--listen", "nonsense port"], "endpoint description"),
+            (["--message-file", "/nonexistent"], "cannot read message file"),
+            (["--config", "/nonexistent.conf"], "cannot read config file"),
+        ]:
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse("--config", self.conf, *argv) if "--config" not in argv else self.parse(
+                    *argv
+                )
+            self.assertIn(fragment, str(caught.exception))
+
+    def test_key_readable_by_others_is_refused(self):
+        os.chmod(self.key_path, 0o644)
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("--config", self.conf)
+        self.assertIn("chmod 600", str(caught.exception))
+
+    def test_first_start_generates_a_key(self):
+        path = os.path.join(self.dir, "new", "server.key")
+        reports = []
+        key, generated = tap.load_or_create_key(path, 2048, report=reports.append)
+        self.assertTrue(generated)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertEqual(keys.load_public_key(path + ".pub"), key.public_key())
+        self.assertIn("generating a 2048-bit RSA key", reports[0])
+        again, generated = tap.load_or_create_key(path, 2048, report=reports.append)
+        self.assertFalse(generated)
+        self.assertEqual(again.public_key(), key.public_key())

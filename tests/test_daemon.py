@@ -1,0 +1,201 @@
+"""System tests: the real ``twistd keyexchange`` and ``keyexchange connect``
+as child processes on 127.0.0.1."""
+
+import json
+import os
+import socket
+
+from twisted.internet import defer, endpoints, reactor
+from twisted.internet.protocol import Protocol
+from twisted.trial import unittest
+
+from keyexchanged import config, keys
+from keyexchanged.framing import encode_frame
+from tests.daemon import Daemon, environment, run_client
+from tests.test_handshake import SERVER_KEY, frames
+from tests.vectors import RAW
+
+FINGERPRINT = RAW["server_fingerprint"]
+MESSAGE = b"The secret message: hello from keyexchanged."
+
+
+class Raw(Protocol):
+    """A plain TCP peer for sending junk."""
+
+    def __init__(self, data):
+        self.data = data
+        self.received = b""
+        self.closed = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.data)
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.closed.callback(self.received)
+
+
+class DaemonTests(unittest.TestCase):
+    timeout = 120
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.key = os.path.join(self.dir, "server.key")
+        keys.save_private_key(SERVER_KEY, self.key)
+        self.conf = os.path.join(self.dir, "keyexchanged.conf")
+        self.write_config("")
+
+    def write_config(self, extra):
+        with open(self.conf, "w") as f:
+            f.write(
+                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\nprivate-key = server.key\n"
+            )
+            f.write(extra)
+
+    @defer.inlineCallbacks
+    def start(self, *args):
+        daemon = Daemon.start(["--config", self.conf, *args])
+        self.addCleanup(daemon.stop)
+        self.port = yield daemon.listening
+        return daemon
+
+    @defer.inlineCallbacks
+    def test_pinned_client_gets_the_message(self):
+        daemon = yield self.start()
+        out, err, code = yield run_client(
+            "connect", f"127.0.0.1:{self.port}", "--fingerprint", FINGERPRINT
+        )
+        self.assertEqual((out, code), (MESSAGE, 0), err)
+        self.assertIn(f"serving RSA-2048 key {FINGERPRINT}".encode(), daemon.output)
+        yield daemon.wait_for(b"ended: ok")
+        code = yield daemon.stop()
+        self.assertEqual(code, 0, daemon.output.decode())
+
+    @defer.inlineCallbacks
+    def test_explain_narrates_public_values_only(self):
+        yield self.start()
+        out, err, code = yield run_client(
+            "connect", f"127.0.0.1:{self.port}", "--fingerprint", FINGERPRINT, "--explain"
+        )
+        self.assertEqual((out, code), (MESSAGE, 0), err)
+        for step in (
+            b"2048 bits",
+            FINGERPRINT.encode(),
+            b"OAEP",
+            b"256 bytes",
+            b"transcript hash",
+            b"server_key",
+            b"Handshake complete",
+        ):
+            self.assertIn(step, err)
+
+    @defer.inlineCallbacks
+    def test_wrong_fingerprint_is_refused_before_key(self):
+        daemon = yield self.start()
+        wrong = "SHA256:" + "A" * 43
+        out, err, code = yield run_client(
+            "connect", f"127.0.0.1:{self.port}", "--fingerprint", wrong
+        )
+        self.assertEqual((out, code), (b"", 3))
+        self.assertIn(b"does not match the pinned fingerprint", err)
+        # The server saw ERROR untrusted-key and never a KEY.
+        log = yield daemon.wait_for(b"ended: untrusted-key")
+        line = next(x for x in log.splitlines() if b"ended: untrusted-key" in x)
+        bytes_in = int(line.split(b"; ")[1].split(b" bytes in")[0])
+        self.assertLess(bytes_in, SERVER_KEY.n.bit_length() // 8)
+
+    @defer.inlineCallbacks
+    def test_no_trust_anchor_says_how_to_pin(self):
+        yield self.start()
+        _, err, code = yield run_client("connect", f"127.0.0.1:{self.port}")
+        self.assertEqual(code, 3)
+        self.assertIn(f"--fingerprint {FINGERPRINT}".encode(), err)
+
+    @defer.inlineCallbacks
+    def test_stdin_goes_to_the_server(self):
+        yield self.start()
+        out, err, code = yield run_client(
+            "connect", f"127.0.0.1:{self.port}", "--fingerprint", FINGERPRINT, stdin=b"x" * 100000
+        )
+        self.assertEqual((out, code), (MESSAGE, 0), err)
+
+    @defer.inlineCallbacks
+    def test_keeps_serving_after_bad_connections(self):
+        daemon = yield self.start()
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        for junk, code in [
+            (b"GET / HTTP/1.1\r\n\r\n", "malformed-frame"),
+            (b"KEY 99999\r\n", "frame-too-large"),
+            (b"MSG 16\r\n", "unexpected-frame"),
+            (encode_frame("KEY", b"\0" * 10), "malformed-frame"),
+        ]:
+            raw = Raw(junk)
+            yield endpoints.connectProtocol(endpoint, raw)
+            received = yield raw.closed
+            verbs = frames(received)
+            self.assertEqual([v for v, _ in verbs], ["HELLO", "ERROR"])
+            self.assertEqual(json.loads(verbs[1][1])["error"], code)
+            yield daemon.wait_for(b"ended: " + code.encode())
+        out, err, exit_code = yield run_client(
+            "connect", f"127.0.0.1:{self.port}", "--fingerprint", FINGERPRINT
+        )
+        self.assertEqual((out, exit_code), (MESSAGE, 0), err)
+
+    @defer.inlineCallbacks
+    def test_connection_refused(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        _, err, code = yield run_client(
+            "connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT
+        )
+        self.assertEqual(code, 4)
+        self.assertIn(b"cannot connect", err)
+
+    @defer.inlineCallbacks
+    def test_bad_config_value_refused_with_line(self):
+        self.write_config("idle-timeout = never\n")
+        daemon = Daemon.start(["--config", self.conf])
+        code = yield daemon.refused()
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"line 4: idle-timeout = 'never'", daemon.output)
+        self.assertNotIn(b"Traceback", daemon.output)
+
+    @defer.inlineCallbacks
+    def test_key_readable_by_others_refused(self):
+        os.chmod(self.key, 0o640)
+        daemon = Daemon.start(["--config", self.conf])
+        code = yield daemon.refused()
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"chmod 600", daemon.output)
+
+    @defer.inlineCallbacks
+    def test_first_start_without_anything(self):
+        """``twistd -n keyexchange`` with no arguments on a fresh install."""
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", 51424))
+            except OSError:
+                raise unittest.SkipTest("port 51424 is in use here") from None
+        home = os.path.join(self.dir, "home")
+        env = environment(HOME=home, XDG_DATA_HOME="")
+        if os.getuid() == 0:
+            # root's default is /var/lib/keyexchanged: use the systemd
+            # override instead of writing there.
+            env["STATE_DIRECTORY"] = os.path.join(self.dir, "state")
+        else:
+            env.pop("STATE_DIRECTORY", None)
+        daemon = Daemon.start([], env=env)
+        self.addCleanup(daemon.stop)
+        port = yield daemon.listening
+        self.assertEqual(port, 51424)
+        key_path = config.default_key_path(env)
+        self.assertTrue(key_path.startswith(self.dir), key_path)
+        self.assertEqual(os.stat(key_path).st_mode & 0o777, 0o600)
+        fingerprint = keys.fingerprint(keys.load_public_key(key_path + ".pub"))
+        self.assertIn(f"RSA-3072 key {fingerprint}".encode(), daemon.output)
+        out, err, code = yield run_client("connect", "localhost", "--fingerprint", fingerprint)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
