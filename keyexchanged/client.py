@@ -129,6 +129,28 @@ class _ExplainingTrust:
         return self.policy.verify(server_name, offer)
 
 
+class _RememberingTrust:
+    """Asks the real policy, and keeps the reason of a refusal.
+
+    The channel sends the server only the refusal's short public detail;
+    the user also deserves its explanation (which known-hosts line to edit,
+    say), and the real exception when a policy failed in an unexpected way.
+    """
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.refusal = None
+
+    def verify(self, server_name, offer):
+        checking = defer.maybeDeferred(self.policy.verify, server_name, offer)
+        checking.addErrback(self._remember)
+        return checking
+
+    def _remember(self, failure):
+        self.refusal = failure.value
+        return failure
+
+
 class StdioApplication(Protocol):
     """Inside the channel: the server's data to stdout, ours from --send/stdin."""
 
@@ -226,6 +248,7 @@ def run_connect(
     if explainer is not None:
         policy = _ExplainingTrust(policy, explainer)
         explainer.connected(host, port)
+    remembering = policy = _RememberingTrust(policy)
     application = StdioApplication(output, send=send, stream_stdin=stream_stdin)
     app_factory = Factory.forProtocol(lambda: application)
     if endpoint is None:
@@ -247,7 +270,16 @@ def run_connect(
     try:
         yield channel.handshake
     except protocol.HandshakeFailed as failed_handshake:
-        message, code = describe(_cause(failed_handshake))
+        cause = _cause(failed_handshake)
+        if isinstance(cause, trust.UntrustedKey) and remembering.refusal is not None:
+            cause = remembering.refusal
+        explanation = getattr(cause, "explanation", None)
+        if explanation:
+            print(explanation, file=errors, flush=True)
+        message, code = describe(cause)
+        if not isinstance(cause, trust.UntrustedKey) and remembering.refusal is cause:
+            # The trust check itself broke: still nothing was sent.
+            message, code = f"the trust check failed: {message}", EXIT_UNTRUSTED
         print(f"keyexchange: error: {message}", file=errors, flush=True)
         return code
     if explainer is not None:

@@ -1,23 +1,62 @@
-"""Deciding whether to trust a server's key (PROTOCOL.md §7), client side.
+"""Deciding whether to trust a peer's key (PROTOCOL.md §7 and §8).
 
-A trust policy has one method, ``verify(server_name, offer)``, where
-``offer`` is the :class:`~keyexchanged.handshake.ServerKeyReceived` event.
-It returns (or fires with) anything to accept the key and raises
+Client side, a trust policy has one method, ``verify(server_name, offer)``,
+where ``offer`` is the :class:`~keyexchanged.handshake.ServerKeyReceived`
+event.  It returns (or fires with) anything to accept the key and raises
 :class:`UntrustedKey` to refuse it; refusing sends ``ERROR untrusted-key``
 before KEY, so no secret is ever encrypted to a key we do not trust.
+
+- :class:`PinnedKey`: one fingerprint;
+- known hosts, trust on first use: :mod:`keyexchanged.knownhosts`;
+- :class:`CertificateAuthority`: a certificate chain to a CA the user names;
+- :class:`Insecure`: anything, with a warning.
+
+Server side, :func:`load_authorized_keys` reads the client keys allowed to
+authenticate with AUTH.
 """
 
 import hmac
+import ipaddress
 import re
 
-__all__ = ["Insecure", "NoTrustAnchor", "PinnedKey", "UntrustedKey", "check_fingerprint_syntax"]
+from cryptography import x509
+from OpenSSL import crypto
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import (
+    verify_certificate_hostname,
+    verify_certificate_ip_address,
+)
+
+from keyexchanged import ca, keys
+
+__all__ = [
+    "AuthorizedKeysError",
+    "CertificateAuthority",
+    "Insecure",
+    "NoTrustAnchor",
+    "PinnedKey",
+    "UntrustedKey",
+    "check_fingerprint_syntax",
+    "load_authorized_keys",
+    "parse_authorized_keys",
+]
 
 # SHA256: and 43 characters of unpadded base64 (32 bytes).
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]")
 
 
 class UntrustedKey(Exception):
-    """The server's key failed a trust check; the message says which."""
+    """The server's key failed a trust check.
+
+    ``str()`` of it is the short detail that goes to the server in ``ERROR
+    untrusted-key`` and ends the user's error line: public text, which check
+    failed.  ``explanation``, when there is one, is for the user's eyes only
+    (it may name local files), printed before that line.
+    """
+
+    def __init__(self, detail, explanation=None):
+        super().__init__(detail)
+        self.explanation = explanation
 
 
 def check_fingerprint_syntax(text):
@@ -27,6 +66,10 @@ def check_fingerprint_syntax(text):
     return text
 
 
+def same_fingerprint(a, b):
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
 class PinnedKey:
     """Trust exactly one key, named by its fingerprint."""
 
@@ -34,7 +77,7 @@ class PinnedKey:
         self.fingerprint = check_fingerprint_syntax(fingerprint)
 
     def verify(self, server_name, offer):
-        if not hmac.compare_digest(offer.fingerprint.encode(), self.fingerprint.encode()):
+        if not same_fingerprint(offer.fingerprint, self.fingerprint):
             raise UntrustedKey(
                 f"the server's key {offer.fingerprint} does not match the pinned "
                 f"fingerprint {self.fingerprint}"
@@ -62,3 +105,215 @@ class NoTrustAnchor:
             f"no way to check the server's key {offer.fingerprint}; if it is right, "
             f"run again with --fingerprint {offer.fingerprint}"
         )
+
+
+# --- Certificates ------------------------------------------------------------------
+
+#: OpenSSL's verification errors that mean "no path to a CA you trust", and
+#: what each means for a user of --ca (X509_V_ERR_* in x509_vfy.h).
+_NOT_VALID_YET = 9
+_EXPIRED = 10
+_NO_PATH_TO_ANCHOR = {
+    2: "an intermediate certificate is missing from the chain the server sent",
+    18: "the server's certificate is self-signed and not in the CA file",
+    19: "the chain ends in a self-signed certificate that is not in the CA file",
+    20: "the chain does not lead to a CA in the CA file",
+    21: "the chain does not lead to a CA in the CA file",
+}
+
+
+class CertificateAuthority:
+    """Trust a key that a CA we hold vouches for (PROTOCOL.md §7.3).
+
+    The HELLO ``certificates`` chain (leaf first) must, in this order:
+
+    1. hold a leaf whose SubjectPublicKeyInfo *is* HELLO's ``key``, byte for byte;
+    2. verify with OpenSSL (pyOpenSSL's ``X509StoreContext``) up to one of
+       ``anchors``, the other certificates serving as intermediates, each
+       valid at the time of the check;
+    3. name the host name or IP address that was dialled (RFC 6125, by
+       service-identity);
+    4. if it has a keyUsage extension, allow keyEncipherment: that is what
+       KX/1 does with the key.
+
+    ``now`` fixes the time of the check (tests); by default it is the
+    current time.
+    """
+
+    def __init__(self, anchors, now=None):
+        self.anchors = list(anchors)
+        if not self.anchors:
+            raise ValueError("a CertificateAuthority needs at least one CA certificate")
+        self.now = now
+
+    @classmethod
+    def from_file(cls, path, now=None):
+        """The CA certificates of the PEM bundle ``path``; raises
+        :class:`keyexchanged.ca.CertificateFileError`."""
+        return cls(ca.read_certificates(path), now=now)
+
+    def verify(self, server_name, offer):
+        if not offer.certificates:
+            raise UntrustedKey("the server sent no certificate, and a CA was required")
+        chain = []
+        for number, der in enumerate(offer.certificates, 1):
+            try:
+                chain.append(x509.load_der_x509_certificate(der))
+            except ValueError:
+                raise UntrustedKey(
+                    f"certificate {number} from the server is not DER X.509"
+                ) from None
+        leaf = chain[0]
+        self._check_key(leaf, offer)
+        self._check_chain(chain)
+        self._check_name(leaf, server_name)
+        self._check_key_usage(leaf)
+
+    def _check_key(self, leaf, offer):
+        try:
+            spki = ca.subject_public_key_info(leaf)
+        except ValueError:
+            spki = None
+        if spki is None or not hmac.compare_digest(spki, offer.der):
+            raise UntrustedKey(
+                f"the certificate's key is not the key the server offered ({offer.fingerprint})"
+            )
+
+    def _check_chain(self, chain):
+        store = crypto.X509Store()
+        for anchor in self.anchors:
+            store.add_cert(crypto.X509.from_cryptography(anchor))
+        if self.now is not None:
+            store.set_time(self.now)
+        context = crypto.X509StoreContext(
+            store,
+            crypto.X509.from_cryptography(chain[0]),
+            [crypto.X509.from_cryptography(c) for c in chain[1:]],
+        )
+        try:
+            context.verify_certificate()
+        except crypto.X509StoreContextError as error:
+            code, depth, message = error.errors
+            failed = error.certificate.to_cryptography()
+            which = "the server's certificate" if depth == 0 else f"certificate {depth + 1}"
+            if code == _EXPIRED:
+                reason = (
+                    f"{which} has expired (valid until "
+                    f"{ca.not_valid_after(failed):%Y-%m-%d %H:%M} UTC)"
+                )
+            elif code == _NOT_VALID_YET:
+                reason = (
+                    f"{which} is not valid yet (valid from "
+                    f"{ca.not_valid_before(failed):%Y-%m-%d %H:%M} UTC)"
+                )
+            elif code in _NO_PATH_TO_ANCHOR:
+                reason = f"{_NO_PATH_TO_ANCHOR[code]} ({message})"
+            else:
+                reason = f"{which}: {message}"
+            raise UntrustedKey(f"certificate chain not trusted: {reason}") from None
+
+    def _check_name(self, leaf, server_name):
+        if not server_name:
+            raise UntrustedKey("no host name to check the certificate against")
+        name = server_name.strip("[]")
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            address = None
+        try:
+            if address is not None:
+                verify_certificate_ip_address(leaf, str(address))
+            else:
+                verify_certificate_hostname(leaf, name)
+        except (VerificationError, CertificateError, ValueError):
+            what = "IP address" if address is not None else "host name"
+            raise UntrustedKey(
+                f"the certificate does not match the {what} {name} "
+                f"(it is for {ca.describe_names(leaf)})"
+            ) from None
+
+    def _check_key_usage(self, leaf):
+        try:
+            usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            return
+        if not usage.key_encipherment:
+            raise UntrustedKey(
+                "the certificate's keyUsage does not allow keyEncipherment, "
+                "which is what KX/1 does with the key"
+            )
+
+
+# --- Authorized client keys (server side) -------------------------------------------
+
+#: Far above any real list (thousands of keys); bounds a wrong path.
+MAX_AUTHORIZED_KEYS_FILE = 4 << 20
+
+_PEM_BEGIN = re.compile(r"-----BEGIN (PUBLIC KEY|RSA PUBLIC KEY)-----")
+
+
+class AuthorizedKeysError(Exception):
+    """An authorized-keys file cannot be used; the message names the line."""
+
+
+def parse_authorized_keys(text, path="authorized keys"):
+    """The fingerprints of an authorized-keys text, as a frozenset.
+
+    One key per entry: a fingerprint (``SHA256:...``) on its own line, or a
+    PEM public key block (``PUBLIC KEY`` or ``RSA PUBLIC KEY``).  ``#``
+    starts a comment, on its own line or after a fingerprint; blank lines
+    are skipped.  Anything else is an error naming the line: a typo in the
+    list of who may log in should not pass unnoticed.
+    """
+    fingerprints = set()
+    lines = text.splitlines()
+    number = 0
+    while number < len(lines):
+        line = lines[number].strip()
+        number += 1
+        where = f"{path}, line {number}"
+        if not line or line.startswith("#"):
+            continue
+        begin = _PEM_BEGIN.fullmatch(line)
+        if begin:
+            end = f"-----END {begin.group(1)}-----"
+            first = number
+            while number < len(lines) and lines[number].strip() != end:
+                number += 1
+            if number == len(lines):
+                raise AuthorizedKeysError(f"{where}: no {end} line for this key")
+            number += 1
+            block = "\n".join(entry.strip() for entry in lines[first - 1 : number])
+            try:
+                key = keys.public_key_from_bytes(block)
+            except ValueError as error:
+                raise AuthorizedKeysError(f"{where}: {error}") from None
+            fingerprints.add(keys.fingerprint(key))
+            continue
+        fields = line.split(None, 1)
+        if len(fields) == 2 and not fields[1].startswith("#"):
+            raise AuthorizedKeysError(
+                f"{where}: expected a fingerprint, then nothing or a # comment"
+            )
+        try:
+            fingerprints.add(check_fingerprint_syntax(fields[0]))
+        except ValueError as error:
+            raise AuthorizedKeysError(f"{where}: {error}") from None
+    return frozenset(fingerprints)
+
+
+def load_authorized_keys(path):
+    """The fingerprints authorized by the file ``path`` (see
+    :func:`parse_authorized_keys`); raises :class:`AuthorizedKeysError`."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_AUTHORIZED_KEYS_FILE + 1)
+    except OSError as error:
+        raise AuthorizedKeysError(f"{path}: cannot read: {error.strerror or error}") from None
+    if len(data) > MAX_AUTHORIZED_KEYS_FILE:
+        raise AuthorizedKeysError(f"{path}: too large for an authorized-keys file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AuthorizedKeysError(f"{path}: not UTF-8 text") from None
+    return parse_authorized_keys(text, path)

@@ -1,0 +1,349 @@
+"""Known hosts: trust on first use, as OpenSSH does (PROTOCOL.md §7.2).
+
+The file, ``$XDG_CONFIG_HOME/keyexchange/known_hosts`` (else
+``~/.config/keyexchange/known_hosts``), has one entry a line::
+
+    # comments and blank lines are ignored
+    example.org:51424 SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU
+    [2001:db8::1]:51424 SHA256:...        # a comment may follow
+    @revoked SHA256:...                   # never trust this key, anywhere
+
+A host (``host:port``, the host as it was dialled, in lower case) may have
+several lines; its key is known when one of them names it.  A key listed
+``@revoked`` is refused for every host and under every trust model (the
+command line wraps pinned and CA checks in :class:`NotRevoked`).
+
+:class:`KnownHostsTrust` is the policy: known key, accept; revoked key or a
+known host with another key, refuse loudly, naming the file and line;
+unknown host, ask the user (on a terminal) or accept it when told to
+(``--accept-new``), and append it to the file.
+
+A line the parser does not understand is an error that names it, not a line
+skipped: a mistyped ``@revoked`` must not go unnoticed.
+"""
+
+import contextlib
+import fcntl
+import ipaddress
+import os
+import stat
+
+from keyexchanged import keys
+from keyexchanged.trust import UntrustedKey, check_fingerprint_syntax, same_fingerprint
+
+__all__ = [
+    "KnownHosts",
+    "KnownHostsError",
+    "KnownHostsTrust",
+    "NotRevoked",
+    "ask_yes_no",
+    "default_path",
+    "host_entry",
+]
+
+REVOKED = "@revoked"
+FILE_MODE = 0o600
+DIRECTORY_MODE = 0o700
+#: Far larger than any list of hosts; bounds what a wrong path makes us read.
+MAX_FILE_SIZE = 4 << 20
+#: Answers a prompt accepts before it gives up and takes it as "no".
+PROMPT_TRIES = 3
+
+
+class KnownHostsError(Exception):
+    """The known-hosts file cannot be read, parsed or written; the message
+    names the file (and the line)."""
+
+
+def default_path(environ=None):
+    """``$XDG_CONFIG_HOME/keyexchange/known_hosts``, else under ``~/.config``."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CONFIG_HOME")
+    if not base or not os.path.isabs(base):
+        # The XDG rule: a relative value is invalid and is ignored.
+        home = environ.get("HOME") or os.path.expanduser("~")
+        base = os.path.join(home, ".config")
+    return os.path.join(base, "keyexchange", "known_hosts")
+
+
+def host_entry(host, port):
+    """How a host is written in the file: ``host:port``, ``[v6]:port``."""
+    host = host.strip("[]").rstrip(".").lower()
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{ipaddress.ip_address(host).compressed}]:{port}"
+    return f"{host}:{port}"
+
+
+def _parse_host(text):
+    """``host:port`` as written in the file → the same, normalized; ValueError."""
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+    else:
+        host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    return host_entry(host, int(port))
+
+
+class Entry:
+    """One line: a host and a key it may have, or a revoked key (host None)."""
+
+    __slots__ = ("fingerprint", "host", "line")
+
+    def __init__(self, host, fingerprint, line):
+        self.host = host
+        self.fingerprint = fingerprint
+        self.line = line
+
+
+class KnownHosts:
+    """The parsed file.  :meth:`load` it; a missing file is an empty one."""
+
+    def __init__(self, path, entries=()):
+        self.path = path
+        self.entries = list(entries)
+
+    @classmethod
+    def load(cls, path):
+        try:
+            text = _read(path)
+        except FileNotFoundError:
+            return cls(path)
+        return cls.parse(text, path)
+
+    @classmethod
+    def parse(cls, text, path):
+        entries = []
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            fields = line.split()
+            try:
+                if len(fields) != 2:
+                    raise ValueError("expected 'host:port fingerprint' or '@revoked fingerprint'")
+                first, fingerprint = fields
+                check_fingerprint_syntax(fingerprint)
+                if first == REVOKED:
+                    host = None
+                elif first.startswith("@"):
+                    raise ValueError(f"unknown marker {first!r} (only {REVOKED})")
+                else:
+                    host = _parse_host(first)
+            except ValueError as error:
+                raise KnownHostsError(f"{path}, line {number}: {error}") from None
+            entries.append(Entry(host, fingerprint, number))
+        return cls(path, entries)
+
+    def revoked(self, fingerprint):
+        """The ``@revoked`` line of ``fingerprint``, or None."""
+        for entry in self.entries:
+            if entry.host is None and same_fingerprint(entry.fingerprint, fingerprint):
+                return entry
+        return None
+
+    def lookup(self, host, port):
+        """The lines for ``host:port``, in file order."""
+        name = host_entry(host, port)
+        return [entry for entry in self.entries if entry.host == name]
+
+    def add(self, host, port, fingerprint):
+        """Append ``host:port fingerprint`` to the file; return its line number.
+
+        Atomic: the new file is written beside the old one and renamed over
+        it, so a reader sees the old file or the new one, whole.  A lock on
+        the directory keeps two clients adding at once from losing a line;
+        the file is read again under it.  The directory is created 0700 and
+        a new file 0600; an existing file keeps its mode.
+        """
+        path = os.path.realpath(self.path)  # a symlinked file is updated, not replaced
+        directory = os.path.dirname(path)
+        try:
+            os.makedirs(directory, mode=DIRECTORY_MODE, exist_ok=True)
+            with _locked(directory):
+                try:
+                    text = _read(path)
+                    mode = stat.S_IMODE(os.stat(path).st_mode)
+                except FileNotFoundError:
+                    text, mode = "", FILE_MODE
+                current = KnownHosts.parse(text, self.path)
+                for entry in current.lookup(host, port):
+                    if same_fingerprint(entry.fingerprint, fingerprint):
+                        self.entries = current.entries
+                        return entry.line  # another client added it meanwhile
+                if text and not text.endswith("\n"):
+                    text += "\n"
+                text += f"{host_entry(host, port)} {fingerprint}\n"
+                number = len(text.splitlines())
+                keys._write_atomically(path, text.encode("utf-8"), mode, force=True)
+        except OSError as error:
+            raise KnownHostsError(f"{self.path}: cannot write: {error.strerror or error}") from None
+        except keys.KeyFileError as error:
+            raise KnownHostsError(str(error)) from None
+        self.entries = [*current.entries, Entry(host_entry(host, port), fingerprint, number)]
+        return number
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_SIZE + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise KnownHostsError(f"{path}: cannot read: {error.strerror or error}") from None
+    if len(data) > MAX_FILE_SIZE:
+        raise KnownHostsError(f"{path}: too large for a known-hosts file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KnownHostsError(f"{path}: not UTF-8 text") from None
+
+
+@contextlib.contextmanager
+def _locked(directory):
+    """An exclusive lock on ``directory`` (flock), released on exit."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        with contextlib.suppress(OSError):  # a file system without locks: go on
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _bits(offer):
+    return offer.public_key.n.bit_length()
+
+
+class KnownHostsTrust:
+    """Trust on first use for one server port (PROTOCOL.md §7.2).
+
+    ``ask(question, fingerprint) -> bool`` puts a yes/no question to the
+    user (:func:`ask_yes_no` on a terminal), or is
+    ``None`` when there is nobody to ask (no terminal).  ``accept_new``
+    adds unknown hosts without asking.  ``report(text)`` tells the user what
+    was done (a host added to the file).
+    """
+
+    def __init__(self, path, port, ask=None, accept_new=False, report=None):
+        self.path = path
+        self.port = port
+        self.ask = ask
+        self.accept_new = accept_new
+        self.report = report or (lambda text: None)
+
+    def verify(self, server_name, offer):
+        try:
+            known = KnownHosts.load(self.path)
+        except KnownHostsError as error:
+            raise UntrustedKey("the known-hosts file cannot be used", str(error)) from None
+        check_not_revoked(known, offer)
+        entries = known.lookup(server_name, self.port)
+        name = host_entry(server_name, self.port)
+        if any(same_fingerprint(entry.fingerprint, offer.fingerprint) for entry in entries):
+            return
+        if entries:
+            raise self._changed(name, entries, offer)
+        self._unknown(known, name, server_name, offer)
+
+    def _changed(self, name, entries, offer):
+        lines = ", ".join(str(entry.line) for entry in entries)
+        where = f"{self.path}, line{'s' if len(entries) > 1 else ''} {lines}"
+        banner = "\n".join(
+            [
+                "@" * 64,
+                "@  WARNING: THE KEY OF THIS SERVER HAS CHANGED!".ljust(63) + "@",
+                "@" * 64,
+                "Someone could be intercepting this connection right now, or the",
+                "server's key was replaced.  Nothing was sent to it.",
+                f"The key {name} offered:  {offer.fingerprint} (RSA-{_bits(offer)})",
+                f"The key known for it:  {entries[0].fingerprint}",
+                f"Known from {where}.",
+                "If you know the change is legitimate (ask the server's operator),",
+                f"delete that line from {self.path} and connect again.",
+            ]
+        )
+        return UntrustedKey(
+            f"the key of {name} has changed: {offer.fingerprint} is not the known "
+            f"{entries[0].fingerprint} (known hosts, line {entries[0].line})",
+            banner,
+        )
+
+    def _unknown(self, known, name, server_name, offer):
+        if not self.accept_new:
+            if self.ask is None:
+                raise UntrustedKey(
+                    f"{name} is not a known host, and there is no terminal to ask whether "
+                    f"to trust its key {offer.fingerprint}",
+                    f"{name} is not in {self.path}.  Check its key with the server's "
+                    "operator, then run again on a terminal to be asked, or with "
+                    f"--accept-new to add it, or with --fingerprint {offer.fingerprint} "
+                    "to pin it.",
+                )
+            question = (
+                f"The authenticity of {name} cannot be established.\n"
+                f"Its RSA-{_bits(offer)} key has the fingerprint {offer.fingerprint}.\n"
+                "Are you sure you want to trust this key and connect (yes/no)? "
+            )
+            if not self.ask(question, offer.fingerprint):
+                raise UntrustedKey(f"the key of {name} was not accepted")
+        try:
+            line = known.add(server_name, self.port, offer.fingerprint)
+        except KnownHostsError as error:
+            # The user did accept the key for this session; only the memory
+            # of it failed, as with ssh.
+            self.report(f"warning: could not add {name} to the known hosts: {error}")
+        else:
+            self.report(
+                f"added {name} ({offer.fingerprint}) to {self.path}, line {line}; "
+                "its key will be checked against that from now on"
+            )
+
+
+def check_not_revoked(known, offer):
+    entry = known.revoked(offer.fingerprint)
+    if entry is not None:
+        raise UntrustedKey(
+            f"the server's key {offer.fingerprint} is revoked",
+            f"{known.path}, line {entry.line} revokes the key {offer.fingerprint} "
+            "(@revoked): it is refused for every host, whatever the options.",
+        )
+
+
+class NotRevoked:
+    """Another policy, after the ``@revoked`` lines of a known-hosts file."""
+
+    def __init__(self, path, policy):
+        self.path = path
+        self.policy = policy
+
+    def verify(self, server_name, offer):
+        try:
+            known = KnownHosts.load(self.path)
+        except KnownHostsError as error:
+            raise UntrustedKey("the known-hosts file cannot be used", str(error)) from None
+        check_not_revoked(known, offer)
+        return self.policy.verify(server_name, offer)
+
+
+def ask_yes_no(question, fingerprint, input_stream, output_stream):
+    """Ask on a terminal as ssh does: ``yes``, ``no``, or the fingerprint
+    itself (which means yes, checked by the user against theirs).  End of
+    input, or no clear answer after a few tries, is no."""
+    output_stream.write(question)
+    for _ in range(PROMPT_TRIES):
+        output_stream.flush()
+        line = input_stream.readline()
+        if not line:
+            output_stream.write("\n")
+            return False
+        answer = line.strip()
+        if answer.lower() == "yes" or answer == fingerprint:
+            return True
+        if answer.lower() == "no":
+            return False
+        output_stream.write("Please type 'yes', 'no' or the fingerprint: ")
+    output_stream.write("\n")
+    return False

@@ -1,0 +1,433 @@
+"""Trust policies (keyexchanged.trust): pinned keys, certificate authorities,
+authorized client keys.  No sockets: policies are called with the event a
+client sees, and the channel is joined in memory where the wire matters."""
+
+import atexit
+import base64
+import json
+import os
+import shutil
+import tempfile
+
+from twisted.internet.protocol import Factory
+from twisted.test import iosim
+from twisted.trial import unittest
+
+from keyexchanged import ca, keys, protocol
+from keyexchanged.trust import (
+    AuthorizedKeysError,
+    CertificateAuthority,
+    PinnedKey,
+    UntrustedKey,
+    load_authorized_keys,
+    parse_authorized_keys,
+)
+from tests import certs
+from tests.test_handshake import CLIENT_KEY, IDENTITY, SERVER_KEY, frames, vector_client
+from tests.test_keys import data, openssl_fingerprint
+from tests.test_protocol import Collector, Pair
+from tests.vectors import RAW, hexbytes
+
+_world = None
+
+
+def world():
+    """CAs and keys shared by the tests of one process: made once, since
+    each openssl run costs a key generation."""
+    global _world
+    if _world is None:
+        directory = tempfile.mkdtemp(prefix="keyexchange-trust-test-")
+        atexit.register(shutil.rmtree, directory, True)
+        w = {"dir": directory}
+        w["root_key"] = certs.fast_key()
+        w["root"] = certs.build(w["root_key"], subject="Our Root", ca=True, usage="ca")
+        w["inter_key"] = certs.fast_key()
+        w["inter"] = certs.build(
+            w["inter_key"], w["root_key"], w["root"], subject="Our Intermediate", ca=True,
+            usage="ca",
+        )  # fmt: skip
+        w["other_key"] = certs.fast_key()
+        w["other_root"] = certs.build(w["other_key"], subject="Other Root", ca=True, usage="ca")
+        w["openssl"] = certs.OpenSSLCA(os.path.join(directory, "openssl"))
+        w["server_key_file"] = certs.save_key(SERVER_KEY, os.path.join(directory, "server.key"))
+        _world = w
+    return _world
+
+
+def leaf(names=("server.example",), ips=(), key=SERVER_KEY, issuer="root", **options):
+    w = world()
+    return certs.build(
+        key, w[issuer + "_key"], w[issuer], subject="server", names=names, ips=ips, **options
+    )
+
+
+def policy(*anchors, now=None):
+    return CertificateAuthority(anchors or [world()["root"]], now=now)
+
+
+class PinnedKeyTests(unittest.TestCase):
+    def test_accepts_its_key(self):
+        PinnedKey(IDENTITY.fingerprint).verify("example", certs.offer(SERVER_KEY))
+
+    def test_refuses_another(self):
+        with self.assertRaises(UntrustedKey) as caught:
+            PinnedKey(IDENTITY.fingerprint).verify("example", certs.offer(CLIENT_KEY))
+        self.assertIn("does not match the pinned fingerprint", str(caught.exception))
+
+    def test_refuses_a_malformed_fingerprint(self):
+        self.assertRaises(ValueError, PinnedKey, "SHA256:short")
+
+
+class CertificateAuthorityTests(unittest.TestCase):
+    """Every accept path and every refusal of --ca (issue 4, §4)."""
+
+    def assertRefused(self, verifier, offer, fragment, server_name="server.example"):
+        with self.assertRaises(UntrustedKey) as caught:
+            verifier.verify(server_name, offer)
+        self.assertIn(fragment, str(caught.exception))
+        return caught.exception
+
+    # -- accepted ------------------------------------------------------------------
+
+    def test_host_name(self):
+        policy().verify("server.example", certs.offer(SERVER_KEY, [leaf()]))
+        policy().verify("SERVER.Example", certs.offer(SERVER_KEY, [leaf()]))
+
+    def test_ip_address(self):
+        chain = [leaf(names=(), ips=("127.0.0.1", "::1"))]
+        policy().verify("127.0.0.1", certs.offer(SERVER_KEY, chain))
+        policy().verify("::1", certs.offer(SERVER_KEY, chain))
+        policy().verify("[::1]", certs.offer(SERVER_KEY, chain))
+
+    def test_intermediate_from_the_chain(self):
+        chain = [leaf(issuer="inter"), world()["inter"]]
+        policy().verify("server.example", certs.offer(SERVER_KEY, chain))
+
+    def test_no_key_usage_extension_is_fine(self):
+        chain = [leaf(usage=None)]
+        policy().verify("server.example", certs.offer(SERVER_KEY, chain))
+
+    def test_any_anchor_of_the_bundle(self):
+        w = world()
+        bundle = os.path.join(w["dir"], "bundle.pem")
+        with open(bundle, "wb") as f:
+            f.write(certs.pem(w["other_root"], w["root"]))
+        verifier = CertificateAuthority.from_file(bundle)
+        self.assertEqual(len(verifier.anchors), 2)
+        verifier.verify("server.example", certs.offer(SERVER_KEY, [leaf()]))
+
+    def test_openssl_made_certificates(self):
+        o = world()["openssl"]
+        key_file = world()["server_key_file"]
+        direct = o.server(key_file, "direct.pem", names=["server.example"], ips=["127.0.0.1"])
+        chained = o.server(key_file, "chained.pem", names=["server.example"], issuer="intermediate")
+        verifier = CertificateAuthority.from_file(o.root)
+        cases = [(direct, "server.example"), (direct, "127.0.0.1"), (chained, "server.example")]
+        for path, name in cases:
+            verifier.verify(name, certs.offer(SERVER_KEY, certs.load_chain(path)))
+        self.assertEqual(len(certs.load_chain(chained)), 2)
+
+    def test_keyexchange_ca_made_certificates(self):
+        directory = os.path.join(self.mktemp(), "ca")
+        os.makedirs(directory)
+        ca.init_ca(directory, world()["other_key"])
+        issued = ca.issue_certificate(
+            directory, SERVER_KEY.public_key(), names=["server.example"], addresses=["10.0.0.7"]
+        )
+        verifier = CertificateAuthority.from_file(os.path.join(directory, ca.CA_CERTIFICATE))
+        verifier.verify("server.example", certs.offer(SERVER_KEY, [issued]))
+        verifier.verify("10.0.0.7", certs.offer(SERVER_KEY, [issued]))
+        self.assertRefused(verifier, certs.offer(SERVER_KEY, [issued]), "10.0.0.8", "10.0.0.8")
+
+    # -- refused -------------------------------------------------------------------
+
+    def test_expired(self):
+        old = leaf(not_before=certs.now() - 60 * certs.DAY, not_after=certs.now() - certs.DAY)
+        self.assertRefused(policy(), certs.offer(SERVER_KEY, [old]), "has expired")
+
+    def test_not_yet_valid(self):
+        new = leaf(not_before=certs.now() + certs.DAY, not_after=certs.now() + 60 * certs.DAY)
+        self.assertRefused(policy(), certs.offer(SERVER_KEY, [new]), "is not valid yet")
+
+    def test_validity_is_checked_at_the_given_time(self):
+        """The openssl certificates are valid 30 days: a check 31 days on
+        refuses them, one a day before they began too."""
+        o = world()["openssl"]
+        path = o.server(world()["server_key_file"], "timed.pem", names=["server.example"])
+        offer = certs.offer(SERVER_KEY, certs.load_chain(path))
+        later = CertificateAuthority.from_file(o.root, now=certs.now() + 31 * certs.DAY)
+        self.assertRefused(later, offer, "has expired")
+        earlier = CertificateAuthority.from_file(o.root, now=certs.now() - certs.DAY)
+        self.assertRefused(earlier, offer, "not valid yet")
+
+    def test_expired_intermediate(self):
+        w = world()
+        inter = certs.build(
+            w["inter_key"], w["root_key"], w["root"], subject="Our Intermediate", ca=True,
+            usage="ca", not_after=certs.now() - certs.DAY, not_before=certs.now() - 9 * certs.DAY,
+        )  # fmt: skip
+        chain = [leaf(issuer="inter"), inter]
+        refusal = self.assertRefused(policy(), certs.offer(SERVER_KEY, chain), "has expired")
+        self.assertIn("certificate 2", str(refusal))
+
+    def test_wrong_host_name(self):
+        self.assertRefused(
+            policy(),
+            certs.offer(SERVER_KEY, [leaf()]),
+            "does not match the host name other.example (it is for DNS:server.example)",
+            server_name="other.example",
+        )
+
+    def test_ip_address_mismatch(self):
+        chain = [leaf(names=("server.example",), ips=("127.0.0.1",))]
+        self.assertRefused(
+            policy(), certs.offer(SERVER_KEY, chain), "IP address 127.0.0.2", "127.0.0.2"
+        )
+
+    def test_a_host_name_does_not_match_an_ip_address(self):
+        """A DNS name of "127.0.0.1" is not the address 127.0.0.1 (RFC 6125)."""
+        chain = [leaf(names=("localhost",), ips=())]
+        self.assertRefused(policy(), certs.offer(SERVER_KEY, chain), "IP address", "127.0.0.1")
+
+    def test_no_host_name(self):
+        self.assertRefused(
+            policy(), certs.offer(SERVER_KEY, [leaf()]), "no host name", server_name=None
+        )
+
+    def test_unknown_ca(self):
+        self.assertRefused(
+            policy(world()["other_root"]),
+            certs.offer(SERVER_KEY, [leaf()]),
+            "does not lead to a CA in the CA file",
+        )
+
+    def test_unknown_ca_made_by_openssl(self):
+        o = world()["openssl"]
+        path = o.server(world()["server_key_file"], "unknown.pem", names=["server.example"])
+        self.assertRefused(
+            policy(), certs.offer(SERVER_KEY, certs.load_chain(path)), "does not lead to a CA"
+        )
+
+    def test_broken_chain(self):
+        """The intermediate is missing from what the server sent."""
+        self.assertRefused(
+            policy(), certs.offer(SERVER_KEY, [leaf(issuer="inter")]), "does not lead to a CA"
+        )
+
+    def test_self_signed_leaf(self):
+        own = certs.build(SERVER_KEY, subject="server", names=["server.example"])
+        self.assertRefused(policy(), certs.offer(SERVER_KEY, [own]), "self-signed")
+
+    def test_an_intermediate_is_not_an_anchor(self):
+        """A self-signed root sent by the server in its chain is not trusted."""
+        w = world()
+        chain = [leaf(issuer="inter"), w["inter"], w["root"]]
+        self.assertRefused(policy(w["other_root"]), certs.offer(SERVER_KEY, chain), "CA file")
+
+    def test_leaf_key_is_not_hello_key(self):
+        w = world()
+        other = certs.build(CLIENT_KEY, w["root_key"], w["root"], names=["server.example"])
+        self.assertRefused(
+            policy(), certs.offer(SERVER_KEY, [other]), "the certificate's key is not the key"
+        )
+
+    def test_key_usage_without_key_encipherment(self):
+        chain = [leaf(usage=certs.key_usage(digital_signature=True))]
+        self.assertRefused(
+            policy(), certs.offer(SERVER_KEY, chain), "keyUsage does not allow keyEncipherment"
+        )
+
+    def test_key_usage_without_key_encipherment_by_openssl(self):
+        o = world()["openssl"]
+        path = o.server(
+            world()["server_key_file"], "signing.pem", names=["server.example"],
+            usage="digitalSignature",
+        )  # fmt: skip
+        verifier = CertificateAuthority.from_file(o.root)
+        offer = certs.offer(SERVER_KEY, certs.load_chain(path))
+        self.assertRefused(verifier, offer, "keyEncipherment")
+
+    def test_no_certificate(self):
+        self.assertRefused(policy(), certs.offer(SERVER_KEY), "sent no certificate")
+
+    def test_garbage_certificate(self):
+        self.assertRefused(policy(), certs.offer(SERVER_KEY, [b"\x30\x03\x02\x01\x01"]), "not DER")
+
+    def test_leaf_must_come_first(self):
+        chain = [world()["inter"], leaf(issuer="inter")]
+        self.assertRefused(policy(), certs.offer(SERVER_KEY, chain), "the certificate's key")
+
+    def test_ca_file_errors(self):
+        missing = os.path.join(self.mktemp(), "nothing.pem")
+        with self.assertRaises(ca.CertificateFileError) as caught:
+            CertificateAuthority.from_file(missing)
+        self.assertIn(missing, str(caught.exception))
+        empty = self.mktemp()
+        with open(empty, "w") as f:
+            f.write("not a certificate\n")
+        with self.assertRaises(ca.CertificateFileError) as caught:
+            CertificateAuthority.from_file(empty)
+        self.assertIn("no PEM certificate", str(caught.exception))
+
+
+class ThroughTheChannelTests(unittest.TestCase):
+    """A refusal on the wire: ERROR untrusted-key, and never a KEY."""
+
+    def client_bytes(self):
+        sent = []
+        original = iosim.FakeTransport.write
+
+        def write(transport, data):
+            if not transport.isServer:
+                sent.append(data)
+            original(transport, data)
+
+        self.patch(iosim.FakeTransport, "write", write)
+        return sent
+
+    def test_certificate_in_hello_is_checked(self):
+        sent = self.client_bytes()
+        chain = [certs.der(leaf(names=("other.example",)))]
+        self.patch(IDENTITY, "certificates", tuple(chain))
+        self.patch(IDENTITY, "certificates_b64", [base64.b64encode(chain[0]).decode()])
+        pair = Pair(trust=policy())  # it dials "example"
+        pair.flush()
+        failure = self.failureResultOf(pair.handshake, protocol.HandshakeFailed)
+        self.assertIsInstance(failure.value.reason.value, UntrustedKey)
+        self.assertIn("host name example", str(failure.value.reason.value))
+        verbs = frames(b"".join(sent))
+        self.assertEqual([verb for verb, _ in verbs], ["ERROR"])
+        self.assertEqual(json.loads(verbs[0][1])["error"], "untrusted-key")
+
+    def test_certificate_accepted(self):
+        chain = [certs.der(leaf(names=("example",)))]
+        self.patch(IDENTITY, "certificates", tuple(chain))
+        self.patch(IDENTITY, "certificates_b64", [base64.b64encode(c).decode() for c in chain])
+        pair = Pair(trust=policy())
+        pair.flush()
+        self.assertTrue(pair.application.made)
+        self.assertEqual(pair.application.data, hexbytes("server_message"))
+
+
+class AuthorizedKeysTests(unittest.TestCase):
+    def test_fingerprints_pem_and_comments(self):
+        pem = keys._public_key_to_pem(CLIENT_KEY).decode()
+        text = (
+            "# who may log in\n"
+            f"{IDENTITY.fingerprint}   # the server's own key, why not\n"
+            "\n"
+            f"  {pem.strip()}\n"
+            "   # indented comment\n"
+        )
+        self.assertEqual(
+            parse_authorized_keys(text), {IDENTITY.fingerprint, RAW["client_fingerprint"]}
+        )
+
+    def test_pkcs1_public_key(self):
+        pkcs1 = data("keys_openssl_pkcs1_public.pem").decode()
+        self.assertIn("BEGIN RSA PUBLIC KEY", pkcs1)
+        self.assertEqual(parse_authorized_keys(pkcs1), {openssl_fingerprint()})
+
+    def test_errors_name_the_line(self):
+        for text, line, fragment in [
+            ("# ok\nSHA256:nope\n", 2, "not a key fingerprint"),
+            (f"{IDENTITY.fingerprint} trailing words\n", 1, "a # comment"),
+            ("\n\n-----BEGIN PUBLIC KEY-----\nAAAA\n", 3, "no -----END PUBLIC KEY-----"),
+            ("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", 1, "not an RSA key"),
+            ("ssh-rsa AAAAB3Nza user@host\n", 1, "fingerprint"),
+        ]:
+            with self.assertRaises(AuthorizedKeysError) as caught:
+                parse_authorized_keys(text, "keys.txt")
+            self.assertIn(f"keys.txt, line {line}: ", str(caught.exception))
+            self.assertIn(fragment, str(caught.exception))
+
+    def test_empty_file_authorizes_nobody(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("# nobody yet\n")
+        self.assertEqual(load_authorized_keys(path), frozenset())
+
+    def test_missing_file(self):
+        path = self.mktemp()
+        with self.assertRaises(AuthorizedKeysError) as caught:
+            load_authorized_keys(path)
+        self.assertIn(path, str(caught.exception))
+
+
+class ClientAuthenticationTests(unittest.TestCase):
+    """AUTH through the channel, with an authorized-keys file read from disk."""
+
+    def authorized(self, *entries):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("\n".join(entries) + "\n")
+        return load_authorized_keys(path)
+
+    def pair(self, identity, authorized):
+        seen = []
+
+        class Recorder(Collector):
+            def connectionMade(self):
+                seen.append((self.transport.peer_fingerprint, self.peer_fingerprint))
+                self.transport.write(b"hello")
+                self.transport.loseConnection()
+
+        pair = Pair(
+            app=Factory.forProtocol(Recorder),
+            identity=identity,
+            server_options={"authorized_keys": authorized},
+        )
+        pair.flush()
+        return pair, seen
+
+    def test_authorized_key(self):
+        pair, seen = self.pair(CLIENT_KEY, self.authorized(RAW["client_fingerprint"]))
+        self.assertEqual(pair.application.data, b"hello")
+        self.assertEqual(seen, [(RAW["client_fingerprint"], RAW["client_fingerprint"])])
+
+    def test_auth_missing(self):
+        pair, seen = self.pair(None, self.authorized(RAW["client_fingerprint"]))
+        failure = self.failureResultOf(pair.handshake, protocol.HandshakeFailed)
+        self.assertEqual(failure.value.reason.value.code, "auth-required")
+        self.assertEqual(seen, [])
+
+    def test_unauthorized_key(self):
+        pair, seen = self.pair(CLIENT_KEY, self.authorized(IDENTITY.fingerprint))
+        failure = self.failureResultOf(pair.handshake, protocol.HandshakeFailed)
+        self.assertEqual(failure.value.reason.value.code, "auth-failed")
+        self.assertIn("not authorized", failure.value.reason.value.detail)
+        self.assertEqual(seen, [])
+
+    def test_bad_signature(self):
+        original = type(CLIENT_KEY).sign_pss
+
+        def corrupt(key, message, **options):
+            signature = bytearray(original(key, message, **options))
+            signature[-1] ^= 1
+            return bytes(signature)
+
+        self.patch(type(CLIENT_KEY), "sign_pss", corrupt)
+        pair, seen = self.pair(CLIENT_KEY, self.authorized(RAW["client_fingerprint"]))
+        failure = self.failureResultOf(pair.handshake, protocol.HandshakeFailed)
+        self.assertEqual(failure.value.reason.value.code, "auth-failed")
+        self.assertEqual(failure.value.reason.value.detail, "bad AUTH signature")
+        self.assertEqual(seen, [])
+
+
+class AuthVectorTests(unittest.TestCase):
+    """The AUTH record of the vector file, from a key file read as
+    ``keyexchange connect --identity FILE`` reads it."""
+
+    def test_identity_file_reproduces_the_vector_auth(self):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(RAW["client_private_key_pem"].encode())
+        os.chmod(path, 0o600)
+        identity = keys.load_private_key(path)
+        self.assertEqual(keys.fingerprint(identity), RAW["client_fingerprint"])
+        client = vector_client(identity=identity)
+        client.receive_data(hexbytes("hello_frame"))
+        client.accept_key()
+        self.assertEqual(client.auth_plaintext(), hexbytes("auth_plaintext"))
+        sent = frames(client.data_to_send())
+        self.assertEqual(sent[1], ("AUTH", bytes.fromhex(RAW["records"]["client_auth_seq0"])))
