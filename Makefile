@@ -31,9 +31,11 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m keyexchanged.demo
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/run_all.py
 
 load: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/load.py
 
 fuzz: $(STAMP)

@@ -1,0 +1,178 @@
+"""Handshakes per second: the real ``twistd keyexchange`` against Twisted TLS.
+
+Contestants, each holding the very same RSA key (2048 and 3072 bits):
+
+- ``kx``: ``twistd -n keyexchange`` (the message application), one process;
+- ``kx ×2``: two daemon processes sharing one listening socket, handed over
+  the way systemd socket activation does (``--listen systemd:...``);
+- ``tls1.3``: a Twisted TLS server on pyOpenSSL, TLS 1.3 (ECDHE, RSA-PSS
+  signature by the server);
+- ``tls1.2``: the same with TLS 1.2 and the static-RSA suite
+  AES256-GCM-SHA384 (the server RSA-decrypts the premaster secret, as a
+  KX/1 server decrypts KEY).
+
+One load generator program (``loadgen.py``) drives them all from its own
+process with the same concurrency: connect, handshake, read the server's
+message, close.  Each run has a warm-up, then a measuring window; the
+server's CPU time over the window (``/proc/PID/stat``) divided by the
+handshakes completed in it is the server CPU time per handshake.
+
+Daemon options can be added for every KX/1 run, to compare configurations
+(say, worker processes once the daemon has them)::
+
+    python benchmarks/bench_handshakes.py -- --some-daemon-option VALUE
+"""
+
+import shutil
+import sys
+
+import harness
+
+# Every client is 127.0.0.1: lift the per-source and total limits so the
+# daemon's defence does not throttle its own benchmark.
+DAEMON_LIMITS = ["--max-per-source", "100000", "--max-connections", "100000"]
+
+
+def add_options(parser):
+    parser.add_argument("--bits", type=int, nargs="+", default=[2048, 3072])
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="also run this many daemon processes on one socket (1 to skip)",
+    )
+    parser.add_argument("daemon_args", nargs="*", help="extra daemon options, after --")
+
+
+def measure(server_list, proto, port, args, fingerprint, cert):
+    """One run: (handshakes/s, server CPU ms per handshake, p50 latency ms)."""
+    generator = harness.LoadGenerator(
+        [
+            "handshakes",
+            "--proto",
+            proto,
+            "--port",
+            str(port),
+            "--fingerprint",
+            fingerprint,
+            "--cert",
+            cert,
+            "--concurrency",
+            str(args.concurrency),
+            "--warmup",
+            str(args.warmup),
+            "--duration",
+            str(args.duration),
+            "--expect",
+            "bench",
+        ]
+    )
+    try:
+        generator.read(60)  # start
+        cpu_before = sum(server.cpu_seconds() for server in server_list)
+        end = generator.read(args.duration + 60)
+        cpu_after = sum(server.cpu_seconds() for server in server_list)
+    finally:
+        generator.finish()
+    ok = end["ok"]
+    if end["failed"] or not ok:
+        raise RuntimeError(f"{proto}: {end['failed']} failed handshakes: {end['errors']}")
+    latencies = end["latencies"]
+    return (
+        ok / end["seconds"],
+        (cpu_after - cpu_before) / ok * 1000,
+        harness.percentile(latencies, 0.5) * 1000,
+    )
+
+
+def main():
+    args = harness.arguments(__doc__.split("\n\n")[0], add_options)
+    if args.quick:
+        args.rounds, args.duration, args.bits = 1, 2.0, [2048]
+    harness.raise_fd_limit()
+    report = harness.Report("handshakes per second", args.summary)
+    report.note(
+        f"concurrency {args.concurrency}, {args.rounds} rounds of {args.duration:g} s after "
+        f"{args.warmup:g} s warm-up; load generator in its own process; "
+        f"daemon options: {' '.join(DAEMON_LIMITS + args.daemon_args)}"
+    )
+    directory = harness.workdir()
+    try:
+        for bits in args.bits:
+            run_size(report, directory, bits, args)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    report.save()
+
+
+def run_size(report, directory, bits, args):
+    key, cert, fingerprint = harness.key_material(directory, bits)
+    extra = DAEMON_LIMITS + args.daemon_args
+    servers = {
+        "kx": ("kx", harness.start_daemons(directory, key, extra)),
+        "tls1.3": ("tls1.3", [harness.start_server(directory, "tls1.3", "message", key, cert)]),
+        "tls1.2": ("tls1.2", [harness.start_server(directory, "tls1.2", "message", key, cert)]),
+    }
+    wide = f"kx ×{args.processes}"
+    if args.processes > 1:
+        servers[wide] = (
+            "kx",
+            harness.start_daemons(directory, key, extra, processes=args.processes),
+        )
+    results = {name: ([], [], []) for name in servers}
+    try:
+        for _, name in harness.interleave(list(servers), args.rounds):
+            proto, server_list = servers[name]
+            rate, cpu, p50 = measure(
+                server_list, proto, server_list[0].port, args, fingerprint, cert
+            )
+            for values, value in zip(results[name], (rate, cpu, p50)):
+                values.append(value)
+    finally:
+        for _, server_list in servers.values():
+            for server in server_list:
+                server.stop()
+    figures = {}
+    for name, (rates, cpus, p50s) in results.items():
+        figures[name] = (
+            report.figure(f"handshakes/s RSA-{bits}", name, rates, "/s"),
+            report.figure(f"server CPU per handshake {bits}", name, cpus, "ms"),
+            report.figure(f"handshake latency p50 {bits}", name, p50s, "ms"),
+            # What one server core could do if the load generator kept up:
+            # on a 2-core machine it shares the CPU with the server.
+            report.figure(
+                f"handshakes per server CPU-s {bits}", name, [1000 / cpu for cpu in cpus], "/s"
+            ),
+        )
+    report.ratio(
+        f"handshakes/s kx / tls1.3, {bits}",
+        figures["kx"][0],
+        figures["tls1.3"][0],
+        target=1.0,
+        better="higher",
+    )
+    report.ratio(
+        f"handshakes per server CPU-s kx / tls1.3, {bits}",
+        figures["kx"][3],
+        figures["tls1.3"][3],
+        target=1.0,
+        better="higher",
+    )
+    report.ratio(f"handshakes/s kx / tls1.2, {bits}", figures["kx"][0], figures["tls1.2"][0])
+    report.ratio(
+        f"server CPU per handshake kx / tls1.3, {bits}", figures["kx"][1], figures["tls1.3"][1]
+    )
+    if args.processes > 1:
+        report.ratio(
+            f"handshakes/s {args.processes} processes / 1, {bits}",
+            figures[wide][0],
+            figures["kx"][0],
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

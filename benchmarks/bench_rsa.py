@@ -1,0 +1,232 @@
+"""RSA: our module (gmpy2 and pure Python) against pycryptodome and OpenSSL.
+
+Operations, each on the same key for every contestant: OAEP decryption and
+encryption (SHA-256, a 32-byte message, a 200-byte label as KX/1 uses the
+HELLO), PSS signing (SHA-256, salt 32), and key generation at 2048, 3072
+and 4096 bits (4096 with fewer runs).  Two yardsticks: ``bare pow CRT``
+is the two half-size ``pow`` calls and Garner's step with nothing else —
+what the pure-Python decryption costs at the least — and python-rsa
+(``rsa`` on PyPI, a pure-Python peer) for key generation at 3072 bits.
+
+Operations are timed in batches; a figure is the median over rounds of the
+per-operation time of a batch, rounds interleaved across contestants.
+"""
+
+import gc
+import sys
+import time
+
+import harness
+
+from keyexchanged import rsa as ours
+
+LABEL = b"L" * 200
+MESSAGE = b"m" * 32
+
+
+def add_options(parser):
+    parser.add_argument("--rounds", type=int, default=7)
+
+
+def timed(function, repeat):
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        for _ in range(repeat):
+            function()
+        return (time.perf_counter() - started) / repeat
+    finally:
+        gc.enable()
+
+
+def contestants_for(key):
+    """{name: {operation: callable}} for one key."""
+    from Crypto.Cipher import PKCS1_OAEP
+    from Crypto.Hash import SHA256
+    from Crypto.PublicKey import RSA as CryptoRSA
+    from Crypto.Signature import pss
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.asymmetric import rsa as openssl_rsa
+
+    public = key.public_key()
+    ciphertext = public.encrypt_oaep(MESSAGE, label=LABEL)
+    table = {}
+    for backend in ours.AVAILABLE_BACKENDS:
+        name = "ours gmpy2" if backend == "gmpy2" else "ours pure Python"
+
+        def within(function, backend=backend):
+            def run():
+                with ours._use_backend(backend):
+                    return function()
+
+            return run
+
+        table[name] = {
+            "OAEP decrypt": within(lambda: key.decrypt_oaep(ciphertext, label=LABEL)),
+            "OAEP encrypt": within(lambda: public.encrypt_oaep(MESSAGE, label=LABEL)),
+            "PSS sign": within(lambda: key.sign_pss(MESSAGE, salt_length=32)),
+        }
+
+    dome = CryptoRSA.construct((key.n, key.e, key.d, key.p, key.q))
+    oaep = PKCS1_OAEP.new(dome, hashAlgo=SHA256, label=LABEL)
+    table["pycryptodome"] = {
+        "OAEP decrypt": lambda: oaep.decrypt(ciphertext),
+        "OAEP encrypt": lambda: oaep.encrypt(MESSAGE),
+        "PSS sign": lambda: pss.new(dome, salt_bytes=32).sign(SHA256.new(MESSAGE)),
+    }
+
+    p, q, d = key.p, key.q, key.d
+    numbers = openssl_rsa.RSAPrivateNumbers(
+        p,
+        q,
+        d,
+        d % (p - 1),
+        d % (q - 1),
+        pow(q, -1, p),
+        openssl_rsa.RSAPublicNumbers(key.e, key.n),
+    )
+    openssl_key = numbers.private_key()
+    openssl_public = openssl_key.public_key()
+    oaep_padding = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), LABEL)
+    pss_padding = padding.PSS(padding.MGF1(hashes.SHA256()), 32)
+    table["cryptography (OpenSSL)"] = {
+        "OAEP decrypt": lambda: openssl_key.decrypt(ciphertext, oaep_padding),
+        "OAEP encrypt": lambda: openssl_public.encrypt(MESSAGE, oaep_padding),
+        "PSS sign": lambda: openssl_key.sign(MESSAGE, pss_padding, hashes.SHA256()),
+    }
+
+    c = int.from_bytes(ciphertext, "big")
+    dp, dq, qinv = d % (p - 1), d % (q - 1), pow(q, -1, p)
+
+    def bare():
+        m_p = pow(c % p, dp, p)
+        m_q = pow(c % q, dq, q)
+        return m_q + (m_p - m_q) * qinv % p * q
+
+    table["bare pow CRT"] = {"OAEP decrypt": bare}
+    return table
+
+
+# Batch sizes: about 20–100 ms of work per batch for the slowest contestant.
+BATCH = {"ours pure Python": 5, "bare pow CRT": 5}
+
+
+def operations(report, bits, rounds):
+    key = ours.generate_private_key(bits)
+    table = contestants_for(key)
+    samples = {}
+    order = [(name, operation) for name in table for operation in table[name]]
+    for _, (name, operation) in harness.interleave(order, rounds):
+        repeat = BATCH.get(name, 40)
+        samples.setdefault((operation, name), []).append(
+            timed(table[name][operation], repeat) * 1000
+        )
+    figures = {}
+    for (operation, name), values in sorted(samples.items()):
+        figures[operation, name] = report.figure(f"{operation} {bits}", name, values, "ms")
+    for operation in ("OAEP decrypt", "OAEP encrypt", "PSS sign"):
+        target = 1.0 if operation == "OAEP decrypt" else None
+        report.ratio(
+            f"{operation} {bits} ours gmpy2 / pycryptodome",
+            figures[operation, "ours gmpy2"],
+            figures[operation, "pycryptodome"],
+            target,
+        )
+        report.ratio(
+            f"{operation} {bits} ours gmpy2 / OpenSSL",
+            figures[operation, "ours gmpy2"],
+            figures[operation, "cryptography (OpenSSL)"],
+        )
+    report.ratio(
+        f"OAEP decrypt {bits} ours pure Python / bare pow CRT",
+        figures["OAEP decrypt", "ours pure Python"],
+        figures["OAEP decrypt", "bare pow CRT"],
+        1.1,
+    )
+
+
+def keygen_contestants(bits, with_python_rsa):
+    from Crypto.PublicKey import RSA as CryptoRSA
+    from cryptography.hazmat.primitives.asymmetric import rsa as openssl_rsa
+
+    def ours_with(backend):
+        def run():
+            with ours._use_backend(backend):
+                ours.generate_private_key(bits)
+
+        return run
+
+    table = {}
+    for backend in ours.AVAILABLE_BACKENDS:
+        table["ours gmpy2" if backend == "gmpy2" else "ours pure Python"] = ours_with(backend)
+    table["pycryptodome"] = lambda: CryptoRSA.generate(bits)
+    table["cryptography (OpenSSL)"] = lambda: openssl_rsa.generate_private_key(65537, bits)
+    if with_python_rsa:
+        import rsa as python_rsa
+
+        table["python-rsa"] = lambda: python_rsa.newkeys(bits, poolsize=1)
+    return table
+
+
+def key_generation(report, bits, rounds, python_rsa_rounds):
+    table = keygen_contestants(bits, python_rsa_rounds > 0)
+    samples = {name: [] for name in table}
+    for number, name in harness.interleave(list(table), rounds):
+        if name == "python-rsa" and number >= python_rsa_rounds:
+            continue
+        samples[name].append(timed(table[name], 1))
+    figures = {
+        name: report.figure(f"key generation {bits}", name, values, "s")
+        for name, values in samples.items()
+    }
+    target = 1.0 if bits == 3072 else None
+    report.ratio(
+        f"key generation {bits} ours gmpy2 / pycryptodome",
+        figures["ours gmpy2"],
+        figures["pycryptodome"],
+        target,
+    )
+    report.ratio(
+        f"key generation {bits} ours pure Python / pycryptodome",
+        figures["ours pure Python"],
+        figures["pycryptodome"],
+        1.5 if bits == 3072 else None,
+    )
+    if "python-rsa" in figures:
+        report.ratio(
+            f"key generation {bits} python-rsa / ours pure Python (speed-up)",
+            figures["python-rsa"],
+            figures["ours pure Python"],
+            6.0,
+            "higher",
+        )
+
+
+def main():
+    args = harness.arguments(__doc__.split("\n\n")[0], add_options)
+    rounds = 2 if args.quick else args.rounds
+    report = harness.Report("RSA", args.summary)
+    report.note(f"backends available: {', '.join(ours.AVAILABLE_BACKENDS)}")
+    try:
+        import rsa as python_rsa  # noqa: F401
+
+        have_python_rsa = True
+    except ImportError:
+        have_python_rsa = False
+        report.note("python-rsa: skipped, not installed (pip install '.[bench]')")
+    for bits in (2048, 3072):
+        operations(report, bits, rounds)
+    key_generation(report, 2048, rounds, 0)
+    key_generation(
+        report,
+        3072,
+        2 * rounds - 1 if not args.quick else 2,
+        (3 if not args.quick else 1) if have_python_rsa else 0,
+    )
+    key_generation(report, 4096, 3 if not args.quick else 1, 0)
+    report.save()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
