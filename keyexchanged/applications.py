@@ -1,13 +1,101 @@
-"""The application protocols that run inside a KX/1 channel.
+"""The applications served inside KX/1 sessions, and how they are found.
 
-They are ordinary Twisted protocols: the channel (protocol.py) connects them
-after key confirmation and gives them a transport that seals what they
-write.  They know nothing of records or keys.
+An application is a plugin providing
+:class:`~keyexchanged.interfaces.IApplication`: a name, a one-line
+description, its own settings and a factory for the protocol that runs in
+each session.  They are ordinary Twisted protocols: the channel
+(protocol.py) connects them after key confirmation and gives them a
+transport that seals what they write.  They know nothing of records or keys.
+
+Built in (``keyexchanged/plugins/keyexchanged_applications.py``):
+
+``message``
+    The original program: send the configured secret message, then END.
+``echo``
+    Send back whatever arrives; END after the client's END.
+``forward``
+    Relay each session byte for byte to a new connection to
+    ``--forward-to ENDPOINT``: the server half of a tunnel.
 """
 
-from twisted.internet.protocol import Factory, Protocol
+import re
 
-__all__ = ["EchoFactory", "MessageFactory"]
+from twisted.internet import endpoints
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.plugin import IPlugin, getPlugins
+from zope.interface import implementer
+
+from keyexchanged import plugins
+from keyexchanged.interfaces import IApplication
+from keyexchanged.relay import Splice
+
+__all__ = [
+    "Application",
+    "EchoFactory",
+    "ForwardFactory",
+    "MessageFactory",
+    "UnknownApplication",
+    "find_applications",
+    "get_application",
+]
+
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+
+@implementer(IPlugin, IApplication)
+class Application:
+    """A plugin made of its parts: what most plugin modules need.
+
+    ``make_factory(settings, reactor)`` returns the protocol factory.
+    """
+
+    def __init__(self, name, description, make_factory, settings=()):
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"application name {name!r}: lowercase letters, digits, hyphens")
+        self.name = name
+        self.description = description
+        self.settings = tuple(settings)
+        self._make_factory = make_factory
+
+    def makeFactory(self, settings, reactor):
+        return self._make_factory(settings, reactor)
+
+    def __repr__(self):
+        return f"<Application {self.name}>"
+
+
+class UnknownApplication(LookupError):
+    """No installed application has that name."""
+
+
+def find_applications():
+    """``{name: application}`` for every installed application plugin.
+
+    A plugin whose name is taken by one found earlier, or that is not
+    well-formed, is left out rather than allowed to shadow a built-in.
+    """
+    found = {}
+    for application in getPlugins(IApplication, plugins):
+        name = getattr(application, "name", None)
+        if isinstance(name, str) and _NAME.fullmatch(name) and name not in found:
+            found[name] = application
+    return found
+
+
+def get_application(name, applications=None):
+    applications = find_applications() if applications is None else applications
+    try:
+        return applications[name]
+    except KeyError:
+        known = ", ".join(sorted(applications)) or "none"
+        raise UnknownApplication(
+            f"no application named {name!r} (installed: {known}; "
+            "see twistd keyexchange --help-applications)"
+        ) from None
+
+
+# -- message ---------------------------------------------------------------------
 
 
 class MessageProtocol(Protocol):
@@ -30,6 +118,9 @@ class MessageFactory(Factory):
         self.message = message
 
 
+# -- echo --------------------------------------------------------------------------
+
+
 class EchoProtocol(Protocol):
     """Send back whatever arrives; END after the client's END."""
 
@@ -42,3 +133,56 @@ class EchoFactory(Factory):
 
     noisy = False  # the channel logs one line per connection
     protocol = EchoProtocol
+
+
+# -- forward -----------------------------------------------------------------------
+
+
+class ForwardFactory(Factory):
+    """Each session is relayed to a new connection to ``target``.
+
+    ``target`` is a strports client description (``tcp:127.0.0.1:6379``).
+    The session's data goes to the target as it arrives, and the target's
+    back into the session; a half-close crosses over (the client's END
+    becomes a FIN to the target, the target's FIN an END to the client),
+    and a slow side pauses the fast one.  A target that refuses ends the
+    session with ``ERROR internal``.
+    """
+
+    noisy = False
+    log = Logger()
+
+    def __init__(self, target, reactor):
+        self.target = target
+        self.endpoint = endpoints.clientFromString(reactor, target)
+        #: The splices open now (first: in the session, second: to the target).
+        self.splices = set()
+
+    def buildProtocol(self, address):
+        peer = getattr(address, "host", address)
+        splice = Splice(
+            f"forward from {peer} to {self.target}",
+            connect=lambda end: endpoints.connectProtocol(self.endpoint, end),
+        )
+        splice.on_done = lambda reason: self.splices.discard(splice)
+        self.splices.add(splice)
+        return splice.first
+
+
+def check_forward_target(text):
+    text = text.strip()
+    if not text:
+        raise ValueError("must be a client endpoint description such as tcp:127.0.0.1:6379")
+    return text
+
+
+def make_forward_factory(settings, reactor):
+    target = settings.get("forward-to")
+    if not target:
+        raise ValueError(
+            "application forward needs --forward-to ENDPOINT (for example tcp:127.0.0.1:6379)"
+        )
+    try:
+        return ForwardFactory(target, reactor)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"forward-to = {target!r}: {error}") from None

@@ -29,6 +29,7 @@ from keyexchanged import handshake
 from keyexchanged.framing import (
     BUSY,
     HEADER_MAX,
+    INTERNAL,
     MALFORMED_FRAME,
     RECORD_DATA_MAX,
     TIMEOUT,
@@ -117,8 +118,16 @@ class SecureTransport:
         self._channel.close_write()
 
     def abortConnection(self):
+        """Drop the connection without END: the peer sees a truncation."""
         self.disconnecting = True
         self._channel.transport.abortConnection()
+
+    def failConnection(self, detail):
+        """End the session with ``ERROR internal`` and ``detail`` (no secrets):
+        for an application that cannot serve this session (a forwarding
+        target that refused, say), so the peer learns it failed."""
+        self.disconnecting = True
+        self._channel.fail_internal(detail)
 
     def getPeer(self):
         return self._channel.transport.getPeer()
@@ -157,7 +166,10 @@ class SecureTransport:
         self._channel.transport.resumeProducing()
 
     def stopProducing(self):
-        self._channel.transport.stopProducing()
+        # A consumer that stops us (its connection is gone) ends the
+        # session cleanly: END, not a bare TCP close the peer would take
+        # for a truncation.
+        self.loseConnection()
 
 
 class ChannelProtocol(LineReceiver):
@@ -305,6 +317,11 @@ class ChannelProtocol(LineReceiver):
         self._pending, self._pending_length = [], 0
         self.connection.send_data(data)
         self._write_out()
+
+    def fail_internal(self, detail):
+        """End with ERROR internal (see :meth:`SecureTransport.failConnection`)."""
+        if not self._closing:
+            self._handle_events(self.connection.fail(INTERNAL, detail))
 
     def close_write(self):
         """Flush, then send END (once)."""

@@ -37,8 +37,15 @@ class Daemon(protocol.ProcessProtocol):
 
     @classmethod
     def start(cls, args, env=None, cwd=None):
+        return cls.spawn(
+            [*TWISTD, "-n", "--pidfile=", "--logfile=-", "keyexchange", *args], env, cwd
+        )
+
+    @classmethod
+    def spawn(cls, argv, env=None, cwd=None):
+        """Any long-running command that says ``listening on HOST:PORT``
+        (``keyexchange tunnel``, say)."""
         daemon = cls()
-        argv = [*TWISTD, "-n", "--pidfile=", "--logfile=-", "keyexchange", *args]
         reactor.spawnProcess(daemon, argv[0], argv, env=env or environment(), path=cwd)
         return daemon
 

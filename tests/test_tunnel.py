@@ -1,0 +1,318 @@
+"""Tunnels: a plain client → TunnelFactory ⇒ KX/1 ⇒ forward → a plain target.
+
+Everything runs in this process on 127.0.0.1 with real sockets, so that
+half-closes, resets and flow control are the kernel's, not a fake's.  The
+daemon-and-CLI version of the same chain is in test_tunnel_system.py.
+"""
+
+import hashlib
+
+from twisted.internet import defer, endpoints, error, interfaces, reactor, task
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from keyexchanged.applications import ForwardFactory
+from keyexchanged.protocol import SecureChannelFactory
+from keyexchanged.trust import PinnedKey
+from keyexchanged.tunnel import TunnelFactory
+from tests.test_handshake import IDENTITY
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class Target(Protocol):
+    """The service behind the tunnel; records what happens to it."""
+
+    def __init__(self, echo=False):
+        self.echo = echo
+        self.data = bytearray()
+        self.eof = False
+        self.write_done = False
+        self.ended = defer.Deferred()  # end of the stream from the client
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.data += data
+        if self.echo:
+            self.transport.write(data)
+
+    def readConnectionLost(self):
+        self.eof = True
+        self.ended.callback(None)
+        if self.echo:
+            self.transport.loseWriteConnection()
+        elif self.write_done:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        # Both directions are shut: close, as a real service would.
+        self.write_done = True
+        if self.eof:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.lost.callback(reason.value)  # the exception: a Failure would errback
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class Client(Protocol):
+    """The plain client of the local tunnel port."""
+
+    def __init__(self):
+        self.data = bytearray()
+        self.write_done = False
+        self.eof = defer.Deferred()
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def readConnectionLost(self):
+        self.eof.callback(bytes(self.data))
+        if self.write_done:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        self.write_done = True
+        if self.eof.called:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        if not self.eof.called:
+            self.eof.callback(None)  # no end-of-stream: the connection failed
+        self.lost.callback(reason.value)  # the exception: a Failure would errback
+
+
+class Chain:
+    """target ← forward daemon (in process) ← tunnel listener; all on 127.0.0.1."""
+
+    @classmethod
+    @defer.inlineCallbacks
+    def start(cls, testcase, target_class=Target, echo=True, target_port=None):
+        chain = cls()
+        chain.targets = []
+        if target_port is None:
+
+            def new_target():
+                target = target_class(echo=echo)
+                chain.targets.append(target)
+                return target
+
+            target = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+                Factory.forProtocol(new_target)
+            )
+            testcase.addCleanup(target.stopListening)
+            target_port = target.getHost().port
+        chain.forward = ForwardFactory(f"tcp:127.0.0.1:{target_port}", reactor)
+        chain.server_factory = SecureChannelFactory(chain.forward, IDENTITY, reactor=reactor)
+        server = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            chain.server_factory
+        )
+        testcase.addCleanup(server.stopListening)
+        chain.tunnel = TunnelFactory(
+            reactor,
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", server.getHost().port),
+            PinnedKey(IDENTITY.fingerprint),
+            "127.0.0.1",
+        )
+        local = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            chain.tunnel
+        )
+        testcase.addCleanup(local.stopListening)
+        chain.local_port = local.getHost().port
+        return chain
+
+    def connect(self, client=None):
+        client = client or Client()
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.local_port)
+        return endpoints.connectProtocol(endpoint, client)
+
+
+class TunnelTests(unittest.TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_round_trip_and_client_half_close(self):
+        chain = yield Chain.start(self)
+        client = Client()
+        yield chain.connect(client)
+        client.transport.write(b"hello ")
+        client.transport.write(b"through the tunnel")
+        # Our FIN becomes END, then the target's FIN; the echo still comes back.
+        client.transport.loseWriteConnection()
+        echoed = yield client.eof
+        self.assertEqual(echoed, b"hello through the tunnel")
+        yield client.lost
+        target = chain.targets[0]
+        yield target.lost
+        self.assertTrue(target.eof)
+
+    @defer.inlineCallbacks
+    def test_target_half_closes_first(self):
+        class Greeter(Target):
+            def connectionMade(self):
+                self.transport.write(b"banner\r\n")
+                self.transport.loseWriteConnection()
+
+        chain = yield Chain.start(self, Greeter, echo=False)
+        client = Client()
+        yield chain.connect(client)
+        banner = yield client.eof
+        self.assertEqual(banner, b"banner\r\n")
+        # The other direction is still open after the target's FIN.
+        client.transport.write(b"still talking")
+        client.transport.loseWriteConnection()
+        reason = yield client.lost
+        self.assertIsInstance(reason, error.ConnectionDone)
+        yield chain.targets[0].lost
+        self.assertEqual(bytes(chain.targets[0].data), b"still talking")
+
+    @defer.inlineCallbacks
+    def test_target_refuses(self):
+        with_nothing = endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        port = yield with_nothing.listen(Factory.forProtocol(Protocol))
+        number = port.getHost().port
+        yield port.stopListening()
+        chain = yield Chain.start(self, target_port=number)
+        client = Client()
+        yield chain.connect(client)
+        reason = yield client.lost
+        # A reset, not a clean end: the client can tell it failed.
+        self.assertIsInstance(reason, error.ConnectionLost)
+        self.assertEqual(bytes(client.data), b"")
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_target_closes_mid_stream(self):
+        class Dropper(Target):
+            def dataReceived(self, data):
+                super().dataReceived(data)
+                self.transport.write(b"partial")
+                self.transport.abortConnection()
+
+        chain = yield Chain.start(self, Dropper, echo=False)
+        client = Client()
+        yield chain.connect(client)
+        client.transport.write(b"x" * 1000)
+        reason = yield client.lost
+        self.assertIsInstance(reason, error.ConnectionLost)
+        self.assertNotIsInstance(reason, error.ConnectionDone)
+        self.assertLessEqual(len(client.data), len(b"partial"))
+
+    @defer.inlineCallbacks
+    def test_untrusted_server_resets_the_local_client(self):
+        chain = yield Chain.start(self)
+        chain.tunnel.trust = PinnedKey("SHA256:" + "A" * 43)
+        client = Client()
+        yield chain.connect(client)
+        client.transport.write(b"secret")
+        reason = yield client.lost
+        self.assertIsInstance(reason, error.ConnectionLost)
+        self.assertEqual(chain.targets, [])
+
+
+class _Pusher(Protocol):
+    """Writes ``total`` bytes as fast as its transport lets it."""
+
+    chunk = 64 * 1024
+
+    def __init__(self, total, seed=b"kx"):
+        self.total = total
+        self.sent = 0
+        self.paused = False
+        self.digest = hashlib.sha256()
+        self.block = (hashlib.sha256(seed).digest() * (self.chunk // 32))[: self.chunk]
+
+    def connectionMade(self):
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        while not self.paused and self.sent < self.total:
+            block = self.block[: self.total - self.sent]
+            self.digest.update(block)
+            self.sent += len(block)
+            self.transport.write(block)
+        if self.sent >= self.total:
+            self.transport.unregisterProducer()
+            self.transport.loseWriteConnection()
+
+    def stopProducing(self):
+        self.paused = True
+
+
+def _buffered(transport):
+    """User-space bytes waiting in a Twisted TCP transport's write buffer."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+class BackpressureTests(unittest.TestCase):
+    timeout = 120
+    BOUND = 256 * 1024  # per buffer; one 64 KiB record and change is what we see
+
+    @defer.inlineCallbacks
+    def test_paused_far_end_bounds_the_buffers(self):
+        """The target stops reading; the sender keeps trying to write 64 MiB.
+
+        Once nothing moves any more, every user-space buffer on the way
+        (the local connection, the session, the forward's connection to
+        the target) is under BOUND, although the sender has written more
+        than BOUND — the rest is held back by pausing, not buffered."""
+        chain = yield Chain.start(self)
+        pusher = _Pusher(64 * 1024 * 1024)
+        client = Client()
+        client.connectionMade = lambda: pusher.makeConnection(client.transport)
+        client.dataReceived = lambda data: None
+        connecting = chain.connect(client)
+        target = yield self._first_target(chain)
+        target.transport.pauseProducing()
+        yield connecting
+        yield self._until_still(lambda: pusher.sent)
+        self.assertLess(pusher.sent, pusher.total)
+        (forward,) = chain.forward.splices
+        (tunnel,) = chain.tunnel.splices
+        buffers = {
+            "forward to target": _buffered(forward.second.transport),
+            "daemon session": _buffered(forward.first.transport._channel.transport),
+            "daemon records": forward.first.transport._channel._pending_length,
+            "tunnel session": _buffered(tunnel.second.transport._channel.transport),
+            "tunnel records": tunnel.second.transport._channel._pending_length,
+            "tunnel local": _buffered(tunnel.first.transport),
+        }
+        for name, size in buffers.items():
+            self.assertLess(size, self.BOUND, f"{name}: {size} bytes buffered")
+        self.assertGreater(pusher.sent, 4 * self.BOUND)
+        # Resumed, it all arrives intact.
+        target.echo = False
+        target.transport.resumeProducing()
+        yield target.ended
+        self.assertEqual(len(target.data), pusher.total)
+        self.assertEqual(hashlib.sha256(target.data).digest(), pusher.digest.digest())
+        target.transport.loseConnection()
+        yield target.lost
+        yield client.lost
+
+    @defer.inlineCallbacks
+    def _first_target(self, chain):
+        for _ in range(10000):
+            if chain.targets and chain.targets[0].transport is not None:
+                return chain.targets[0]
+            yield task.deferLater(reactor, 0, lambda: None)
+        self.fail("the target was never connected")
+
+    @defer.inlineCallbacks
+    def _until_still(self, measure, turns=200, limit=200000):
+        """Wait, in reactor turns, until ``measure()`` stops changing."""
+        last, still = None, 0
+        for _ in range(limit):
+            value = measure()
+            still = still + 1 if value == last else 0
+            if still >= turns:
+                return value
+            last = value
+            yield task.deferLater(reactor, 0, lambda: None)
+        self.fail("the transfer never came to rest")
