@@ -4,8 +4,11 @@
 
     keyexchange keygen [--bits N] [--out FILE] [--passphrase-file F] [--force]
     keyexchange fingerprint FILE [--passphrase-file F]
-    keyexchange connect HOST[:PORT] [--fingerprint FP | --insecure]
+    keyexchange connect HOST[:PORT] [--fingerprint FP | --ca FILE | --insecure]
+                        [--known-hosts FILE] [--accept-new]
                         [--identity FILE] [--send TEXT] [-v/--explain]
+    keyexchange ca init DIR [--name NAME] [--bits N] [--days N]
+    keyexchange ca issue DIR --key FILE.pub --name HOST [--ip ADDR] [--out FILE]
 
 Each subcommand is a ``cmd_*`` function taking the parsed arguments and
 returning the exit status, and an ``_add_*`` function that declares its
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import os
 import sys
 import time
@@ -257,9 +261,27 @@ def _add_connect(subparsers) -> None:
         help="trust exactly the key with this fingerprint (from 'keyexchange fingerprint')",
     )
     anchor.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="trust a key whose certificate chains to a CA in FILE (PEM) and names HOST",
+    )
+    anchor.add_argument(
         "--insecure",
         action="store_true",
         help="trust any key (anyone on the path can read the session; warns)",
+    )
+    parser.add_argument(
+        "--known-hosts",
+        metavar="FILE",
+        help="the known-hosts file, used when no other check is chosen; its @revoked "
+        "keys are refused always (default: $XDG_CONFIG_HOME/keyexchange/known_hosts, "
+        "else ~/.config/keyexchange/known_hosts)",
+    )
+    parser.add_argument(
+        "--accept-new",
+        action="store_true",
+        help="add an unknown host to the known hosts without asking (a changed key "
+        "is still refused)",
     )
     parser.add_argument(
         "--identity", metavar="FILE", help="our private key: authenticate with AUTH"
@@ -286,17 +308,52 @@ def _add_connect(subparsers) -> None:
     parser.set_defaults(func=cmd_connect)
 
 
-def _trust_policy(args: argparse.Namespace):
-    from keyexchanged import trust
+def _report(text: str) -> None:
+    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
 
+
+def _trust_policy(args: argparse.Namespace, port: int):
+    """The trust policy the options ask for, checked before we connect.
+
+    Known hosts unless another check was chosen; whatever the choice, a key
+    revoked in the known-hosts file is refused.
+    """
+    from keyexchanged import ca, knownhosts, trust
+
+    known_hosts = args.known_hosts or knownhosts.default_path()
+    if args.accept_new and (args.fingerprint or args.ca or args.insecure):
+        raise UsageError(
+            "--accept-new is for known hosts; not with --fingerprint, --ca, --insecure"
+        )
+    try:
+        # Read now for a clear error before connecting; each check reads
+        # it again, as another client may have added to it meanwhile.
+        knownhosts.KnownHosts.load(known_hosts)
+    except knownhosts.KnownHostsError as exc:
+        raise CommandError(str(exc)) from None
     if args.fingerprint is not None:
         try:
-            return trust.PinnedKey(args.fingerprint)
+            policy = trust.PinnedKey(args.fingerprint)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    if args.insecure:
-        return trust.Insecure(lambda text: print(f"{PROG}: {text}", file=sys.stderr))
-    return trust.NoTrustAnchor()
+    elif args.ca is not None:
+        try:
+            policy = trust.CertificateAuthority.from_file(args.ca)
+        except ca.CertificateFileError as exc:
+            raise CommandError(str(exc)) from None
+    elif args.insecure:
+        policy = trust.Insecure(_report)
+    else:
+        ask = None
+        if _isatty(sys.stdin) and _isatty(sys.stderr):
+
+            def ask(question, fingerprint):
+                return knownhosts.ask_yes_no(question, fingerprint, sys.stdin, sys.stderr)
+
+        return knownhosts.KnownHostsTrust(
+            known_hosts, port, ask=ask, accept_new=args.accept_new, report=_report
+        )
+    return knownhosts.NotRevoked(known_hosts, policy)
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
@@ -311,7 +368,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
-    policy = _trust_policy(args)
+    policy = _trust_policy(args, port)
     identity = None
     if args.identity is not None:
         passphrase = None
@@ -353,10 +410,294 @@ def _stdin_is_terminal() -> bool:
         return True
 
 
+# --- ca ------------------------------------------------------------------------
+
+
+def _add_ca(subparsers) -> None:
+    from keyexchanged import ca
+
+    parser = subparsers.add_parser(
+        "ca",
+        help="a small certificate authority for your servers' keys",
+        description=(
+            "An operator CA: 'init' makes one, 'issue' signs a certificate for a server "
+            "key. Give clients the CA certificate (DIR/ca.pem) and they can connect with "
+            "--ca instead of a fingerprint per server."
+        ),
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    init = actions.add_parser(
+        "init",
+        help="create a CA: DIR/ca.key (0600) and the self-signed DIR/ca.pem",
+        description="Create a CA in DIR (made 0700 if missing): a new RSA key, DIR/ca.key "
+        "(mode 0600), and its self-signed certificate DIR/ca.pem, which clients use with "
+        "--ca. An existing CA is never replaced.",
+    )
+    init.add_argument("directory", metavar="DIR", help="where the CA lives")
+    init.add_argument(
+        "--name",
+        default="keyexchange operator CA",
+        help="the CA's name (subject CN) (default: %(default)s)",
+    )
+    init.add_argument(
+        "--bits",
+        type=int,
+        default=DEFAULT_BITS,
+        metavar="N",
+        help=f"size of the CA key (default: {DEFAULT_BITS})",
+    )
+    init.add_argument(
+        "--days",
+        type=int,
+        default=ca.CA_DAYS,
+        metavar="N",
+        help="validity of the CA certificate in days (default: %(default)s)",
+    )
+    init.add_argument(
+        "--passphrase-file", metavar="F", help="encrypt DIR/ca.key with the first line of F"
+    )
+    init.set_defaults(func=cmd_ca_init)
+
+    issue = actions.add_parser(
+        "issue",
+        help="sign a server certificate for a public key",
+        description="Sign, with the CA in DIR, a certificate for the server key FILE.pub "
+        "valid for the given host names and IP addresses, to serve with the daemon's "
+        "--certificate. Its keyUsage allows keyEncipherment only.",
+    )
+    issue.add_argument("directory", metavar="DIR", help="the CA made by 'ca init'")
+    issue.add_argument(
+        "--key", required=True, metavar="FILE", help="the server's public key (server.key.pub)"
+    )
+    issue.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a host name clients dial (repeat for more)",
+    )
+    issue.add_argument(
+        "--ip",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="an IP address clients dial (repeat for more)",
+    )
+    issue.add_argument(
+        "--days",
+        type=int,
+        default=ca.SERVER_DAYS,
+        metavar="N",
+        help="validity in days (default: %(default)s; never beyond the CA's own)",
+    )
+    issue.add_argument(
+        "--out",
+        metavar="FILE",
+        help="where to write the certificate (default: the key file's name with "
+        ".crt for .key.pub, e.g. server.crt)",
+    )
+    issue.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    issue.add_argument(
+        "--passphrase-file", metavar="F", help="passphrase (first line of F) of DIR/ca.key"
+    )
+    issue.set_defaults(func=cmd_ca_issue)
+
+
+def _check_days(days: int) -> None:
+    if not 1 <= days <= 100 * 366:
+        raise UsageError(f"--days must be from 1 to {100 * 366}, not {days}")
+
+
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    """Create the CA key and self-signed certificate in ``args.directory``."""
+    from keyexchanged import ca
+
+    _check_days(args.days)
+    low, high, step = rsa.MIN_GENERATE_BITS, rsa.MAX_GENERATE_BITS, rsa.GENERATE_BITS_STEP
+    if not (low <= args.bits <= high and args.bits % step == 0):
+        raise UsageError(f"--bits must be a multiple of {step} from {low} to {high}")
+    passphrase = None
+    if args.passphrase_file is not None:
+        passphrase = _read_passphrase_file(args.passphrase_file)
+    directory = args.directory
+    for name in (ca.CA_KEY, ca.CA_CERTIFICATE):
+        if os.path.lexists(os.path.join(directory, name)):
+            raise CommandError(
+                f"{os.path.join(directory, name)}: already exists; not replacing a CA"
+            )
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"{directory}: cannot create: {exc.strerror or exc}") from None
+
+    spinner = _Spinner(sys.stderr, f"Generating the CA's RSA key of {args.bits} bits...")
+    try:
+        key = rsa.generate_private_key(args.bits, progress=spinner.tick)
+    finally:
+        spinner.clear()
+    try:
+        certificate = ca.init_ca(
+            directory, key, name=args.name, days=args.days, passphrase=passphrase
+        )
+    except ca.CertificateFileError as exc:
+        raise CommandError(str(exc)) from None
+    out = sys.stdout
+    print(f"CA key:         {os.path.join(directory, ca.CA_KEY)} (keep it private)", file=out)
+    print(f"CA certificate: {os.path.join(directory, ca.CA_CERTIFICATE)}", file=out)
+    print(f"Valid until:    {ca.not_valid_after(certificate):%Y-%m-%d} UTC", file=out)
+    print(f"Clients use:    --ca {os.path.join(directory, ca.CA_CERTIFICATE)}", file=out)
+    return EXIT_OK
+
+
+def _default_certificate_path(key_path: str) -> str:
+    base = key_path
+    for suffix in (".pub", ".key"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    return base + ".crt"
+
+
+def cmd_ca_issue(args: argparse.Namespace) -> int:
+    """Sign a server certificate for the key in ``args.key``."""
+    from keyexchanged import ca, handshake
+    from keyexchanged.framing import ProtocolError
+
+    _check_days(args.days)
+    if not args.name and not args.ip:
+        raise UsageError("give at least one --name HOST or --ip ADDR that clients dial")
+    for address in args.ip:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise UsageError(f"--ip {address!r} is not an IP address") from None
+    for name in args.name:
+        try:
+            ca.check_host_name(name)
+        except ValueError as exc:
+            raise UsageError(f"--name: {exc}") from None
+    out_path = args.out or _default_certificate_path(args.key)
+    if not args.force and os.path.lexists(out_path):
+        raise CommandError(f"{out_path}: already exists (use --force to overwrite)")
+    public_key = keys.load_public_key(args.key)
+    try:
+        handshake.check_public_key(public_key, "weak-key")
+    except ProtocolError as exc:
+        raise CommandError(f"{args.key}: clients would refuse this key: {exc.detail}") from None
+    passphrase = None
+    if args.passphrase_file is not None:
+        passphrase = _read_passphrase_file(args.passphrase_file)
+    try:
+        certificate = ca.issue_certificate(
+            args.directory,
+            public_key,
+            names=args.name,
+            addresses=args.ip,
+            days=args.days,
+            passphrase=passphrase,
+        )
+        ca.save_certificate(certificate, out_path, force=args.force)
+    except ca.CertificateFileError as exc:
+        raise CommandError(str(exc)) from None
+    out = sys.stdout
+    print(f"Certificate: {out_path}", file=out)
+    print(f"For:         {ca.describe_names(certificate)}", file=out)
+    print(f"Key:         {keys.fingerprint(public_key)}", file=out)
+    print(f"Valid until: {ca.not_valid_after(certificate):%Y-%m-%d} UTC", file=out)
+    print(f"Serve it:    twistd keyexchange --certificate {out_path} ...", file=out)
+    return EXIT_OK
+
+
+# --- tunnel --------------------------------------------------------------------
+
+
+def _add_tunnel(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "tunnel",
+        help="carry local TCP connections to a server over KX/1 (spiped-style)",
+        description=(
+            "Listen on --listen for plain TCP connections and carry each over its own "
+            "KX/1 session to --server, where 'twistd keyexchange --application forward "
+            "--forward-to ENDPOINT' relays it to the real service. Runs until interrupted. "
+            "The server's key is checked for every session as 'connect' checks it; an "
+            "unknown host is never asked about here: add it with 'connect' first, or "
+            "use --fingerprint or --ca."
+        ),
+    )
+    parser.add_argument(
+        "--listen",
+        required=True,
+        metavar="ENDPOINT",
+        help="where to accept plain connections (e.g. tcp:6380:interface=127.0.0.1)",
+    )
+    parser.add_argument(
+        "--server", required=True, metavar="HOST[:PORT]", help="the KX/1 server (port 51424)"
+    )
+    anchor = parser.add_mutually_exclusive_group()
+    anchor.add_argument("--fingerprint", metavar="SHA256:...", help="trust exactly this key")
+    anchor.add_argument(
+        "--ca", metavar="FILE", help="trust a key certified by a CA in FILE for HOST"
+    )
+    anchor.add_argument("--insecure", action="store_true", help="trust any key (warns)")
+    parser.add_argument("--known-hosts", metavar="FILE", help="the known-hosts file")
+    parser.add_argument(
+        "--identity", metavar="FILE", help="our private key: authenticate with AUTH"
+    )
+    parser.add_argument(
+        "--passphrase-file", metavar="F", help="passphrase of an encrypted --identity key"
+    )
+    parser.set_defaults(func=cmd_tunnel, accept_new=False)
+
+
+def cmd_tunnel(args: argparse.Namespace) -> int:
+    """Serve the local listener until interrupted."""
+    from twisted.internet import defer, error, task
+
+    from keyexchanged import client, tunnel
+
+    try:
+        host, port = client.parse_server(args.server)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    policy = _trust_policy(args, port)
+    if hasattr(policy, "ask"):
+        policy.ask = None  # no prompts from a background relay
+    identity = None
+    if args.identity is not None:
+        passphrase = None
+        if args.passphrase_file is not None:
+            passphrase = _read_passphrase_file(args.passphrase_file)
+        identity = keys.load_private_key(args.identity, passphrase=passphrase)
+    failures = []
+
+    def serve(reactor):
+        listening = tunnel.run_tunnel(reactor, args.listen, host, port, policy, identity, _report)
+
+        def cannot_listen(failure):
+            failures.append(f"cannot listen on {args.listen}: {failure.getErrorMessage()}")
+
+        listening.addErrback(cannot_listen)
+        # Serve until SIGINT/SIGTERM stops the reactor.
+        forever = defer.Deferred()
+        listening.addCallback(lambda _: None if failures else forever)
+        return listening
+
+    try:
+        task.react(serve)
+    except SystemExit as exc:
+        if failures:
+            raise CommandError(failures[0]) from None
+        if exc.code not in (0, None):
+            return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    except error.ReactorNotRunning:
+        pass
+    return EXIT_OK
+
+
 # --- Entry point -------------------------------------------------------------
 
 #: Each adds one subcommand to the parser, in the order ``--help`` lists them.
-COMMANDS = (_add_keygen, _add_fingerprint, _add_connect)
+COMMANDS = (_add_keygen, _add_fingerprint, _add_connect, _add_ca, _add_tunnel)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,8 +96,20 @@ class Setting:
         return self.name.replace("-", "_")
 
 
+def _application_name(text):
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", text):
+        raise ValueError("must be an application name (see --help-applications)")
+    return text
+
+
 SETTINGS = [
     Setting("listen", "tcp:51424", _endpoint, "where to listen (a strports description)"),
+    Setting(
+        "application",
+        "message",
+        _application_name,
+        "what each session runs (see --help-applications)",
+    ),
     Setting(
         "private-key",
         None,
@@ -108,6 +120,20 @@ SETTINGS = [
     Setting("key-bits", 3072, _key_bits, "size of a key generated on first start"),
     Setting("message", DEFAULT_MESSAGE, _text, "the secret message the server sends"),
     Setting("message-file", None, _text, "read the secret message from this file", path=True),
+    Setting(
+        "certificate",
+        None,
+        _text,
+        "certificate chain sent in HELLO (PEM, leaf first); its key must be the server's",
+        path=True,
+    ),
+    Setting(
+        "authorized-keys",
+        None,
+        _text,
+        "client keys (fingerprints or PEM public keys) allowed to AUTH; AUTH then required",
+        path=True,
+    ),
     Setting(
         "handshake-timeout",
         10.0,
@@ -188,12 +214,15 @@ def _line_of(lines, name):
     return None
 
 
-def read_config(path):
+def read_config(path, settings=None):
     """Read an INI config file; return ``{setting name: value}`` for what it sets.
 
-    Unknown settings and sections are refused (a typo should not pass
-    silently); so is a file that cannot be read or parsed.
+    ``settings`` is every :class:`Setting` the file may set (default
+    :data:`SETTINGS`; the daemon adds its applications' own).  Unknown
+    settings and sections are refused (a typo should not pass silently); so
+    is a file that cannot be read or parsed.
     """
+    by_name = BY_NAME if settings is None else {setting.name: setting for setting in settings}
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -218,7 +247,7 @@ def read_config(path):
     for name, raw in parser.items(SECTION):
         line = _line_of(lines, name)
         where = f"{path}, line {line}" if line else path
-        setting = BY_NAME.get(name)
+        setting = by_name.get(name)
         if setting is None:
             raise ConfigError(f"{where}: unknown setting {name!r}")
         value = coerce(setting, raw, where)

@@ -585,9 +585,17 @@ class ServerConnection(_Connection):
         # record.  No branch here depends on which of the two secrets is used
         # except the final choice.
         fallback = self._random(SECRET_LENGTH)
+        # A ciphertext at or above n would be refused before any private-key
+        # work, and answered a millisecond sooner than any other KEY.  That
+        # says nothing secret, but the protocol wants every KEY to cost the
+        # same: decrypt c mod n instead, and throw the result away.
+        n = self.identity.public_key.n
+        value = int.from_bytes(payload, "big")
+        in_range = value < n
+        ciphertext = payload if in_range else (value % n).to_bytes(len(payload), "big")
         try:
-            secret = self.identity.private_key.decrypt_oaep(payload, label=self._hello)
-            good = len(secret) == SECRET_LENGTH
+            secret = self.identity.private_key.decrypt_oaep(ciphertext, label=self._hello)
+            good = in_range and len(secret) == SECRET_LENGTH
         except DecryptionError:
             secret, good = fallback, False
         secret = secret if good else fallback

@@ -20,8 +20,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from keyexchanged import keys, rsa
-from keyexchanged.applications import MessageFactory
+from keyexchanged import ca, keys, rsa, trust
+from keyexchanged.applications import UnknownApplication, find_applications, get_application
 from keyexchanged.config import (
     SETTINGS,
     ConfigError,
@@ -36,6 +36,18 @@ from keyexchanged.protocol import SecureChannelFactory
 __all__ = ["KeyexchangeService", "Options", "load_or_create_key", "makeService"]
 
 
+def settings_with_applications(applications):
+    """The daemon's settings, then each application's own (first name wins)."""
+    settings = list(SETTINGS)
+    names = {setting.name for setting in SETTINGS}
+    for name in sorted(applications):
+        for setting in getattr(applications[name], "settings", ()):
+            if setting.name not in names:
+                names.add(setting.name)
+                settings.append(setting)
+    return settings
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -43,6 +55,10 @@ class Options(usage.Options):
         "a session secret under it, then talk AES-256-GCM.  Settings come from "
         "the config file and are overridden by these options."
     )
+    # twistd reads options from the class, so the installed applications
+    # are found once, when the plugin is loaded.
+    applications = find_applications()
+    all_settings = settings_with_applications(applications)
     optParameters = [
         [
             "config",
@@ -53,7 +69,7 @@ class Options(usage.Options):
         ]
     ] + [
         [setting.name, None, None, f"{setting.help} [default: {setting.default}]"]
-        for setting in SETTINGS
+        for setting in all_settings
     ]
 
     def __init__(self, environ=None):
@@ -62,6 +78,23 @@ class Options(usage.Options):
         self.settings = None
         self.identity = None
         self.generated_key = False
+        #: Logged once the service starts: the certificate expires soon, say.
+        self.warnings = []
+        #: Fingerprints allowed to AUTH, or None when AUTH is not required.
+        self.authorized_keys = None
+        self.application = None
+        self.wrapped_factory = None
+
+    def opt_help_applications(self):
+        """List the installed applications (for --application) and exit."""
+        width = max((len(name) for name in self.applications), default=0)
+        print("Applications (twistd keyexchange --application NAME):")
+        for name in sorted(self.applications):
+            application = self.applications[name]
+            print(f"  {name.ljust(width)}  {application.description}")
+            for setting in getattr(application, "settings", ()):
+                print(f"  {''.ljust(width)}    --{setting.name}: {setting.help}")
+        sys.exit(0)
 
     def postOptions(self):
         try:
@@ -69,6 +102,18 @@ class Options(usage.Options):
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
         self.settings["message"] = self._message()
+        try:
+            self.application = get_application(self.settings["application"], self.applications)
+        except UnknownApplication as error:
+            raise usage.UsageError(str(error)) from None
+        # Made now, so that an application's bad settings stop twistd with
+        # a usage error before it daemonizes.
+        from twisted.internet import reactor
+
+        try:
+            self.wrapped_factory = self.application.makeFactory(self.settings, reactor)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
         key_path = self.settings["private-key"] or default_key_path(self.environ)
         self.settings["private-key"] = key_path
         try:
@@ -77,15 +122,32 @@ class Options(usage.Options):
             )
         except keys.KeyFileError as error:
             raise usage.UsageError(str(error)) from None
-        self.identity = ServerIdentity(private_key)
+        self.identity = ServerIdentity(private_key, self._certificates(private_key))
+        path = self.settings["authorized-keys"]
+        if path is not None:
+            try:
+                self.authorized_keys = trust.load_authorized_keys(path)
+            except trust.AuthorizedKeysError as error:
+                raise usage.UsageError(str(error)) from None
+
+    def _certificates(self, private_key):
+        """The chain to send in HELLO (DER), refused unless it is for our key."""
+        path = self.settings["certificate"]
+        if path is None:
+            return ()
+        try:
+            chain, self.warnings = ca.load_server_chain(path, private_key)
+        except ca.CertificateFileError as error:
+            raise usage.UsageError(str(error)) from None
+        return chain
 
     def _collect(self):
-        values = {setting.name: setting.default for setting in SETTINGS}
+        values = {setting.name: setting.default for setting in self.all_settings}
         path = find_config(self["config"], self.environ)
         self.config_path = path
         if path is not None:
-            values.update(read_config(path))
-        for setting in SETTINGS:
+            values.update(read_config(path, self.all_settings))
+        for setting in self.all_settings:
             raw = self[setting.name]
             if raw is not None:
                 value = coerce(setting, raw, "--" + setting.name)
@@ -213,18 +275,38 @@ class KeyexchangeService(service.Service):
 
 
 def makeService(options, reactor=None):
+    settings = options.settings
     if reactor is None:
         from twisted.internet import reactor
-    settings = options.settings
+
+        wrapped = options.wrapped_factory
+    else:
+        wrapped = options.application.makeFactory(settings, reactor)
     factory = SecureChannelFactory(
-        MessageFactory(settings["message"]),
+        wrapped,
         options.identity,
         reactor=reactor,
         handshake_timeout=settings["handshake-timeout"],
         idle_timeout=settings["idle-timeout"],
         max_connections=settings["max-connections"],
         max_per_source=settings["max-per-source"],
+        authorized_keys=options.authorized_keys,
     )
+    log = Logger(namespace=__name__)
+    for warning in options.warnings:
+        log.warn("{warning}", warning=warning)
+    if options.identity.certificates:
+        log.info(
+            "sending {count} certificate(s) from {path} in HELLO",
+            count=len(options.identity.certificates),
+            path=settings["certificate"],
+        )
+    if options.authorized_keys is not None:
+        log.info(
+            "AUTH required: {count} client key(s) authorized by {path}",
+            count=len(options.authorized_keys),
+            path=settings["authorized-keys"],
+        )
     return KeyexchangeService(
         settings["listen"], factory, reactor, settings["grace-period"], handle_signals=True
     )

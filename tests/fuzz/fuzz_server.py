@@ -1,0 +1,328 @@
+"""Fuzz the frame parser and the server state machine with atheris.
+
+    make fuzz SECONDS=120
+    .venv/bin/python tests/fuzz/fuzz_server.py -max_total_time=120 tests/fuzz/corpus
+
+:func:`fuzz_one_input` is the target.  It takes any bytes and raises only
+when an invariant breaks (or when the code under test raises, which is the
+same thing: the server must never raise on input).
+``tests/test_fuzz_regressions.py`` replays every file of
+``tests/fuzz/regressions/`` and ``tests/fuzz/corpus/`` through it without
+atheris, so a crash found once stays fixed.
+
+Input layout.  Byte 0 holds flags: bit 0 makes the server require AUTH
+(from the vector client key); bit 1 selects *ops* mode; bits 2–7 are the
+chunk size the stream is fed in (0: all at once).  In raw mode the rest is
+the byte stream itself.  In ops mode the rest is a program whose steps add
+to the stream, so that the fuzzer reaches what lies behind the record
+layer instead of dying on a forged tag:
+
+    0 n BYTES    n raw bytes                 4   END, sealed
+    1            the vector KEY frame        5   UPDATE, sealed (key steps)
+    2 nn BYTES   AUTH sealing those bytes    6   the vector AUTH frame
+    3 n BYTES    MSG sealing those bytes     7 v nn  a bare header: verb v, length nn
+
+("sealed" means with the client key the vector KEY establishes; n is one
+byte, nn two, big-endian.)  The server uses the vector nonce, so the
+vector KEY is valid and the sealed records open when the steps are in an
+honest order.
+
+Run as a script, new inputs go to a scratch directory (the seed corpus is
+only read; set ``FUZZ_WORK_DIR`` to keep them from one run to the next) and
+crash files to ``tests/fuzz/regressions/``, where the regression test picks
+them up.
+"""
+
+import binascii
+import json
+import os
+import sys
+import tempfile
+
+from keyexchanged import handshake, keys
+from keyexchanged.framing import (
+    ERROR_CODES,
+    FRAME_TOO_LARGE,
+    HEADER_MAX,
+    MALFORMED_FRAME,
+    MAX_PAYLOAD,
+    FrameDecoder,
+    ProtocolError,
+    encode_frame,
+)
+from keyexchanged.records import RecordSealer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = os.path.join(HERE, "corpus")
+REGRESSIONS = os.path.join(HERE, "regressions")
+
+with open(os.path.join(HERE, os.pardir, "data", "kx1-handshake.json"), encoding="utf-8") as _f:
+    VECTORS = json.load(_f)
+
+
+def _hex(name):
+    return binascii.unhexlify(VECTORS[name])
+
+
+def _record(name):
+    return binascii.unhexlify(VECTORS["records"][name])
+
+
+IDENTITY = handshake.ServerIdentity(
+    keys.private_key_from_bytes(VECTORS["server_private_key_pem"].encode())
+)
+AUTHORIZED = frozenset({VECTORS["client_fingerprint"]})
+KEY_FRAME = encode_frame("KEY", _hex("key_payload"))
+AUTH_FRAME = encode_frame("AUTH", _record("client_auth_seq0"))
+VERBS = [*MAX_PAYLOAD, "PING", "key", "ABCDEFGHI", ""]
+
+AUTH_REQUIRED = 0x01
+OPS = 0x02
+
+SERVER_EVENTS = (
+    handshake.HandshakeComplete,
+    handshake.ClientAuthenticated,
+    handshake.DataReceived,
+    handshake.EndReceived,
+    handshake.ErrorReceived,
+    handshake.ProtocolFailed,
+)
+
+
+class InvariantBroken(AssertionError):
+    """The code under test did something it must never do."""
+
+
+def check(condition, message):
+    # Not ``assert``: the checks must hold under ``python -O`` too.
+    if not condition:
+        raise InvariantBroken(message)
+
+
+# -- building the stream --------------------------------------------------------
+
+
+class _Reader:
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0
+
+    def take(self, n):
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def number(self, width):
+        return int.from_bytes(self.take(width), "big")
+
+    @property
+    def done(self):
+        return self.pos >= len(self.data)
+
+
+def build_stream(program):
+    """Run an ops-mode program (see the module docstring); return the bytes."""
+    reader = _Reader(program)
+    sealer = RecordSealer(_hex("client_key"))
+    out = []
+
+    def sealed(verb, plaintext=b""):
+        payload = sealer.seal(verb, plaintext)
+        out.append(encode_frame(verb, payload[: MAX_PAYLOAD[verb]]))
+
+    while not reader.done:
+        op = reader.take(1)[0] & 7
+        if op == 0:
+            out.append(reader.take(reader.number(1)))
+        elif op == 1:
+            out.append(KEY_FRAME)
+        elif op == 2:
+            sealed("AUTH", reader.take(reader.number(2)))
+        elif op == 3:
+            sealed("MSG", reader.take(reader.number(1)))
+        elif op == 4:
+            sealed("END")
+        elif op == 5:
+            out.append(encode_frame("UPDATE", sealer.seal_update()))
+        elif op == 6:
+            out.append(AUTH_FRAME)
+        else:
+            verb = VERBS[reader.number(1) % len(VERBS)]
+            out.append(b"%s %d\r\n" % (verb.encode("ascii"), reader.number(2)))
+    return b"".join(out)
+
+
+def decode_input(data):
+    """``(stream, chunk size or None, AUTH required)`` for one fuzz input."""
+    if not data:
+        return b"", None, False
+    flags, rest = data[0], data[1:]
+    size = flags >> 2 or None
+    stream = build_stream(rest) if flags & OPS else rest
+    return stream, size, bool(flags & AUTH_REQUIRED)
+
+
+def chunks(stream, size):
+    if size is None:
+        return [stream]
+    return [stream[i : i + size] for i in range(0, len(stream), size)]
+
+
+# -- the checks ----------------------------------------------------------------------
+
+
+def _check_decoder(decoder):
+    if decoder.stopped:
+        check(decoder.buffered == 0, "a stopped decoder holds bytes")
+    elif decoder._verb is None:
+        check(decoder.buffered <= HEADER_MAX + 1, f"header buffer of {decoder.buffered}")
+    else:
+        check(decoder._length <= MAX_PAYLOAD[decoder._verb], "payload over the verb's limit")
+        check(decoder.buffered < decoder._length, "payload buffer over the announced length")
+
+
+def run_parser(pieces):
+    """Decode; return ``(frames, error)``, checking the buffer after each piece."""
+    decoded, error = [], None
+    decoder = FrameDecoder(lambda verb, payload: decoded.append((verb, payload)))
+    for piece in pieces:
+        try:
+            decoder.feed(piece)
+        except ProtocolError as caught:
+            check(error is None, "a second error from one decoder")
+            check(caught.code in (MALFORMED_FRAME, FRAME_TOO_LARGE), f"parser said {caught.code}")
+            error = (caught.code, caught.detail)
+        _check_decoder(decoder)
+    for verb, payload in decoded:
+        check(len(payload) <= MAX_PAYLOAD[verb], f"{verb} frame over its limit")
+    return decoded, error
+
+
+def _frames_of(output):
+    decoded, error = run_parser([output])
+    check(error is None, f"the server sent a bad frame: {error}")
+    return decoded
+
+
+def run_server(pieces, authorized):
+    """Feed the server; return ``(events, output)`` after checking that the
+    answer is events, or exactly one ERROR that is the last thing said."""
+    server = handshake.ServerConnection(
+        IDENTITY,
+        authorized_keys=AUTHORIZED if authorized else None,
+        random=_replay(_hex("nonce"), b"\0" * 32),
+    )
+    server.start()
+    check(server.data_to_send() == _hex("hello_frame"), "HELLO differs from the vector")
+    events, output = [], b""
+    for piece in pieces:
+        was_closed = server.closed
+        new = server.receive_data(piece)
+        check(not (was_closed and new), "events after the end")
+        events += new
+        output += server.data_to_send()
+        _check_decoder(server._decoder)
+    for event in events:
+        check(isinstance(event, SERVER_EVENTS), f"unexpected event {event!r}")
+    ends = [e for e in events if isinstance(e, (handshake.ProtocolFailed, handshake.ErrorReceived))]
+    check(len(ends) <= 1, f"more than one end: {ends!r}")
+    sent = _frames_of(output)
+    verbs = [verb for verb, _ in sent]
+    # Fed only by the peer, the server says nothing but a possible ERROR.
+    check(verbs in ([], ["ERROR"]), f"the server sent {verbs}")
+    if ends:
+        check(events[-1] is ends[0], "events after the end")
+        check(server.closed, "an end, but the connection is not closed")
+    failed = [e for e in events if isinstance(e, handshake.ProtocolFailed)]
+    if failed:
+        check(verbs == ["ERROR"], "ProtocolFailed without exactly one ERROR")
+        body = json.loads(sent[0][1])
+        check(
+            body == {"error": failed[0].code, "detail": failed[0].detail},
+            "ERROR differs from ProtocolFailed",
+        )
+        check(body["error"] in ERROR_CODES, f"unknown ERROR code {body['error']!r}")
+    else:
+        check(verbs == [], "ERROR without ProtocolFailed")
+    if server.handshake_done and not server.closed and server.can_send:
+        # The send side must work in any state the peer can lead us to.
+        server.confirm()
+        server.send_data(b"reply")
+        server.send_end()
+        check(
+            [verb for verb, _ in _frames_of(server.data_to_send())][-1] == "END",
+            "END did not go out",
+        )
+    return events, output
+
+
+def _replay(*values):
+    pending = list(values)
+    return lambda n: pending.pop(0)
+
+
+def fuzz_one_input(data):
+    """The fuzz target: raises only when something is wrong."""
+    stream, size, authorized = decode_input(bytes(data))
+    pieces = chunks(stream, size)
+    # The parser: the cut must not change a thing.
+    check(run_parser(pieces) == run_parser([stream]), "parser depends on chunking")
+    # The server state machine: the same, and its answer well formed.
+    events, output = run_server(pieces, authorized)
+    if size is not None:
+        check((events, output) == run_server([stream], authorized), "server depends on chunking")
+
+
+# -- seeds --------------------------------------------------------------------------------
+
+
+def seeds():
+    """The seed corpus: honest streams built from the vector file, and a few
+    near misses.  ``tests/fuzz/corpus/`` holds exactly these."""
+    honest = KEY_FRAME + AUTH_FRAME + encode_frame("MSG", _record("client_msg_seq1"))
+    honest += encode_frame("END", _record("client_end_seq2"))
+    auth = _hex("auth_plaintext")
+    return {
+        "raw-honest-auth-whole": bytes([AUTH_REQUIRED]) + honest,
+        "raw-honest-chunks-of-7": bytes([7 << 2]) + honest,
+        "raw-bad-header": bytes([0]) + b"KEY 0256\r\n" + honest,
+        "ops-honest-auth": bytes([AUTH_REQUIRED | OPS | (13 << 2)])
+        + b"\x01"
+        + b"\x02"
+        + len(auth).to_bytes(2, "big")
+        + auth
+        + b"\x03\x05hello"
+        + b"\x04",
+        "ops-updates": bytes([OPS]) + b"\x01\x05\x03\x03one\x05\x05\x03\x03two\x04",
+        "ops-auth-garbage": bytes([AUTH_REQUIRED | OPS])
+        + b"\x01\x02\x00\x20"
+        + b'{"key": "AAAA", "signature": ""}',
+        "ops-headers": bytes([OPS | (1 << 2)]) + b"\x07\x01\x01\x00\x07\x02\xff\xff\x00\x03ab\r",
+    }
+
+
+def _argv_for_libfuzzer(argv):
+    """New inputs to a scratch directory, not into the seed corpus; crash
+    files into regressions/ unless the caller said otherwise."""
+    options = [a for a in argv[1:] if a.startswith("-")]
+    directories = [a for a in argv[1:] if not a.startswith("-")]
+    if not any(a.startswith("-artifact_prefix=") for a in options):
+        options.append(f"-artifact_prefix={REGRESSIONS}{os.sep}")
+    # $FUZZ_WORK_DIR keeps what one run learnt for the next.
+    scratch = os.environ.get("FUZZ_WORK_DIR") or tempfile.mkdtemp(prefix="keyexchanged-fuzz-")
+    os.makedirs(scratch, exist_ok=True)
+    print(f"fuzz_server: new inputs go to {scratch}", file=sys.stderr)
+    return [argv[0], *options, scratch, *directories]
+
+
+def main(argv=None):
+    import atheris  # only the fuzzing run needs it
+
+    argv = sys.argv if argv is None else argv
+    atheris.instrument_all()
+    atheris.Setup(_argv_for_libfuzzer(argv), fuzz_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
