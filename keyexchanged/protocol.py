@@ -230,6 +230,8 @@ class ChannelProtocol(LineReceiver):
             self.setLineMode(rest)
 
     def lineLengthExceeded(self, line):
+        if self._closing:
+            return
         self._handle_events(
             self.connection.fail(MALFORMED_FRAME, "header line longer than 32 bytes")
         )

@@ -10,6 +10,7 @@ On first start with no key the daemon generates one (0600) where the
 settings say and serves it, as sshd does with its host keys.
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -184,6 +185,10 @@ def load_or_create_key(path, bits, report=None):
     report = report or (lambda text: print(text, file=sys.stderr))
     report(f"keyexchanged: no key at {path}; generating a {bits}-bit RSA key")
     directory = os.path.dirname(path)
+    if directory and os.path.exists(directory) and not os.path.isdir(directory):
+        raise keys.KeyFileError(
+            f"{path}: cannot create the key directory: {directory}: Not a directory"
+        )
     try:
         if directory:
             os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -193,7 +198,14 @@ def load_or_create_key(path, bits, report=None):
         ) from None
     private_key = rsa.generate_private_key(bits)
     keys.save_private_key(private_key, path)
-    keys.save_public_key(private_key.public_key(), path + ".pub", force=True)
+    try:
+        keys.save_public_key(private_key.public_key(), path + ".pub", force=True)
+    except keys.KeyFileError:
+        # No half-made pair: the next start would serve a key whose public
+        # half was never written.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
     return private_key, True
 
 

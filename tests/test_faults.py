@@ -394,10 +394,6 @@ class KeyGenerationTests(DaemonCase):
         # key whose public half was never written.
         self.assertEqual(os.listdir(mount), [])
 
-    test_room_for_the_private_key_only.todo = (
-        "tap.load_or_create_key leaves the private key behind when writing the public key fails"
-    )
-
 
 class InProcessKeyGenerationTests(unittest.TestCase):
     """The same without a tmpfs: ``os.write`` fails as a full disk does."""
@@ -454,15 +450,6 @@ class InProcessKeyGenerationTests(unittest.TestCase):
         # the key file; the trouble is that the directory is not one.
         self.assertIn("Not a directory", str(caught))
         self.assertEqual(self.files(), ["keys"])
-
-    test_directory_is_a_regular_file_says_so.todo = (
-        "tap.load_or_create_key reports EEXIST ('File exists') for a key "
-        "directory that is a regular file"
-    )
-
-    test_full_before_the_public_key.todo = (
-        "tap.load_or_create_key leaves the private key behind when writing the public key fails"
-    )
 
 
 class BadSettingTests(DaemonCase):

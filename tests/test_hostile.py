@@ -410,11 +410,6 @@ class RecordAfterEndTests(HostileTestCase):
         self.assertEqual(hostile.proto._outcome, "ok")
         setup.bystander.finish(self)
 
-    test_nothing_after_a_clean_finish.todo = (
-        "protocol.ChannelProtocol.lineLengthExceeded does not check _closing: "
-        "ERROR malformed-frame goes out after END"
-    )
-
     def test_daemon_application_closes_after_both_ends(self):
         """The message application ENDs at once; after the client's END
         the connection is finished and a late record is never read."""

@@ -78,9 +78,10 @@ class Pair:
         host="10.0.0.1",
         server_options=None,
         identity=None,
+        factory=None,
     ):
         self.clock = clock or Clock()
-        self.server_factory = server_factory(app, self.clock, **(server_options or {}))
+        self.server_factory = factory or server_factory(app, self.clock, **(server_options or {}))
         self.application = client_app or Collector()
         self.client_factory = ChannelClientFactory(
             Factory.forProtocol(lambda: self.application),
@@ -331,8 +332,9 @@ class BadInputTests(unittest.TestCase):
 
     def assertError(self, data, code, factory=None):
         factory = factory or server_factory()
-        bystander = Pair(clock=factory.reactor)
-        bystander.server_factory = factory
+        # A session on the same factory, half-way through, when the bad input arrives.
+        bystander = Pair(clock=factory.reactor, factory=factory)
+        bystander.pump.pump()
         proto, transport = self.connect(factory)
         proto.dataReceived(data)
         sent = frames(transport.value())
@@ -340,10 +342,13 @@ class BadInputTests(unittest.TestCase):
         self.assertEqual(json.loads(sent[0][1])["error"], code)
         self.assertTrue(transport.disconnecting)
         proto.connectionLost(error.ConnectionDone())
-        # Everyone else is still served.
-        other = Pair(clock=factory.reactor)
+        # Everyone else is still served: the session under way, and a new one.
+        bystander.flush()
+        self.assertEqual(bystander.application.data, MESSAGE)
+        other = Pair(clock=factory.reactor, factory=factory)
         other.flush()
         self.assertEqual(other.application.data, MESSAGE)
+        self.assertEqual(factory.connections, set())
         return json.loads(sent[0][1])
 
     def test_header_too_long(self):
