@@ -57,6 +57,15 @@ def _grace(text):
     return value
 
 
+def _workers(text):
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be auto, or a whole number of at least 0")
+    return value
+
+
 def _key_bits(text):
     value = int(text)
     if not (2048 <= value <= 8192 and value % 8 == 0):
@@ -143,6 +152,18 @@ SETTINGS = [
     Setting("idle-timeout", 300.0, _seconds, "seconds of silence before an idle session ends"),
     Setting("max-connections", 1024, _positive_int, "concurrent connections, beyond: ERROR busy"),
     Setting(
+        "max-handshakes",
+        64,
+        _positive_int,
+        "concurrent handshakes whose private-key work is under way, beyond: ERROR busy",
+    ),
+    Setting(
+        "workers",
+        "auto",
+        _workers,
+        "processes doing the private-key work (auto: one per CPU; 0: in the reactor)",
+    ),
+    Setting(
         "max-per-source",
         32,
         _positive_int,
@@ -202,6 +223,7 @@ def coerce(setting, raw, where):
                 _seconds: "a number of seconds greater than 0",
                 _grace: "a number of seconds, 0 or more",
                 _key_bits: "from 2048 to 8192 in steps of 8",
+                _workers: "auto, or a whole number of at least 0",
             }.get(setting.coerce, "valid")
         raise ConfigError(f"{where}: {setting.name} = {raw.strip()!r}: {reason}") from None
 

@@ -131,6 +131,19 @@ class ServerKeyReceived(Event):
         self.certificates = certificates
 
 
+class DecryptionNeeded(Event):
+    """Server with ``defer_decryption``: the KEY's private-key work is ours
+    to do elsewhere (a worker process); answer with
+    :meth:`ServerConnection.key_decrypted`.  ``ciphertext`` is already
+    reduced below n and ``label`` is the OAEP label (the HELLO payload)."""
+
+    __slots__ = ("ciphertext", "label")
+
+    def __init__(self, ciphertext, label):
+        self.ciphertext = ciphertext
+        self.label = label
+
+
 class HandshakeComplete(Event):
     """The keys are confirmed; application data may flow.
 
@@ -308,6 +321,7 @@ class _State(enum.Enum):
     AWAIT_HELLO = "await-hello"  # client
     TRUST = "trust"  # client: deciding on the server's key
     AWAIT_KEY = "await-key"  # server
+    DECRYPTING = "decrypting"  # server: KEY received, private-key work elsewhere
     AWAIT_AUTH = "await-auth"  # server that requires AUTH
     AWAIT_CONFIRM = "await-confirm"  # client: KEY sent, no record opened yet
     OPEN = "open"
@@ -520,19 +534,37 @@ class ServerConnection(_Connection):
     the implicit-rejection secret); tests replace it to replay the vectors.
     """
 
+    # While the KEY is decrypted elsewhere, the client's records (it may
+    # send AUTH and MSG right after KEY) wait; they are checked against the
+    # state that follows once the key is agreed.
     _ACCEPTS: ClassVar[dict] = {
         "KEY": {_State.AWAIT_KEY},
-        "AUTH": {_State.AWAIT_AUTH, _State.OPEN},
-        "MSG": {_State.OPEN},
-        "END": {_State.OPEN},
-        "UPDATE": {_State.OPEN},
+        "AUTH": {_State.AWAIT_AUTH, _State.OPEN, _State.DECRYPTING},
+        "MSG": {_State.OPEN, _State.DECRYPTING},
+        "END": {_State.OPEN, _State.DECRYPTING},
+        "UPDATE": {_State.OPEN, _State.DECRYPTING},
     }
 
-    def __init__(self, identity, authorized_keys=None, random=secrets.token_bytes, **limits):
+    #: Records that may wait for a KEY being decrypted elsewhere.
+    MAX_WAITING_RECORDS = 4
+
+    def __init__(
+        self,
+        identity,
+        authorized_keys=None,
+        random=secrets.token_bytes,
+        defer_decryption=False,
+        **limits,
+    ):
         super().__init__(**limits)
         self.identity = identity
         self.authorized_keys = authorized_keys
         self._random = random
+        self.defer_decryption = defer_decryption
+        self._key_payload = None
+        self._fallback = None
+        self._in_range = False
+        self._waiting = []
         self._hello = None
         self._nonce = None
         self.client_fingerprint = None
@@ -593,11 +625,48 @@ class ServerConnection(_Connection):
         value = int.from_bytes(payload, "big")
         in_range = value < n
         ciphertext = payload if in_range else (value % n).to_bytes(len(payload), "big")
+        if self.defer_decryption:
+            self._key_payload, self._fallback, self._in_range = payload, fallback, in_range
+            self.state = _State.DECRYPTING
+            self._events.append(DecryptionNeeded(ciphertext, self._hello))
+            return
         try:
             secret = self.identity.private_key.decrypt_oaep(ciphertext, label=self._hello)
-            good = in_range and len(secret) == SECRET_LENGTH
         except DecryptionError:
-            secret, good = fallback, False
+            secret = None
+        self._key_agreed(payload, secret, fallback, in_range)
+
+    def key_decrypted(self, secret):
+        """The answer to :class:`DecryptionNeeded`: the OAEP plaintext, or
+        ``None`` when decoding failed (implicit rejection follows, exactly
+        as for a KEY decrypted here).  Returns the events that follow."""
+        if self.state is not _State.DECRYPTING:
+            # The connection failed (a timeout, say) while the work was away.
+            return self._take_events()
+        payload, fallback, in_range = self._key_payload, self._fallback, self._in_range
+        self._key_payload = self._fallback = None
+        self._key_agreed(payload, secret, fallback, in_range)
+        waiting, self._waiting = self._waiting, []
+        for verb, record in waiting:
+            if self.state is _State.CLOSED:
+                break
+            try:
+                self._header_received(verb, len(record))
+                self._frame_received(verb, record)
+            except ProtocolError as error:
+                self._fail(error)
+        return self._take_events()
+
+    def _frame_received(self, verb, payload):
+        if self.state is _State.DECRYPTING and verb != "ERROR":
+            if len(self._waiting) >= self.MAX_WAITING_RECORDS:
+                raise ProtocolError(UNEXPECTED_FRAME, "too many records before the key was agreed")
+            self._waiting.append((verb, payload))
+            return
+        super()._frame_received(verb, payload)
+
+    def _key_agreed(self, payload, secret, fallback, in_range):
+        good = in_range and secret is not None and len(secret) == SECRET_LENGTH
         secret = secret if good else fallback
 
         self.transcript_hash = transcript_hash(self._hello, payload)

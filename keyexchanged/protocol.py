@@ -416,6 +416,27 @@ class ServerChannelProtocol(ChannelProtocol):
             self.connection.confirm()
             self._write_out()
 
+    def event_DecryptionNeeded(self, event):
+        factory = self.factory
+        if factory.decrypting >= factory.max_handshakes:
+            self._handle_events(self.connection.fail(BUSY, "too many handshakes in progress"))
+            return
+        factory.decrypting += 1
+        # Read nothing more until the key is agreed (what was read waits in
+        # LineReceiver's buffer, at most one socket read).
+        self.pauseProducing()
+        working = factory.decryption.decrypt(event.ciphertext, event.label)
+        working.addErrback(lambda failure: None)  # any failure: implicit rejection
+        working.addCallback(self._key_decrypted)
+
+    def _key_decrypted(self, secret):
+        self.factory.decrypting -= 1
+        if self._closing:
+            return
+        self._handle_events(self.connection.key_decrypted(secret))
+        if not self._closing:
+            self.resumeProducing()
+
     def event_ClientAuthenticated(self, event):
         self.peer_fingerprint = event.fingerprint
 
@@ -482,11 +503,20 @@ class SecureChannelFactory(Factory):
         max_per_source=32,
         authorized_keys=None,
         record_limits=None,
+        decryption=None,
+        max_handshakes=64,
     ):
         if reactor is None:
             from twisted.internet import reactor
         self.wrapped_factory = wrapped_factory
         self.identity = identity
+        #: Where KEYs are decrypted: an object with ``decrypt(ciphertext,
+        #: label)`` returning a Deferred (a workers.DecryptionPool), or
+        #: ``None`` to decrypt in the reactor.
+        self.decryption = decryption
+        self.max_handshakes = max_handshakes
+        #: KEYs whose private-key work is under way.
+        self.decrypting = 0
         self.reactor = reactor
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
@@ -528,7 +558,10 @@ class SecureChannelFactory(Factory):
     def make_connection(self):
         """The state machine for one new connection."""
         return handshake.ServerConnection(
-            self.identity, authorized_keys=self.authorized_keys, **self.record_limits
+            self.identity,
+            authorized_keys=self.authorized_keys,
+            defer_decryption=self.decryption is not None,
+            **self.record_limits,
         )
 
     def shutdown(self, grace_period):

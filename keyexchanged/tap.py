@@ -33,6 +33,7 @@ from keyexchanged.config import (
 )
 from keyexchanged.handshake import ServerIdentity
 from keyexchanged.protocol import SecureChannelFactory
+from keyexchanged.workers import DecryptionPool, default_workers
 
 __all__ = ["KeyexchangeService", "Options", "load_or_create_key", "makeService"]
 
@@ -284,6 +285,8 @@ class KeyexchangeService(service.Service):
             yield self.port.stopListening()
             self.port = None
         yield self.factory.shutdown(self.grace_period)
+        if self.factory.decryption is not None:
+            self.factory.decryption.close()
 
 
 def makeService(options, reactor=None):
@@ -303,8 +306,18 @@ def makeService(options, reactor=None):
         max_connections=settings["max-connections"],
         max_per_source=settings["max-per-source"],
         authorized_keys=options.authorized_keys,
+        max_handshakes=settings["max-handshakes"],
     )
+    workers = settings["workers"]
+    if workers == "auto":
+        workers = default_workers()
+    if workers:
+        factory.decryption = DecryptionPool(options.identity.private_key, workers, reactor)
     log = Logger(namespace=__name__)
+    log.info(
+        "private-key work: {where}",
+        where=f"{workers} worker process(es)" if workers else "in the reactor",
+    )
     for warning in options.warnings:
         log.warn("{warning}", warning=warning)
     if options.identity.certificates:
