@@ -255,7 +255,9 @@ class Server:
         return False
 
     def cpu_seconds(self):
-        return cpu_seconds(self.pid)
+        """CPU time of the server and every process it started (the
+        daemon's decryption workers do part of its work)."""
+        return sum(cpu_seconds(pid) for pid in [self.pid, *descendants(self.pid)])
 
     def rss(self):
         return rss_bytes(self.pid)
@@ -272,12 +274,42 @@ class Server:
         return self.process.returncode
 
 
-def cpu_seconds(pid):
-    """User + system CPU time of a process so far (``/proc/PID/stat``)."""
+def _stat_fields(pid):
+    """The fields of ``/proc/PID/stat`` after the command name."""
     with open(f"/proc/{pid}/stat") as f:
         # The command name may hold spaces; the fields after ")" are fixed.
-        fields = f.read().rsplit(")", 1)[1].split()
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (``/proc/PID/stat``).
+
+    A process that ended in between counts as 0.
+    """
+    try:
+        fields = _stat_fields(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def descendants(pid):
+    """The pids of every live process below ``pid`` (children, theirs, ...)."""
+    children = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            parent = int(_stat_fields(name)[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone while we looked
+        children.setdefault(parent, []).append(int(name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            found.append(child)
+            stack.append(child)
+    return found
 
 
 def rss_bytes(pid):

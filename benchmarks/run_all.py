@@ -22,10 +22,10 @@ RESULTS = os.path.join(HERE, "results")
 # 15 minutes on a 2-core machine.
 SCRIPTS = [
     ("bench_rsa.py", 240),
-    ("bench_handshakes.py", 240),
+    ("bench_handshakes.py", 330),
     ("bench_throughput.py", 120),
     ("bench_memory.py", 180),
-    ("bench_responsiveness.py", 120),
+    ("bench_responsiveness.py", 180),
 ]
 
 

@@ -241,19 +241,8 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
 # --- connect -------------------------------------------------------------------
 
 
-def _add_connect(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "connect",
-        help="run a KX/1 session with a server and print what it sends",
-        description=(
-            "Connect to a keyexchanged server, check its key, send a fresh session secret "
-            "encrypted to it, and print what the server sends (byte for byte) on stdout. "
-            "--send TEXT, or data piped on stdin, goes to the server. Exit status: 0 clean "
-            "end, 3 server key not trusted (nothing was sent), 4 connection or protocol "
-            "failure, 5 truncated (the connection closed before the server's END)."
-        ),
-    )
-    parser.add_argument("server", metavar="HOST[:PORT]", help="server address (port 51424)")
+def _add_trust_arguments(parser, accept_new=True) -> None:
+    """The server-key checks and client key, shared by connect and tunnel."""
     anchor = parser.add_mutually_exclusive_group()
     anchor.add_argument(
         "--fingerprint",
@@ -277,12 +266,15 @@ def _add_connect(subparsers) -> None:
         "keys are refused always (default: $XDG_CONFIG_HOME/keyexchange/known_hosts, "
         "else ~/.config/keyexchange/known_hosts)",
     )
-    parser.add_argument(
-        "--accept-new",
-        action="store_true",
-        help="add an unknown host to the known hosts without asking (a changed key "
-        "is still refused)",
-    )
+    if accept_new:
+        parser.add_argument(
+            "--accept-new",
+            action="store_true",
+            help="add an unknown host to the known hosts without asking (a changed key "
+            "is still refused)",
+        )
+    else:
+        parser.set_defaults(accept_new=False)
     parser.add_argument(
         "--identity", metavar="FILE", help="our private key: authenticate with AUTH"
     )
@@ -291,6 +283,32 @@ def _add_connect(subparsers) -> None:
         metavar="F",
         help="passphrase (first line of F) of an encrypted --identity key",
     )
+
+
+def _load_identity(args: argparse.Namespace):
+    """The client key of --identity, or None."""
+    if args.identity is None:
+        return None
+    passphrase = None
+    if args.passphrase_file is not None:
+        passphrase = _read_passphrase_file(args.passphrase_file)
+    return keys.load_private_key(args.identity, passphrase=passphrase)
+
+
+def _add_connect(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "connect",
+        help="run a KX/1 session with a server and print what it sends",
+        description=(
+            "Connect to a keyexchanged server, check its key, send a fresh session secret "
+            "encrypted to it, and print what the server sends (byte for byte) on stdout. "
+            "--send TEXT, or data piped on stdin, goes to the server. Exit status: 0 clean "
+            "end, 3 server key not trusted (nothing was sent), 4 connection or protocol "
+            "failure, 5 truncated (the connection closed before the server's END)."
+        ),
+    )
+    parser.add_argument("server", metavar="HOST[:PORT]", help="server address (port 51424)")
+    _add_trust_arguments(parser)
     parser.add_argument("--send", metavar="TEXT", help="send TEXT to the server, then END")
     parser.add_argument(
         "--timeout",
@@ -369,12 +387,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
     policy = _trust_policy(args, port)
-    identity = None
-    if args.identity is not None:
-        passphrase = None
-        if args.passphrase_file is not None:
-            passphrase = _read_passphrase_file(args.passphrase_file)
-        identity = keys.load_private_key(args.identity, passphrase=passphrase)
+    identity = _load_identity(args)
     send = None if args.send is None else args.send.encode("utf-8")
     # Piped data goes to the server; a terminal is not read (nothing to wait for).
     stream_stdin = send is None and not _stdin_is_terminal()
@@ -633,20 +646,8 @@ def _add_tunnel(subparsers) -> None:
     parser.add_argument(
         "--server", required=True, metavar="HOST[:PORT]", help="the KX/1 server (port 51424)"
     )
-    anchor = parser.add_mutually_exclusive_group()
-    anchor.add_argument("--fingerprint", metavar="SHA256:...", help="trust exactly this key")
-    anchor.add_argument(
-        "--ca", metavar="FILE", help="trust a key certified by a CA in FILE for HOST"
-    )
-    anchor.add_argument("--insecure", action="store_true", help="trust any key (warns)")
-    parser.add_argument("--known-hosts", metavar="FILE", help="the known-hosts file")
-    parser.add_argument(
-        "--identity", metavar="FILE", help="our private key: authenticate with AUTH"
-    )
-    parser.add_argument(
-        "--passphrase-file", metavar="F", help="passphrase of an encrypted --identity key"
-    )
-    parser.set_defaults(func=cmd_tunnel, accept_new=False)
+    _add_trust_arguments(parser, accept_new=False)
+    parser.set_defaults(func=cmd_tunnel)
 
 
 def cmd_tunnel(args: argparse.Namespace) -> int:
@@ -662,12 +663,7 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     policy = _trust_policy(args, port)
     if hasattr(policy, "ask"):
         policy.ask = None  # no prompts from a background relay
-    identity = None
-    if args.identity is not None:
-        passphrase = None
-        if args.passphrase_file is not None:
-            passphrase = _read_passphrase_file(args.passphrase_file)
-        identity = keys.load_private_key(args.identity, passphrase=passphrase)
+    identity = _load_identity(args)
     failures = []
 
     def serve(reactor):

@@ -160,6 +160,9 @@ class StdioApplication(Protocol):
         self.stream_stdin = stream_stdin
         self.stdin_factory = stdin_factory or _open_stdin
         self.received = 0
+        #: Fires with the exception that ended the session (ConnectionDone
+        #: after the server's END).
+        self.ended = defer.Deferred()
 
     def connectionMade(self):
         if self.send is not None:
@@ -173,6 +176,9 @@ class StdioApplication(Protocol):
         self.received += len(data)
         self.output.write(data)
         self.output.flush()
+
+    def connectionLost(self, reason):
+        self.ended.callback(reason.value)
 
 
 class _StdinForwarder(Protocol):
@@ -253,22 +259,16 @@ def run_connect(
     app_factory = Factory.forProtocol(lambda: application)
     if endpoint is None:
         endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
-    channel = protocol.ChannelClientFactory(
-        app_factory,
-        policy,
-        server_name=host,
-        identity=identity,
-        reactor=reactor,
-        observer=explainer,
-    )
-    connecting = endpoint.connect(channel)
-
-    def failed(failure):
-        channel.clientConnectionFailed(None, failure)
-
-    connecting.addErrback(failed)
     try:
-        yield channel.handshake
+        yield protocol.connect(
+            reactor,
+            endpoint,
+            policy,
+            app_factory,
+            server_name=host,
+            identity=identity,
+            observer=explainer,
+        )
     except protocol.HandshakeFailed as failed_handshake:
         cause = _cause(failed_handshake)
         if isinstance(cause, trust.UntrustedKey) and remembering.refusal is not None:
@@ -284,7 +284,7 @@ def run_connect(
         return code
     if explainer is not None:
         explainer.confirmed()
-    value = _cause((yield channel.done))
+    value = _cause((yield application.ended))
     if isinstance(value, error.ConnectionDone):
         if explainer is not None:
             explainer.say(f"END received after {application.received} bytes: clean end")
