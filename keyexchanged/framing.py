@@ -145,6 +145,8 @@ class FrameDecoder:
     ``HEADER_MAX + 2`` bytes or the current frame's announced payload.
     """
 
+    __slots__ = ("_buffer", "_length", "_on_frame", "_on_header", "_verb", "stopped")
+
     def __init__(self, on_frame, on_header=None):
         self._on_frame = on_frame
         self._on_header = on_header

@@ -342,7 +342,9 @@ class _Connection:
         self._max_bytes = max_bytes
         self._outgoing = []
         self._events = []
-        self._decoder = FrameDecoder(self._frame_received, self._header_received)
+        # Made on the first receive_data: the Twisted adapter reads frames
+        # itself, and a decoder per idle session would be memory for nothing.
+        self._decoder = None
         self._sealer = None
         self._opener = None
         self.state = None
@@ -360,6 +362,8 @@ class _Connection:
         """Feed bytes from the wire; return the events they caused."""
         self.bytes_received += len(data)
         if self.state is not _State.CLOSED:
+            if self._decoder is None:
+                self._decoder = FrameDecoder(self._frame_received, self._header_received)
             try:
                 self._decoder.feed(data)
             except ProtocolError as error:
@@ -461,9 +465,13 @@ class _Connection:
         events, self._events = self._events, []
         return events
 
+    def _stop_decoding(self):
+        if self._decoder is not None:
+            self._decoder.stop()
+
     def _fail(self, error):
         self.state = _State.CLOSED
-        self._decoder.stop()
+        self._stop_decoding()
         # Whatever was queued and not yet taken is dropped: after an error
         # only the ERROR goes out.
         self._outgoing = [encode_frame("ERROR", error_payload(error.code, error.detail))]
@@ -488,7 +496,7 @@ class _Connection:
         if verb == "ERROR":
             code, detail = parse_error_payload(payload)
             self.state = _State.CLOSED
-            self._decoder.stop()
+            self._stop_decoding()
             self._outgoing = []
             self._events.append(ErrorReceived(code, detail))
             return

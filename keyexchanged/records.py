@@ -70,6 +70,9 @@ def next_key(key):
 
 
 class _Direction:
+    # Two per session, alive as long as it is: no instance dict.
+    __slots__ = ("_key", "bytes_sealed", "sequence")
+
     def __init__(self, key):
         if len(key) != KEY_LENGTH:
             raise ValueError("record keys are 32 bytes")
@@ -100,6 +103,8 @@ class RecordSealer(_Direction):
     ``max_records`` and ``max_bytes`` are this sender's key-update thresholds
     (at most the protocol's); tests lower them to reach an UPDATE.
     """
+
+    __slots__ = ("max_bytes", "max_records")
 
     def __init__(self, key, max_records=MAX_RECORDS_PER_KEY, max_bytes=MAX_BYTES_PER_KEY):
         super().__init__(key)
@@ -134,6 +139,8 @@ class RecordSealer(_Direction):
 
 class RecordOpener(_Direction):
     """Opens the records we receive; refuses anything that does not open."""
+
+    __slots__ = ()
 
     def open(self, verb, payload):
         """Return the plaintext of a record or raise :class:`BadRecord`."""
