@@ -9,6 +9,9 @@ import re
 import sys
 
 from twisted.internet import defer, protocol, reactor
+from twisted.trial import unittest
+
+from keyexchanged import keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -128,3 +131,19 @@ def run_client(*args, stdin=None, env=None):
     argv = CLIENT + list(args)
     reactor.spawnProcess(output, argv[0], argv, env=env or environment())
     return output.done
+
+
+class DaemonTestCase(unittest.TestCase):
+    """A temporary directory with the vector server key in it (``self.key``)
+    and the path of a config file beside it (``self.conf``)."""
+
+    timeout = 120
+
+    def setUp(self):
+        from tests.test_handshake import SERVER_KEY
+
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.key = os.path.join(self.dir, "server.key")
+        keys.save_private_key(SERVER_KEY, self.key)
+        self.conf = os.path.join(self.dir, "keyexchanged.conf")

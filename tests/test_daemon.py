@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from keyexchanged import config, keys
 from keyexchanged.framing import encode_frame
-from tests.daemon import Daemon, environment, run_client
+from tests.daemon import Daemon, DaemonTestCase, environment, run_client
 from tests.test_handshake import SERVER_KEY, frames
 from tests.vectors import RAW
 
@@ -37,15 +37,9 @@ class Raw(Protocol):
         self.closed.callback(self.received)
 
 
-class DaemonTests(unittest.TestCase):
-    timeout = 120
-
+class DaemonTests(DaemonTestCase):
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.key = os.path.join(self.dir, "server.key")
-        keys.save_private_key(SERVER_KEY, self.key)
-        self.conf = os.path.join(self.dir, "keyexchanged.conf")
+        super().setUp()
         self.write_config("")
 
     def write_config(self, extra):

@@ -9,11 +9,10 @@ import subprocess
 import time
 
 from twisted.internet import defer, threads
-from twisted.trial import unittest
 
 from keyexchanged import keys
 from tests import certs
-from tests.daemon import CLIENT, Daemon, environment, run_client
+from tests.daemon import CLIENT, Daemon, DaemonTestCase, environment, run_client
 from tests.test_handshake import CLIENT_KEY, SERVER_KEY
 from tests.test_trust import world
 from tests.vectors import RAW
@@ -69,14 +68,9 @@ def _terminal_session(argv, answer, env):
     return output, code
 
 
-class DaemonTrustTests(unittest.TestCase):
-    timeout = 120
-
+class DaemonTrustTests(DaemonTestCase):
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.key = os.path.join(self.dir, "server.key")
-        keys.save_private_key(SERVER_KEY, self.key)
+        super().setUp()
         keys.save_public_key(SERVER_KEY, self.key + ".pub")
         self.client_key = os.path.join(self.dir, "client.key")
         keys.save_private_key(CLIENT_KEY, self.client_key)

@@ -33,7 +33,7 @@ from keyexchanged.handshake import (
     ServerConnection,
     ServerKeyReceived,
 )
-from tests.daemon import Daemon, run_client
+from tests.daemon import Daemon, DaemonTestCase, run_client
 from tests.test_handshake import IDENTITY, SERVER_KEY
 from tests.vectors import RAW
 
@@ -99,16 +99,7 @@ class SlowClient(Protocol):
         self.closed.callback(reason.value)
 
 
-class DaemonCase(unittest.TestCase):
-    timeout = 120
-
-    def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.key = os.path.join(self.dir, "server.key")
-        keys.save_private_key(SERVER_KEY, self.key)
-        self.conf = os.path.join(self.dir, "keyexchanged.conf")
-
+class DaemonCase(DaemonTestCase):
     def write_config(self, extra="", key="server.key"):
         with open(self.conf, "w") as f:
             f.write("[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\n")

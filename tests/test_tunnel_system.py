@@ -13,9 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from keyexchanged import keys
-from tests.daemon import CLIENT, Daemon, environment, run_client
-from tests.test_handshake import SERVER_KEY
+from tests.daemon import CLIENT, Daemon, DaemonTestCase, environment, run_client
 from tests.test_tunnel import Target, _Pusher
 from tests.vectors import RAW
 
@@ -53,15 +51,7 @@ class _Both(_Pusher):
         self.lost.callback(reason.value)
 
 
-class SystemTunnelTests(unittest.TestCase):
-    timeout = 120
-
-    def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.key = os.path.join(self.dir, "server.key")
-        keys.save_private_key(SERVER_KEY, self.key)
-
+class SystemTunnelTests(DaemonTestCase):
     @defer.inlineCallbacks
     def start_daemon(self, *args, env=None):
         daemon = Daemon.start(

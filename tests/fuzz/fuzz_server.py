@@ -172,6 +172,8 @@ def chunks(stream, size):
 
 
 def _check_decoder(decoder):
+    if decoder is None:  # made on the first bytes: nothing buffered yet
+        return
     if decoder.stopped:
         check(decoder.buffered == 0, "a stopped decoder holds bytes")
     elif decoder._verb is None:
