@@ -24,6 +24,7 @@ SCRIPTS = [
     ("bench_rsa.py", 240),
     ("bench_handshakes.py", 330),
     ("bench_throughput.py", 120),
+    ("bench_tunnel.py", 120),
     ("bench_memory.py", 180),
     ("bench_responsiveness.py", 180),
 ]
