@@ -210,6 +210,10 @@ def load_or_create_key(path, bits, report=None):
     return private_key, True
 
 
+class CannotListen(Exception):
+    """The listening endpoint could not be had (a port in use, say)."""
+
+
 class KeyexchangeService(service.Service):
     """Listens, serves, and on stop lets open sessions finish (grace period)."""
 
@@ -224,6 +228,31 @@ class KeyexchangeService(service.Service):
         self.port = None
         self.listening = None
 
+    def privilegedStartService(self):
+        """Listen now, before twistd drops privileges (a port below 1024)
+        and before the reactor runs: a port that cannot be had stops the
+        daemon with a non-zero exit and the reason, not a running process
+        that serves nothing."""
+        super().privilegedStartService()
+        self._listen()
+
+    def _listen(self):
+        if self.listening is not None:
+            return
+        endpoint = serverFromString(self.reactor, self.listen)
+        self.listening = endpoint.listen(self.factory)
+        failed = []
+        self.listening.addCallbacks(self._listening, failed.append)
+        if failed:
+            # TCP and UNIX endpoints answer at once.
+            reason = failed[0].getErrorMessage()
+            self.log.critical(
+                "cannot listen on {listen}: {reason}", listen=self.listen, reason=reason
+            )
+            raise CannotListen(f"cannot listen on {self.listen}: {reason}")
+        if not self.listening.called:
+            self.listening.addErrback(self._cannot_listen)
+
     def startService(self):
         super().startService()
         if self.handle_signals:
@@ -235,9 +264,7 @@ class KeyexchangeService(service.Service):
             bits=identity.public_key.n.bit_length(),
             fingerprint=identity.fingerprint,
         )
-        endpoint = serverFromString(self.reactor, self.listen)
-        self.listening = endpoint.listen(self.factory)
-        self.listening.addCallbacks(self._listening, self._cannot_listen)
+        self._listen()  # when not started by twistd
 
     def _handle_signals(self):
         """SIGTERM and SIGINT: a graceful stop that exits 0.
