@@ -239,6 +239,12 @@ class KeyexchangeService(service.Service):
     def _listen(self):
         if self.listening is not None:
             return
+        identity = self.factory.identity
+        self.log.info(
+            "serving RSA-{bits} key {fingerprint}",
+            bits=identity.public_key.n.bit_length(),
+            fingerprint=identity.fingerprint,
+        )
         endpoint = serverFromString(self.reactor, self.listen)
         self.listening = endpoint.listen(self.factory)
         failed = []
@@ -258,12 +264,6 @@ class KeyexchangeService(service.Service):
         if self.handle_signals:
             # After the reactor's own handlers are in place, replace them.
             self.reactor.callWhenRunning(self._handle_signals)
-        identity = self.factory.identity
-        self.log.info(
-            "serving RSA-{bits} key {fingerprint}",
-            bits=identity.public_key.n.bit_length(),
-            fingerprint=identity.fingerprint,
-        )
         self._listen()  # when not started by twistd
 
     def _handle_signals(self):
