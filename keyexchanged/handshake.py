@@ -331,6 +331,18 @@ class _State(enum.Enum):
 _RECORD_VERBS = frozenset({"MSG", "END", "UPDATE", "AUTH"})
 
 
+def _queue(items, item):
+    """Append ``item`` to ``items``, a list, or ``()`` when empty.
+
+    A connection keeps several queues that are empty nearly all its life;
+    an empty tuple is shared, an empty list is 56 bytes per queue.
+    """
+    if items:
+        items.append(item)
+        return items
+    return [item]
+
+
 class _Connection:
     """What both sides share: framing, records, END, UPDATE and ERROR."""
 
@@ -340,8 +352,10 @@ class _Connection:
     def __init__(self, max_records=MAX_RECORDS_PER_KEY, max_bytes=MAX_BYTES_PER_KEY):
         self._max_records = max_records
         self._max_bytes = max_bytes
-        self._outgoing = []
-        self._events = []
+        # Frames to send and events to report: a list only while there are
+        # some, so that an idle session holds none (see _queue).
+        self._outgoing = ()
+        self._events = ()
         # Made on the first receive_data: the Twisted adapter reads frames
         # itself, and a decoder per idle session would be memory for nothing.
         self._decoder = None
@@ -403,7 +417,7 @@ class _Connection:
     def data_to_send(self):
         """Bytes queued for the wire since the last call."""
         data = b"".join(self._outgoing)
-        self._outgoing = []
+        self._outgoing = ()
         self.bytes_sent += len(data)
         return data
 
@@ -459,11 +473,14 @@ class _Connection:
         self.records_sent += 1
 
     def _send_frame(self, verb, payload):
-        self._outgoing.append(encode_frame(verb, payload))
+        self._outgoing = _queue(self._outgoing, encode_frame(verb, payload))
+
+    def _event(self, event):
+        self._events = _queue(self._events, event)
 
     def _take_events(self):
-        events, self._events = self._events, []
-        return events
+        events, self._events = self._events, ()
+        return events or []
 
     def _stop_decoding(self):
         if self._decoder is not None:
@@ -475,7 +492,7 @@ class _Connection:
         # Whatever was queued and not yet taken is dropped: after an error
         # only the ERROR goes out.
         self._outgoing = [encode_frame("ERROR", error_payload(error.code, error.detail))]
-        self._events.append(ProtocolFailed(error.code, error.detail))
+        self._event(ProtocolFailed(error.code, error.detail))
 
     def _header_received(self, verb, length):
         if verb == "ERROR":
@@ -497,8 +514,8 @@ class _Connection:
             code, detail = parse_error_payload(payload)
             self.state = _State.CLOSED
             self._stop_decoding()
-            self._outgoing = []
-            self._events.append(ErrorReceived(code, detail))
+            self._outgoing = ()
+            self._event(ErrorReceived(code, detail))
             return
         getattr(self, "_on_" + verb)(payload)
 
@@ -515,13 +532,13 @@ class _Connection:
         data = self._open("MSG", payload)
         self._record_opened()
         if data:
-            self._events.append(DataReceived(data))
+            self._event(DataReceived(data))
 
     def _on_END(self, payload):
         self._open("END", payload)
         self._record_opened()
         self.received_end = True
-        self._events.append(EndReceived())
+        self._event(EndReceived())
 
     def _on_UPDATE(self, payload):
         try:
@@ -572,7 +589,7 @@ class ServerConnection(_Connection):
         self._key_payload = None
         self._fallback = None
         self._in_range = False
-        self._waiting = []
+        self._waiting = ()
         self._hello = None
         self._nonce = None
         self.client_fingerprint = None
@@ -636,7 +653,7 @@ class ServerConnection(_Connection):
         if self.defer_decryption:
             self._key_payload, self._fallback, self._in_range = payload, fallback, in_range
             self.state = _State.DECRYPTING
-            self._events.append(DecryptionNeeded(ciphertext, self._hello))
+            self._event(DecryptionNeeded(ciphertext, self._hello))
             return
         try:
             secret = self.identity.private_key.decrypt_oaep(ciphertext, label=self._hello)
@@ -654,7 +671,7 @@ class ServerConnection(_Connection):
         payload, fallback, in_range = self._key_payload, self._fallback, self._in_range
         self._key_payload = self._fallback = None
         self._key_agreed(payload, secret, fallback, in_range)
-        waiting, self._waiting = self._waiting, []
+        waiting, self._waiting = self._waiting, ()
         for verb, record in waiting:
             if self.state is _State.CLOSED:
                 break
@@ -669,7 +686,7 @@ class ServerConnection(_Connection):
         if self.state is _State.DECRYPTING and verb != "ERROR":
             if len(self._waiting) >= self.MAX_WAITING_RECORDS:
                 raise ProtocolError(UNEXPECTED_FRAME, "too many records before the key was agreed")
-            self._waiting.append((verb, payload))
+            self._waiting = _queue(self._waiting, (verb, payload))
             return
         super()._frame_received(verb, payload)
 
@@ -687,7 +704,7 @@ class ServerConnection(_Connection):
             self.state = _State.AWAIT_AUTH
         else:
             self.state = _State.OPEN
-            self._events.append(HandshakeComplete(None))
+            self._event(HandshakeComplete(None))
 
     def _on_AUTH(self, payload):
         plaintext = self._open("AUTH", payload)
@@ -696,9 +713,9 @@ class ServerConnection(_Connection):
         self.client_fingerprint = fingerprint
         if self.state is _State.AWAIT_AUTH:
             self.state = _State.OPEN
-            self._events.append(HandshakeComplete(fingerprint))
+            self._event(HandshakeComplete(fingerprint))
         else:
-            self._events.append(ClientAuthenticated(fingerprint))
+            self._event(ClientAuthenticated(fingerprint))
 
     def _verify_auth(self, plaintext):
         obj = _json_object(plaintext, AUTH_FAILED, "AUTH")
@@ -783,9 +800,7 @@ class ClientConnection(_Connection):
         self.server_fingerprint = keys.fingerprint(der)
         self.certificates = certificates
         self.state = _State.TRUST
-        self._events.append(
-            ServerKeyReceived(public_key, der, self.server_fingerprint, certificates)
-        )
+        self._event(ServerKeyReceived(public_key, der, self.server_fingerprint, certificates))
 
     def accept_key(self):
         """The server's key is trusted: send KEY (and AUTH with a client key)."""
@@ -827,4 +842,4 @@ class ClientConnection(_Connection):
         if self.state is _State.AWAIT_CONFIRM:
             # Only the holder of the private key could derive server_key.
             self.state = _State.OPEN
-            self._events.append(HandshakeComplete(self.server_fingerprint))
+            self._event(HandshakeComplete(self.server_fingerprint))

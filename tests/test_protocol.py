@@ -450,6 +450,34 @@ class TimeoutTests(unittest.TestCase):
         self.assertIsInstance(pair.application.reason.value, error.ConnectionDone)
         self.assertEqual(pair.server_factory.connections, set())
 
+    def test_one_timer_for_every_idle_session(self):
+        # A DelayedCall per idle session was an eighth of its memory.
+        clock = Clock()
+        factory = server_factory(Factory.forProtocol(Protocol), clock, idle_timeout=300)
+        first = Pair(clock=clock, factory=factory)
+        second = Pair(clock=clock, factory=factory)
+        first.flush()
+        second.flush()
+        self.assertEqual(len(factory.idle_sessions), 2)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(200)
+        first.application.transport.write(b"still here")
+        first.flush()
+        clock.advance(101)
+        first.flush()
+        second.flush()
+        self.assertIsNone(first.application.reason)
+        self.assertIsInstance(second.application.reason.value, error.ConnectionDone)
+        clock.advance(198)
+        first.flush()
+        self.assertIsNone(first.application.reason)
+        clock.advance(1)  # 300 s after its last traffic
+        first.flush()
+        self.assertIsInstance(first.application.reason.value, error.ConnectionDone)
+        self.assertEqual(factory.connections, set())
+        # Nothing left behind in the reactor.
+        self.assertEqual(clock.getDelayedCalls(), [])
+
 
 class LimitTests(unittest.TestCase):
     def busy(self, proto):
