@@ -55,18 +55,6 @@ def open_sessions(server, proto, count, fingerprint, cert):
     return generator, ready
 
 
-def settle(server):
-    """Resident size once it stops moving (the server may still be freeing)."""
-    previous = server.rss()
-    for _ in range(20):
-        time.sleep(0.25)
-        current = server.rss()
-        if abs(current - previous) < 64 * 1024:
-            return current
-        previous = current
-    return previous
-
-
 def one_run(directory, name, count, key, cert, fingerprint, extra):
     if name == "kx":
         server = harness.start_server(directory, "kx", "echo", key, extra=extra)
@@ -78,12 +66,12 @@ def one_run(directory, name, count, key, cert, fingerprint, extra):
         warm, _ = open_sessions(server, name, 50, fingerprint, cert)
         warm.finish()
         time.sleep(0.5)
-        before = settle(server)
+        before = harness.settle(server)
         generator, ready = open_sessions(server, name, count, fingerprint, cert)
         try:
             if ready["open"] != count:
                 raise RuntimeError(f"{name}: only {ready['open']} of {count} sessions opened")
-            after = settle(server)
+            after = harness.settle(server)
         finally:
             generator.finish()
     finally:

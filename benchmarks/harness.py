@@ -281,6 +281,18 @@ def _stat_fields(pid):
         return f.read().rsplit(")", 1)[1].split()
 
 
+def settle(server):
+    """Resident size once it stops moving (the server may still be freeing)."""
+    previous = server.rss()
+    for _ in range(20):
+        time.sleep(0.25)
+        current = server.rss()
+        if abs(current - previous) < 64 * 1024:
+            return current
+        previous = current
+    return previous
+
+
 def cpu_seconds(pid):
     """User + system CPU time of a process so far (``/proc/PID/stat``).
 

@@ -70,17 +70,6 @@ def handshakes(server, fingerprint, count, concurrency, timeout=30):
         generator.finish()
 
 
-def settle(server):
-    previous = server.rss()
-    for _ in range(20):
-        time.sleep(0.25)
-        current = server.rss()
-        if abs(current - previous) < 64 * 1024:
-            return current
-        previous = current
-    return previous
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bits", type=int, default=3072)
@@ -108,7 +97,7 @@ def main():
         [daemon] = harness.start_daemons(directory, key, extra, message=MESSAGE, listen=LISTEN)
         servers.append(daemon)
         handshakes(daemon, fingerprint, 20, 4)
-        before = settle(daemon)
+        before = harness.settle(daemon)
 
         started = time.monotonic()
         result = handshakes(daemon, fingerprint, args.count, args.concurrency)
@@ -189,7 +178,7 @@ def main():
             summary,
         )
 
-        after = settle(daemon)
+        after = harness.settle(daemon)
         check(
             f"resident size returns within {MARGIN // (1024 * 1024)} MiB",
             after - before <= MARGIN,

@@ -7,7 +7,6 @@ import json
 import os
 import stat
 
-from twisted.test import iosim
 from twisted.trial import unittest
 
 from keyexchanged import keys, knownhosts, protocol
@@ -21,7 +20,7 @@ from keyexchanged.knownhosts import (
 from keyexchanged.trust import PinnedKey, UntrustedKey
 from tests import certs
 from tests.test_handshake import CLIENT_KEY, IDENTITY, SERVER_KEY, frames
-from tests.test_protocol import Pair
+from tests.test_protocol import Pair, client_writes
 from tests.vectors import RAW
 
 SERVER_FP = IDENTITY.fingerprint
@@ -293,15 +292,7 @@ class PolicyTests(unittest.TestCase):
 
     def test_refusal_on_the_wire(self):
         """ERROR untrusted-key and nothing else: no KEY for an unknown host."""
-        sent = []
-        original = iosim.FakeTransport.write
-
-        def write(transport, data):
-            if not transport.isServer:
-                sent.append(data)
-            original(transport, data)
-
-        self.patch(iosim.FakeTransport, "write", write)
+        sent = client_writes(self)
         pair = Pair(trust=self.trust())
         pair.flush()
         failure = self.failureResultOf(pair.handshake, protocol.HandshakeFailed)

@@ -66,6 +66,20 @@ def server_factory(app=None, clock=None, **options):
     )
 
 
+def client_writes(testcase):
+    """Every write the iosim client transports make, from now on, in a list."""
+    sent = []
+    original = iosim.FakeTransport.write
+
+    def write(transport, data):
+        if not transport.isServer:
+            sent.append(data)
+        original(transport, data)
+
+    testcase.patch(iosim.FakeTransport, "write", write)
+    return sent
+
+
 class Pair:
     """A server and a client joined in memory by iosim."""
 
@@ -154,15 +168,7 @@ class EndToEndTests(unittest.TestCase):
         self.assertEqual(failure.value.reason.value.code, "auth-required")
 
     def test_untrusted_key_sends_no_key(self):
-        sent = []
-        original = iosim.FakeTransport.write
-
-        def write(transport, data):
-            if not transport.isServer:
-                sent.append(data)
-            original(transport, data)
-
-        self.patch(iosim.FakeTransport, "write", write)
+        sent = client_writes(self)
         pair = Pair(trust=PinnedKey("SHA256:" + "A" * 43))
         pair.flush()
         failure = self.failureResultOf(pair.handshake, protocol.HandshakeFailed)

@@ -10,7 +10,6 @@ import shutil
 import tempfile
 
 from twisted.internet.protocol import Factory
-from twisted.test import iosim
 from twisted.trial import unittest
 
 from keyexchanged import ca, keys, protocol
@@ -25,7 +24,7 @@ from keyexchanged.trust import (
 from tests import certs
 from tests.test_handshake import CLIENT_KEY, IDENTITY, SERVER_KEY, frames, vector_client
 from tests.test_keys import data, openssl_fingerprint
-from tests.test_protocol import Collector, Pair
+from tests.test_protocol import Collector, Pair, client_writes
 from tests.vectors import RAW, hexbytes
 
 _world = None
@@ -274,15 +273,7 @@ class ThroughTheChannelTests(unittest.TestCase):
     """A refusal on the wire: ERROR untrusted-key, and never a KEY."""
 
     def client_bytes(self):
-        sent = []
-        original = iosim.FakeTransport.write
-
-        def write(transport, data):
-            if not transport.isServer:
-                sent.append(data)
-            original(transport, data)
-
-        self.patch(iosim.FakeTransport, "write", write)
+        sent = client_writes(self)
         return sent
 
     def test_certificate_in_hello_is_checked(self):
