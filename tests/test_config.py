@@ -1,6 +1,9 @@
 """Settings: the config file, the command line, and every bad value."""
 
+import io
 import os
+import re
+import sys
 
 from twisted.python import usage
 from twisted.trial import unittest
@@ -28,8 +31,8 @@ class ReadConfigTests(unittest.TestCase):
     def test_shipped_file_mentions_every_setting(self):
         with open(SHIPPED, encoding="utf-8") as f:
             text = f.read()
-        for setting in config.SETTINGS:
-            self.assertIn(setting.name, text)
+        for setting in tap.Options.all_settings:
+            self.assertRegex(text, rf"(?m)^#? ?{re.escape(setting.name)} = ", setting.name)
 
     def test_values_and_relative_paths(self):
         path = self.write(
@@ -67,6 +70,10 @@ class ReadConfigTests(unittest.TestCase):
             ("key-bits = 1024", "2048 to 8192"),
             ("key-bits = 2049", "2048 to 8192"),
             ("listen = 51424", "endpoint description"),
+            ("max-handshakes = 0", "at least 1"),
+            ("workers = -1", "auto, or a whole number of at least 0"),
+            ("workers = many", "auto, or a whole number of at least 0"),
+            ("application = Echo!", "application name"),
         ]
         for line, reason in cases:
             message = self.assertRefused(
@@ -155,12 +162,36 @@ class OptionsTests(unittest.TestCase):
             (["--listen", "nonsense port"], "endpoint description"),
             (["--message-file", "/nonexistent"], "cannot read message file"),
             (["--config", "/nonexistent.conf"], "cannot read config file"),
+            (["--workers", "two"], "auto, or a whole number"),
+            (["--max-handshakes", "-5"], "--max-handshakes"),
+            (["--application", "nope"], "no application named 'nope'"),
+            (["--application", "forward"], "needs --forward-to"),
+            (["--application", "forward", "--forward-to", "bogus:1"], "Unknown endpoint type"),
         ]:
             with self.assertRaises(usage.UsageError) as caught:
                 self.parse("--config", self.conf, *argv) if "--config" not in argv else self.parse(
                     *argv
                 )
             self.assertIn(fragment, str(caught.exception))
+
+    def test_application_settings_from_file_and_command_line(self):
+        with open(self.conf, "a") as f:
+            f.write("application = forward\nforward-to = tcp:127.0.0.1:6379\nworkers = 0\n")
+        options = self.parse("--config", self.conf)
+        self.assertEqual(options.application.name, "forward")
+        self.assertEqual(options.wrapped_factory.target, "tcp:127.0.0.1:6379")
+        self.assertEqual(options.settings["workers"], 0)
+        options = self.parse("--config", self.conf, "--application", "echo")
+        self.assertEqual(options.application.name, "echo")
+
+    def test_help_applications_lists_them(self):
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        with self.assertRaises(SystemExit) as caught:
+            self.parse("--help-applications")
+        self.assertEqual(caught.exception.code, 0)
+        for name in ("message", "echo", "forward", "--forward-to"):
+            self.assertIn(name, out.getvalue())
 
     def test_key_readable_by_others_is_refused(self):
         os.chmod(self.key_path, 0o644)
