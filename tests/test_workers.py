@@ -1,6 +1,9 @@
 """Private-key work away from the reactor: the core's DecryptionNeeded step,
 the channel that waits for it, and the real worker processes."""
 
+import os
+import signal
+
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
@@ -221,6 +224,22 @@ class PoolTests(unittest.TestCase):
             [self.pool.decrypt(hexbytes("key_payload"), label) for _ in range(8)]
         )
         self.assertEqual(answers, [hexbytes("secret")] * 8)
+
+    @defer.inlineCallbacks
+    def test_a_dead_worker_is_replaced(self):
+        label = hexbytes("hello_payload")
+        yield self.pool.decrypt(hexbytes("key_payload"), label)
+        (pid,) = list(self.pool._executor._processes)
+        os.kill(pid, signal.SIGKILL)
+        # The pool notices the death on its next use (or already has): that
+        # decryption fails closed (None: implicit rejection), and is logged.
+        answers = []
+        for _ in range(2):
+            answers.append((yield self.pool.decrypt(hexbytes("key_payload"), label)))
+        self.assertIn(answers[0], (None, hexbytes("secret")))
+        self.assertEqual(answers[-1], hexbytes("secret"))
+        self.assertNotIn(pid, self.pool._executor._processes)
+        self.flushLoggedErrors()
 
     def test_default_workers(self):
         self.assertGreaterEqual(default_workers(), 1)
