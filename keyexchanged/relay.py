@@ -46,7 +46,6 @@ class End(Protocol):
     def __init__(self, splice):
         self.splice = splice
         self.read_closed = False
-        self.write_closed = False
         self.lost = False
         self.received = 0
 
@@ -62,7 +61,7 @@ class End(Protocol):
         self.splice.read_closed(self)
 
     def writeConnectionLost(self):
-        self.write_closed = True
+        pass  # our half-close went out; the other direction goes on
 
     def connectionLost(self, reason=None):
         self.lost = True
@@ -127,6 +126,8 @@ class Splice:
         if pending:
             second.write(b"".join(pending))
         if self._first_eof:
+            # The first side ended before the second was up (see read_closed).
+            second.unregisterProducer()
             second.loseWriteConnection()
         if not self.first.lost:
             first.resumeProducing()
@@ -151,9 +152,7 @@ class Splice:
             self._pending.append(data)
             self._pending_length += len(data)
             if self._pending_length > PENDING_LIMIT:
-                self._finish_with(
-                    end, RuntimeError(f"more than {PENDING_LIMIT} bytes before connecting")
-                )
+                self._abort(RuntimeError(f"more than {PENDING_LIMIT} bytes before connecting"))
             return
         self.other(end).transport.write(data)
 
@@ -188,7 +187,7 @@ class Splice:
         if other.lost or other.transport is None:
             self._finish(None)
 
-    def _finish_with(self, end, exception):
+    def _abort(self, exception):
         self._finish(Failure(exception))
         for each in (self.first, self.second):
             if each.transport is not None and not each.lost:
