@@ -1,4 +1,4 @@
-"""The ``keyexchange`` command: key management for keyexchanged.
+"""The ``keyexchange`` command: the client and the tools of keyexchanged.
 
 ::
 
@@ -9,6 +9,7 @@
                         [--identity FILE] [--send TEXT] [-v/--explain]
     keyexchange ca init DIR [--name NAME] [--bits N] [--days N]
     keyexchange ca issue DIR --key FILE.pub --name HOST [--ip ADDR] [--out FILE]
+    keyexchange tunnel --listen ENDPOINT --server HOST[:PORT] [trust options]
 
 Each subcommand is a ``cmd_*`` function taking the parsed arguments and
 returning the exit status, and an ``_add_*`` function that declares its
@@ -700,7 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of the whole command; each subcommand sets ``func``."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Key management for keyexchanged, the KX/1 key-exchange daemon.",
+        description=(
+            "The client and tools of keyexchanged, the KX/1 key-exchange daemon: "
+            "keys, sessions, tunnels and a small certificate authority."
+        ),
     )
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", title="commands", required=True
