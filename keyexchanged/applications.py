@@ -124,6 +124,11 @@ class MessageFactory(Factory):
 class EchoProtocol(Protocol):
     """Send back whatever arrives; END after the client's END."""
 
+    def connectionMade(self):
+        # A client that sends and never reads must not make us queue its
+        # echo without bound: a full send buffer pauses reading.
+        self.transport.registerProducer(self.transport, True)
+
     def dataReceived(self, data):
         self.transport.write(data)
 

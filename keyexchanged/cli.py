@@ -316,7 +316,8 @@ def _add_connect(subparsers) -> None:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="give up connecting after SECONDS (default 30)",
+        help="give up when the server has not connected, or not completed the handshake, "
+        "within SECONDS (default 30)",
     )
     parser.add_argument(
         "-v",

@@ -268,6 +268,7 @@ def run_connect(
             server_name=host,
             identity=identity,
             observer=explainer,
+            handshake_timeout=timeout,
         )
     except protocol.HandshakeFailed as failed_handshake:
         cause = _cause(failed_handshake)

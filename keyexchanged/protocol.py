@@ -353,12 +353,31 @@ class ChannelProtocol(LineReceiver):
         if self.connection.finished:
             self._close()
 
+    #: Seconds a closing connection may take to deliver what we last wrote
+    #: (our END, say) to a peer that has stopped reading; then it is cut.
+    #: Without the bound such a peer would hold its connection slot forever.
+    CLOSE_TIMEOUT = 10.0
+
+    _abort_call = None
+
     def _close(self):
         if not self._closing:
             self._closing = True
             self._cancel_timers()
             if self.transport is not None:
+                # A paused streaming producer (an application's, or a
+                # forwarded connection) would be resumed by a draining
+                # transport instead of letting it close: nothing more is
+                # wanted from it now.
+                if getattr(self.transport, "producer", None) is not None:
+                    self.transport.unregisterProducer()
                 self.transport.loseConnection()
+                self._abort_call = self.reactor.callLater(self.CLOSE_TIMEOUT, self._close_expired)
+
+    def _close_expired(self):
+        self._abort_call = None
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def _touch(self):
         """Traffic on an established session; subclasses reset timers."""
@@ -375,15 +394,26 @@ class ChannelProtocol(LineReceiver):
     def connectionLost(self, reason=connectionDone):
         self._closing = True
         self._cancel_timers()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
+        # A clean end needs the peer's END, and either our own END or a
+        # clean TCP close: a reset after the peer's END may still have cut
+        # what we were sending.
+        clean = self.connection.received_end and (
+            self.connection.sent_end or reason is None or reason.check(error.ConnectionDone)
+        )
         if self._reason is None:
-            if self.connection.received_end:
+            if clean:
                 self._reason = Failure(error.ConnectionDone("END received"))
+            elif self.connection.received_end:
+                self._reason = Failure(Truncated("connection lost before our END went out"))
             elif self.connection.handshake_done:
                 self._reason = Failure(Truncated("connection closed before END"))
             else:
                 self._reason = reason
         if self._outcome is None:
-            if self.connection.received_end:
+            if clean:
                 self._outcome = "ok"
             elif self.connection.handshake_done:
                 self._outcome = "truncated"
@@ -445,17 +475,33 @@ class ServerChannelProtocol(ChannelProtocol):
         # Read nothing more until the key is agreed (what was read waits in
         # LineReceiver's buffer, at most one socket read).
         self.pauseProducing()
-        working = factory.decryption.decrypt(event.ciphertext, event.label)
-        working.addErrback(lambda failure: None)  # any failure: implicit rejection
+        working = defer.maybeDeferred(factory.decryption.decrypt, event.ciphertext, event.label)
+        working.addErrback(self._decryption_failed)
         working.addCallback(self._key_decrypted)
+        working.addErrback(self._application_failed)
+
+    def _decryption_failed(self, failure):
+        # Implicit rejection all the same: the client learns nothing new.
+        self.log.error("private-key work failed: {error}", error=failure.type.__name__)
+        return None
 
     def _key_decrypted(self, secret):
         self.factory.decrypting -= 1
         if self._closing:
             return
+        # Undo our own pause only: the application that the events below may
+        # start (a forward, say) can pause reading for reasons of its own.
+        self.paused = False
+        self.transport.resumeProducing()
         self._handle_events(self.connection.key_decrypted(secret))
         if not self._closing:
-            self.resumeProducing()
+            self.dataReceived(b"")  # the frames LineReceiver kept meanwhile
+
+    def _application_failed(self, failure):
+        """The application raised while the session started: drop it."""
+        self.log.failure("application failed to start", failure)
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def event_ClientAuthenticated(self, event):
         self.peer_fingerprint = event.fingerprint
@@ -498,8 +544,11 @@ class ServerChannelProtocol(ChannelProtocol):
         self.factory.idle_sessions.remove(self)
 
     def connectionLost(self, reason=connectionDone):
-        super().connectionLost(reason)
-        self.factory.connection_ended(self)
+        try:
+            super().connectionLost(reason)
+        finally:
+            # Counted out even if the application's connectionLost raised.
+            self.factory.connection_ended(self)
 
 
 class IdleSessions:
@@ -512,6 +561,8 @@ class IdleSessions:
     in that order (a touched session moves to the end) and the timer is
     always set for the first.
     """
+
+    log = Logger()
 
     def __init__(self, reactor, timeout):
         self.reactor = reactor
@@ -554,7 +605,11 @@ class IdleSessions:
                     self._call = self.reactor.callLater(deadline - now, self._expire)
                 return
             del self._deadlines[session]
-            session.idle_expired()
+            try:
+                session.idle_expired()
+            except Exception:
+                # One session's failure must not stop the others expiring.
+                self.log.failure("idle session failed to close")
 
 
 class SecureChannelFactory(Factory):
@@ -716,9 +771,43 @@ def _describe(address):
 
 
 class ClientChannelProtocol(ChannelProtocol):
-    """Client side: the trust decision, then KEY, then wait for confirmation."""
+    """Client side: the trust decision, then KEY, then wait for confirmation.
+
+    The server gets ``factory.handshake_timeout`` seconds to send HELLO, and
+    as many again to confirm the key after KEY; the time a person takes to
+    answer a known-hosts question in between does not count.
+    """
+
+    _timer = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._start_timer()
+
+    def _start_timer(self):
+        timeout = self.factory.handshake_timeout
+        if timeout and not self._closing:
+            self._timer = self.reactor.callLater(timeout, self._handshake_expired)
+
+    def _stop_timer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _handshake_expired(self):
+        self._timer = None
+        self._handle_events(
+            self.connection.fail(
+                TIMEOUT, f"no handshake from the server in {self.factory.handshake_timeout:g} s"
+            )
+        )
+
+    def _cancel_timers(self):
+        super()._cancel_timers()
+        self._stop_timer()
 
     def event_ServerKeyReceived(self, event):
+        self._stop_timer()
         checking = defer.maybeDeferred(self.factory.trust.verify, self.factory.server_name, event)
         checking.addCallbacks(self._trusted, self._untrusted)
 
@@ -733,6 +822,7 @@ class ClientChannelProtocol(ChannelProtocol):
             # right after KEY; the server skips empty records).
             self.connection.send_data(b"")
         self.factory.key_accepted(self.connection)
+        self._start_timer()
         self._handle_events(self.connection.next_events())
 
     def _untrusted(self, failure):
@@ -745,6 +835,7 @@ class ClientChannelProtocol(ChannelProtocol):
         return None
 
     def handshake_complete(self, event):
+        self._stop_timer()
         super().handshake_complete(event)
         self.factory.handshake_done(self.application)
 
@@ -776,10 +867,12 @@ class ChannelClientFactory(ClientFactory):
         reactor=None,
         observer=None,
         record_limits=None,
+        handshake_timeout=30.0,
     ):
         if reactor is None:
             from twisted.internet import reactor
         self.wrapped_factory = wrapped_factory
+        self.handshake_timeout = handshake_timeout
         self.trust = trust
         self.server_name = server_name
         self.identity = identity
@@ -828,6 +921,7 @@ def connect(
     identity=None,
     observer=None,
     record_limits=None,
+    handshake_timeout=30.0,
 ):
     """Open a KX/1 session through ``endpoint`` running ``application_factory``.
 
@@ -845,6 +939,7 @@ def connect(
         reactor=reactor,
         observer=observer,
         record_limits=record_limits,
+        handshake_timeout=handshake_timeout,
     )
     connecting = endpoint.connect(factory)
 

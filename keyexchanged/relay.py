@@ -141,7 +141,8 @@ class Splice:
         if transport is not None and not self.first.lost:
             fail = getattr(transport, "failConnection", None)
             if fail is not None:
-                fail(f"cannot connect: {reason.getErrorMessage()}")
+                # The reason (host names, errno) is logged here, not sent.
+                fail("the service behind this server is unavailable")
             else:
                 transport.abortConnection()
 

@@ -248,7 +248,16 @@ class KeyexchangeService(service.Service):
         endpoint = serverFromString(self.reactor, self.listen)
         self.listening = endpoint.listen(self.factory)
         failed = []
-        self.listening.addCallbacks(self._listening, failed.append)
+        answered_now = True
+
+        def cannot_listen(failure):
+            if answered_now:
+                failed.append(failure)  # raised below, before twistd goes on
+            else:
+                self._cannot_listen(failure)
+
+        self.listening.addCallbacks(self._listening, cannot_listen)
+        answered_now = False
         if failed:
             # TCP and UNIX endpoints answer at once.
             reason = failed[0].getErrorMessage()
@@ -256,8 +265,6 @@ class KeyexchangeService(service.Service):
                 "cannot listen on {listen}: {reason}", listen=self.listen, reason=reason
             )
             raise CannotListen(f"cannot listen on {self.listen}: {reason}")
-        if not self.listening.called:
-            self.listening.addErrback(self._cannot_listen)
 
     def startService(self):
         super().startService()

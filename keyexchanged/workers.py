@@ -84,23 +84,27 @@ class DecryptionPool:
 
     def decrypt(self, ciphertext, label):
         result = defer.Deferred()
-        self.pending += 1
         try:
-            future = self._pool().submit(_decrypt, ciphertext, label)
-        except RuntimeError as error:  # a broken or shut-down pool
-            self.pending -= 1
-            self._broken(error)
+            executor = self._pool()
+            future = executor.submit(_decrypt, ciphertext, label)
+        except Exception as error:  # a broken or shut-down pool, no processes left (EMFILE)
+            if self._executor is None:
+                self.log.error(
+                    "cannot start decryption workers ({error})", error=type(error).__name__
+                )
+            self._broken(self._executor, error)
             result.callback(None)
             return result
+        self.pending += 1
 
         def done(future):
             # In the pool's thread: hand the outcome to the reactor thread.
-            self.reactor.callFromThread(self._answer, future, result)
+            self.reactor.callFromThread(self._answer, executor, future, result)
 
         future.add_done_callback(done)
         return result
 
-    def _answer(self, future, result):
+    def _answer(self, executor, future, result):
         self.pending -= 1
         try:
             answer = future.result()
@@ -108,19 +112,22 @@ class DecryptionPool:
             result.callback(None)
             return
         except Exception as error:  # a worker died: implicit rejection, and say so
-            self._broken(error)
+            self._broken(executor, error)
             result.callback(None)
             return
         result.callback(answer[1:] if answer[:1] == b"\1" else None)
 
-    def _broken(self, error):
+    def _broken(self, executor, error):
+        """``executor`` failed: replace it, unless that was done already (the
+        late answers of a dead pool must not shut down the new one)."""
+        if executor is None or executor is not self._executor:
+            return
         self.log.error(
             "decryption worker failed ({error}); starting new workers",
             error=type(error).__name__,
         )
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+        executor.shutdown(wait=False, cancel_futures=True)
 
     def close(self):
         """Stop the workers (the daemon is stopping)."""
