@@ -570,7 +570,9 @@ class ServerConnection(_Connection):
         "UPDATE": {_State.OPEN, _State.DECRYPTING},
     }
 
-    #: Records that may wait for a KEY being decrypted elsewhere.
+    #: Records that may wait for a KEY being decrypted elsewhere.  (The
+    #: Twisted adapter stops reading meanwhile, so only users of
+    #: ``receive_data`` — a whole buffer at once — ever need the queue.)
     MAX_WAITING_RECORDS = 4
 
     def __init__(

@@ -181,8 +181,10 @@ class ChannelProtocol(LineReceiver):
 
     delimiter = b"\r\n"
     # The header line is all we ever read in line mode: 32 bytes is the
-    # protocol's cap, and LineReceiver then refuses a longer line before
-    # buffering more than 34 bytes of it.
+    # protocol's cap, and LineReceiver refuses a longer line as soon as the
+    # bytes it holds without a CRLF exceed it.  (What it holds is at most
+    # one socket read: a payload is read in raw mode, against the announced
+    # length, and a header is refused before any payload byte is kept.)
     MAX_LENGTH = HEADER_MAX
 
     log = Logger()
@@ -707,11 +709,18 @@ class SecureChannelFactory(Factory):
         self._all_closed = defer.Deferred()
         for protocol in list(self.connections):
             protocol.shut_down()
-        deadline = self.reactor.callLater(grace_period, self._abort_all)
-        self._all_closed.addBoth(lambda result: deadline.active() and deadline.cancel())
+        deadline = self.reactor.callLater(grace_period, self.abort_all)
+
+        def cancel_deadline(result):
+            if deadline.active():
+                deadline.cancel()
+            return result
+
+        self._all_closed.addBoth(cancel_deadline)
         return self._all_closed
 
-    def _abort_all(self):
+    def abort_all(self):
+        """Cut every connection now (the grace period is over, or was refused)."""
         for protocol in list(self.connections):
             protocol.transport.abortConnection()
 
@@ -810,6 +819,13 @@ class ClientChannelProtocol(ChannelProtocol):
         self._stop_timer()
         checking = defer.maybeDeferred(self.factory.trust.verify, self.factory.server_name, event)
         checking.addCallbacks(self._trusted, self._untrusted)
+        checking.addErrback(self._internal_failure)
+
+    def _internal_failure(self, failure):
+        """A bug on our side while deciding or sending KEY: end the connection."""
+        self.log.failure("client handshake failed", failure)
+        if not self._closing:
+            self._handle_events(self.connection.fail(INTERNAL, "client error"))
 
     def _trusted(self, _):
         if self._closing or self.connection.closed:
@@ -944,8 +960,7 @@ def connect(
     connecting = endpoint.connect(factory)
 
     def failed(failure):
-        if not factory.handshake.called:
-            factory.handshake.errback(Failure(HandshakeFailed(failure.value)))
+        factory.clientConnectionFailed(None, failure)
 
     connecting.addErrback(failed)
     return factory.handshake

@@ -282,8 +282,16 @@ class KeyexchangeService(service.Service):
         honest status (and what init systems and scripts expect).
         """
 
+        stopping = []
+
         def stop(number, frame):
             name = signal.Signals(number).name
+            if stopping:
+                # A second signal: the operator will not wait for the grace.
+                self.log.info("{signal} again: cutting the open sessions now", signal=name)
+                self.reactor.callFromThread(self.factory.abort_all)
+                return
+            stopping.append(number)
             self.log.info(
                 "{signal}: no new connections; open sessions get {grace} s to finish",
                 signal=name,

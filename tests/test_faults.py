@@ -211,6 +211,26 @@ class SignalTests(DaemonCase):
         self.assertIn(b"ended: busy", daemon.output)
 
 
+    @defer.inlineCallbacks
+    def test_a_second_signal_cuts_at_once(self):
+        """The operator will not wait out a long grace period: the second
+        SIGTERM cuts what is left, and the exit is still 0."""
+        self.write_config("grace-period = 300\n")
+        daemon = yield self.start()
+        lingering = SlowClient()
+        yield self.connect(lingering)
+        yield lingering.ended  # it never answers END
+        daemon.signal("TERM")
+        yield daemon.wait_for(b"SIGTERM: no new connections")
+        daemon.signal("TERM")
+        reason = yield lingering.closed
+        code = yield daemon.ended
+        self.assertEqual(code, 0, daemon.output.decode())
+        self.assertIsInstance(reason, error.ConnectionClosed)
+        self.assertIn(b"SIGTERM again: cutting the open sessions now", daemon.output)
+        self.assertNotIn(b"Traceback", daemon.output)
+
+
 class VanishingServer(Protocol):
     """A KX/1 server for the test key that drops the connection part-way."""
 
