@@ -210,7 +210,6 @@ class SignalTests(DaemonCase):
         self.assertIsInstance(reason, error.ConnectionClosed)
         self.assertIn(b"ended: busy", daemon.output)
 
-
     @defer.inlineCallbacks
     def test_a_second_signal_cuts_at_once(self):
         """The operator will not wait out a long grace period: the second
