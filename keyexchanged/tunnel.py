@@ -33,8 +33,11 @@ class TunnelFactory(Factory):
     noisy = False
     log = Logger()
 
-    def __init__(self, reactor, endpoint, trust, server_name, identity=None):
+    def __init__(self, reactor, endpoint, trust, server_name, identity=None, report=None):
         self.reactor = reactor
+        #: Called with one line for each connection that failed (the
+        #: command prints it; the Python API may leave it out).
+        self.report = report
         self.endpoint = endpoint
         self.trust = trust
         self.server_name = server_name
@@ -45,9 +48,14 @@ class TunnelFactory(Factory):
     def buildProtocol(self, address):
         peer = f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
         splice = Splice(f"tunnel from {peer} to {self.server_name}", connect=self._connect)
-        splice.on_done = lambda reason: self.splices.discard(splice)
+        splice.on_done = lambda reason: self._done(splice, reason)
         self.splices.add(splice)
         return splice.first
+
+    def _done(self, splice, reason):
+        self.splices.discard(splice)
+        if reason is not None and self.report is not None:
+            self.report(f"{splice.name}: {_why(reason)}")
 
     def _connect(self, end):
         application = Factory.forProtocol(lambda: end)
@@ -62,6 +70,15 @@ class TunnelFactory(Factory):
         )
 
 
+def _why(reason):
+    """One line for a user: the real cause inside HandshakeFailed."""
+    value = reason.value
+    while isinstance(value, protocol.HandshakeFailed):
+        inner = value.reason
+        value = getattr(inner, "value", inner)
+    return str(value) or type(value).__name__
+
+
 def run_tunnel(reactor, listen, host, port, policy, identity=None, report=print):
     """Listen on ``listen`` (a strports description) until the reactor stops.
 
@@ -72,7 +89,7 @@ def run_tunnel(reactor, listen, host, port, policy, identity=None, report=print)
     from twisted.internet import endpoints
 
     server = endpoints.HostnameEndpoint(reactor, host, port, timeout=30)
-    factory = TunnelFactory(reactor, server, policy, host, identity=identity)
+    factory = TunnelFactory(reactor, server, policy, host, identity=identity, report=report)
     listening = endpoints.serverFromString(reactor, listen).listen(factory)
 
     def ready(local):

@@ -203,12 +203,17 @@ class TunnelTests(unittest.TestCase):
     def test_untrusted_server_resets_the_local_client(self):
         chain = yield Chain.start(self)
         chain.tunnel.trust = PinnedKey("SHA256:" + "A" * 43)
+        reports = []
+        chain.tunnel.report = reports.append
         client = Client()
         yield chain.connect(client)
         client.transport.write(b"secret")
         reason = yield client.lost
         self.assertIsInstance(reason, error.ConnectionLost)
         self.assertEqual(chain.targets, [])
+        (line,) = reports
+        self.assertIn("to 127.0.0.1: the server's key", line)
+        self.assertIn("does not match the pinned fingerprint", line)
 
 
 class _Pusher(Protocol):
