@@ -61,26 +61,16 @@ def add_options(parser):
 
 def measure(server_list, proto, port, args, fingerprint, cert):
     """One run: (handshakes/s, server CPU ms per handshake, p50 latency ms)."""
-    generator = harness.LoadGenerator(
-        [
-            "handshakes",
-            "--proto",
-            proto,
-            "--port",
-            str(port),
-            "--fingerprint",
-            fingerprint,
-            "--cert",
-            cert,
-            "--concurrency",
-            str(args.concurrency),
-            "--warmup",
-            str(args.warmup),
-            "--duration",
-            str(args.duration),
-            "--expect",
-            "bench",
-        ]
+    generator = harness.LoadGenerator.run(
+        "handshakes",
+        proto=proto,
+        port=port,
+        fingerprint=fingerprint,
+        cert=cert,
+        concurrency=args.concurrency,
+        warmup=args.warmup,
+        duration=args.duration,
+        expect="bench",
     )
     try:
         generator.read(60)  # start

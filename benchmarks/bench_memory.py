@@ -32,24 +32,15 @@ def add_options(parser):
 
 
 def open_sessions(server, proto, count, fingerprint, cert):
-    generator = harness.LoadGenerator(
-        [
-            "idle",
-            "--proto",
-            proto,
-            "--port",
-            str(server.port),
-            "--sessions",
-            str(count),
-            "--concurrency",
-            "32",
-            "--fingerprint",
-            fingerprint,
-            "--cert",
-            cert,
-            "--timeout",
-            "60",
-        ]
+    generator = harness.LoadGenerator.run(
+        "idle",
+        proto=proto,
+        port=server.port,
+        sessions=count,
+        concurrency=32,
+        fingerprint=fingerprint,
+        cert=cert,
+        timeout=60,
     )
     ready = generator.read(240)
     return generator, ready

@@ -35,45 +35,28 @@ def add_options(parser):
 
 
 def probe_window(server, proto, fingerprint, cert, duration, flood):
-    probe = harness.LoadGenerator(
-        [
-            "rtt",
-            "--proto",
-            proto,
-            "--port",
-            str(server.port),
-            "--fingerprint",
-            fingerprint,
-            "--cert",
-            cert,
-            "--interval",
-            "0.005",
-            "--size",
-            "32",
-        ]
+    probe = harness.LoadGenerator.run(
+        "rtt",
+        proto=proto,
+        port=server.port,
+        fingerprint=fingerprint,
+        cert=cert,
+        interval=0.005,
+        size=32,
     )
     generator = None
     try:
         probe.read(30)  # ready
         if flood:
-            generator = harness.LoadGenerator(
-                [
-                    "handshakes",
-                    "--proto",
-                    proto,
-                    "--port",
-                    str(server.port),
-                    "--fingerprint",
-                    fingerprint,
-                    "--cert",
-                    cert,
-                    "--concurrency",
-                    str(flood),
-                    "--warmup",
-                    "1",
-                    "--duration",
-                    str(duration + 2),
-                ],
+            generator = harness.LoadGenerator.run(
+                "handshakes",
+                proto=proto,
+                port=server.port,
+                fingerprint=fingerprint,
+                cert=cert,
+                concurrency=flood,
+                warmup=1,
+                duration=duration + 2,
                 nice=10,
             )
             generator.read(30)  # the flood is at full speed

@@ -32,22 +32,14 @@ def add_options(parser):
 
 
 def read_all(proto, port, nbytes, fingerprint="", cert=""):
-    generator = harness.LoadGenerator(
-        [
-            "throughput",
-            "--proto",
-            proto,
-            "--port",
-            str(port),
-            "--bytes",
-            str(nbytes),
-            "--fingerprint",
-            fingerprint,
-            "--cert",
-            cert,
-            "--timeout",
-            "120",
-        ]
+    generator = harness.LoadGenerator.run(
+        "throughput",
+        proto=proto,
+        port=port,
+        bytes=nbytes,
+        fingerprint=fingerprint,
+        cert=cert,
+        timeout=120,
     )
     try:
         result = generator.read(180)

@@ -331,7 +331,18 @@ def rss_bytes(pid):
 
 
 class LoadGenerator:
-    """``loadgen.py`` in its own process; it speaks one JSON object per line."""
+    """``loadgen.py`` in its own process; it speaks one JSON object per line.
+
+    ``LoadGenerator.run("handshakes", proto="kx", port=..., concurrency=16)``
+    starts ``loadgen.py handshakes --proto kx --port ... --concurrency 16``.
+    """
+
+    @classmethod
+    def run(cls, mode, env=None, nice=0, **options):
+        args = [mode]
+        for name, value in options.items():
+            args += ["--" + name.replace("_", "-"), str(value)]
+        return cls(args, env=env, nice=nice)
 
     def __init__(self, args, env=None, nice=0):
         # stderr to a file: a pipe nobody drains could block the generator.

@@ -45,24 +45,15 @@ LISTEN = "tcp:0:interface=127.0.0.1:backlog=1024"
 
 
 def handshakes(server, fingerprint, count, concurrency, timeout=30):
-    generator = harness.LoadGenerator(
-        [
-            "handshakes",
-            "--proto",
-            "kx",
-            "--port",
-            str(server.port),
-            "--fingerprint",
-            fingerprint,
-            "--count",
-            str(count),
-            "--concurrency",
-            str(concurrency),
-            "--expect",
-            MESSAGE,
-            "--timeout",
-            str(timeout),
-        ]
+    generator = harness.LoadGenerator.run(
+        "handshakes",
+        proto="kx",
+        port=server.port,
+        fingerprint=fingerprint,
+        count=count,
+        concurrency=concurrency,
+        expect=MESSAGE,
+        timeout=timeout,
     )
     try:
         return generator.read(timeout * 4)
@@ -132,18 +123,12 @@ def main():
             listen=LISTEN,
         )
         servers.append(guarded)
-        idle = harness.LoadGenerator(
-            [
-                "slowloris",
-                "--proto",
-                "tcp",
-                "--port",
-                str(guarded.port),
-                "--sessions",
-                str(args.slowloris),
-                "--timeout",
-                str(HANDSHAKE_TIMEOUT * 6),
-            ]
+        idle = harness.LoadGenerator.run(
+            "slowloris",
+            proto="tcp",
+            port=guarded.port,
+            sessions=args.slowloris,
+            timeout=HANDSHAKE_TIMEOUT * 6,
         )
         try:
             ready = idle.read(HANDSHAKE_TIMEOUT * 2)

@@ -332,11 +332,21 @@ def _report(text: str) -> None:
     print(f"{PROG}: {text}", file=sys.stderr, flush=True)
 
 
-def _trust_policy(args: argparse.Namespace, port: int):
+def _server_address(text: str) -> tuple[str, int]:
+    from keyexchanged import client
+
+    try:
+        return client.parse_server(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _trust_policy(args: argparse.Namespace, port: int, interactive: bool = True):
     """The trust policy the options ask for, checked before we connect.
 
     Known hosts unless another check was chosen; whatever the choice, a key
-    revoked in the known-hosts file is refused.
+    revoked in the known-hosts file is refused.  ``interactive`` allows the
+    yes/no question about an unknown host, when there is a terminal to ask.
     """
     from keyexchanged import ca, knownhosts, trust
 
@@ -365,7 +375,7 @@ def _trust_policy(args: argparse.Namespace, port: int):
         policy = trust.Insecure(_report)
     else:
         ask = None
-        if _isatty(sys.stdin) and _isatty(sys.stderr):
+        if interactive and _isatty(sys.stdin) and _isatty(sys.stderr):
 
             def ask(question, fingerprint):
                 return knownhosts.ask_yes_no(question, fingerprint, sys.stdin, sys.stderr)
@@ -382,10 +392,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
     from keyexchanged import client
 
-    try:
-        host, port = client.parse_server(args.server)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    host, port = _server_address(args.server)
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
     policy = _trust_policy(args, port)
@@ -656,15 +663,10 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     """Serve the local listener until interrupted."""
     from twisted.internet import defer, error, task
 
-    from keyexchanged import client, tunnel
+    from keyexchanged import tunnel
 
-    try:
-        host, port = client.parse_server(args.server)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    policy = _trust_policy(args, port)
-    if hasattr(policy, "ask"):
-        policy.ask = None  # no prompts from a background relay
+    host, port = _server_address(args.server)
+    policy = _trust_policy(args, port, interactive=False)  # no prompts from a relay
     identity = _load_identity(args)
     failures = []
 

@@ -302,16 +302,18 @@ class ServerIdentity:
         self.key_bytes = (self.public_key.n.bit_length() + 7) // 8
         self.certificates = tuple(certificates)
         self.certificates_b64 = [base64.b64encode(c).decode("ascii") for c in self.certificates]
-
-    def hello_payload(self, nonce):
-        hello = {
-            "protocol": PROTOCOL_NAME,
-            "key": self.key_b64,
-            "nonce": base64.b64encode(nonce).decode("ascii"),
-        }
+        # The HELLO JSON is the same for every connection but for the nonce:
+        # serialize it once, around a marker, and splice each nonce in.
+        # (Base64 needs no JSON escaping, so the bytes equal json.dumps's.)
+        marker = "\0nonce\0"
+        hello = {"protocol": PROTOCOL_NAME, "key": self.key_b64, "nonce": marker}
         if self.certificates_b64:
             hello["certificates"] = self.certificates_b64
-        return json.dumps(hello).encode("utf-8")
+        head, tail = json.dumps(hello).split(json.dumps(marker)[1:-1])
+        self._hello_head, self._hello_tail = head.encode("utf-8"), tail.encode("utf-8")
+
+    def hello_payload(self, nonce):
+        return self._hello_head + base64.b64encode(nonce) + self._hello_tail
 
 
 # -- the common machinery ---------------------------------------------------------

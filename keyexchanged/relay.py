@@ -47,13 +47,11 @@ class End(Protocol):
         self.splice = splice
         self.read_closed = False
         self.lost = False
-        self.received = 0
 
     def connectionMade(self):
         self.splice.end_connected(self)
 
     def dataReceived(self, data):
-        self.received += len(data)
         self.splice.forward(self, data)
 
     def readConnectionLost(self):
@@ -90,7 +88,6 @@ class Splice:
         self._pending_length = 0
         self._joined = False
         self._done = False
-        self._first_eof = False
 
     def other(self, end):
         return self.second if end is self.first else self.first
@@ -125,7 +122,7 @@ class Splice:
         pending, self._pending, self._pending_length = self._pending, [], 0
         if pending:
             second.write(b"".join(pending))
-        if self._first_eof:
+        if self.first.read_closed:
             # The first side ended before the second was up (see read_closed).
             second.unregisterProducer()
             second.loseWriteConnection()
@@ -159,8 +156,7 @@ class Splice:
 
     def read_closed(self, end):
         if not self._joined:
-            self._first_eof = True
-            return
+            return  # join() passes the half-close on
         other = self.other(end)
         if not other.lost:
             # Nothing more will come from ``end``: stop it feeding ``other``

@@ -402,3 +402,47 @@ class ParserTests(CommandTestCase):
         status, out, _ = self.run_main("keygen", "--help")
         self.assertEqual(status, 0)
         self.assertIn("keyexchange.key", out)
+
+
+class SessionCommandTests(CommandTestCase):
+    """connect and tunnel: what is refused before any connection is made."""
+
+    def test_bad_server_address(self):
+        for command in (
+            ["connect", "host:port"],
+            ["tunnel", "--listen", "tcp:0", "--server", "h:0"],
+        ):
+            status, out, err = self.run_main(*command, "--insecure")
+            self.assertEqual((status, out), (2, ""), err)
+            self.assertIn("keyexchange: error:", err)
+
+    def test_connect_timeout_must_be_positive(self):
+        status, _, err = self.run_main("connect", "localhost", "--insecure", "--timeout", "0")
+        self.assertEqual(status, 2)
+        self.assertIn("--timeout must be a positive number of seconds", err)
+
+    def test_tunnel_cannot_listen(self):
+        import socket
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            listen = f"tcp:{port}:interface=127.0.0.1"
+            # In a child process: the command runs (and stops) a reactor.
+            result = run_subprocess(
+                "tunnel", "--listen", listen, "--server", "127.0.0.1", "--insecure", cwd=self.dir
+            )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn(f"cannot listen on {listen}", result.stderr)
+
+    def test_tunnel_never_asks_about_unknown_hosts(self):
+        """A relay serves connections in the background: no yes/no prompt,
+        even on a terminal (connect would ask)."""
+        self.patch(cli, "_isatty", lambda stream: True)
+        args = cli.build_parser().parse_args(
+            ["tunnel", "--listen", "tcp:0", "--server", "h", "--known-hosts", self.dir + "/kh"]
+        )
+        self.assertIsNone(cli._trust_policy(args, 51424, interactive=False).ask)
+        args = cli.build_parser().parse_args(["connect", "h", "--known-hosts", self.dir + "/kh"])
+        self.assertIsNotNone(cli._trust_policy(args, 51424).ask)

@@ -184,6 +184,9 @@ class DaemonTests(DaemonTestCase):
     def test_first_start_without_anything(self):
         """``twistd -n keyexchange`` with no arguments on a fresh install."""
         with socket.socket() as s:
+            # As Twisted listens: a connection of ours in TIME_WAIT on that
+            # port (an outgoing one may use it) does not stop the daemon.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("0.0.0.0", 51424))
             except OSError:

@@ -3,16 +3,19 @@ authorized client keys.  No sockets: policies are called with the event a
 client sees, and the channel is joined in memory where the wire matters."""
 
 import atexit
-import base64
 import json
 import os
 import shutil
 import tempfile
 
 from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from keyexchanged import ca, keys, protocol
+from keyexchanged.applications import MessageFactory
+from keyexchanged.handshake import ServerIdentity
+from keyexchanged.protocol import SecureChannelFactory
 from keyexchanged.trust import (
     AuthorizedKeysError,
     CertificateAuthority,
@@ -276,12 +279,17 @@ class ThroughTheChannelTests(unittest.TestCase):
         sent = client_writes(self)
         return sent
 
+    def pair_with_chain(self, chain):
+        """A session whose server sends ``chain`` in HELLO; the client dials "example"."""
+        identity = ServerIdentity(SERVER_KEY, chain)
+        factory = SecureChannelFactory(
+            MessageFactory(hexbytes("server_message")), identity, Clock()
+        )
+        return Pair(trust=policy(), factory=factory, clock=factory.reactor)
+
     def test_certificate_in_hello_is_checked(self):
         sent = self.client_bytes()
-        chain = [certs.der(leaf(names=("other.example",)))]
-        self.patch(IDENTITY, "certificates", tuple(chain))
-        self.patch(IDENTITY, "certificates_b64", [base64.b64encode(chain[0]).decode()])
-        pair = Pair(trust=policy())  # it dials "example"
+        pair = self.pair_with_chain([certs.der(leaf(names=("other.example",)))])
         pair.flush()
         failure = self.failureResultOf(pair.handshake, protocol.HandshakeFailed)
         self.assertIsInstance(failure.value.reason.value, UntrustedKey)
@@ -291,10 +299,7 @@ class ThroughTheChannelTests(unittest.TestCase):
         self.assertEqual(json.loads(verbs[0][1])["error"], "untrusted-key")
 
     def test_certificate_accepted(self):
-        chain = [certs.der(leaf(names=("example",)))]
-        self.patch(IDENTITY, "certificates", tuple(chain))
-        self.patch(IDENTITY, "certificates_b64", [base64.b64encode(c).decode() for c in chain])
-        pair = Pair(trust=policy())
+        pair = self.pair_with_chain([certs.der(leaf(names=("example",)))])
         pair.flush()
         self.assertTrue(pair.application.made)
         self.assertEqual(pair.application.data, hexbytes("server_message"))
