@@ -46,7 +46,8 @@ Private-key operations
 ----------------------
 Every decryption and signature uses the Chinese remainder theorem with values
 precomputed once per key, blinds the input with a fresh random r, and checks
-the result by re-applying the public exponent before anything leaves the
+the result by re-applying the public exponent mod n and comparing with the
+input as it was given (never a reduced copy of it) before anything leaves the
 function.  A mismatch (a fault, e.g. a glitch in one CRT half, which would
 otherwise reveal a prime factor of n through gcd(sᵉ − m, n)) raises
 ``DecryptionError`` for OAEP and ``FaultError`` for PSS; a wrong value is
@@ -566,7 +567,7 @@ class PrivateKey:
         about the same with GMP, and everything then runs at half size.
         """
         backend = _backend
-        _n, e, p, q, dp, dq, qinv, n_1 = self._numbers(backend)
+        n, e, p, q, dp, dq, qinv, n_1 = self._numbers(backend)
         num = backend.number
         power, secret_power, invert = (
             backend.powmod_public,
@@ -582,6 +583,7 @@ class PrivateKey:
                 # gcd(r, n) ≠ 1: probability below 2^-1000, but draw again.
                 continue
             break
+        c_in = c  # the caller's value, kept apart from every reduction below
         c = num(c)
         c_p, c_q = c % p, c % q
         # (c·rᵉ)^dp ≡ c^dp · r (mod p), so multiplying by r⁻¹ unblinds.
@@ -589,13 +591,13 @@ class PrivateKey:
         m_q = secret_power(c_q * power(r_q, e, q) % q, dq, q) * r_inv_q % q
         # Garner's recombination: m ≡ m_p (mod p), m ≡ m_q (mod q), 0 ≤ m < n.
         m = m_q + (m_p - m_q) * qinv % p * q
-        # The fault check: re-encrypt the final m and compare with the
-        # caller's c, so a fault anywhere above (either half, unblinding,
-        # recombination) is caught; a result right mod q but wrong mod p
-        # would give away q.  mᵉ ≡ c (mod n) is checked as its two halves
-        # mod p and mod q (equivalent by the CRT, as n = p·q with p ≠ q
-        # prime), which costs about 60 % of one full-size check.
-        if power(m % p, e, p) != c_p or power(m % q, e, q) != c_q:
+        # The fault check: re-encrypt the final m mod n and compare with the
+        # c the caller passed, so a fault anywhere above (either reduction
+        # of c, either half, unblinding, recombination) is caught; a result
+        # right mod q but wrong mod p would give away q.  It must not reuse
+        # c_p or c_q: a fault in reducing c would then feed the exponentiation
+        # and the check alike, and pass (issue 12).
+        if power(m, e, n) != c_in:
             return None
         return int(m)
 

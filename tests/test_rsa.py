@@ -641,6 +641,74 @@ class _FaultAndBlindingTests(_BackendMixin):
         self.assertRaises(rsa.FaultError, key.sign_pss, b"message")
         self.assertEqual(len(injected), 3)
 
+    def _fault_reducing(self, key, target):
+        """From now on, reducing the input ``target`` mod p (``c % p`` in
+        ``_private_op``) comes out one too high: a glitch in that one step.
+        Returns the list each injected fault is appended to."""
+        backend = rsa._BACKENDS[self.backend]
+        key._numbers(backend)  # n, p, q... converted before the patch, untouched
+        original = backend.number
+        injected = []
+
+        class FaultyReduction:
+            def __init__(self, value):
+                self.value = value
+
+            def __mod__(self, modulus):
+                result = self.value % modulus
+                if modulus == key.p:
+                    injected.append(modulus)
+                    result = (result + 1) % modulus
+                return result
+
+        def number(value):
+            converted = original(value)
+            return FaultyReduction(converted) if value == target else converted
+
+        self.patch(backend, "number", number)
+        return injected
+
+    def test_fault_in_reducing_the_input_is_caught(self):
+        """A glitch in ``c mod p`` feeds the exponentiation mod p.  The old
+        check compared mᵉ mod p with that same faulty c_p, so it passed, and
+        the output — right mod q, wrong mod p — gave away q through
+        gcd(mᵉ − c, n) (issue 12).  The check against the caller's c mod n
+        refuses it."""
+        key = self._copy(_shared_key())
+        n, e, p, q = key.n, key.e, key.p, key.q
+        c = 0x1234567890ABCDEF
+
+        # What the fault makes of m, and why it mattered: the old check, mod
+        # p and mod q with the reduced input, accepts it; it factors n; the
+        # check mod n with c as given refuses it.
+        faulty_c_p = (c % p + 1) % p
+        m_p, m_q = pow(faulty_c_p, key.d % (p - 1), p), pow(c, key.d % (q - 1), q)
+        m = m_q + (m_p - m_q) * pow(q, -1, p) % p * q
+        self.assertEqual((pow(m % p, e, p), pow(m % q, e, q)), (faulty_c_p, c % q))
+        self.assertEqual(math.gcd(pow(m, e, n) - c, n), q)
+        self.assertNotEqual(pow(m, e, n), c)
+
+        injected = self._fault_reducing(key, c)
+        self.assertIsNone(key._private_op(c))
+        self.assertEqual(injected, [p])
+
+    def test_fault_in_reducing_the_input_never_signs(self):
+        """The same glitch while signing: FaultError, where the old code
+        returned a signature s with gcd(s − s_good, n) = q."""
+        key = self._copy(_shared_key())
+        salt = b"\x5a" * 32
+        good = key.sign_pss(b"message", salt=salt)
+        em = pow(int.from_bytes(good, "big"), key.e, key.n)
+        injected = self._fault_reducing(key, em)
+        try:
+            bad = key.sign_pss(b"message", salt=salt)
+        except rsa.FaultError:
+            pass
+        else:
+            factor = math.gcd(int.from_bytes(bad, "big") - int.from_bytes(good, "big"), key.n)
+            self.fail(f"a faulty signature came out; gcd(s - s_good, n) is q: {factor == key.q}")
+        self.assertEqual(injected, [key.p])
+
     def test_fresh_blinding_every_operation(self):
         key = self._copy(_shared_key())
         ciphertext = key.public_key().encrypt_oaep(b"payload")
