@@ -22,7 +22,8 @@ existing file must not be replaced, hard-linked, which fails if one appeared
 meanwhile), so a reader sees the old file, the complete new one, or nothing.
 
 A private key file that the group or others may access is refused, as
-OpenSSH does.  Every private key read must pass :meth:`PrivateKey.validate`
+OpenSSH does, and so is one owned by a user other than the one we run as
+(or root).  Every private key read must pass :meth:`PrivateKey.validate`
 (primes, sizes from 2048 bits: it is about to be used); a public key only
 needs the right shape (:class:`PublicKey` checks), as the policy for peers'
 keys (sizes, exponents) belongs to the protocol code.
@@ -381,9 +382,36 @@ def _read_key_file(name: str) -> tuple[bytes, os.stat_result]:
     return b"".join(chunks), st
 
 
+# Module-level so the tests can run as a user other than the one they are.
+_effective_uid = getattr(os, "geteuid", None)
+
+
+def _user_name(uid: int) -> str:
+    import pwd  # POSIX only, as is the check that needs it
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "an unknown user"
+
+
 def _check_private_mode(name: str, st: os.stat_result) -> None:
+    """Refuse a private key file that is not ours alone: owned by another
+    user than the one we run as (or root), or open to group or others.
+
+    The owner matters as much as the mode: a 0600 key that someone else
+    owns is theirs to replace, and root reading a key another user planted
+    in a shared directory would serve with a key that user knows.
+    """
     if os.name != "posix":  # Windows modes say nothing about who may read
         return
+    euid = _effective_uid()
+    if st.st_uid not in (euid, 0):
+        allowed = "root" if euid == 0 else f"{_user_name(euid)} (uid {euid}) or root"
+        raise KeyFileError(
+            f"{name}: private key is owned by {_user_name(st.st_uid)} (uid {st.st_uid}), "
+            f"not by {allowed}; refusing a key another user could have put there"
+        )
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
         how = "readable" if mode & 0o044 else "accessible"
@@ -398,7 +426,8 @@ def load_private_key(path: StrPath, passphrase: Passphrase = None) -> PrivateKey
     possibly encrypted with ``passphrase``.
 
     The file must be private to its owner (no permission bits for group or
-    others), as checked on the file actually opened.  Raises
+    others), and that owner the user we run as or root, as checked on the
+    file actually opened.  Raises
     :class:`KeyFileError`.
     """
     name = os.fsdecode(path)

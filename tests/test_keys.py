@@ -500,6 +500,76 @@ class PermissionTests(TemporaryDirectoryMixin, SynchronousTestCase):
         self.assertTrue(str(error).endswith(f"run: chmod 600 '{path}'"), str(error))
 
 
+def _name_of(uid):
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "an unknown user"
+
+
+class OwnerTests(TemporaryDirectoryMixin, SynchronousTestCase):
+    """A private key must be owned by the user we run as, or root (issue 12):
+    a 0600 key another user owns may be one they planted.  The files are
+    given away with chown, which takes root; ``keys._effective_uid`` plays
+    a user other than root."""
+
+    NOBODY = 65534
+    USER = 4242
+
+    def setUp(self):
+        if os.name != "posix" or os.geteuid() != 0:
+            raise SkipTest("giving a file to another user takes root")
+        self.dir = self.make_directory()
+        self.path = write(os.path.join(self.dir, "key"), data("keys_openssl_pkcs8.pem"))
+
+    def owned_by(self, uid, mode=0o600):
+        os.chown(self.path, uid, -1)
+        os.chmod(self.path, mode)  # chown may clear bits; the mode is the test's
+        return self.path
+
+    def test_another_users_key_is_refused(self):
+        self.owned_by(self.NOBODY)
+        expected = (
+            f"{self.path}: private key is owned by {_name_of(self.NOBODY)} "
+            f"(uid {self.NOBODY}), not by root; refusing a key another user could "
+            "have put there"
+        )
+        error = self.assertRaises(keys.KeyFileError, keys.load_private_key, self.path)
+        self.assertEqual(str(error), expected)
+        # The public half of such a file is refused too: it is a private key file.
+        error = self.assertRaises(keys.KeyFileError, keys.load_public_key, self.path)
+        self.assertEqual(str(error), expected)
+
+    def test_root_and_own_keys_load(self):
+        self.patch(keys, "_effective_uid", lambda: self.USER)
+        for uid in (0, self.USER):
+            self.owned_by(uid)
+            self.assertIsInstance(keys.load_private_key(self.path), PrivateKey)
+
+    def test_as_another_user_a_third_users_key_is_refused(self):
+        self.patch(keys, "_effective_uid", lambda: self.USER)
+        self.owned_by(self.NOBODY)
+        error = self.assertRaises(keys.KeyFileError, keys.load_private_key, self.path)
+        self.assertEqual(
+            str(error),
+            f"{self.path}: private key is owned by {_name_of(self.NOBODY)} "
+            f"(uid {self.NOBODY}), not by {_name_of(self.USER)} (uid {self.USER}) or root; "
+            "refusing a key another user could have put there",
+        )
+
+    def test_own_key_open_to_others_is_still_refused(self):
+        self.patch(keys, "_effective_uid", lambda: self.USER)
+        self.owned_by(self.USER, 0o640)
+        error = self.assertRaises(keys.KeyFileError, keys.load_private_key, self.path)
+        self.assertEqual(
+            str(error),
+            f"{self.path}: private key is readable by others (mode 0640); "
+            f"run: chmod 600 {self.path}",
+        )
+
+
 class WriteTests(TemporaryDirectoryMixin, SynchronousTestCase):
     def setUp(self):
         self.key = vector_key()
