@@ -8,15 +8,22 @@ The file, ``$XDG_CONFIG_HOME/keyexchange/known_hosts`` (else
     [2001:db8::1]:51424 SHA256:...        # a comment may follow
     @revoked SHA256:...                   # never trust this key, anywhere
 
-A host (``host:port``, the host as it was dialled, in lower case) may have
-several lines; its key is known when one of them names it.  A key listed
-``@revoked`` is refused for every host and under every trust model (the
-command line wraps pinned and CA checks in :class:`NotRevoked`).
+A host (``host:port``, the host as it was dialled, in lower case) has one
+key.  Several lines may name it with that same key; lines that give it
+*different* keys (written by versions before issue 12, which could record a
+second key when two clients added a host at once, or by hand) are refused
+loudly whatever key the server offers, naming the lines: such a file cannot
+say which key is the host's, and accepting either would let the wrong one
+in.  The user keeps the one right line.  A key listed ``@revoked`` is
+refused for every host and under every trust model (the command line wraps
+pinned and CA checks in :class:`NotRevoked`).
 
-:class:`KnownHostsTrust` is the policy: known key, accept; revoked key or a
-known host with another key, refuse loudly, naming the file and line;
-unknown host, ask the user (on a terminal) or accept it when told to
-(``--accept-new``), and append it to the file.
+:class:`KnownHostsTrust` is the policy: known key, accept; revoked key, a
+known host with another key or a host with several keys, refuse loudly,
+naming the file and lines; unknown host, ask the user (on a terminal) or
+accept it when told to (``--accept-new``), and append it to the file, unless
+another client recorded a different key for it meanwhile: that is a changed
+key, refused, and the second line is never written.
 
 A line the parser does not understand is an error that names it, not a line
 skipped: a mistyped ``@revoked`` must not go unnoticed.
@@ -32,6 +39,7 @@ from keyexchanged import keys
 from keyexchanged.trust import UntrustedKey, check_fingerprint_syntax, same_fingerprint
 
 __all__ = [
+    "HostKeyRecorded",
     "KnownHosts",
     "KnownHostsError",
     "KnownHostsTrust",
@@ -53,6 +61,19 @@ PROMPT_TRIES = 3
 class KnownHostsError(Exception):
     """The known-hosts file cannot be read, parsed or written; the message
     names the file (and the line)."""
+
+
+class HostKeyRecorded(Exception):
+    """:meth:`KnownHosts.add` found, under its lock, the host already listed
+    with another key (another client recorded it meanwhile): a changed key,
+    not a new host.  ``entries`` are the host's lines in the file as read
+    under the lock.  Deliberately not a :class:`KnownHostsError`, which
+    callers may take as "could not remember" and go on."""
+
+    def __init__(self, host, entries):
+        super().__init__(f"{host} is already known with another key")
+        self.host = host
+        self.entries = entries
 
 
 def default_path(environ=None):
@@ -154,8 +175,11 @@ class KnownHosts:
         Atomic: the new file is written beside the old one and renamed over
         it, so a reader sees the old file or the new one, whole.  A lock on
         the directory keeps two clients adding at once from losing a line;
-        the file is read again under it.  The directory is created 0700 and
-        a new file 0600; an existing file keeps its mode.
+        the file is read again under it.  If the host is there by then with
+        this key only, that line's number is returned; with any other key,
+        :class:`HostKeyRecorded` is raised and nothing is written, so a host
+        never gets a second key.  The directory is created 0700 and a new
+        file 0600; an existing file keeps its mode.
         """
         path = os.path.realpath(self.path)  # a symlinked file is updated, not replaced
         directory = os.path.dirname(path)
@@ -168,10 +192,12 @@ class KnownHosts:
                 except FileNotFoundError:
                     text, mode = "", FILE_MODE
                 current = KnownHosts.parse(text, self.path)
-                for entry in current.lookup(host, port):
-                    if same_fingerprint(entry.fingerprint, fingerprint):
-                        self.entries = current.entries
-                        return entry.line  # another client added it meanwhile
+                listed = current.lookup(host, port)
+                if listed:  # another client added the host meanwhile
+                    self.entries = current.entries
+                    if all(same_fingerprint(e.fingerprint, fingerprint) for e in listed):
+                        return listed[0].line
+                    raise HostKeyRecorded(host_entry(host, port), listed)
                 if text and not text.endswith("\n"):
                     text += "\n"
                 text += f"{host_entry(host, port)} {fingerprint}\n"
@@ -242,15 +268,20 @@ class KnownHostsTrust:
         check_not_revoked(known, offer)
         entries = known.lookup(server_name, self.port)
         name = host_entry(server_name, self.port)
-        if any(same_fingerprint(entry.fingerprint, offer.fingerprint) for entry in entries):
+        if len({entry.fingerprint for entry in entries}) > 1:
+            raise self._ambiguous(name, entries, offer)
+        if entries and same_fingerprint(entries[0].fingerprint, offer.fingerprint):
             return
         if entries:
             raise self._changed(name, entries, offer)
         self._unknown(known, name, server_name, offer)
 
-    def _changed(self, name, entries, offer):
+    def _where(self, entries):
         lines = ", ".join(str(entry.line) for entry in entries)
-        where = f"{self.path}, line{'s' if len(entries) > 1 else ''} {lines}"
+        return f"{self.path}, line{'s' if len(entries) > 1 else ''} {lines}"
+
+    def _changed(self, name, entries, offer):
+        where = self._where(entries)
         banner = "\n".join(
             [
                 "@" * 64,
@@ -269,6 +300,24 @@ class KnownHostsTrust:
             f"the key of {name} has changed: {offer.fingerprint} is not the known "
             f"{entries[0].fingerprint} (known hosts, line {entries[0].line})",
             banner,
+        )
+
+    def _ambiguous(self, name, entries, offer):
+        listed = "\n".join(f"  line {entry.line}: {entry.fingerprint}" for entry in entries)
+        explanation = "\n".join(
+            [
+                f"{self._where(entries)} give {name} more than one key:",
+                listed,
+                f"The server offered {offer.fingerprint} (RSA-{_bits(offer)}).",
+                "A host has one key, and this file cannot say which is right, so",
+                "none is trusted.  Nothing was sent to the server.  Ask its operator",
+                f"for its fingerprint, then keep only that line in {self.path}.",
+            ]
+        )
+        lines = ", ".join(str(entry.line) for entry in entries)
+        return UntrustedKey(
+            f"the known hosts list more than one key for {name} (lines {lines}); none is trusted",
+            explanation,
         )
 
     def _unknown(self, known, name, server_name, offer):
@@ -291,6 +340,12 @@ class KnownHostsTrust:
                 raise UntrustedKey(f"the key of {name} was not accepted")
         try:
             line = known.add(server_name, self.port, offer.fingerprint)
+        except HostKeyRecorded as recorded:
+            # Another client recorded a key for the host while we looked
+            # (or asked): to us, now, that is the host's key, and ours differs.
+            if len({entry.fingerprint for entry in recorded.entries}) > 1:
+                raise self._ambiguous(name, recorded.entries, offer) from None
+            raise self._changed(name, recorded.entries, offer) from None
         except KnownHostsError as error:
             # The user did accept the key for this session; only the memory
             # of it failed, as with ssh.

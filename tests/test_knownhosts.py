@@ -2,6 +2,7 @@
 policy, the prompt.  The terminal is a StringIO here; tests/test_daemon_trust.py
 answers the real prompt through a pseudo-terminal."""
 
+import contextlib
 import io
 import json
 import os
@@ -11,6 +12,7 @@ from twisted.trial import unittest
 
 from keyexchanged import keys, knownhosts, protocol
 from keyexchanged.knownhosts import (
+    HostKeyRecorded,
     KnownHosts,
     KnownHostsError,
     KnownHostsTrust,
@@ -134,6 +136,19 @@ class FileTests(unittest.TestCase):
         with open(path) as f:
             self.assertEqual(len(f.read().splitlines()), 2)
 
+    def test_add_never_gives_a_host_a_second_key(self):
+        """Another client recorded another key for the host since we loaded:
+        HostKeyRecorded, naming the line, and the file is left as it was."""
+        path = self.mktemp()
+        stale = KnownHosts.load(path)
+        KnownHosts.load(path).add("a.example", 1, OTHER_FP)
+        with self.assertRaises(HostKeyRecorded) as caught:
+            stale.add("a.example", 1, SERVER_FP)
+        self.assertEqual(caught.exception.host, "a.example:1")
+        self.assertEqual([e.line for e in caught.exception.entries], [1])
+        with open(path) as f:
+            self.assertEqual(f.read(), f"a.example:1 {OTHER_FP}\n")
+
     def test_add_through_a_symlink_updates_the_target(self):
         target = os.path.abspath(self.mktemp())
         link = os.path.abspath(self.mktemp())
@@ -190,10 +205,78 @@ class PolicyTests(unittest.TestCase):
         return caught.exception
 
     def test_known_key_is_accepted_silently(self):
-        self.write(f"example.org:51424 {OTHER_FP}\nexample.org:51424 {SERVER_FP}\n")
+        # The same key on two lines says one thing twice: still known.
+        self.write(
+            f"example.org:1 {OTHER_FP}\nexample.org:51424 {SERVER_FP}\n"
+            f"example.org:51424 {SERVER_FP}\n"
+        )
         asker = Asker(False)
         self.trust(ask=asker).verify("Example.org", OFFER)
         self.assertEqual((asker.questions, self.reports), ([], []))
+
+    def test_two_keys_for_one_host_are_refused_whichever_is_offered(self):
+        """A file from before issue 12 may list two keys for a host: neither
+        is trusted, and the user is told which lines to settle."""
+        self.write(f"# servers\nexample.org:51424 {OTHER_FP}\nexample.org:51424 {SERVER_FP}\n")
+        before = self.content()
+        asker = Asker(True)
+        policies = (self.trust(), self.trust(ask=asker), self.trust(accept_new=True))
+        for policy in policies:
+            for offer in (OFFER, certs.offer(CLIENT_KEY)):
+                refusal = self.refused(policy, offer=offer)
+                self.assertEqual(
+                    str(refusal),
+                    "the known hosts list more than one key for example.org:51424 "
+                    "(lines 2, 3); none is trusted",
+                )
+                self.assertIn(
+                    f"{self.path}, lines 2, 3 give example.org:51424", refusal.explanation
+                )
+                self.assertIn(f"line 2: {OTHER_FP}", refusal.explanation)
+                self.assertIn(f"line 3: {SERVER_FP}", refusal.explanation)
+                self.assertIn(f"The server offered {offer.fingerprint}", refusal.explanation)
+                self.assertIn(f"keep only that line in {self.path}", refusal.explanation)
+        self.assertEqual((asker.questions, self.reports), ([], []))
+        self.assertEqual(self.content(), before)
+
+    def assertOneKeyRecorded(self, refusal, fingerprint):
+        """The race below ends as a changed key, and the file still gives
+        example.org:51424 the one key the other client recorded."""
+        self.assertEqual(
+            str(refusal),
+            f"the key of example.org:51424 has changed: {SERVER_FP} is not the known "
+            f"{fingerprint} (known hosts, line 1)",
+        )
+        self.assertIn(f"Known from {self.path}, line 1.", refusal.explanation)
+        self.assertEqual(self.content(), f"example.org:51424 {fingerprint}\n")
+        self.assertEqual(self.reports, [])
+
+    def test_another_key_recorded_while_the_user_was_asked(self):
+        """Another client recorded a different key for the host while this
+        one asked its user (issue 12): refused as a changed key, and no
+        second line is written."""
+
+        def other_client_meanwhile(question, fingerprint):
+            KnownHosts.load(self.path).add("example.org", 51424, OTHER_FP)
+            return True
+
+        self.assertOneKeyRecorded(self.refused(self.trust(ask=other_client_meanwhile)), OTHER_FP)
+
+    def test_another_key_recorded_just_before_the_lock(self):
+        """The same race with --accept-new: the other client writes between
+        the policy's lookup and the locked re-read in add()."""
+        real_locked = knownhosts._locked
+
+        @contextlib.contextmanager
+        def other_client_first(directory):
+            with real_locked(directory):
+                with open(self.path, "a") as f:
+                    f.write(f"example.org:51424 {OTHER_FP}\n")
+            with real_locked(directory):
+                yield
+
+        self.patch(knownhosts, "_locked", other_client_first)
+        self.assertOneKeyRecorded(self.refused(self.trust(accept_new=True)), OTHER_FP)
 
     def test_changed_key_is_refused_loudly(self):
         self.write(f"# servers\nexample.org:51424 {OTHER_FP}\n")
