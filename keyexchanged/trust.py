@@ -20,6 +20,7 @@ import ipaddress
 import re
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import crypto
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import (
@@ -122,6 +123,18 @@ _NO_PATH_TO_ANCHOR = {
 }
 
 
+#: extendedKeyUsage purposes as OpenSSL names them, for the messages.
+_PURPOSES = {
+    ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+    ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+    ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
+    ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
+    ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping",
+    ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
+    ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE: "anyExtendedKeyUsage",
+}
+
+
 class CertificateAuthority:
     """Trust a key that a CA we hold vouches for (PROTOCOL.md §7.3).
 
@@ -133,8 +146,16 @@ class CertificateAuthority:
        valid at the time of the check;
     3. name the host name or IP address that was dialled (RFC 6125, by
        service-identity);
-    4. if it has a keyUsage extension, allow keyEncipherment: that is what
+    4. be a server certificate: not a CA certificate (basicConstraints
+       CA:TRUE), and if it has an extendedKeyUsage extension, list serverAuth
+       in it (anyExtendedKeyUsage alone is not enough, as with OpenSSL's
+       server purpose);
+    5. if it has a keyUsage extension, allow keyEncipherment: that is what
        KX/1 does with the key.
+
+    Step 4 is checked here with cryptography's x509 objects: pyOpenSSL's
+    ``X509Store`` has no way to set OpenSSL's verification purpose, and that
+    purpose would not refuse a CA:TRUE leaf anyway.
 
     ``now`` fixes the time of the check (tests); by default it is the
     current time.
@@ -167,6 +188,7 @@ class CertificateAuthority:
         self._check_key(leaf, offer)
         self._check_chain(chain)
         self._check_name(leaf, server_name)
+        self._check_server_certificate(leaf)
         self._check_key_usage(leaf)
 
     def _check_key(self, leaf, offer):
@@ -231,6 +253,39 @@ class CertificateAuthority:
                 f"the certificate does not match the {what} {name} "
                 f"(it is for {ca.describe_names(leaf)})"
             ) from None
+
+    def _check_server_certificate(self, leaf):
+        # The certificate's own text, bound for a terminal: no control characters.
+        names = "".join(
+            c if c.isprintable() else f"\\x{ord(c):02x}" for c in ca.describe_names(leaf)
+        )
+        try:
+            constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        if constraints is not None and constraints.ca:
+            raise UntrustedKey(
+                "the server's certificate is a CA certificate (basicConstraints CA:TRUE), "
+                "not a server certificate",
+                f"The server presents a CA certificate (for {names}) as its own.\n"
+                "A CA's certificate is for signing others, and a server holding a CA's\n"
+                "key could make itself a certificate for any name.  The server needs a\n"
+                "certificate of its own, with CA:FALSE (keyexchange ca issue makes one).",
+            )
+        try:
+            purposes = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            return
+        if ExtendedKeyUsageOID.SERVER_AUTH not in purposes:
+            purposes_named = ", ".join(_PURPOSES.get(o, o.dotted_string) for o in purposes)
+            raise UntrustedKey(
+                f"the server's certificate is not a server certificate: its "
+                f"extendedKeyUsage allows {purposes_named}, not serverAuth",
+                f"The certificate for {names} was issued for {purposes_named} only.\n"
+                "A server's certificate must list serverAuth in its extendedKeyUsage, or\n"
+                "have no extendedKeyUsage at all.  Ask the server's operator for one\n"
+                "(keyexchange ca issue makes one; openssl: extendedKeyUsage=serverAuth).",
+            )
 
     def _check_key_usage(self, leaf):
         try:

@@ -5,7 +5,7 @@ builder: :class:`OpenSSLCA` drives the ``openssl`` command line exactly as
 docs/trust.rst tells operators to, and :func:`build` uses cryptography's
 builder directly for what neither ``openssl x509`` nor ``keyexchange ca``
 will make on request (certificates already expired, not valid yet, or with
-the wrong keyUsage).
+the wrong keyUsage or extendedKeyUsage).
 """
 
 import datetime
@@ -74,11 +74,13 @@ def build(
     not_after=None,
     ca=False,
     usage="server",
+    purposes=None,
 ):
     """A cryptography certificate for ``subject_key`` (ours), signed by
     ``issuer_key`` under the name of ``issuer`` (a certificate), or
     self-signed.  ``usage``: "server" (keyEncipherment), "ca", None (no
-    keyUsage extension) or a :class:`x509.KeyUsage`."""
+    keyUsage extension) or a :class:`x509.KeyUsage`.  ``purposes``: the
+    OIDs of an extendedKeyUsage extension, or None for none."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     issuer_name = issuer.subject if issuer is not None else name
     signer = _crypto_private(issuer_key if issuer_key is not None else subject_key)
@@ -100,6 +102,8 @@ def build(
         usage = key_usage(key_cert_sign=True, crl_sign=True)
     if usage is not None:
         builder = builder.add_extension(usage, critical=True)
+    if purposes is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(purposes), critical=False)
     alt = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
     if alt:
         builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
@@ -178,10 +182,20 @@ class OpenSSLCA:
             cwd=self.dir,
         )  # fmt: skip
 
-    def server(self, key_path, out, names=(), ips=(), issuer="root", usage="keyEncipherment"):
+    def server(
+        self,
+        key_path,
+        out,
+        names=(),
+        ips=(),
+        issuer="root",
+        usage="keyEncipherment",
+        purposes="serverAuth",
+    ):
         """Sign a certificate for the key in ``key_path``; return its path.
         With ``issuer="intermediate"`` the file holds the leaf, then the
-        intermediate, as the daemon's --certificate wants."""
+        intermediate, as the daemon's --certificate wants.  ``purposes`` is
+        openssl's extendedKeyUsage value, or None for no such extension."""
         subject = names[0] if names else ips[0]
         openssl(
             "req", "-new", "-key", os.path.abspath(key_path), "-out", out + ".csr",
@@ -189,10 +203,10 @@ class OpenSSLCA:
             cwd=self.dir,
         )  # fmt: skip
         alt = ",".join([f"DNS:{n}" for n in names] + [f"IP:{a}" for a in ips])
-        self._write(
-            out + ".ext",
-            f"subjectAltName={alt}\nkeyUsage=critical,{usage}\nbasicConstraints=CA:FALSE\n",
-        )
+        extensions = f"subjectAltName={alt}\nkeyUsage=critical,{usage}\n"
+        if purposes is not None:
+            extensions += f"extendedKeyUsage={purposes}\n"
+        self._write(out + ".ext", extensions + "basicConstraints=CA:FALSE\n")
         self._sign(out + ".csr", issuer, out + ".ext", out)
         if issuer == "intermediate":
             with open(self.path(out), "ab") as f, open(self.intermediate, "rb") as i:

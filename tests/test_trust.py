@@ -3,16 +3,21 @@ authorized client keys.  No sockets: policies are called with the event a
 client sees, and the channel is joined in memory where the wire matters."""
 
 import atexit
+import io
 import json
 import os
 import shutil
 import tempfile
 
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
+from twisted.test import iosim
 from twisted.trial import unittest
 
-from keyexchanged import ca, keys, protocol
+from keyexchanged import ca, client, keys, protocol
 from keyexchanged.applications import MessageFactory
 from keyexchanged.handshake import ServerIdentity
 from keyexchanged.protocol import SecureChannelFactory
@@ -27,8 +32,13 @@ from keyexchanged.trust import (
 from tests import certs
 from tests.test_handshake import CLIENT_KEY, IDENTITY, SERVER_KEY, frames, vector_client
 from tests.test_keys import data, openssl_fingerprint
-from tests.test_protocol import Collector, Pair, client_writes
+from tests.test_protocol import Collector, Pair, address, client_writes
 from tests.vectors import RAW, hexbytes
+
+SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
+CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
+#: A CA certificate whose keyUsage also passes the keyEncipherment check.
+CA_AND_SERVER_USAGE = certs.key_usage(key_encipherment=True, key_cert_sign=True, crl_sign=True)
 
 _world = None
 
@@ -108,6 +118,12 @@ class CertificateAuthorityTests(unittest.TestCase):
     def test_no_key_usage_extension_is_fine(self):
         chain = [leaf(usage=None)]
         policy().verify("server.example", certs.offer(SERVER_KEY, chain))
+
+    def test_server_certificates_by_their_extended_key_usage(self):
+        """serverAuth, alone or among others, or no extendedKeyUsage at all."""
+        for purposes in ([SERVER_AUTH], [CLIENT_AUTH, SERVER_AUTH], None):
+            chain = [leaf(purposes=purposes)]
+            policy().verify("server.example", certs.offer(SERVER_KEY, chain))
 
     def test_any_anchor_of_the_bundle(self):
         w = world()
@@ -249,6 +265,71 @@ class CertificateAuthorityTests(unittest.TestCase):
         offer = certs.offer(SERVER_KEY, certs.load_chain(path))
         self.assertRefused(verifier, offer, "keyEncipherment")
 
+    def test_not_for_a_server(self):
+        """A certificate issued for other purposes than serverAuth (issue 12)."""
+        for purposes, named in [
+            ([CLIENT_AUTH], "clientAuth"),
+            ([ExtendedKeyUsageOID.CODE_SIGNING], "codeSigning"),
+            ([ExtendedKeyUsageOID.EMAIL_PROTECTION], "emailProtection"),
+            ([CLIENT_AUTH, ExtendedKeyUsageOID.EMAIL_PROTECTION], "clientAuth, emailProtection"),
+            ([ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE], "anyExtendedKeyUsage"),
+            ([x509.ObjectIdentifier("1.2.3.4")], "1.2.3.4"),
+        ]:
+            chain = [leaf(purposes=purposes)]
+            refusal = self.assertRefused(policy(), certs.offer(SERVER_KEY, chain), "")
+            self.assertEqual(
+                str(refusal),
+                "the server's certificate is not a server certificate: its "
+                f"extendedKeyUsage allows {named}, not serverAuth",
+            )
+            self.assertIn(
+                f"The certificate for DNS:server.example was issued for {named} only",
+                refusal.explanation,
+            )
+            self.assertIn("serverAuth", refusal.explanation)
+
+    def test_refusal_explanation_escapes_control_characters(self):
+        """The names come from the certificate and go to a terminal."""
+        chain = [leaf(names=("server.example", "x\x1b[2Jy"), purposes=[CLIENT_AUTH])]
+        refusal = self.assertRefused(policy(), certs.offer(SERVER_KEY, chain), "clientAuth")
+        self.assertIn("DNS:server.example, DNS:x\\x1b[2Jy was issued", refusal.explanation)
+        self.assertNotIn("\x1b", refusal.explanation)
+
+    def test_not_for_a_server_by_openssl(self):
+        o = world()["openssl"]
+        path = o.server(
+            world()["server_key_file"], "client-only.pem", names=["server.example"],
+            purposes="clientAuth",
+        )  # fmt: skip
+        verifier = CertificateAuthority.from_file(o.root)
+        offer = certs.offer(SERVER_KEY, certs.load_chain(path))
+        self.assertRefused(verifier, offer, "extendedKeyUsage allows clientAuth, not serverAuth")
+
+    def test_a_ca_certificate_as_the_servers(self):
+        """CA:TRUE on the leaf, whatever its keyUsage and extendedKeyUsage
+        (issue 12): refused, though the chain and the name are right."""
+        for usage, purposes in [(CA_AND_SERVER_USAGE, [SERVER_AUTH]), ("ca", None)]:
+            chain = [leaf(ca=True, usage=usage, purposes=purposes)]
+            refusal = self.assertRefused(policy(), certs.offer(SERVER_KEY, chain), "")
+            self.assertEqual(
+                str(refusal),
+                "the server's certificate is a CA certificate (basicConstraints CA:TRUE), "
+                "not a server certificate",
+            )
+            self.assertIn(
+                "a CA certificate (for DNS:server.example) as its own", refusal.explanation
+            )
+            self.assertIn("CA:FALSE", refusal.explanation)
+
+    def test_the_ca_itself_as_the_servers(self):
+        """The server's key is the CA's: its certificate is in the CA file,
+        so the chain checks out, and it is still no server certificate."""
+        own_ca = certs.build(
+            SERVER_KEY, subject="Server CA", names=["server.example"], ca=True,
+            usage=CA_AND_SERVER_USAGE,
+        )  # fmt: skip
+        self.assertRefused(policy(own_ca), certs.offer(SERVER_KEY, [own_ca]), "is a CA certificate")
+
     def test_no_certificate(self):
         self.assertRefused(policy(), certs.offer(SERVER_KEY), "sent no certificate")
 
@@ -303,6 +384,75 @@ class ThroughTheChannelTests(unittest.TestCase):
         pair.flush()
         self.assertTrue(pair.application.made)
         self.assertEqual(pair.application.data, hexbytes("server_message"))
+
+
+class InMemoryEndpoint:
+    """A client endpoint joined by iosim to ``server_factory``."""
+
+    def __init__(self, server_factory, clock):
+        self.server_factory = server_factory
+        self.clock = clock
+        self.pump = None
+
+    def connect(self, factory):
+        client, _, self.pump = iosim.connectedServerAndClient(
+            lambda: self.server_factory.buildProtocol(address()),
+            lambda: factory.buildProtocol(address("127.0.0.1", 51424)),
+            clock=self.clock,
+        )
+        return defer.succeed(client)
+
+
+class ExplainedRefusalTests(unittest.TestCase):
+    """What ``keyexchange connect --ca ... --explain`` prints when the
+    server's certificate is not a server certificate (issue 12)."""
+
+    def connect(self, chain):
+        clock = Clock()
+        identity = ServerIdentity(SERVER_KEY, [certs.der(c) for c in chain])
+        endpoint = InMemoryEndpoint(
+            SecureChannelFactory(MessageFactory(b"secret"), identity, clock), clock
+        )
+        output, errors = io.BytesIO(), io.StringIO()
+        done = client.run_connect(
+            clock, "server.example", 51424, policy(), explain=True,
+            output=output, errors=errors, endpoint=endpoint,
+        )  # fmt: skip
+        endpoint.pump.flush()
+        self.assertEqual(self.successResultOf(done), client.EXIT_UNTRUSTED)
+        self.assertEqual(output.getvalue(), b"")
+        return errors.getvalue().splitlines()
+
+    def test_client_auth_certificate(self):
+        lines = self.connect([leaf(purposes=[CLIENT_AUTH])])
+        self.assertIn("keyexchange: HELLO: 1 certificate(s) offered", lines)
+        self.assertTrue(
+            any(
+                line.startswith("The certificate for DNS:server.example was issued for clientAuth")
+                for line in lines
+            ),
+            lines,
+        )
+        self.assertEqual(
+            lines[-1],
+            "keyexchange: error: untrusted server key: the server's certificate is not a "
+            "server certificate: its extendedKeyUsage allows clientAuth, not serverAuth",
+        )
+
+    def test_ca_certificate(self):
+        lines = self.connect([leaf(ca=True, usage=CA_AND_SERVER_USAGE)])
+        self.assertTrue(
+            any(
+                line.startswith("The server presents a CA certificate (for DNS:server.example)")
+                for line in lines
+            ),
+            lines,
+        )
+        self.assertEqual(
+            lines[-1],
+            "keyexchange: error: untrusted server key: the server's certificate is a CA "
+            "certificate (basicConstraints CA:TRUE), not a server certificate",
+        )
 
 
 class AuthorizedKeysTests(unittest.TestCase):
