@@ -284,6 +284,20 @@ def _add_trust_arguments(parser, accept_new=True) -> None:
         metavar="F",
         help="passphrase (first line of F) of an encrypted --identity key",
     )
+    parser.add_argument(
+        "--allow-no-forward-secrecy",
+        action="store_true",
+        help="talk to a server that offers no ephemeral key (the original exercise's "
+        "scheme: whoever steals its key later can read this session); refused by default",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="end a session in which the server has sent nothing for SECONDS "
+        "(default 300; exit status 4)",
+    )
 
 
 def _load_identity(args: argparse.Namespace):
@@ -318,6 +332,12 @@ def _add_connect(subparsers) -> None:
         metavar="SECONDS",
         help="give up when the server has not connected, or not completed the handshake, "
         "within SECONDS (default 30)",
+    )
+    parser.add_argument(
+        "--ticket-cache",
+        metavar="FILE",
+        help="keep resumption tickets in FILE (0600) between runs, so that the next "
+        "session with the same server resumes without RSA (default: not kept)",
     )
     parser.add_argument(
         "-v",
@@ -395,7 +415,16 @@ def cmd_connect(args: argparse.Namespace) -> int:
     host, port = _server_address(args.server)
     if not args.timeout > 0:
         raise UsageError("--timeout must be a positive number of seconds")
+    _check_idle_timeout(args)
     policy = _trust_policy(args, port)
+    store = None
+    if args.ticket_cache is not None:
+        from keyexchanged import tickets
+
+        try:
+            store = tickets.TicketStore(args.ticket_cache)
+        except tickets.TicketKeyFileError as exc:
+            raise CommandError(str(exc)) from None
     identity = _load_identity(args)
     send = None if args.send is None else args.send.encode("utf-8")
     # Piped data goes to the server; a terminal is not read (nothing to wait for).
@@ -413,6 +442,9 @@ def cmd_connect(args: argparse.Namespace) -> int:
             identity=identity,
             explain=args.explain,
             timeout=args.timeout,
+            require_forward_secrecy=not args.allow_no_forward_secrecy,
+            tickets=store,
+            idle_timeout=args.idle_timeout,
         )
         running.addCallback(codes.append)
         return running
@@ -423,6 +455,11 @@ def cmd_connect(args: argparse.Namespace) -> int:
         if not codes:
             return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     return codes[0]
+
+
+def _check_idle_timeout(args: argparse.Namespace) -> None:
+    if not args.idle_timeout > 0:
+        raise UsageError("--idle-timeout must be a positive number of seconds")
 
 
 def _stdin_is_terminal() -> bool:
@@ -666,12 +703,23 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     from keyexchanged import tunnel
 
     host, port = _server_address(args.server)
+    _check_idle_timeout(args)
     policy = _trust_policy(args, port, interactive=False)  # no prompts from a relay
     identity = _load_identity(args)
     failures = []
 
     def serve(reactor):
-        listening = tunnel.run_tunnel(reactor, args.listen, host, port, policy, identity, _report)
+        listening = tunnel.run_tunnel(
+            reactor,
+            args.listen,
+            host,
+            port,
+            policy,
+            identity,
+            _report,
+            require_forward_secrecy=not args.allow_no_forward_secrecy,
+            idle_timeout=args.idle_timeout,
+        )
 
         def cannot_listen(failure):
             failures.append(f"cannot listen on {args.listen}: {failure.getErrorMessage()}")
@@ -694,10 +742,53 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- ticket-keys -----------------------------------------------------------------
+
+
+def _add_ticket_keys(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "ticket-keys",
+        help="make or rotate a ticket-key file shared by several daemons",
+        description=(
+            "Daemons behind one address share resumption ticket keys through a file "
+            "(twistd keyexchange --ticket-keys FILE): one base64 32-byte key per line, "
+            "the first encrypts, every one decrypts; mode 0600. 'new' makes one with a "
+            "fresh key; 'rotate' puts a fresh key first and keeps the previous first key "
+            "after it (older ones are dropped). The daemons read the file again within "
+            "30 seconds of a change."
+        ),
+    )
+    parser.add_argument("action", choices=("new", "rotate"), help="what to do")
+    parser.add_argument("file", metavar="FILE", help="the ticket-key file")
+    parser.set_defaults(func=cmd_ticket_keys)
+
+
+def cmd_ticket_keys(args: argparse.Namespace) -> int:
+    from keyexchanged import tickets
+
+    try:
+        if args.action == "new":
+            tickets.new_ticket_key_file(args.file)
+            print(f"{args.file}: one fresh ticket key (mode 0600)")
+        else:
+            tickets.rotate_ticket_key_file(args.file)
+            print(f"{args.file}: a fresh key first, the previous one kept to decrypt")
+    except tickets.TicketKeyFileError as exc:
+        raise CommandError(str(exc)) from None
+    return EXIT_OK
+
+
 # --- Entry point -------------------------------------------------------------
 
 #: Each adds one subcommand to the parser, in the order ``--help`` lists them.
-COMMANDS = (_add_keygen, _add_fingerprint, _add_connect, _add_ca, _add_tunnel)
+COMMANDS = (
+    _add_keygen,
+    _add_fingerprint,
+    _add_connect,
+    _add_ca,
+    _add_tunnel,
+    _add_ticket_keys,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,8 +7,10 @@ ended, so scripts can tell a refused key from a dropped connection:
 ==  =====================================================
 0   the server sent END: everything it sent was printed
 2   usage
-3   the server's key was not trusted (nothing was sent)
-4   connection or protocol failure
+3   the server's key was not trusted, or it offers no forward secrecy
+    (nothing was sent)
+4   connection or protocol failure, or the server went silent for
+    ``--idle-timeout`` seconds
 5   truncated: the connection closed before the server's END
 ==  =====================================================
 
@@ -19,6 +21,7 @@ exchange works.  It shows public values only.
 import binascii
 import os
 import sys
+import time
 
 from twisted.internet import defer, error, stdio
 from twisted.internet.endpoints import HostnameEndpoint
@@ -26,7 +29,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from keyexchanged import protocol, trust
-from keyexchanged.framing import UNTRUSTED_KEY
+from keyexchanged.framing import NO_FORWARD_SECRECY, TIMEOUT, UNTRUSTED_KEY
 
 __all__ = [
     "EXIT_FAILED",
@@ -90,12 +93,49 @@ class Explainer:
         self.say(f"HELLO: key fingerprint {offer.fingerprint}")
         if offer.certificates:
             self.say(f"HELLO: {len(offer.certificates)} certificate(s) offered")
+        ephemeral = offer.ephemeral
+        if ephemeral is None:
+            self.say(
+                "HELLO: no ephemeral key: the secret goes to the long-term key, so whoever "
+                "steals that key later can decrypt this session (no forward secrecy)"
+            )
+            return
+        now = time.time()
+        self.say(
+            f"HELLO: ephemeral RSA key of {ephemeral.bits} bits, fingerprint "
+            f"{ephemeral.fingerprint}"
+        )
+        self.say(
+            "ephemeral key: its RSA-PSS signature by the long-term key verifies "
+            "(over 'kx/1 ephemeral key', the long-term key's hash, the expiry and the key)"
+        )
+        self.say(
+            f"ephemeral key: signed until {_utc(ephemeral.expires)}, "
+            f"{int(ephemeral.expires - now)} s from now by our clock (allowed: from 300 s "
+            "ago to a day ahead)"
+        )
+        self.say(
+            "forward secrecy: the server keeps this key in memory only and drops it minutes "
+            "from now; once it is gone, nothing the server holds can decrypt this session"
+        )
 
     def key_accepted(self, connection):
         label = connection.hello_payload
+        if connection.resumed:
+            self.say(
+                "resuming: RESUME carries the ticket from an earlier session instead of KEY; "
+                "the ticket gives the server back that session's resumption secret, so "
+                "neither side does any RSA"
+            )
+            self.say(
+                "keys: HKDF-SHA256(resumption secret, salt = nonce, info = "
+                "'kx/1 resumed keys' ‖ th), th = SHA-256(HELLO ‖ RESUME)"
+            )
+            return
+        target = "the ephemeral key" if connection.ephemeral is not None else "the server's key"
         self.say("key trusted; drew a fresh 32-byte session secret")
         self.say(
-            f"KEY: secret encrypted with RSA-OAEP (SHA-256, MGF1-SHA-256) into "
+            f"KEY: secret encrypted to {target} with RSA-OAEP (SHA-256, MGF1-SHA-256) into "
             f"{len(connection.key_payload)} bytes; OAEP label = the HELLO payload "
             f"({len(label)} bytes, {label[:24]!r}...)"
         )
@@ -109,6 +149,12 @@ class Explainer:
         )
         if connection.identity is not None:
             self.say("AUTH: sent our key and an RSA-PSS signature over th (record 0)")
+
+    def stale_ticket(self):
+        self.say(
+            "the server could not use our ticket (stale-ticket: expired, or its ticket keys "
+            "changed); forgot it, and made a full handshake on a new connection"
+        )
 
     def confirmed(self):
         self.say(
@@ -202,6 +248,10 @@ def _open_stdin(channel_transport):
     return stdin
 
 
+def _utc(seconds):
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
 def _cause(value):
     """Dig the real cause out of HandshakeFailed and Failure wrappers."""
     while True:
@@ -222,6 +272,16 @@ def describe(value):
             return f"server refused: {value.detail}", EXIT_UNTRUSTED
         return f"server sent ERROR {value.code}: {value.detail}", EXIT_FAILED
     if isinstance(value, protocol.ProtocolFailure):
+        if value.code == NO_FORWARD_SECRECY:
+            return (
+                f"{value.detail}; refused (use --allow-no-forward-secrecy to talk to it "
+                "anyway: whoever steals its key later can read the session)",
+                EXIT_UNTRUSTED,
+            )
+        if value.code == UNTRUSTED_KEY:
+            return f"untrusted server key: {value.detail}", EXIT_UNTRUSTED
+        if value.code == TIMEOUT:
+            return f"timeout: {value.detail}", EXIT_FAILED
         return f"protocol failure ({value.code}): {value.detail}", EXIT_FAILED
     if isinstance(value, protocol.Truncated):
         return "connection closed before the server's END: output is truncated", EXIT_TRUNCATED
@@ -246,8 +306,15 @@ def run_connect(
     errors=None,
     timeout=30.0,
     endpoint=None,
+    require_forward_secrecy=True,
+    tickets=None,
+    idle_timeout=300.0,
 ):
-    """Run one session; fire with the exit code (see the module docstring)."""
+    """Run one session; fire with the exit code (see the module docstring).
+
+    ``tickets``: a :class:`~keyexchanged.tickets.TicketStore` to resume from
+    and to keep the server's new ticket in (``--ticket-cache``).
+    """
     output = output or sys.stdout.buffer
     errors = errors or sys.stderr
     explainer = Explainer(errors) if explain else None
@@ -269,6 +336,10 @@ def run_connect(
             identity=identity,
             observer=explainer,
             handshake_timeout=timeout,
+            require_forward_secrecy=require_forward_secrecy,
+            tickets=tickets,
+            server_address=(host, port),
+            idle_timeout=idle_timeout,
         )
     except protocol.HandshakeFailed as failed_handshake:
         cause = _cause(failed_handshake)

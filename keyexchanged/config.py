@@ -73,6 +73,31 @@ def _key_bits(text):
     return value
 
 
+def _ranged_int(low, high, what):
+    def check(text):
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be {what}")
+        return value
+
+    check.reason = what
+    return check
+
+
+_ephemeral_interval = _ranged_int(10, 86400, "a whole number of seconds from 10 to 86400")
+_ticket_lifetime = _ranged_int(0, 86400, "a whole number of seconds from 0 (off) to 86400")
+_client_key_bits = _ranged_int(2048, 8192, "a number of bits from 2048 to 8192")
+
+
+def _boolean(text):
+    value = text.lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("must be yes or no")
+
+
 # A strports description: a type, then colon-separated arguments.  Twisted
 # checks the rest when it listens; this catches the obvious typos early.
 _ENDPOINT = re.compile(r"[a-zA-Z][a-zA-Z0-9]*(:.*)?")
@@ -172,6 +197,39 @@ SETTINGS = [
     Setting(
         "grace-period", 10.0, _grace, "seconds open sessions get to finish on SIGTERM or SIGINT"
     ),
+    Setting(
+        "forward-secrecy",
+        True,
+        _boolean,
+        "offer ephemeral keys (yes), or encrypt KEY to the long-term key (no: the "
+        "original exercise's scheme, which --no-forward-secrecy also selects)",
+    ),
+    Setting(
+        "ephemeral-interval",
+        60,
+        _ephemeral_interval,
+        "seconds between new ephemeral keys (10 to 86400)",
+    ),
+    Setting("ephemeral-bits", 3072, _key_bits, "size of the ephemeral keys (2048 to 8192)"),
+    Setting(
+        "ticket-lifetime",
+        3600,
+        _ticket_lifetime,
+        "seconds a resumption ticket is valid; 0 turns resumption off",
+    ),
+    Setting(
+        "ticket-keys",
+        None,
+        _text,
+        "ticket-key file shared by daemons behind one address (keyexchange ticket-keys new)",
+        path=True,
+    ),
+    Setting(
+        "client-key-max-bits",
+        4096,
+        _client_key_bits,
+        "largest client key accepted in AUTH (e must be 65537)",
+    ),
 ]
 
 BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -224,7 +282,7 @@ def coerce(setting, raw, where):
                 _grace: "a number of seconds, 0 or more",
                 _key_bits: "from 2048 to 8192 in steps of 8",
                 _workers: "auto, or a whole number of at least 0",
-            }.get(setting.coerce, "valid")
+            }.get(setting.coerce, getattr(setting.coerce, "reason", "valid"))
         raise ConfigError(f"{where}: {setting.name} = {raw.strip()!r}: {reason}") from None
 
 

@@ -30,13 +30,15 @@ __all__ = [
     "parse_header",
 ]
 
-#: ERROR codes of PROTOCOL.md §6.
+#: ERROR codes of docs/spec/kx1.rst §6.
 MALFORMED_FRAME = "malformed-frame"
 UNEXPECTED_FRAME = "unexpected-frame"
 FRAME_TOO_LARGE = "frame-too-large"
 UNSUPPORTED_PROTOCOL = "unsupported-protocol"
 WEAK_KEY = "weak-key"
 UNTRUSTED_KEY = "untrusted-key"
+NO_FORWARD_SECRECY = "no-forward-secrecy"
+STALE_TICKET = "stale-ticket"
 BAD_RECORD = "bad-record"
 AUTH_REQUIRED = "auth-required"
 AUTH_FAILED = "auth-failed"
@@ -52,6 +54,8 @@ ERROR_CODES = frozenset(
         UNSUPPORTED_PROTOCOL,
         WEAK_KEY,
         UNTRUSTED_KEY,
+        NO_FORWARD_SECRECY,
+        STALE_TICKET,
         BAD_RECORD,
         AUTH_REQUIRED,
         AUTH_FAILED,
@@ -72,11 +76,13 @@ RECORD_DATA_MAX = 65536
 #: AES-GCM tag length; every sealed record ends with one.
 TAG_LENGTH = 16
 
-#: Payload limits per verb (PROTOCOL.md §1).  These are the only sizes a peer
+#: Payload limits per verb (docs/spec/kx1.rst §1).  These are the only sizes a peer
 #: can make us allocate for a payload.
 MAX_PAYLOAD = {
     "HELLO": 65536,  # a JSON object with a key and a certificate chain
     "KEY": 1024,  # an RSA ciphertext: 8192-bit keys are 1024 bytes
+    "RESUME": 512,  # a ticket, opaque to the client
+    "TICKET": 1024,  # sealed JSON: a base64 ticket of 512 bytes and its lifetime
     "AUTH": 8192,  # JSON with an 8192-bit SPKI and signature, base64, sealed
     "MSG": RECORD_DATA_MAX + TAG_LENGTH,
     "END": TAG_LENGTH,  # the tag of an empty record, exactly

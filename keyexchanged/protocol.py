@@ -32,6 +32,7 @@ from keyexchanged.framing import (
     INTERNAL,
     MALFORMED_FRAME,
     RECORD_DATA_MAX,
+    STALE_TICKET,
     TIMEOUT,
     encode_frame,
 )
@@ -107,6 +108,11 @@ class SecureTransport:
         """The client's key fingerprint after AUTH (server side), or the
         server's (client side); ``None`` when the client did not authenticate."""
         return self._channel.peer_fingerprint
+
+    @property
+    def resumed(self):
+        """True when the session was resumed from a ticket (no RSA)."""
+        return self._channel.connection.resumed
 
     def write(self, data):
         self._channel.write_application_data(data)
@@ -396,6 +402,7 @@ class ChannelProtocol(LineReceiver):
     def connectionLost(self, reason=connectionDone):
         self._closing = True
         self._cancel_timers()
+        self.connection.connection_lost()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
@@ -462,40 +469,54 @@ class ServerChannelProtocol(ChannelProtocol):
         if self._idle_timeout:
             self.factory.idle_sessions.add(self)
         super().handshake_complete(event)
-        if not self._closing:
-            # Key confirmation: our first record goes out now, even if empty.
-            self.flush()
-            self.connection.confirm()
-            self._write_out()
 
     def event_DecryptionNeeded(self, event):
-        factory = self.factory
-        if factory.decrypting >= factory.max_handshakes:
+        work = self.factory.work
+        self._private_key_work(
+            lambda: work.decrypt(event.private_key, event.ciphertext, event.label),
+            self.connection.key_decrypted,
+            None,
+        )
+
+    def event_VerificationNeeded(self, event):
+        work = self.factory.work
+        self._private_key_work(
+            lambda: work.verify(
+                event.public_key, event.signature, event.message, handshake.AUTH_SALT_LENGTH
+            ),
+            self.connection.auth_verified,
+            False,
+        )
+
+    def _private_key_work(self, submit, answer, failed):
+        """Work a stranger made us do: counted against max-handshakes, done
+        away from the reactor, and read nothing more until it is back."""
+        if not self.factory.start_work():
             self._handle_events(self.connection.fail(BUSY, "too many handshakes in progress"))
             return
-        factory.decrypting += 1
-        # Read nothing more until the key is agreed (what was read waits in
+        # Read nothing more until the work is back (what was read waits in
         # LineReceiver's buffer, at most one socket read).
         self.pauseProducing()
-        working = defer.maybeDeferred(factory.decryption.decrypt, event.ciphertext, event.label)
-        working.addErrback(self._decryption_failed)
-        working.addCallback(self._key_decrypted)
+        working = defer.maybeDeferred(submit)
+
+        def failed_work(failure):
+            # Fail closed all the same: the client learns nothing new.
+            self.log.error("private-key work failed: {error}", error=failure.type.__name__)
+            return failed
+
+        working.addErrback(failed_work)
+        working.addCallback(self._work_done, answer)
         working.addErrback(self._application_failed)
 
-    def _decryption_failed(self, failure):
-        # Implicit rejection all the same: the client learns nothing new.
-        self.log.error("private-key work failed: {error}", error=failure.type.__name__)
-        return None
-
-    def _key_decrypted(self, secret):
-        self.factory.decrypting -= 1
+    def _work_done(self, result, answer):
+        self.factory.end_work()
         if self._closing:
             return
         # Undo our own pause only: the application that the events below may
         # start (a forward, say) can pause reading for reasons of its own.
         self.paused = False
         self.transport.resumeProducing()
-        self._handle_events(self.connection.key_decrypted(secret))
+        self._handle_events(answer(result))
         if not self._closing:
             self.dataReceived(b"")  # the frames LineReceiver kept meanwhile
 
@@ -504,9 +525,6 @@ class ServerChannelProtocol(ChannelProtocol):
         self.log.failure("application failed to start", failure)
         if self.transport is not None:
             self.transport.abortConnection()
-
-    def event_ClientAuthenticated(self, event):
-        self.peer_fingerprint = event.fingerprint
 
     def _touch(self):
         self.factory.idle_sessions.touch(self)
@@ -637,20 +655,28 @@ class SecureChannelFactory(Factory):
         max_per_source=32,
         authorized_keys=None,
         record_limits=None,
-        decryption=None,
+        work=None,
         max_handshakes=64,
+        ephemeral_keys=None,
+        tickets=None,
+        client_key_max_bits=handshake.DEFAULT_CLIENT_KEY_MAX_BITS,
     ):
         if reactor is None:
             from twisted.internet import reactor
         self.wrapped_factory = wrapped_factory
         self.identity = identity
-        #: Where KEYs are decrypted: an object with ``decrypt(ciphertext,
-        #: label)`` returning a Deferred (a workers.DecryptionPool), or
-        #: ``None`` to decrypt in the reactor.
-        self.decryption = decryption
+        #: Where private-key work is done: a workers.WorkerPool (or
+        #: InlineWork), or ``None`` to do it in the state machine itself.
+        self.work = work
         self.max_handshakes = max_handshakes
-        #: KEYs whose private-key work is under way.
-        self.decrypting = 0
+        #: KEYs and AUTHs whose private-key work is under way.
+        self.working = 0
+        #: An ephemeral.EphemeralKeys whose current key every HELLO offers,
+        #: or ``None``: no forward secrecy, KEY under the long-term key.
+        self.ephemeral_keys = ephemeral_keys
+        #: A tickets.TicketIssuer, or ``None``: resumption off.
+        self.tickets = tickets
+        self.client_key_max_bits = client_key_max_bits
         self.reactor = reactor
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
@@ -692,12 +718,27 @@ class SecureChannelFactory(Factory):
 
     def make_connection(self):
         """The state machine for one new connection."""
+        ephemeral = self.ephemeral_keys.current if self.ephemeral_keys is not None else None
         return handshake.ServerConnection(
             self.identity,
             authorized_keys=self.authorized_keys,
-            defer_decryption=self.decryption is not None,
+            defer_work=self.work is not None,
+            ephemeral=ephemeral,
+            tickets=self.tickets,
+            client_key_max_bits=self.client_key_max_bits,
             **self.record_limits,
         )
+
+    def start_work(self):
+        """Count one more private-key operation a peer asked for; False
+        when ``max_handshakes`` are under way already."""
+        if self.working >= self.max_handshakes:
+            return False
+        self.working += 1
+        return True
+
+    def end_work(self):
+        self.working -= 1
 
     def shutdown(self, grace_period):
         """Stop serving: established sessions get END and ``grace_period``
@@ -744,10 +785,11 @@ class SecureChannelFactory(Factory):
             done.callback(None)
         connection = protocol.connection
         self.log.info(
-            "connection from {peer} ended: {outcome}; {bytes_in} bytes in, "
+            "connection from {peer} ended: {outcome}; {kind}; {bytes_in} bytes in, "
             "{bytes_out} bytes out, {duration:.3f} s{client}",
             peer=_describe(protocol.transport.getPeer()),
             outcome=protocol._outcome,
+            kind=_session_kind(connection),
             bytes_in=connection.bytes_received,
             bytes_out=connection.bytes_sent,
             duration=protocol.duration,
@@ -766,6 +808,15 @@ class BusyProtocol(Protocol):
     def connectionMade(self):
         self.transport.write(encode_frame("ERROR", handshake.error_payload(BUSY, self.detail)))
         self.transport.loseConnection()
+
+
+def _session_kind(connection):
+    """Full or resumed, with or without forward secrecy: for the log line."""
+    if connection.resumed:
+        return "resumed (secrecy bounded by the ticket keys)"
+    if connection.forward_secrecy:
+        return "full, forward secrecy"
+    return "full, no forward secrecy"
 
 
 def _describe(address):
@@ -814,6 +865,9 @@ class ClientChannelProtocol(ChannelProtocol):
     def _cancel_timers(self):
         super()._cancel_timers()
         self._stop_timer()
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
 
     def event_ServerKeyReceived(self, event):
         self._stop_timer()
@@ -830,30 +884,51 @@ class ClientChannelProtocol(ChannelProtocol):
     def _trusted(self, _):
         if self._closing or self.connection.closed:
             return
-        self.connection.accept_key()
-        if self.connection.identity is None:
-            # Without a key of our own, an empty MSG at once: a server that
-            # requires AUTH then answers auth-required now rather than at its
-            # handshake timeout (PROTOCOL.md §5 lets the client send MSG
-            # right after KEY; the server skips empty records).
-            self.connection.send_data(b"")
+        events = self.connection.accept_key()
         self.factory.key_accepted(self.connection)
         self._start_timer()
-        self._handle_events(self.connection.next_events())
+        self._handle_events(events)
 
     def _untrusted(self, failure):
         if self._closing:
             return None
-        detail = failure.getErrorMessage() if failure.check(UntrustedKey) else "trust check failed"
-        self._handle_events(self.connection.reject_key(detail))
-        self._reason = Failure(UntrustedKey(detail))
+        # The server (perhaps the man in the middle) learns only that we
+        # refused; the full story (which check, which known-hosts line) is
+        # the local user's, and travels with the exception unchanged.
+        self._handle_events(self.connection.reject_key("the client does not trust this key"))
+        if not failure.check(UntrustedKey):
+            failure = Failure(UntrustedKey("trust check failed: " + failure.getErrorMessage()))
+        self._reason = failure
         self._outcome = "untrusted-key"
         return None
+
+    def event_TicketReceived(self, event):
+        self.factory.ticket_received(event)
 
     def handshake_complete(self, event):
         self._stop_timer()
         super().handshake_complete(event)
+        if self.factory.idle_timeout and not self._closing:
+            self._idle_call = self.reactor.callLater(self.factory.idle_timeout, self._idle_expired)
         self.factory.handshake_done(self.application)
+
+    _idle_call = None
+
+    def _touch(self):
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(self.factory.idle_timeout)
+
+    def write_application_data(self, data):
+        self._touch()
+        super().write_application_data(data)
+
+    def _idle_expired(self):
+        self._idle_call = None
+        self._handle_events(
+            self.connection.fail(
+                TIMEOUT, f"the server sent nothing for {self.factory.idle_timeout:g} s"
+            )
+        )
 
     def connectionLost(self, reason=connectionDone):
         super().connectionLost(reason)
@@ -868,6 +943,12 @@ class ChannelClientFactory(ClientFactory):
     refuse.  ``handshake`` fires with the application protocol once the
     server has proved it holds the key; it fails with
     :class:`HandshakeFailed` (its ``reason`` says why) otherwise.
+
+    ``tickets`` is a :class:`~keyexchanged.tickets.TicketStore`: a ticket
+    for ``server_address`` is used to resume, and the server's new ticket is
+    kept there.  ``require_forward_secrecy`` refuses a server without
+    ephemeral keys.  ``idle_timeout`` ends a session in which the server has
+    sent nothing for that long (``None``: never).
     """
 
     noisy = False  # one log line per connection is ours to write
@@ -884,22 +965,41 @@ class ChannelClientFactory(ClientFactory):
         observer=None,
         record_limits=None,
         handshake_timeout=30.0,
+        require_forward_secrecy=True,
+        tickets=None,
+        server_address=None,
+        idle_timeout=None,
     ):
         if reactor is None:
             from twisted.internet import reactor
         self.wrapped_factory = wrapped_factory
         self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
         self.trust = trust
         self.server_name = server_name
         self.identity = identity
         self.reactor = reactor
         self.observer = observer
         self.record_limits = record_limits or {}
+        self.require_forward_secrecy = require_forward_secrecy
+        self.tickets = tickets
+        self.server_address = server_address
+        #: Whether this connection offered a ticket (RESUME) rather than KEY.
+        self.offered_ticket = False
         self.handshake = defer.Deferred()
         self.done = defer.Deferred()
 
     def buildProtocol(self, addr):
-        connection = handshake.ClientConnection(identity=self.identity, **self.record_limits)
+        ticket = None
+        if self.tickets is not None and self.server_address is not None:
+            ticket = self.tickets.take(*self.server_address)
+        self.offered_ticket = ticket is not None
+        connection = handshake.ClientConnection(
+            identity=self.identity,
+            require_forward_secrecy=self.require_forward_secrecy,
+            ticket=ticket,
+            **self.record_limits,
+        )
         protocol = self.protocol(connection, self.reactor)
         protocol.factory = self
         self._protocol = protocol
@@ -911,6 +1011,10 @@ class ChannelClientFactory(ClientFactory):
     def key_accepted(self, connection):
         if self.observer is not None:
             self.observer.key_accepted(connection)
+
+    def ticket_received(self, event):
+        if self.tickets is not None and self.server_address is not None:
+            self.tickets.add_received(*self.server_address, event)
 
     def handshake_done(self, application):
         if not self.handshake.called:
@@ -928,6 +1032,13 @@ class ChannelClientFactory(ClientFactory):
         self.connection_ended(None, reason)
 
 
+def _stale_ticket(failure):
+    reason = failure.value.reason if failure.check(HandshakeFailed) else None
+    if isinstance(reason, Failure):
+        reason = reason.value
+    return isinstance(reason, PeerError) and reason.code == STALE_TICKET
+
+
 def connect(
     reactor,
     endpoint,
@@ -938,6 +1049,10 @@ def connect(
     observer=None,
     record_limits=None,
     handshake_timeout=30.0,
+    require_forward_secrecy=True,
+    tickets=None,
+    server_address=None,
+    idle_timeout=None,
 ):
     """Open a KX/1 session through ``endpoint`` running ``application_factory``.
 
@@ -945,22 +1060,43 @@ def connect(
     handshake is complete (the server has proved it holds its key), or
     fails with :class:`HandshakeFailed`.  ``server_name`` is the host name
     or address that was dialled: the known-hosts and certificate checks use
-    it.
+    it.  With ``tickets`` (a TicketStore) and ``server_address`` (the host
+    and port it files tickets under), a stored ticket resumes the session;
+    when the server calls it stale, the tickets for that server are
+    forgotten and one full handshake follows on a new connection.
     """
-    factory = ChannelClientFactory(
-        application_factory,
-        trust,
-        server_name=server_name,
-        identity=identity,
-        reactor=reactor,
-        observer=observer,
-        record_limits=record_limits,
-        handshake_timeout=handshake_timeout,
-    )
-    connecting = endpoint.connect(factory)
 
-    def failed(failure):
-        factory.clientConnectionFailed(None, failure)
+    def attempt():
+        factory = ChannelClientFactory(
+            application_factory,
+            trust,
+            server_name=server_name,
+            identity=identity,
+            reactor=reactor,
+            observer=observer,
+            record_limits=record_limits,
+            handshake_timeout=handshake_timeout,
+            require_forward_secrecy=require_forward_secrecy,
+            tickets=tickets,
+            server_address=server_address,
+            idle_timeout=idle_timeout,
+        )
+        connecting = endpoint.connect(factory)
 
-    connecting.addErrback(failed)
-    return factory.handshake
+        def failed(failure):
+            factory.clientConnectionFailed(None, failure)
+
+        connecting.addErrback(failed)
+        return factory
+
+    first = attempt()
+
+    def retry(failure):
+        if first.offered_ticket and _stale_ticket(failure):
+            tickets.forget(*server_address)
+            if observer is not None and hasattr(observer, "stale_ticket"):
+                observer.stale_ticket()
+            return attempt().handshake
+        return failure
+
+    return first.handshake.addErrback(retry)

@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import sys
+from typing import ClassVar
 
 from twisted.application import service
 from twisted.internet import defer
@@ -21,7 +22,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from keyexchanged import ca, keys, rsa, trust
+from keyexchanged import ca, ephemeral, keys, rsa, tickets, trust
 from keyexchanged.applications import UnknownApplication, find_applications, get_application
 from keyexchanged.config import (
     SETTINGS,
@@ -33,7 +34,7 @@ from keyexchanged.config import (
 )
 from keyexchanged.handshake import ServerIdentity
 from keyexchanged.protocol import SecureChannelFactory
-from keyexchanged.workers import DecryptionPool, default_workers
+from keyexchanged.workers import InlineWork, WorkerPool, default_workers
 
 __all__ = ["KeyexchangeService", "Options", "load_or_create_key", "makeService"]
 
@@ -61,6 +62,14 @@ class Options(usage.Options):
     # are found once, when the plugin is loaded.
     applications = find_applications()
     all_settings = settings_with_applications(applications)
+    optFlags: ClassVar[list] = [
+        [
+            "no-forward-secrecy",
+            None,
+            "no ephemeral keys: KEY under the long-term key (the original exercise's "
+            "scheme; clients refuse it unless allowed)",
+        ]
+    ]
     optParameters = [
         [
             "config",
@@ -86,6 +95,8 @@ class Options(usage.Options):
         self.authorized_keys = None
         self.application = None
         self.wrapped_factory = None
+        #: The ticket keys from ``ticket-keys``, or None (random keys).
+        self.ticket_keys = None
 
     def opt_help_applications(self):
         """List the installed applications (for --application) and exit."""
@@ -103,6 +114,8 @@ class Options(usage.Options):
             self.settings = self._collect()
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
+        if self["no-forward-secrecy"]:
+            self.settings["forward-secrecy"] = False
         self.settings["message"] = self._message()
         try:
             self.application = get_application(self.settings["application"], self.applications)
@@ -125,6 +138,12 @@ class Options(usage.Options):
         except keys.KeyFileError as error:
             raise usage.UsageError(str(error)) from None
         self.identity = ServerIdentity(private_key, self._certificates(private_key))
+        path = self.settings["ticket-keys"]
+        if path is not None:
+            try:
+                self.ticket_keys = tickets.load_ticket_keys(path)
+            except tickets.TicketKeyFileError as error:
+                raise usage.UsageError(str(error)) from None
         path = self.settings["authorized-keys"]
         if path is not None:
             try:
@@ -219,9 +238,12 @@ class KeyexchangeService(service.Service):
 
     log = Logger()
 
-    def __init__(self, listen, factory, reactor, grace_period, handle_signals=False):
+    def __init__(self, listen, factory, reactor, grace_period, handle_signals=False, timers=()):
         self.listen = listen
         self.factory = factory
+        #: What runs on the reactor's clock while serving (key rotations):
+        #: objects with start() and stop().
+        self.timers = timers
         self.reactor = reactor
         self.grace_period = grace_period
         self.handle_signals = handle_signals
@@ -268,6 +290,8 @@ class KeyexchangeService(service.Service):
 
     def startService(self):
         super().startService()
+        for timer in self.timers:
+            timer.start()
         if self.handle_signals:
             # After the reactor's own handlers are in place, replace them.
             self.reactor.callWhenRunning(self._handle_signals)
@@ -327,8 +351,10 @@ class KeyexchangeService(service.Service):
             yield self.port.stopListening()
             self.port = None
         yield self.factory.shutdown(self.grace_period)
-        if self.factory.decryption is not None:
-            self.factory.decryption.close()
+        for timer in self.timers:
+            timer.stop()
+        if self.factory.work is not None:
+            self.factory.work.close()
 
 
 def makeService(options, reactor=None):
@@ -339,6 +365,48 @@ def makeService(options, reactor=None):
         wrapped = options.wrapped_factory
     else:
         wrapped = options.application.makeFactory(settings, reactor)
+    log = Logger(namespace=__name__)
+    workers = settings["workers"]
+    if workers == "auto":
+        workers = default_workers()
+    work = WorkerPool(workers, reactor) if workers else None
+    timers = []
+    ephemeral_keys = None
+    if settings["forward-secrecy"]:
+        ephemeral_keys = ephemeral.EphemeralKeys(
+            options.identity.private_key,
+            work or InlineWork(reactor),
+            reactor,
+            interval=settings["ephemeral-interval"],
+            bits=settings["ephemeral-bits"],
+            handshake_timeout=settings["handshake-timeout"],
+        )
+        # Before listening: every HELLO has a key to offer.
+        ephemeral_keys.prime()
+        timers.append(ephemeral_keys)
+        log.info(
+            "forward secrecy: a new {bits}-bit ephemeral key every {interval} s",
+            bits=settings["ephemeral-bits"],
+            interval=settings["ephemeral-interval"],
+        )
+    else:
+        log.warn(
+            "forward secrecy is OFF: every session's secret is encrypted to the "
+            "long-term key, and whoever steals it later can decrypt recorded sessions"
+        )
+    issuer = None
+    if settings["ticket-lifetime"]:
+        issuer = tickets.TicketIssuer(
+            options.ticket_keys or tickets.TicketKeys.random(),
+            lifetime=settings["ticket-lifetime"],
+            clock=reactor.seconds,
+        )
+        timers.append(tickets.TicketKeyRotation(issuer, reactor, path=settings["ticket-keys"]))
+        log.info(
+            "resumption: tickets valid {lifetime} s, keys {source}",
+            lifetime=settings["ticket-lifetime"],
+            source=settings["ticket-keys"] or "random, rotated every lifetime",
+        )
     factory = SecureChannelFactory(
         wrapped,
         options.identity,
@@ -349,13 +417,11 @@ def makeService(options, reactor=None):
         max_per_source=settings["max-per-source"],
         authorized_keys=options.authorized_keys,
         max_handshakes=settings["max-handshakes"],
+        work=work,
+        ephemeral_keys=ephemeral_keys,
+        tickets=issuer,
+        client_key_max_bits=settings["client-key-max-bits"],
     )
-    workers = settings["workers"]
-    if workers == "auto":
-        workers = default_workers()
-    if workers:
-        factory.decryption = DecryptionPool(options.identity.private_key, workers, reactor)
-    log = Logger(namespace=__name__)
     log.info(
         "private-key work: {where}",
         where=f"{workers} worker process(es)" if workers else "in the reactor",
@@ -375,5 +441,10 @@ def makeService(options, reactor=None):
             path=settings["authorized-keys"],
         )
     return KeyexchangeService(
-        settings["listen"], factory, reactor, settings["grace-period"], handle_signals=True
+        settings["listen"],
+        factory,
+        reactor,
+        settings["grace-period"],
+        handle_signals=True,
+        timers=timers,
     )

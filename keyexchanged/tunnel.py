@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from keyexchanged import protocol
 from keyexchanged.relay import Splice
+from keyexchanged.tickets import TicketStore
 
 __all__ = ["TunnelFactory"]
 
@@ -27,14 +28,34 @@ class TunnelFactory(Factory):
     """Accept local connections; carry each over a new KX/1 session.
 
     ``endpoint`` is a client endpoint to the KX/1 server, ``server_name``
-    the host name dialled (for the trust checks).
+    the host name dialled (for the trust checks), ``server_address`` the
+    host and port its tickets are kept under: every connection after the
+    first resumes from a small pool of tickets held in memory, with no RSA
+    on either side.
     """
 
     noisy = False
     log = Logger()
 
-    def __init__(self, reactor, endpoint, trust, server_name, identity=None, report=None):
+    def __init__(
+        self,
+        reactor,
+        endpoint,
+        trust,
+        server_name,
+        identity=None,
+        report=None,
+        server_address=None,
+        require_forward_secrecy=True,
+        idle_timeout=None,
+        tickets=None,
+    ):
         self.reactor = reactor
+        self.server_address = server_address or (server_name, 0)
+        self.require_forward_secrecy = require_forward_secrecy
+        self.idle_timeout = idle_timeout
+        #: Tickets for the server, each used once; every session brings one.
+        self.tickets = tickets if tickets is not None else TicketStore(per_server=8)
         #: Called with one line for each connection that failed (the
         #: command prints it; the Python API may leave it out).
         self.report = report
@@ -47,7 +68,8 @@ class TunnelFactory(Factory):
 
     def buildProtocol(self, address):
         peer = f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
-        splice = Splice(f"tunnel from {peer} to {self.server_name}", connect=self._connect)
+        name = f"tunnel from {peer} to {self.server_name}"
+        splice = Splice(name, connect=lambda end: self._connect(end, name))
         splice.on_done = lambda reason: self._done(splice, reason)
         self.splices.add(splice)
         return splice.first
@@ -57,17 +79,34 @@ class TunnelFactory(Factory):
         if reason is not None and self.report is not None:
             self.report(f"{splice.name}: {_why(reason)}")
 
-    def _connect(self, end):
+    def _connect(self, end, name=None):
         application = Factory.forProtocol(lambda: end)
         application.noisy = False
-        return protocol.connect(
+        connecting = protocol.connect(
             self.reactor,
             self.endpoint,
             self.trust,
             application,
             server_name=self.server_name,
             identity=self.identity,
+            require_forward_secrecy=self.require_forward_secrecy,
+            tickets=self.tickets,
+            server_address=self.server_address,
+            idle_timeout=self.idle_timeout,
         )
+
+        def established(application):
+            session = application.transport
+            self.log.info(
+                "session to {server}: {kind}",
+                server=self.server_name,
+                kind="resumed (no RSA)" if session.resumed else "full handshake",
+            )
+            if self.report is not None and name is not None:
+                self.report(f"{name}: {'resumed' if session.resumed else 'full handshake'}")
+            return application
+
+        return connecting.addCallback(established)
 
 
 def _why(reason):
@@ -79,7 +118,17 @@ def _why(reason):
     return str(value) or type(value).__name__
 
 
-def run_tunnel(reactor, listen, host, port, policy, identity=None, report=print):
+def run_tunnel(
+    reactor,
+    listen,
+    host,
+    port,
+    policy,
+    identity=None,
+    report=print,
+    require_forward_secrecy=True,
+    idle_timeout=None,
+):
     """Listen on ``listen`` (a strports description) until the reactor stops.
 
     Each accepted connection is carried to ``host:port`` over its own
@@ -89,7 +138,17 @@ def run_tunnel(reactor, listen, host, port, policy, identity=None, report=print)
     from twisted.internet import endpoints
 
     server = endpoints.HostnameEndpoint(reactor, host, port, timeout=30)
-    factory = TunnelFactory(reactor, server, policy, host, identity=identity, report=report)
+    factory = TunnelFactory(
+        reactor,
+        server,
+        policy,
+        host,
+        identity=identity,
+        report=report,
+        server_address=(host, port),
+        require_forward_secrecy=require_forward_secrecy,
+        idle_timeout=idle_timeout,
+    )
     listening = endpoints.serverFromString(reactor, listen).listen(factory)
 
     def ready(local):

@@ -20,6 +20,7 @@ from keyexchanged.protocol import (
     Truncated,
 )
 from keyexchanged.trust import PinnedKey
+from tests.rev2 import StaticEphemeralKeys
 from tests.test_handshake import IDENTITY
 from tests.test_workers import FakePool
 
@@ -33,8 +34,9 @@ class Server:
 
     def __init__(self, app_factory, pool=None, **options):
         self.clock = Clock()
+        options.setdefault("ephemeral_keys", StaticEphemeralKeys())
         self.factory = SecureChannelFactory(app_factory, IDENTITY, reactor=self.clock, **options)
-        self.factory.decryption = pool
+        self.factory.work = pool
         self.proto = self.factory.buildProtocol(address())
         self.transport = StringTransport(peerAddress=address())
         self.proto.makeConnection(self.transport)
@@ -141,12 +143,12 @@ class DecryptionFaultTests(unittest.TestCase):
 
     def test_a_pool_that_raises(self):
         class Broken:
-            def decrypt(self, ciphertext, label):
+            def decrypt(self, private_key, ciphertext, label):
                 raise OSError(24, "Too many open files")
 
         server = Server(MessageFactory(b"m"), pool=Broken())
         server.handshake()
-        self.assertEqual(server.factory.decrypting, 0)
+        self.assertEqual(server.factory.working, 0)
         # Implicit rejection: the client cannot open the first record.
         self.assertEqual([type(e) for e in server.events][-1], handshake.ProtocolFailed)
         self.assertEqual(server.events[-1].code, "bad-record")
@@ -186,7 +188,7 @@ class StalePoolTests(unittest.TestCase):
             def shutdown(self, wait, cancel_futures):
                 self.shut = True
 
-        pool = workers.DecryptionPool(None, 1, None)
+        pool = workers.WorkerPool(1, None)
         old, new = Executor(), Executor()
         pool._executor = old
         pool._broken(old, RuntimeError())

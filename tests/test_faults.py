@@ -34,6 +34,7 @@ from keyexchanged.handshake import (
     ServerKeyReceived,
 )
 from tests.daemon import Daemon, DaemonTestCase, run_client
+from tests.rev2 import EPHEMERAL
 from tests.test_handshake import IDENTITY, SERVER_KEY
 from tests.vectors import RAW
 
@@ -176,7 +177,10 @@ class SignalTests(DaemonCase):
         self.assertIn(signal.encode(), daemon.output)
         # The daemon read every byte the client sent, and the session ended
         # as a shutdown, not as an error or a cut.
-        self.assertIn(b"ended: shutdown; %d bytes in" % client.connection.bytes_sent, daemon.output)
+        self.assertIn(
+            b"ended: shutdown; full, forward secrecy; %d bytes in" % client.connection.bytes_sent,
+            daemon.output,
+        )
         self.assertNotIn(b"Traceback", daemon.output)
 
     def test_sigterm_lets_the_open_session_finish(self):
@@ -237,7 +241,7 @@ class VanishingServer(Protocol):
         self.how = how
 
     def connectionMade(self):
-        self.connection = ServerConnection(IDENTITY)
+        self.connection = ServerConnection(IDENTITY, ephemeral=EPHEMERAL)
         self.connection.start()
         self.transport.write(self.connection.data_to_send())
 
@@ -488,27 +492,57 @@ class BadSettingTests(DaemonCase):
             self.assertNotIn(b"listening on", daemon.output)
 
 
+class KeyOnly(Protocol):
+    """Reads HELLO, sends one KEY of its own making (and no first record),
+    and fires ``answered`` with what the daemon sent after HELLO once that
+    is at least one whole frame."""
+
+    def __init__(self, make_key):
+        self.make_key = make_key
+        self.connection = ClientConnection()
+        self.buffer = b""
+        self.hello_length = None
+        self.answered = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.buffer += data
+        if self.hello_length is None:
+            for event in self.connection.receive_data(data):
+                if isinstance(event, ServerKeyReceived):
+                    self.hello_length = len(self.buffer)
+                    self.transport.write(encode_frame("KEY", self.make_key(self.connection)))
+            return
+        after = self.buffer[self.hello_length :]
+        if b"\r\n" in after and not self.answered.called:
+            header = after[: after.index(b"\r\n")]
+            length = int(header.split(b" ")[1])
+            if len(after) >= len(header) + 2 + length:
+                self.answered.callback(after)
+                self.transport.loseConnection()
+
+
+def _genuine(connection):
+    ephemeral = connection.ephemeral.public_key
+    return ephemeral.encrypt_oaep(b"s" * 32, label=connection.hello_payload)
+
+
+def _at_n(connection):
+    n = connection.ephemeral.public_key.n
+    return n.to_bytes((n.bit_length() + 7) // 8, "big")
+
+
 class RawPeerTests(DaemonCase):
     """The real daemon answers a bad KEY value exactly as a good one."""
 
     @defer.inlineCallbacks
-    def test_key_at_or_above_n_gets_the_message_frames(self):
+    def test_key_at_or_above_n_gets_the_same_confirmation(self):
         self.write_config()
         yield self.start()
-        lengths = []
-        for key in (None, SERVER_KEY.n.to_bytes(IDENTITY.key_bytes, "big")):
-            client = SlowClient()
-            if key is not None:
-                client.accept = False
+        answers = []
+        for make_key in (_genuine, _at_n):
+            client = KeyOnly(make_key)
             yield self.connect(client)
-            yield client.hello
-            if key is not None:
-                client.transport.write(encode_frame("KEY", key))
-            yield client.closed if key is not None else client.ended
-            sent = client.connection.bytes_received
-            lengths.append(sent)
-            if key is None:
-                client.end()
-                yield client.closed
-        # HELLO carries a fresh nonce of fixed size: the byte counts match.
-        self.assertEqual(lengths[0], lengths[1])
+            answers.append((yield client.answered))
+        # The key confirmation either way: one empty MSG, the same length.
+        self.assertEqual([a[:8] for a in answers], [b"MSG 16\r\n"] * 2)
+        self.assertEqual([len(a) for a in answers], [24, 24])

@@ -11,7 +11,6 @@ from twisted.trial import unittest
 from keyexchanged import handshake, keys
 from keyexchanged.framing import MAX_PAYLOAD, encode_frame
 from keyexchanged.handshake import (
-    ClientAuthenticated,
     ClientConnection,
     DataReceived,
     EndReceived,
@@ -55,8 +54,15 @@ def vector_server(**options):
     return server
 
 
+def rev1_client(**options):
+    """A client that talks to a server without ephemeral keys (revision 1):
+    the vectors of kx1-handshake.json, and most tests here."""
+    options.setdefault("require_forward_secrecy", False)
+    return ClientConnection(**options)
+
+
 def vector_client(identity=None, **options):
-    return ClientConnection(
+    return rev1_client(
         identity=identity,
         random=replay(hexbytes("secret")),
         oaep_seed=hexbytes("oaep_seed"),
@@ -90,7 +96,10 @@ class VectorTests(unittest.TestCase):
         self.assertEqual(offer.certificates, [])
         self.assertEqual(client.data_to_send(), b"")  # nothing before trust
         client.accept_key()
-        self.assertEqual(frames(client.data_to_send()), [("KEY", hexbytes("key_payload"))])
+        sent = frames(client.data_to_send())
+        self.assertEqual(sent[0], ("KEY", hexbytes("key_payload")))
+        # Without a key of its own, its first record at once: an empty MSG.
+        self.assertEqual([(v, len(p)) for v, p in sent[1:]], [("MSG", 16)])
         self.assertEqual(client.transcript_hash, hexbytes("transcript_hash"))
 
     def test_key_schedule(self):
@@ -100,17 +109,41 @@ class VectorTests(unittest.TestCase):
         self.assertEqual(client_key, hexbytes("client_key"))
         self.assertEqual(server_key, hexbytes("server_key"))
 
-    def test_server_decrypts_key_and_sends_records(self):
+    def test_server_decrypts_key_and_confirms(self):
         server = vector_server()
         server.data_to_send()
         events = server.receive_data(encode_frame("KEY", hexbytes("key_payload")))
-        self.assertEqual(events, [HandshakeComplete(None)])
+        # Keys agreed: the confirmation (an empty MSG) goes out at once; the
+        # application waits for the client's first record.
+        self.assertEqual(events, [])
         self.assertEqual(server.transcript_hash, hexbytes("transcript_hash"))
+        confirmation = server.data_to_send()
+        self.assertEqual([(v, len(p)) for v, p in frames(confirmation)], [("MSG", 16)])
+        client = vector_client()
+        client.receive_data(hexbytes("hello_frame"))
+        client.accept_key()
+        _key, first = frames(client.data_to_send())
+        self.assertEqual(
+            client.receive_data(confirmation), [HandshakeComplete(IDENTITY.fingerprint)]
+        )
+        self.assertEqual(server.receive_data(encode_frame(*first)), [HandshakeComplete(None)])
+
+    def test_server_sends_records_after_its_confirmation(self):
+        server = vector_server()
+        server.data_to_send()
+        server.receive_data(encode_frame("KEY", hexbytes("key_payload")))
         server.send_data(hexbytes("server_message"))
         server.send_end()
+        client = vector_client()
+        client.receive_data(hexbytes("hello_frame"))
+        client.accept_key()
         self.assertEqual(
-            server.data_to_send(),
-            frame("MSG", "server_msg_seq0") + frame("END", "server_end_seq1"),
+            client.receive_data(server.data_to_send()),
+            [
+                HandshakeComplete(IDENTITY.fingerprint),
+                DataReceived(hexbytes("server_message")),
+                EndReceived(),
+            ],
         )
 
     def test_client_auth_record(self):
@@ -146,11 +179,11 @@ class VectorTests(unittest.TestCase):
             ],
         )
 
-    def test_optional_auth_is_reported(self):
+    def test_optional_auth_names_the_client_before_the_application_starts(self):
         server = vector_server()
         server.receive_data(encode_frame("KEY", hexbytes("key_payload")))
         events = server.receive_data(frame("AUTH", "client_auth_seq0"))
-        self.assertEqual(events, [ClientAuthenticated(RAW["client_fingerprint"])])
+        self.assertEqual(events, [HandshakeComplete(RAW["client_fingerprint"])])
 
     def test_client_opens_server_records(self):
         client = vector_client()
@@ -172,17 +205,14 @@ class VectorTests(unittest.TestCase):
         self.assertTrue(client.finished)
 
     def test_key_update_vector(self):
+        # The sealer's side of the vector is in test_records; here the
+        # server updates its key when its limit says so, and the client
+        # follows the vector's records across the update.
         server = vector_server(max_records=2)
-        server.receive_data(encode_frame("KEY", hexbytes("key_payload")))
         server.data_to_send()
+        server.receive_data(encode_frame("KEY", hexbytes("key_payload")))
         server.send_data(hexbytes("server_message"))
-        server.send_data(b"after update")
-        self.assertEqual(
-            server.data_to_send(),
-            frame("MSG", "server_msg_seq0")
-            + frame("UPDATE", "server_update_seq1")
-            + frame("MSG", "server_msg_after_update_seq0"),
-        )
+        self.assertEqual([v for v, _ in frames(server.data_to_send())], ["MSG", "UPDATE", "MSG"])
         client = vector_client()
         client.receive_data(hexbytes("hello_frame"))
         client.accept_key()
@@ -226,7 +256,9 @@ class VectorTests(unittest.TestCase):
                 events += client.receive_data(hello[i : i + size])
             self.assertIsInstance(events[-1], ServerKeyReceived, f"chunk size {size}")
             events += client.accept_key()
-            self.assertEqual(client.data_to_send(), encode_frame("KEY", hexbytes("key_payload")))
+            self.assertEqual(
+                frames(client.data_to_send())[0], ("KEY", hexbytes("key_payload")), size
+            )
             for i in range(0, len(tail), size):
                 events += client.receive_data(tail[i : i + size])
             self.assertEqual(
@@ -236,14 +268,31 @@ class VectorTests(unittest.TestCase):
             )
 
 
+def keyed(authorized=None, identity=None):
+    """A server that has the client's KEY and nothing else, and the client,
+    whose own first record was not delivered: the test seals one itself."""
+    server = ServerConnection(IDENTITY, authorized_keys=authorized)
+    server.start()
+    client = rev1_client(identity=identity)
+    client.receive_data(server.data_to_send())
+    client.accept_key()
+    key = frames(client.data_to_send())[0]
+    server.receive_data(encode_frame(*key))
+    server.data_to_send()
+    client._sealer.sequence = 0
+    return server, client
+
+
 def established(authorized=None, identity=None, **limits):
     """A server and a client that finished the handshake, in memory."""
     server = ServerConnection(IDENTITY, authorized_keys=authorized, **limits)
     server.start()
-    client = ClientConnection(identity=identity, **limits)
+    client = rev1_client(identity=identity, **limits)
     client.receive_data(server.data_to_send())
     client.accept_key()
     server_events = server.receive_data(client.data_to_send())
+    # The server's key confirmation is the client's first record to open.
+    client.receive_data(server.data_to_send())
     return server, client, server_events
 
 
@@ -275,12 +324,18 @@ class RoundTripTests(unittest.TestCase):
             sum(len(e.data) for e in events if isinstance(e, DataReceived)), 3 * 65536 + 1
         )
 
-    def test_confirm_sends_an_empty_record_once(self):
-        server, client, _ = established()
-        server.confirm()
-        server.confirm()
+    def test_confirmation_is_one_empty_record(self):
+        server = ServerConnection(IDENTITY)
+        server.start()
+        client = rev1_client()
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        key, first = frames(client.data_to_send())
+        server.receive_data(encode_frame(*key))
         sent = frames(server.data_to_send())
         self.assertEqual([(v, len(p)) for v, p in sent], [("MSG", 16)])
+        self.assertEqual(server.receive_data(encode_frame(*first)), [HandshakeComplete(None)])
+        self.assertEqual(server.data_to_send(), b"")  # no second confirmation
         self.assertEqual(
             client.receive_data(encode_frame(*sent[0])), [HandshakeComplete(IDENTITY.fingerprint)]
         )
@@ -300,20 +355,18 @@ class ImplicitRejectionTests(unittest.TestCase):
         server.start()
         hello = server.data_to_send()
         events = server.receive_data(encode_frame("KEY", ciphertext))
-        server.confirm()
         return hello, events, [(v, len(p)) for v, p in frames(server.data_to_send())]
 
     def test_bad_keys_look_like_good_ones(self):
         k = IDENTITY.key_bytes
         n = SERVER_KEY.n
-        good_client = ClientConnection()
+        good_client = rev1_client()
         server = ServerConnection(IDENTITY)
         server.start()
         good_client.receive_data(server.data_to_send())
         good_client.accept_key()
         good_key = frames(good_client.data_to_send())[0][1]
         good_events = server.receive_data(encode_frame("KEY", good_key))
-        server.confirm()
         good_out = [(v, len(p)) for v, p in frames(server.data_to_send())]
 
         wrong_label = IDENTITY.public_key.encrypt_oaep(b"s" * 32, label=b"another HELLO")
@@ -330,16 +383,16 @@ class ImplicitRejectionTests(unittest.TestCase):
             _, events, out = self.server_output_for(ciphertext)
             self.assertEqual(events, good_events)
             self.assertEqual(out, good_out)
+        self.assertEqual(good_out, [("MSG", 16)])
 
     def test_client_then_fails_to_open(self):
         server = ServerConnection(IDENTITY)
         server.start()
-        client = ClientConnection()
+        client = rev1_client()
         client.receive_data(server.data_to_send())
         client.accept_key()
         client.data_to_send()
         server.receive_data(encode_frame("KEY", b"\x01" * IDENTITY.key_bytes))
-        server.confirm()
         events = client.receive_data(server.data_to_send())
         self.assertEqual(events, [ProtocolFailed("bad-record", "MSG record failed to open")])
         error = frames(client.data_to_send())
@@ -412,10 +465,15 @@ class ServerRefusalTests(unittest.TestCase):
         self.assertFails(server, encode_frame("END", b"\x00" * 5), "bad-record")
 
     def test_auth_required(self):
-        server, client, events = established(authorized=set())
-        self.assertEqual(events, [])
-        client.send_data(b"hi")
-        self.assertFails(server, client.data_to_send(), "auth-required")
+        server = self.fresh(authorized_keys=set())
+        client = rev1_client()
+        client.receive_data(hello_with())
+        client.accept_key()
+        key, first = frames(client.data_to_send())
+        self.assertEqual(server.receive_data(encode_frame(*key)), [])
+        self.assertEqual(server.data_to_send(), b"")  # no confirmation before AUTH
+        # The client's empty first MSG is answered at once, not at a timeout.
+        self.assertFails(server, encode_frame(*first), "auth-required")
 
     def test_auth_unauthorized_key(self):
         stranger = {"SHA256:" + "A" * 43}
@@ -424,7 +482,7 @@ class ServerRefusalTests(unittest.TestCase):
         self.assertEqual(events[-1].detail, "client key is not authorized")
 
     def test_auth_bad_signature(self):
-        server, client, _ = established(authorized={RAW["client_fingerprint"]})
+        server, client = keyed(authorized={RAW["client_fingerprint"]})
         obj = json.loads(hexbytes("auth_plaintext"))  # signed over another th
         payload = client._sealer.seal("AUTH", json.dumps(obj).encode())
         event = self.assertFails(server, encode_frame("AUTH", payload), "auth-failed")
@@ -440,7 +498,7 @@ class ServerRefusalTests(unittest.TestCase):
             b'{"key": "AAAA", "signature": "AAAA"}',
             b"\xff\xfe",
         ]:
-            server, client, _ = established()
+            server, client = keyed()
             payload = client._sealer.seal("AUTH", plaintext)
             event = self.assertFails(server, encode_frame("AUTH", payload), "auth-failed")
             self.assertIn(event.detail, {"malformed AUTH", "AUTH is not a JSON object"})
@@ -489,7 +547,7 @@ def hello_with(**members):
 
 class ClientRefusalTests(unittest.TestCase):
     def assertFails(self, data, code, client=None):
-        client = client or ClientConnection()
+        client = client or rev1_client()
         events = client.receive_data(data)
         self.assertEqual([type(e) for e in events], [ProtocolFailed], events)
         self.assertEqual(events[0].code, code)
@@ -498,11 +556,11 @@ class ClientRefusalTests(unittest.TestCase):
         return events[0]
 
     def test_valid_hello(self):
-        events = ClientConnection().receive_data(hello_with())
+        events = rev1_client().receive_data(hello_with())
         self.assertIsInstance(events[0], ServerKeyReceived)
 
     def test_unknown_members_ignored(self):
-        events = ClientConnection().receive_data(hello_with(extra=[1, 2], more={"a": None}))
+        events = rev1_client().receive_data(hello_with(extra=[1, 2], more={"a": None}))
         self.assertIsInstance(events[0], ServerKeyReceived)
 
     def test_malformed_hellos(self):
@@ -549,19 +607,19 @@ class ClientRefusalTests(unittest.TestCase):
             self.assertFails(b"%s 16\r\n" % verb.encode(), "unexpected-frame")
 
     def test_frames_while_deciding_trust(self):
-        client = ClientConnection()
+        client = rev1_client()
         client.receive_data(hello_with())
         self.assertFails(b"MSG 16\r\n", "unexpected-frame", client)
 
     def test_second_hello(self):
-        client = ClientConnection()
+        client = rev1_client()
         client.receive_data(hello_with())
         client.accept_key()
         client.data_to_send()
         self.assertFails(hello_with(), "unexpected-frame", client)
 
     def test_reject_key_sends_error_and_no_key(self):
-        client = ClientConnection()
+        client = rev1_client()
         client.receive_data(hello_with())
         events = client.reject_key("fingerprint mismatch")
         self.assertEqual(events, [ProtocolFailed("untrusted-key", "fingerprint mismatch")])
@@ -569,7 +627,7 @@ class ClientRefusalTests(unittest.TestCase):
         self.assertRaises(RuntimeError, client.accept_key)
 
     def test_error_detail_is_bounded_and_printable(self):
-        client = ClientConnection()
+        client = rev1_client()
         client.fail("internal", "\x1b[31m" + "x" * 5000)
         error = frames(client.data_to_send())[0][1]
         self.assertLessEqual(len(error), MAX_PAYLOAD["ERROR"])

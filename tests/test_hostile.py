@@ -128,6 +128,8 @@ class Bystander:
             PinnedKey(IDENTITY.fingerprint),
             identity=CLIENT_KEY,  # accepted whether AUTH is required or not
             reactor=clock,
+            # The vector server of revision 1: no ephemeral key.
+            require_forward_secrecy=False,
         )
         self.client, self.server, self.pump = iosim.connectedServerAndClient(
             lambda: factory.buildProtocol(address(BYSTANDER_HOST, 5000)),
@@ -170,7 +172,7 @@ class Hostile:
         self.proto = setup.factory.buildProtocol(address(HOSTILE_HOST, port))
         self.proto.makeConnection(self.transport)
         self.hello = self.take()
-        self.client = ClientConnection(identity=identity)
+        self.client = ClientConnection(identity=identity, require_forward_secrecy=False)
 
     def take(self):
         value = self.transport.value()
@@ -180,6 +182,17 @@ class Hostile:
     def send(self, data):
         self.proto.dataReceived(data)
         self.setup.clock.advance(0)  # let coalesced application writes out
+
+    def key_only(self):
+        """Send the KEY alone, not the client's first record: the test
+        seals that itself (from sequence number 0).  Returns what the
+        server sent."""
+        events = self.client.receive_data(self.hello)
+        assert isinstance(events[0], ServerKeyReceived), events
+        self.client.accept_key()
+        self.send(encode_frame(*frames(self.client.data_to_send())[0]))
+        self.client._sealer.sequence = 0
+        return frames(self.take())
 
     def handshake(self):
         """An honest handshake; returns the server's frames after HELLO."""
@@ -228,7 +241,9 @@ class HostileTestCase(unittest.TestCase):
     def refuse(self, data, code, detail, setup=None, handshake=False, identity=None):
         setup = setup or Setup()
         hostile = Hostile(setup, identity=identity)
-        if handshake:
+        if handshake == "key":
+            hostile.key_only()
+        elif handshake:
             hostile.handshake()
         return self.assertRefused(setup, hostile, data, code, detail), hostile
 
@@ -310,7 +325,7 @@ class HeaderRefusalTests(HostileTestCase):
             "unexpected-frame",
             "KEY not expected in state await-auth",
             setup=setup,
-            handshake=True,
+            handshake="key",
         )
 
 
@@ -417,7 +432,10 @@ class RecordAfterEndTests(HostileTestCase):
         setup.factory.hostile_apps = MessageFactory(b"the message")
         hostile = Hostile(setup)
         sent = hostile.handshake()
-        self.assertEqual([verb for verb, _ in sent], ["MSG", "END"])
+        # The confirmation, then (the client's first record opened) the
+        # application's message and END.
+        self.assertEqual((sent[0][0], len(sent[0][1])), ("MSG", 16))
+        self.assertEqual([verb for verb, _ in sent], ["MSG", "MSG", "END"])
         hostile.send(hostile.sealed("END") + hostile.sealed("MSG", b"late"))
         self.assertEqual(hostile.take(), b"")  # no ERROR: the peer was done
         self.assertTrue(hostile.transport.disconnecting)
@@ -446,7 +464,7 @@ class UpdateAbuseTests(HostileTestCase):
             "auth-required",
             "this server requires AUTH first",
             setup=Setup(authorized_keys=AUTHORIZED),
-            handshake=True,
+            handshake="key",
         )
 
     def test_update_with_content(self):
@@ -520,7 +538,7 @@ class AuthGarbageTests(HostileTestCase):
     def auth(self, plaintext, code, detail, frame=None):
         setup = Setup(authorized_keys=AUTHORIZED)
         hostile = Hostile(setup)
-        self.assertEqual(hostile.handshake(), [])  # no record before AUTH
+        self.assertEqual(hostile.key_only(), [])  # no record before AUTH
         made = len(setup.apps.made)
         if frame is None:
             frame = hostile.sealed("AUTH", plaintext)
@@ -569,7 +587,7 @@ class AuthGarbageTests(HostileTestCase):
     def test_weak_client_key(self):
         weak = rsa.PublicKey(SERVER_KEY.n, 3)
         obj = {"key": _b64(keys.public_key_to_der(weak)), "signature": "AAAA"}
-        self.auth(json.dumps(obj).encode(), "auth-failed", "RSA public exponent out of range")
+        self.auth(json.dumps(obj).encode(), "auth-failed", "RSA public exponent is not 65537")
 
     def test_unauthorized_key(self):
         # A sound key and a valid signature, but not a key on the list.
@@ -598,6 +616,7 @@ class AuthGarbageTests(HostileTestCase):
         setup = Setup(authorized_keys=AUTHORIZED)
         hostile = Hostile(setup, identity=CLIENT_KEY)
         hostile.handshake()
+        hostile.take()
         again = hostile.sealed("AUTH", hostile.client.auth_plaintext())
         self.assertRefused(
             setup, hostile, again, "unexpected-frame", "AUTH must be the first client record"
@@ -646,14 +665,16 @@ class ImplicitRejectionTests(unittest.TestCase):
 
     def test_same_frames_lengths_and_work(self):
         def genuine(hello):
-            client = ClientConnection()
+            client = ClientConnection(require_forward_secrecy=False)
             client.receive_data(hello)
             client.accept_key()
             return frames(client.data_to_send())[0][1]
 
         n = SERVER_KEY.n
         expected = self.served(genuine)
-        self.assertEqual(expected, ([("MSG", 116), ("END", 16)], 1, False, True))
+        # The key confirmation alone: the application waits for the
+        # client's first record, which a forger cannot seal.
+        self.assertEqual(expected, ([("MSG", 16)], 1, False, False))
         for name, make_key in [
             (
                 "random below n",
@@ -678,7 +699,7 @@ class ImplicitRejectionTests(unittest.TestCase):
             transport = StringTransport(peerAddress=address(HOSTILE_HOST, attempt))
             proto = factory.buildProtocol(address(HOSTILE_HOST, attempt))
             proto.makeConnection(transport)
-            client = ClientConnection()
+            client = ClientConnection(require_forward_secrecy=False)
             client.receive_data(transport.value())
             transport.clear()
             client.accept_key()
@@ -690,7 +711,9 @@ class ImplicitRejectionTests(unittest.TestCase):
             self.fail("no ciphertext small enough in 200 tries")
         proto.dataReceived(encode_frame("KEY", (c + n).to_bytes(K, "big")))
         self.assertEqual(len(self.private_ops), 1)
-        self.assertTrue(proto.connection.handshake_done)  # as far as anyone can see
+        # As far as anyone can see, the keys were agreed: a confirmation.
+        self.assertEqual([(v, len(p)) for v, p in frames(transport.value())], [("MSG", 16)])
+        client.data_to_send()
         events = client.receive_data(transport.value())
         self.assertEqual(
             events, [handshake.ProtocolFailed("bad-record", "MSG record failed to open")]

@@ -30,6 +30,7 @@ from keyexchanged.trust import (
     parse_authorized_keys,
 )
 from tests import certs
+from tests.rev2 import StaticEphemeralKeys
 from tests.test_handshake import CLIENT_KEY, IDENTITY, SERVER_KEY, frames, vector_client
 from tests.test_keys import data, openssl_fingerprint
 from tests.test_protocol import Collector, Pair, address, client_writes
@@ -364,7 +365,10 @@ class ThroughTheChannelTests(unittest.TestCase):
         """A session whose server sends ``chain`` in HELLO; the client dials "example"."""
         identity = ServerIdentity(SERVER_KEY, chain)
         factory = SecureChannelFactory(
-            MessageFactory(hexbytes("server_message")), identity, Clock()
+            MessageFactory(hexbytes("server_message")),
+            identity,
+            Clock(),
+            ephemeral_keys=StaticEphemeralKeys(),
         )
         return Pair(trust=policy(), factory=factory, clock=factory.reactor)
 
@@ -411,7 +415,10 @@ class ExplainedRefusalTests(unittest.TestCase):
         clock = Clock()
         identity = ServerIdentity(SERVER_KEY, [certs.der(c) for c in chain])
         endpoint = InMemoryEndpoint(
-            SecureChannelFactory(MessageFactory(b"secret"), identity, clock), clock
+            SecureChannelFactory(
+                MessageFactory(b"secret"), identity, clock, ephemeral_keys=StaticEphemeralKeys()
+            ),
+            clock,
         )
         output, errors = io.BytesIO(), io.StringIO()
         done = client.run_connect(

@@ -16,6 +16,7 @@ from keyexchanged.applications import ForwardFactory
 from keyexchanged.protocol import SecureChannelFactory
 from keyexchanged.trust import PinnedKey
 from keyexchanged.tunnel import TunnelFactory
+from tests.rev2 import StaticEphemeralKeys
 from tests.test_handshake import IDENTITY
 
 
@@ -104,7 +105,9 @@ class Chain:
             testcase.addCleanup(target.stopListening)
             target_port = target.getHost().port
         chain.forward = ForwardFactory(f"tcp:127.0.0.1:{target_port}", reactor)
-        chain.server_factory = SecureChannelFactory(chain.forward, IDENTITY, reactor=reactor)
+        chain.server_factory = SecureChannelFactory(
+            chain.forward, IDENTITY, reactor=reactor, ephemeral_keys=StaticEphemeralKeys()
+        )
         server = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             chain.server_factory
         )

@@ -1,5 +1,6 @@
-"""Private-key work away from the reactor: the core's DecryptionNeeded step,
-the channel that waits for it, and the real worker processes."""
+"""Private-key work away from the reactor: the core's DecryptionNeeded and
+VerificationNeeded steps, the channel that waits for them, and the real
+worker processes."""
 
 import os
 import signal
@@ -8,6 +9,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from keyexchanged import rsa, schedule
 from keyexchanged.framing import encode_frame
 from keyexchanged.handshake import (
     DataReceived,
@@ -15,9 +17,10 @@ from keyexchanged.handshake import (
     HandshakeComplete,
     ProtocolFailed,
     ServerConnection,
+    VerificationNeeded,
 )
 from keyexchanged.protocol import HandshakeFailed
-from keyexchanged.workers import DecryptionPool, default_workers
+from keyexchanged.workers import WorkerPool, default_workers
 from tests.test_handshake import CLIENT_KEY, IDENTITY, SERVER_KEY, replay
 from tests.test_protocol import MESSAGE, Pair, server_factory
 from tests.vectors import RAW, hexbytes, record
@@ -29,7 +32,7 @@ def deferred_server(**options):
     server = ServerConnection(
         IDENTITY,
         random=replay(hexbytes("nonce"), b"\0" * 32),
-        defer_decryption=True,
+        defer_work=True,
         **options,
     )
     server.start()
@@ -38,12 +41,13 @@ def deferred_server(**options):
 
 
 class CoreTests(unittest.TestCase):
-    """ServerConnection(defer_decryption=True), without I/O."""
+    """ServerConnection(defer_work=True), without I/O."""
 
-    def test_vector_key_through_the_deferred_path(self):
+    def test_vector_key_and_auth_through_the_deferred_path(self):
         server = deferred_server(authorized_keys={RAW["client_fingerprint"]})
         (event,) = server.receive_data(KEY_FRAME)
         self.assertIsInstance(event, DecryptionNeeded)
+        self.assertIs(event.private_key, SERVER_KEY.__class__ and IDENTITY.private_key)
         self.assertEqual(event.label, hexbytes("hello_payload"))
         secret = SERVER_KEY.decrypt_oaep(event.ciphertext, label=event.label)
         self.assertEqual(secret, hexbytes("secret"))
@@ -55,7 +59,12 @@ class CoreTests(unittest.TestCase):
             ),
             [],
         )
-        events = server.key_decrypted(secret)
+        # The AUTH signature, on a key the client chose, is work for elsewhere too.
+        (event,) = server.key_decrypted(secret)
+        self.assertIsInstance(event, VerificationNeeded)
+        self.assertEqual(event.message, schedule.auth_message(hexbytes("transcript_hash")))
+        self.assertTrue(event.public_key.verify_pss(event.message, event.signature, salt_length=32))
+        events = server.auth_verified(True)
         self.assertEqual(
             events,
             [
@@ -65,6 +74,16 @@ class CoreTests(unittest.TestCase):
         )
         self.assertEqual(server.transcript_hash, hexbytes("transcript_hash"))
 
+    def test_a_failed_verification_is_auth_failed(self):
+        server = deferred_server()
+        server.receive_data(KEY_FRAME)
+        server.key_decrypted(hexbytes("secret"))
+        (event,) = server.receive_data(encode_frame("AUTH", record("client_auth_seq0")))
+        self.assertIsInstance(event, VerificationNeeded)
+        self.assertEqual(
+            server.auth_verified(False), [ProtocolFailed("auth-failed", "bad AUTH signature")]
+        )
+
     def test_failed_decoding_is_implicit_rejection(self):
         """``None`` from the worker: the same events and bytes as a good
         KEY, under keys the client cannot have."""
@@ -73,9 +92,7 @@ class CoreTests(unittest.TestCase):
         bad.receive_data(KEY_FRAME)
         good_events = good.key_decrypted(hexbytes("secret"))
         bad_events = bad.key_decrypted(None)
-        self.assertEqual([type(e) for e in good_events], [type(e) for e in bad_events])
-        good.confirm()
-        bad.confirm()
+        self.assertEqual(good_events, bad_events)
         sent_good, sent_bad = good.data_to_send(), bad.data_to_send()
         self.assertEqual(len(sent_good), len(sent_bad))
         self.assertNotEqual(sent_good, sent_bad)
@@ -94,8 +111,9 @@ class CoreTests(unittest.TestCase):
         server.receive_data(KEY_FRAME)
         server.receive_data(encode_frame("MSG", b"not a record"))
         events = server.key_decrypted(hexbytes("secret"))
-        self.assertEqual([type(e) for e in events], [HandshakeComplete, ProtocolFailed])
-        self.assertEqual(events[1].code, "bad-record")
+        # A record that does not open never starts the application.
+        self.assertEqual([type(e) for e in events], [ProtocolFailed])
+        self.assertEqual(events[0].code, "bad-record")
 
     def test_answer_after_failure_is_ignored(self):
         server = deferred_server()
@@ -105,23 +123,31 @@ class CoreTests(unittest.TestCase):
 
 
 class FakePool:
-    """Decryption whose answers the test gives, when it chooses."""
+    """Private-key work whose answers the test gives, when it chooses."""
 
     def __init__(self):
         self.requests = []
 
-    def decrypt(self, ciphertext, label):
+    def decrypt(self, private_key, ciphertext, label):
         d = defer.Deferred()
-        self.requests.append((ciphertext, label, d))
+        self.requests.append((private_key, ciphertext, label, d))
+        return d
+
+    def verify(self, public_key, signature, message, salt_length):
+        d = defer.Deferred()
+        self.requests.append((public_key, signature, message, d))
         return d
 
     def answer(self, index=0):
-        ciphertext, label, d = self.requests.pop(index)
-        try:
-            secret = SERVER_KEY.decrypt_oaep(ciphertext, label=label)
-        except Exception:
-            secret = None
-        d.callback(secret)
+        key, first, second, d = self.requests.pop(index)
+        if isinstance(key, rsa.PrivateKey):
+            try:
+                result = key.decrypt_oaep(first, label=second)
+            except Exception:
+                result = None
+        else:
+            result = key.verify_pss(second, first, salt_length=32)
+        d.callback(result)
 
 
 class ChannelTests(unittest.TestCase):
@@ -129,7 +155,7 @@ class ChannelTests(unittest.TestCase):
 
     def pair(self, pool, clock, **options):
         factory = server_factory(clock=clock, **options)
-        factory.decryption = pool
+        factory.work = pool
         return Pair(clock=clock, factory=factory, identity=CLIENT_KEY)
 
     def test_session_completes_after_the_answer(self):
@@ -137,12 +163,17 @@ class ChannelTests(unittest.TestCase):
         pair = self.pair(pool, clock)
         pair.flush()
         self.assertEqual(len(pool.requests), 1)
-        self.assertEqual(pair.server_factory.decrypting, 1)
+        self.assertEqual(pair.server_factory.working, 1)
         self.assertNoResult(pair.handshake)
+        pool.answer()  # the KEY
+        pair.flush()
+        # The optional AUTH: checked in the pool as well, counted the same.
+        self.assertEqual(len(pool.requests), 1)
+        self.assertEqual(pair.server_factory.working, 1)
         pool.answer()
         pair.flush()
         self.assertEqual(pair.application.data, MESSAGE)
-        self.assertEqual(pair.server_factory.decrypting, 0)
+        self.assertEqual(pair.server_factory.working, 0)
         self.assertEqual(pair.server_factory.connections, set())
 
     def test_beyond_max_handshakes_is_busy_and_others_go_on(self):
@@ -154,6 +185,8 @@ class ChannelTests(unittest.TestCase):
         failure = self.failureResultOf(second.handshake)
         self.assertEqual(failure.value.reason.value.code, "busy")
         self.assertIn("too many handshakes", failure.value.reason.value.detail)
+        pool.answer()  # the first one's KEY, then its AUTH
+        first.flush()
         pool.answer()
         first.flush()
         self.assertEqual(first.application.data, MESSAGE)
@@ -167,7 +200,7 @@ class ChannelTests(unittest.TestCase):
         failure = self.failureResultOf(pair.handshake)
         self.assertEqual(failure.value.reason.value.code, "timeout")
         pool.answer()  # late: ignored, counted back
-        self.assertEqual(pair.server_factory.decrypting, 0)
+        self.assertEqual(pair.server_factory.working, 0)
 
     def test_connection_lost_while_decrypting(self):
         pool, clock = FakePool(), Clock()
@@ -178,13 +211,13 @@ class ChannelTests(unittest.TestCase):
         self.assertEqual(pair.server_factory.connections, set())
         self.failureResultOf(pair.handshake, HandshakeFailed)
         pool.answer()
-        self.assertEqual(pair.server_factory.decrypting, 0)
+        self.assertEqual(pair.server_factory.working, 0)
 
     def test_pool_failure_is_implicit_rejection(self):
         pool, clock = FakePool(), Clock()
         pair = self.pair(pool, clock)
         pair.flush()
-        pool.requests.pop()[2].errback(RuntimeError("worker died"))
+        pool.requests.pop()[3].errback(RuntimeError("worker died"))
         pair.flush()
         # The client cannot open the server's first record: bad-record, no data.
         failure = self.failureResultOf(pair.handshake)
@@ -200,42 +233,69 @@ class PoolTests(unittest.TestCase):
     def setUp(self):
         from twisted.internet import reactor
 
-        self.pool = DecryptionPool(SERVER_KEY, 1, reactor)
+        self.pool = WorkerPool(1, reactor)
         self.addCleanup(self.pool.close)
+
+    def decrypt(self, ciphertext, label):
+        return self.pool.decrypt(SERVER_KEY, ciphertext, label)
 
     @defer.inlineCallbacks
     def test_decrypts_in_a_worker(self):
-        secret = yield self.pool.decrypt(hexbytes("key_payload"), hexbytes("hello_payload"))
+        secret = yield self.decrypt(hexbytes("key_payload"), hexbytes("hello_payload"))
         self.assertEqual(secret, hexbytes("secret"))
         self.assertEqual(self.pool.pending, 0)
 
     @defer.inlineCallbacks
     def test_failure_is_none(self):
         label = hexbytes("hello_payload")
-        wrong_label = yield self.pool.decrypt(hexbytes("key_payload"), label + b"x")
+        wrong_label = yield self.decrypt(hexbytes("key_payload"), label + b"x")
         self.assertIsNone(wrong_label)
-        noise = yield self.pool.decrypt(b"\1" * 256, label)
+        noise = yield self.decrypt(b"\1" * 256, label)
         self.assertIsNone(noise)
 
     @defer.inlineCallbacks
     def test_many_at_once(self):
         label = hexbytes("hello_payload")
         answers = yield defer.gatherResults(
-            [self.pool.decrypt(hexbytes("key_payload"), label) for _ in range(8)]
+            [self.decrypt(hexbytes("key_payload"), label) for _ in range(8)]
         )
         self.assertEqual(answers, [hexbytes("secret")] * 8)
 
     @defer.inlineCallbacks
+    def test_verifies_generates_and_signs_in_a_worker(self):
+        message = b"kx/1 test message"
+        signature = yield self.pool.sign(SERVER_KEY, message, 32)
+        self.assertTrue(SERVER_KEY.public_key().verify_pss(message, signature, salt_length=32))
+        ok = yield self.pool.verify(SERVER_KEY.public_key(), signature, message, 32)
+        self.assertIs(ok, True)
+        bad = yield self.pool.verify(SERVER_KEY.public_key(), signature, message + b"!", 32)
+        self.assertIs(bad, False)
+        numbers = yield self.pool.generate(2048)
+        key = rsa.PrivateKey(*numbers)
+        self.assertEqual(key.n.bit_length(), 2048)
+        key.validate()
+
+    @defer.inlineCallbacks
+    def test_workers_keep_no_key(self):
+        """Every request carries its key: a worker holds none between
+        requests, so a dropped ephemeral key is in no process at all."""
+        from keyexchanged import workers
+
+        yield self.decrypt(hexbytes("key_payload"), hexbytes("hello_payload"))
+        held = yield self.pool._submit(None, _module_keys, workers.__name__)
+        self.assertEqual(held, [])
+
+    @defer.inlineCallbacks
     def test_a_dead_worker_is_replaced(self):
         label = hexbytes("hello_payload")
-        yield self.pool.decrypt(hexbytes("key_payload"), label)
+        yield self.decrypt(hexbytes("key_payload"), label)
         (pid,) = list(self.pool._executor._processes)
         os.kill(pid, signal.SIGKILL)
         # The pool notices the death on its next use (or already has): that
         # decryption fails closed (None: implicit rejection), and is logged.
         answers = []
         for _ in range(2):
-            answers.append((yield self.pool.decrypt(hexbytes("key_payload"), label)))
+            answers.append((yield self.decrypt(hexbytes("key_payload"), label)))
         self.assertIn(answers[0], (None, hexbytes("secret")))
         self.assertEqual(answers[-1], hexbytes("secret"))
         self.assertNotIn(pid, self.pool._executor._processes)
@@ -243,3 +303,11 @@ class PoolTests(unittest.TestCase):
 
     def test_default_workers(self):
         self.assertGreaterEqual(default_workers(), 1)
+
+
+def _module_keys(name):
+    """In a worker: the RSA keys its workers module holds at module level."""
+    import sys
+
+    module = sys.modules[name]
+    return [n for n, v in vars(module).items() if isinstance(v, (rsa.PrivateKey, rsa.PublicKey))]

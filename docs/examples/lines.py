@@ -16,6 +16,7 @@ from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 
 from keyexchanged import rsa
+from keyexchanged.ephemeral import EphemeralKeys
 from keyexchanged.handshake import ServerIdentity
 from keyexchanged.protocol import SecureChannelFactory, connect
 from keyexchanged.trust import PinnedKey
@@ -61,7 +62,13 @@ class Talk(LineReceiver):
 def conversation(reactor, lines=("hello", "over kx/1", "bye"), output=print):
     key = rsa.generate_private_key(2048)
     identity = ServerIdentity(key)
-    server = SecureChannelFactory(Factory.forProtocol(Upper), identity, reactor=reactor)
+    # Forward secrecy: a short-lived key, signed by ours, offered in every
+    # HELLO and replaced every minute (clients require it by default).
+    ephemeral_keys = EphemeralKeys(key, reactor=reactor, bits=2048)
+    ephemeral_keys.start()
+    server = SecureChannelFactory(
+        Factory.forProtocol(Upper), identity, reactor=reactor, ephemeral_keys=ephemeral_keys
+    )
     port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(server)
     try:
         talk = Talk(lines, output)
@@ -76,6 +83,7 @@ def conversation(reactor, lines=("hello", "over kx/1", "bye"), output=print):
         ended = yield talk.finished
         output(f"session ended: {type(ended).__name__}")
     finally:
+        ephemeral_keys.stop()
         yield port.stopListening()
 
 

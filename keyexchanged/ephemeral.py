@@ -1,0 +1,254 @@
+"""Forward secrecy: the server's short-lived RSA keys (docs/spec/kx1.rst §10).
+
+Without them the secret of every session is encrypted to the long-term key,
+and whoever steals that key later decrypts every recording.  With them, a
+KEY is encrypted to a key that exists only in this process's memory, signed
+by the long-term key, replaced every *interval* and dropped soon after.
+
+:class:`EphemeralKey` is one such key with its signature and the HELLO
+member that offers it; :class:`EphemeralKeys` makes them off the reactor,
+rotates them on the reactor's clock and drops a retired key as soon as no
+connection that was offered it still waits for its KEY, and at the latest
+one handshake timeout after it retired.  The forward-secrecy window is
+therefore at most interval + handshake timeout.
+"""
+
+import base64
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from keyexchanged import keys, schedule
+
+__all__ = ["EphemeralKey", "EphemeralKeys", "sign_ephemeral"]
+
+DEFAULT_INTERVAL = 60
+MIN_INTERVAL = 10
+MAX_INTERVAL = 86400
+DEFAULT_BITS = 3072
+MIN_BITS = 2048
+#: How much later than "made + interval + handshake timeout" a key's
+#: signature runs out: room for clocks that disagree a little.
+EXPIRY_SLACK = 60
+#: A server never signs an ``expires`` further ahead than this.
+MAX_SIGNED_AHEAD = 86400
+
+
+def sign_ephemeral(long_term, ephemeral_der, expires, salt=None):
+    """The long-term key's PSS signature over an ephemeral key (§10.1)."""
+    message = schedule.ephemeral_message(keys.public_key_to_der(long_term), expires, ephemeral_der)
+    options = {} if salt is None else {"salt": salt}
+    return long_term.sign_pss(message, salt_length=schedule.PSS_SALT_LENGTH, **options)
+
+
+class EphemeralKey:
+    """One ephemeral key pair and what HELLO says of it.
+
+    ``waiting`` counts the connections that were offered this key and have
+    not yet sent their KEY; once the key is retired and nobody waits, its
+    private half is dropped (``private_key`` becomes ``None``).
+    """
+
+    def __init__(self, private_key, expires, signature):
+        self.private_key = private_key
+        self.public_key = private_key.public_key()
+        self.der = keys.public_key_to_der(self.public_key)
+        self.fingerprint = keys.fingerprint(self.der)
+        self.key_bytes = (self.public_key.n.bit_length() + 7) // 8
+        self.bits = self.public_key.n.bit_length()
+        self.expires = expires
+        self.signature = signature
+        self.member = {
+            "key": base64.b64encode(self.der).decode("ascii"),
+            "expires": expires,
+            "signature": base64.b64encode(signature).decode("ascii"),
+        }
+        self.waiting = 0
+        self.retired = False
+        self._on_released = None
+
+    def acquire(self):
+        """A connection was offered this key."""
+        self.waiting += 1
+
+    def release(self):
+        """A connection offered this key no longer needs it (its KEY was
+        decrypted, it resumed instead, or it ended)."""
+        self.waiting -= 1
+        if self.waiting <= 0 and self.retired and self._on_released is not None:
+            self._on_released(self)
+
+    def destroy(self):
+        """Let go of the private half: nothing here can decrypt any more."""
+        self.private_key = None
+
+
+class EphemeralKeys:
+    """Make, sign, offer, rotate and destroy ephemeral keys.
+
+    ``work`` generates keys and signs off the reactor (a
+    :class:`~keyexchanged.workers.WorkerPool` or
+    :class:`~keyexchanged.workers.InlineWork`); ``long_term`` is the
+    long-term private key, which signs once per ephemeral key and does
+    nothing else while forward secrecy is on.
+    """
+
+    log = Logger()
+
+    #: Seconds before a failed rotation is tried again.
+    RETRY_DELAY = 5.0
+
+    def __init__(
+        self,
+        long_term,
+        work=None,
+        reactor=None,
+        interval=DEFAULT_INTERVAL,
+        bits=DEFAULT_BITS,
+        handshake_timeout=10.0,
+        clock=None,
+    ):
+        if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
+            raise ValueError(f"ephemeral interval must be {MIN_INTERVAL} to {MAX_INTERVAL} seconds")
+        if bits < MIN_BITS:
+            raise ValueError(f"ephemeral keys have at least {MIN_BITS} bits")
+        if reactor is None:
+            from twisted.internet import reactor
+        if work is None:
+            from keyexchanged.workers import InlineWork
+
+            work = InlineWork(reactor)
+        self.long_term = long_term
+        self._long_term_der = keys.public_key_to_der(long_term)
+        self.work = work
+        self.reactor = reactor
+        self.interval = interval
+        self.bits = bits
+        self.handshake_timeout = handshake_timeout
+        #: Wall-clock seconds for ``expires`` (the reactor's clock in tests).
+        self._clock = clock if clock is not None else reactor.seconds
+        self.current = None
+        #: Retired keys that a connection may still need, with the call that
+        #: drops them at the latest.
+        self.retired = {}
+        self.rotations = 0
+        self.failures = 0
+        self._call = None
+        self._stopped = False
+
+    def prime(self):
+        """Make the first key here and now, before the daemon listens (a
+        fraction of a second with gmpy2): there is always a key to offer."""
+        from keyexchanged.rsa import generate_private_key
+
+        private_key = generate_private_key(self.bits)
+        expires = self._expires()
+        message = self._message(private_key, expires)
+        signature = self.long_term.sign_pss(message, salt_length=schedule.PSS_SALT_LENGTH)
+        self.current = EphemeralKey(private_key, expires, signature)
+        self.rotations += 1
+        self._log_new(self.current)
+
+    def start(self):
+        """Rotate every ``interval`` from now on (after :meth:`prime`)."""
+        if self.current is None:
+            self.prime()
+        self._stopped = False
+        if self._call is None:
+            self._call = self.reactor.callLater(self.interval, self._rotate)
+
+    def stop(self):
+        self._stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        for key, call in list(self.retired.items()):
+            if call.active():
+                call.cancel()
+            key.destroy()
+        self.retired.clear()
+        if self.current is not None:
+            self.current.destroy()
+            self.current = None
+
+    def held(self):
+        """Every ephemeral key whose private half this process still holds."""
+        found = [k for k in self.retired if k.private_key is not None]
+        if self.current is not None and self.current.private_key is not None:
+            found.append(self.current)
+        return found
+
+    def _expires(self):
+        made = int(self._clock())
+        expires = made + self.interval + int(self.handshake_timeout) + EXPIRY_SLACK
+        return min(expires, made + MAX_SIGNED_AHEAD)
+
+    def _message(self, private_key, expires):
+        return schedule.ephemeral_message(
+            self._long_term_der, expires, keys.public_key_to_der(private_key.public_key())
+        )
+
+    @defer.inlineCallbacks
+    def _make(self):
+        from keyexchanged.rsa import PrivateKey
+
+        numbers = yield self.work.generate(self.bits)
+        private_key = PrivateKey(*numbers)
+        expires = self._expires()
+        signature = yield self.work.sign(
+            self.long_term, self._message(private_key, expires), schedule.PSS_SALT_LENGTH
+        )
+        return EphemeralKey(private_key, expires, signature)
+
+    @defer.inlineCallbacks
+    def _rotate(self):
+        """Replace the current key; a failure keeps it in service and retries."""
+        self._call = None
+        try:
+            new = yield self._make()
+        except Exception as error:
+            self.failures += 1
+            self.log.error(
+                "ephemeral key rotation failed ({error}); keeping the current key, "
+                "retrying in {delay:g} s",
+                error=type(error).__name__,
+                delay=self.RETRY_DELAY,
+            )
+            if not self._stopped:
+                self._call = self.reactor.callLater(self.RETRY_DELAY, self._rotate)
+            return
+        if self._stopped:
+            new.destroy()
+            return
+        old, self.current = self.current, new
+        self.rotations += 1
+        if old is not None:
+            self._retire(old)
+        self._log_new(new)
+        self._call = self.reactor.callLater(self.interval, self._rotate)
+
+    def _log_new(self, key):
+        self.log.info(
+            "new ephemeral key {fingerprint} ({bits} bits), signed until {expires}",
+            fingerprint=key.fingerprint,
+            bits=key.bits,
+            expires=key.expires,
+        )
+
+    def _retire(self, key):
+        key.retired = True
+        if key.waiting <= 0:
+            key.destroy()
+            return
+        # Every connection offered it has sent KEY or timed out within one
+        # handshake timeout; keep it no longer than that.
+        call = self.reactor.callLater(self.handshake_timeout, self._drop, key)
+        self.retired[key] = call
+        key._on_released = self._drop
+
+    def _drop(self, key):
+        call = self.retired.pop(key, None)
+        if call is not None and call.active():
+            call.cancel()
+        key._on_released = None
+        key.destroy()

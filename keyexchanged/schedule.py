@@ -1,0 +1,72 @@
+"""The KX/1 key schedule and the byte strings that are signed.
+
+Everything here is a pure function of its arguments (docs/spec/kx1.rst §4,
+§8, §10.1, §11.1): the state machines in handshake.py call it, and the
+tests check it against the published vectors.  The labels are ASCII with no
+terminator; HELLO, KEY and RESUME payloads are the bytes on the wire.
+"""
+
+import hashlib
+import struct
+
+from Crypto.Hash import SHA256
+from Crypto.Protocol.KDF import HKDF
+
+__all__ = [
+    "auth_message",
+    "derive_keys",
+    "ephemeral_message",
+    "resumption_secret",
+    "transcript_hash",
+]
+
+KEYS_INFO = b"kx/1 keys"
+RESUMED_KEYS_INFO = b"kx/1 resumed keys"
+RESUMPTION_INFO = b"kx/1 resumption"
+AUTH_CONTEXT = b"kx/1 client auth"
+EPHEMERAL_CONTEXT = b"kx/1 ephemeral key\x00"
+
+#: PSS salt length of AUTH and ephemeral-key signatures, fixed by the protocol.
+PSS_SALT_LENGTH = 32
+
+
+def transcript_hash(hello_payload, key_payload):
+    """``th``: SHA-256 of the HELLO payload and the KEY (or RESUME) payload."""
+    return hashlib.sha256(hello_payload + key_payload).digest()
+
+
+def derive_keys(ikm, nonce, th, resumed=False):
+    """Return ``(client_key, server_key)``.
+
+    ``ikm`` is the KEY's secret, or for a resumed session the resumption
+    secret its ticket carried; the label keeps the two kinds of session
+    from ever sharing keys.
+    """
+    info = (RESUMED_KEYS_INFO if resumed else KEYS_INFO) + th
+    okm = HKDF(ikm, 64, nonce, SHA256, context=info)
+    return okm[:32], okm[32:]
+
+
+def resumption_secret(ikm, nonce, th):
+    """The secret a ticket for this session lets the server recover."""
+    return HKDF(ikm, 32, nonce, SHA256, context=RESUMPTION_INFO + th)
+
+
+def auth_message(th):
+    """What a client signs in AUTH: its proof is bound to this transcript."""
+    return AUTH_CONTEXT + th
+
+
+def ephemeral_message(long_term_der, expires, ephemeral_der):
+    """What the long-term key signs to vouch for an ephemeral key.
+
+    The long-term key's hash ties the signature to the key it is checked
+    under; ``expires`` is a big-endian uint64, so no two spellings of one
+    time exist.
+    """
+    return (
+        EPHEMERAL_CONTEXT
+        + hashlib.sha256(long_term_der).digest()
+        + struct.pack(">Q", expires)
+        + ephemeral_der
+    )
