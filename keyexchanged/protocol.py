@@ -521,7 +521,9 @@ class ServerChannelProtocol(ChannelProtocol):
             return
         self._reason = Failure(IdleTimeout("idle session closed"))
         self._outcome = "idle-timeout"
-        if self.connection.can_send:
+        # An application still producing has more to send: no END, which
+        # would pass what went out for the whole; the close is a truncation.
+        if self.connection.can_send and not self._application_producing():
             self.flush()
             self.connection.send_end()
             self._write_out()
@@ -531,9 +533,17 @@ class ServerChannelProtocol(ChannelProtocol):
         """The daemon is stopping: finish cleanly if we can."""
         if self.connection.handshake_done:
             self._outcome = "shutdown"
-            self.close_write()
+            if not self._application_producing():
+                self.close_write()
+            # else it sends END itself when done, within the grace period.
         else:
             self._handle_events(self.connection.fail(BUSY, "server is shutting down"))
+
+    def _application_producing(self):
+        """The application is the registered producer of this session (the
+        message application, a record at a time): it has more to send."""
+        producer = getattr(self.transport, "producer", None)
+        return producer is not None and producer is self.application
 
     def _cancel_handshake_timer(self):
         if self._handshake_timer is not None and self._handshake_timer.active():
