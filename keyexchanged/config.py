@@ -66,6 +66,13 @@ def _workers(text):
     return value
 
 
+def _ipv6_prefix(text):
+    value = int(text)
+    if not 1 <= value <= 128:
+        raise ValueError("must be a prefix length from 1 to 128")
+    return value
+
+
 def _key_bits(text):
     value = int(text)
     if not (2048 <= value <= 8192 and value % 8 == 0):
@@ -167,7 +174,15 @@ SETTINGS = [
         "max-per-source",
         32,
         _positive_int,
-        "concurrent connections from one source address, beyond: ERROR busy",
+        "concurrent connections from one source, beyond: ERROR busy "
+        "(an IPv4 address, or an IPv6 network: see --ipv6-source-prefix)",
+    ),
+    Setting(
+        "ipv6-source-prefix",
+        64,
+        _ipv6_prefix,
+        "IPv6 clients count as one source per network of this many bits, for "
+        "--max-per-source (1 to 128; IPv4 and IPv4-mapped clients: per address)",
     ),
     Setting(
         "grace-period", 10.0, _grace, "seconds open sessions get to finish on SIGTERM or SIGINT"
@@ -224,6 +239,7 @@ def coerce(setting, raw, where):
                 _grace: "a number of seconds, 0 or more",
                 _key_bits: "from 2048 to 8192 in steps of 8",
                 _workers: "auto, or a whole number of at least 0",
+                _ipv6_prefix: "a prefix length from 1 to 128",
             }.get(setting.coerce, "valid")
         raise ConfigError(f"{where}: {setting.name} = {raw.strip()!r}: {reason}") from None
 

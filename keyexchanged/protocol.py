@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from keyexchanged import handshake
+from keyexchanged.admission import DEFAULT_IPV6_PREFIX, source_key
 from keyexchanged.framing import (
     BUSY,
     HEADER_MAX,
@@ -649,6 +650,7 @@ class SecureChannelFactory(Factory):
         record_limits=None,
         decryption=None,
         max_handshakes=64,
+        ipv6_source_prefix=DEFAULT_IPV6_PREFIX,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -667,6 +669,7 @@ class SecureChannelFactory(Factory):
         self.idle_sessions = IdleSessions(reactor, idle_timeout)
         self.max_connections = max_connections
         self.max_per_source = max_per_source
+        self.ipv6_source_prefix = ipv6_source_prefix
         self.authorized_keys = authorized_keys
         self.record_limits = record_limits or {}
         self.connections = set()
@@ -683,7 +686,7 @@ class SecureChannelFactory(Factory):
         self.wrapped_factory.doStop()
 
     def buildProtocol(self, addr):
-        source = getattr(addr, "host", None)
+        source = source_key(getattr(addr, "host", None), self.ipv6_source_prefix)
         if self.shutting_down:
             return BusyProtocol("server is shutting down")
         if len(self.connections) >= self.max_connections:

@@ -347,6 +347,7 @@ def makeService(options, reactor=None):
         idle_timeout=settings["idle-timeout"],
         max_connections=settings["max-connections"],
         max_per_source=settings["max-per-source"],
+        ipv6_source_prefix=settings["ipv6-source-prefix"],
         authorized_keys=options.authorized_keys,
         max_handshakes=settings["max-handshakes"],
     )

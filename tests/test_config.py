@@ -74,6 +74,9 @@ class ReadConfigTests(unittest.TestCase):
             ("workers = -1", "auto, or a whole number of at least 0"),
             ("workers = many", "auto, or a whole number of at least 0"),
             ("application = Echo!", "application name"),
+            ("ipv6-source-prefix = 0", "must be a prefix length from 1 to 128"),
+            ("ipv6-source-prefix = 129", "must be a prefix length from 1 to 128"),
+            ("ipv6-source-prefix = x", "must be a prefix length from 1 to 128"),
         ]
         for line, reason in cases:
             message = self.assertRefused(
