@@ -31,11 +31,23 @@ from keyexchanged.config import (
     find_config,
     read_config,
 )
+from keyexchanged.framing import MAX_PAYLOAD
 from keyexchanged.handshake import ServerIdentity
 from keyexchanged.protocol import SecureChannelFactory
 from keyexchanged.workers import DecryptionPool, default_workers
 
 __all__ = ["KeyexchangeService", "Options", "load_or_create_key", "makeService"]
+
+
+#: Bytes of KX/1's HELLO limit (64 KiB, framing.py) kept free for members a
+#: later revision adds to HELLO: an ``ephemeral`` key for forward secrecy is
+#: planned, and as RSA-8192 with its signature it is about 2.8 KiB in the
+#: JSON.  A certificate chain that fits only without this room would break
+#: every connection on the day the member comes, so it is refused now.
+HELLO_RESERVE = 4096
+
+#: The largest HELLO the daemon agrees to send.
+HELLO_LIMIT = MAX_PAYLOAD["HELLO"] - HELLO_RESERVE
 
 
 def settings_with_applications(applications):
@@ -125,6 +137,7 @@ class Options(usage.Options):
         except keys.KeyFileError as error:
             raise usage.UsageError(str(error)) from None
         self.identity = ServerIdentity(private_key, self._certificates(private_key))
+        self._check_hello_size()
         path = self.settings["authorized-keys"]
         if path is not None:
             try:
@@ -142,6 +155,21 @@ class Options(usage.Options):
         except ca.CertificateFileError as error:
             raise usage.UsageError(str(error)) from None
         return chain
+
+    def _check_hello_size(self):
+        """Refuse a HELLO that clients would refuse (a long chain, say):
+        accepted, it would break every connection instead of the start."""
+        # The nonce is 32 bytes on every connection; its value does not
+        # change the size.
+        size = len(self.identity.hello_payload(b"\0" * 32))
+        if size > HELLO_LIMIT:
+            where = self.settings["certificate"] or self.settings["private-key"]
+            raise usage.UsageError(
+                f"{where}: HELLO would be {size} bytes, over the limit of {HELLO_LIMIT} "
+                f"(KX/1 allows {MAX_PAYLOAD['HELLO']}, less {HELLO_RESERVE} kept for the "
+                "planned ephemeral key): send fewer certificates (clients hold the root "
+                "already)"
+            )
 
     def _collect(self):
         values = {setting.name: setting.default for setting in self.all_settings}
