@@ -134,8 +134,21 @@ SETTINGS = [
         path=True,
     ),
     Setting("key-bits", 3072, _key_bits, "size of a key generated on first start"),
-    Setting("message", DEFAULT_MESSAGE, _text, "the secret message the server sends"),
-    Setting("message-file", None, _text, "read the secret message from this file", path=True),
+    Setting(
+        "message",
+        DEFAULT_MESSAGE,
+        _text,
+        "the secret message the server sends.  On the command line it is in the "
+        "process list, which every local user can read (ps): use --message-file, "
+        "or message in the config file",
+    ),
+    Setting(
+        "message-file",
+        None,
+        _text,
+        "read the secret message from this file (the safe way to give it)",
+        path=True,
+    ),
     Setting(
         "certificate",
         None,

@@ -116,6 +116,11 @@ class Options(usage.Options):
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
         self.settings["message"] = self._message()
+        if self["message"] is not None:
+            self.warnings.append(
+                "--message is in the process list, which every local user can read: "
+                "give the message with --message-file, or in the config file"
+            )
         try:
             self.application = get_application(self.settings["application"], self.applications)
         except UnknownApplication as error:
@@ -151,9 +156,10 @@ class Options(usage.Options):
         if path is None:
             return ()
         try:
-            chain, self.warnings = ca.load_server_chain(path, private_key)
+            chain, warnings = ca.load_server_chain(path, private_key)
         except ca.CertificateFileError as error:
             raise usage.UsageError(str(error)) from None
+        self.warnings.extend(warnings)
         return chain
 
     def _check_hello_size(self):

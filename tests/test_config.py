@@ -162,6 +162,26 @@ class OptionsTests(unittest.TestCase):
         options = self.parse("--config", self.conf, "--message-file", message)
         self.assertEqual(options.settings["message"], b"\x00binary\xff")
 
+    def test_help_warns_that_message_is_in_the_process_list(self):
+        text = " ".join(tap.Options().getUsage().split())
+        self.assertIn(
+            "--message= the secret message the server sends. On the command line it is in "
+            "the process list, which every local user can read (ps): use --message-file",
+            text,
+        )
+        self.assertIn("--message-file= read the secret message from this file", text)
+
+    def test_message_on_the_command_line_is_warned_of(self):
+        warning = (
+            "--message is in the process list, which every local user can read: "
+            "give the message with --message-file, or in the config file"
+        )
+        options = self.parse("--config", self.conf, "--message", "shh")
+        self.assertEqual(options.warnings, [warning])
+        self.assertEqual(options.settings["message"], b"shh")
+        # From the config file (this one sets it) or a file: no warning.
+        self.assertEqual(self.parse("--config", self.conf).warnings, [])
+
     def test_bad_command_line_values(self):
         for argv, fragment in [
             (["--max-connections", "0"], "--max-connections"),
