@@ -21,12 +21,14 @@ Built in (``keyexchanged/plugins/keyexchanged_applications.py``):
 import re
 
 from twisted.internet import endpoints
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.plugin import IPlugin, getPlugins
 from zope.interface import implementer
 
 from keyexchanged import plugins
+from keyexchanged.framing import RECORD_DATA_MAX
 from keyexchanged.interfaces import IApplication
 from keyexchanged.relay import Splice
 
@@ -98,12 +100,53 @@ def get_application(name, applications=None):
 # -- message ---------------------------------------------------------------------
 
 
+@implementer(IPushProducer)
 class MessageProtocol(Protocol):
-    """The original program: send the secret message, then END."""
+    """The original program: send the secret message, then END.
+
+    The message is written a record at a time, as a streaming producer of
+    the session's transport: a client that stops reading pauses us once the
+    TCP send buffer holds more than its ``bufferSize`` (64 KiB), so a session
+    keeps about one sealed record however long the message.  The message
+    itself is the factory's, one copy for every session; a session holds
+    only how far it has got.
+    """
+
+    #: One full record per write: the channel seals and sends it at once,
+    #: rather than gathering writes until the end of the reactor turn.
+    CHUNK = RECORD_DATA_MAX
+
+    def __init__(self):
+        self._offset = 0
+        self._paused = False
+        self._done = False
 
     def connectionMade(self):
-        self.transport.write(self.factory.message)
-        self.transport.loseConnection()
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def resumeProducing(self):
+        self._paused = False
+        message = self.factory.message
+        # A write that fills the send buffer pauses us from inside it.
+        while not self._paused and not self._done and self._offset < len(message):
+            chunk = message[self._offset : self._offset + self.CHUNK]
+            self._offset += len(chunk)
+            self.transport.write(chunk)
+        if not self._done and self._offset >= len(message):
+            self._done = True
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def pauseProducing(self):
+        self._paused = True
+
+    def stopProducing(self):
+        # The connection is gone (or going): nothing more to send.
+        self._done = True
+
+    def connectionLost(self, reason):
+        self._done = True
 
 
 class MessageFactory(Factory):

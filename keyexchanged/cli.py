@@ -6,7 +6,8 @@
     keyexchange fingerprint FILE [--passphrase-file F]
     keyexchange connect HOST[:PORT] [--fingerprint FP | --ca FILE | --insecure]
                         [--known-hosts FILE] [--accept-new]
-                        [--identity FILE] [--send TEXT] [-v/--explain]
+                        [--identity FILE] [--send-file FILE | --send TEXT]
+                        [-v/--explain]
     keyexchange ca init DIR [--name NAME] [--bits N] [--days N]
     keyexchange ca issue DIR --key FILE.pub --name HOST [--ip ADDR] [--out FILE]
     keyexchange tunnel --listen ENDPOINT --server HOST[:PORT] [trust options]
@@ -51,6 +52,11 @@ EXIT_INTERRUPTED = 130
 
 #: A passphrase is one line; anything longer is not a passphrase file.
 _MAX_PASSPHRASE_LINE = 64 * 1024
+
+#: ``connect --send-file`` is read whole before connecting (so that a file
+#: that cannot be read is an error before anything is sent); more than this
+#: is no secret, and is better piped on stdin, which is streamed.
+_MAX_SEND_FILE = 16 * 1024 * 1024
 
 
 class CommandError(Exception):
@@ -317,14 +323,29 @@ def _add_connect(subparsers) -> None:
         description=(
             "Connect to a keyexchanged server, check its key, send a fresh session secret "
             "encrypted to it, and print what the server sends (byte for byte) on stdout. "
-            "--send TEXT, or data piped on stdin, goes to the server. Exit status: 0 clean "
+            "--send-file FILE, --send TEXT, or data piped on stdin goes to the server; "
+            "--send puts TEXT in the process list, where every local user can read it, "
+            "so give a secret with --send-file. Exit status: 0 clean "
             "end, 3 server key not trusted (nothing was sent), 4 connection or protocol "
             "failure, 5 truncated (the connection closed before the server's END)."
         ),
     )
     parser.add_argument("server", metavar="HOST[:PORT]", help="server address (port 51424)")
     _add_trust_arguments(parser)
-    parser.add_argument("--send", metavar="TEXT", help="send TEXT to the server, then END")
+    sending = parser.add_mutually_exclusive_group()
+    sending.add_argument(
+        "--send-file",
+        metavar="FILE",
+        help="send the contents of FILE to the server, then END; - reads standard input "
+        "to its end first. The way to send a secret: unlike --send, nothing of it shows "
+        "in the process list",
+    )
+    sending.add_argument(
+        "--send",
+        metavar="TEXT",
+        help="send TEXT to the server, then END. TEXT is in the process list, which "
+        "every local user can read (ps): for a secret use --send-file",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -427,6 +448,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from None
     identity = _load_identity(args)
     send = None if args.send is None else args.send.encode("utf-8")
+    if args.send_file is not None:
+        send = _read_send_file(args.send_file)
     # Piped data goes to the server; a terminal is not read (nothing to wait for).
     stream_stdin = send is None and not _stdin_is_terminal()
     codes = []
@@ -460,6 +483,25 @@ def cmd_connect(args: argparse.Namespace) -> int:
 def _check_idle_timeout(args: argparse.Namespace) -> None:
     if not args.idle_timeout > 0:
         raise UsageError("--idle-timeout must be a positive number of seconds")
+
+
+def _read_send_file(path: str) -> bytes:
+    """What ``--send-file`` names, whole: the file, or stdin for ``-``."""
+    name = "standard input" if path == "-" else path
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(_MAX_SEND_FILE + 1)
+        else:
+            with open(path, "rb") as send_file:
+                data = send_file.read(_MAX_SEND_FILE + 1)
+    except OSError as exc:
+        raise CommandError(f"{name}: cannot read --send-file: {exc.strerror or exc}") from None
+    if len(data) > _MAX_SEND_FILE:
+        raise CommandError(
+            f"{name}: more than 16 MiB, too much for --send-file: pipe it on "
+            "standard input instead (without --send-file it is streamed)"
+        )
+    return data
 
 
 def _stdin_is_terminal() -> bool:

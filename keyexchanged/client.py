@@ -1,7 +1,7 @@
 """``keyexchange connect``: talk to a KX/1 server from the command line.
 
-What the server sends goes to stdout byte for byte; ``--send TEXT`` or data
-piped on stdin goes to the server, then END.  The exit code says how it
+What the server sends goes to stdout byte for byte; ``--send-file FILE``,
+``--send TEXT`` or data piped on stdin goes to the server, then END.  The exit code says how it
 ended, so scripts can tell a refused key from a dropped connection:
 
 ==  =====================================================

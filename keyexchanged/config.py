@@ -66,6 +66,13 @@ def _workers(text):
     return value
 
 
+def _ipv6_prefix(text):
+    value = int(text)
+    if not 1 <= value <= 128:
+        raise ValueError("must be a prefix length from 1 to 128")
+    return value
+
+
 def _key_bits(text):
     value = int(text)
     if not (2048 <= value <= 8192 and value % 8 == 0):
@@ -152,8 +159,21 @@ SETTINGS = [
         path=True,
     ),
     Setting("key-bits", 3072, _key_bits, "size of a key generated on first start"),
-    Setting("message", DEFAULT_MESSAGE, _text, "the secret message the server sends"),
-    Setting("message-file", None, _text, "read the secret message from this file", path=True),
+    Setting(
+        "message",
+        DEFAULT_MESSAGE,
+        _text,
+        "the secret message the server sends.  On the command line it is in the "
+        "process list, which every local user can read (ps): use --message-file, "
+        "or message in the config file",
+    ),
+    Setting(
+        "message-file",
+        None,
+        _text,
+        "read the secret message from this file (the safe way to give it)",
+        path=True,
+    ),
     Setting(
         "certificate",
         None,
@@ -192,7 +212,15 @@ SETTINGS = [
         "max-per-source",
         32,
         _positive_int,
-        "concurrent connections from one source address, beyond: ERROR busy",
+        "concurrent connections from one source, beyond: ERROR busy "
+        "(an IPv4 address, or an IPv6 network: see --ipv6-source-prefix)",
+    ),
+    Setting(
+        "ipv6-source-prefix",
+        64,
+        _ipv6_prefix,
+        "IPv6 clients count as one source per network of this many bits, for "
+        "--max-per-source (1 to 128; IPv4 and IPv4-mapped clients: per address)",
     ),
     Setting(
         "grace-period", 10.0, _grace, "seconds open sessions get to finish on SIGTERM or SIGINT"
@@ -282,6 +310,7 @@ def coerce(setting, raw, where):
                 _grace: "a number of seconds, 0 or more",
                 _key_bits: "from 2048 to 8192 in steps of 8",
                 _workers: "auto, or a whole number of at least 0",
+                _ipv6_prefix: "a prefix length from 1 to 128",
             }.get(setting.coerce, getattr(setting.coerce, "reason", "valid"))
         raise ConfigError(f"{where}: {setting.name} = {raw.strip()!r}: {reason}") from None
 

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from keyexchanged import handshake
+from keyexchanged.admission import DEFAULT_IPV6_PREFIX, source_key
 from keyexchanged.framing import (
     BUSY,
     HEADER_MAX,
@@ -539,7 +540,9 @@ class ServerChannelProtocol(ChannelProtocol):
             return
         self._reason = Failure(IdleTimeout("idle session closed"))
         self._outcome = "idle-timeout"
-        if self.connection.can_send:
+        # An application still producing has more to send: no END, which
+        # would pass what went out for the whole; the close is a truncation.
+        if self.connection.can_send and not self._application_producing():
             self.flush()
             self.connection.send_end()
             self._write_out()
@@ -549,9 +552,17 @@ class ServerChannelProtocol(ChannelProtocol):
         """The daemon is stopping: finish cleanly if we can."""
         if self.connection.handshake_done:
             self._outcome = "shutdown"
-            self.close_write()
+            if not self._application_producing():
+                self.close_write()
+            # else it sends END itself when done, within the grace period.
         else:
             self._handle_events(self.connection.fail(BUSY, "server is shutting down"))
+
+    def _application_producing(self):
+        """The application is the registered producer of this session (the
+        message application, a record at a time): it has more to send."""
+        producer = getattr(self.transport, "producer", None)
+        return producer is not None and producer is self.application
 
     def _cancel_handshake_timer(self):
         if self._handshake_timer is not None and self._handshake_timer.active():
@@ -660,6 +671,7 @@ class SecureChannelFactory(Factory):
         ephemeral_keys=None,
         tickets=None,
         client_key_max_bits=handshake.DEFAULT_CLIENT_KEY_MAX_BITS,
+        ipv6_source_prefix=DEFAULT_IPV6_PREFIX,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -683,6 +695,7 @@ class SecureChannelFactory(Factory):
         self.idle_sessions = IdleSessions(reactor, idle_timeout)
         self.max_connections = max_connections
         self.max_per_source = max_per_source
+        self.ipv6_source_prefix = ipv6_source_prefix
         self.authorized_keys = authorized_keys
         self.record_limits = record_limits or {}
         self.connections = set()
@@ -699,7 +712,7 @@ class SecureChannelFactory(Factory):
         self.wrapped_factory.doStop()
 
     def buildProtocol(self, addr):
-        source = getattr(addr, "host", None)
+        source = source_key(getattr(addr, "host", None), self.ipv6_source_prefix)
         if self.shutting_down:
             return BusyProtocol("server is shutting down")
         if len(self.connections) >= self.max_connections:

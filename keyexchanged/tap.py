@@ -32,11 +32,23 @@ from keyexchanged.config import (
     find_config,
     read_config,
 )
+from keyexchanged.framing import MAX_PAYLOAD
 from keyexchanged.handshake import ServerIdentity
 from keyexchanged.protocol import SecureChannelFactory
 from keyexchanged.workers import InlineWork, WorkerPool, default_workers
 
 __all__ = ["KeyexchangeService", "Options", "load_or_create_key", "makeService"]
+
+
+#: Bytes of KX/1's HELLO limit (64 KiB, framing.py) kept free for the
+#: ``ephemeral`` member (spec §10.1), which every HELLO carries with forward
+#: secrecy on: as RSA-8192 (the largest --ephemeral-bits) with the long-term
+#: key's signature it is about 2.8 KiB in the JSON.  The same room is kept
+#: with forward secrecy off, so turning it on never breaks a working chain.
+HELLO_RESERVE = 4096
+
+#: The largest HELLO the daemon agrees to send.
+HELLO_LIMIT = MAX_PAYLOAD["HELLO"] - HELLO_RESERVE
 
 
 def settings_with_applications(applications):
@@ -117,6 +129,11 @@ class Options(usage.Options):
         if self["no-forward-secrecy"]:
             self.settings["forward-secrecy"] = False
         self.settings["message"] = self._message()
+        if self["message"] is not None:
+            self.warnings.append(
+                "--message is in the process list, which every local user can read: "
+                "give the message with --message-file, or in the config file"
+            )
         try:
             self.application = get_application(self.settings["application"], self.applications)
         except UnknownApplication as error:
@@ -138,6 +155,7 @@ class Options(usage.Options):
         except keys.KeyFileError as error:
             raise usage.UsageError(str(error)) from None
         self.identity = ServerIdentity(private_key, self._certificates(private_key))
+        self._check_hello_size()
         path = self.settings["ticket-keys"]
         if path is not None:
             try:
@@ -157,10 +175,26 @@ class Options(usage.Options):
         if path is None:
             return ()
         try:
-            chain, self.warnings = ca.load_server_chain(path, private_key)
+            chain, warnings = ca.load_server_chain(path, private_key)
         except ca.CertificateFileError as error:
             raise usage.UsageError(str(error)) from None
+        self.warnings.extend(warnings)
         return chain
+
+    def _check_hello_size(self):
+        """Refuse a HELLO that clients would refuse (a long chain, say):
+        accepted, it would break every connection instead of the start."""
+        # The nonce is 32 bytes on every connection; its value does not
+        # change the size.
+        size = len(self.identity.hello_payload(b"\0" * 32))
+        if size > HELLO_LIMIT:
+            where = self.settings["certificate"] or self.settings["private-key"]
+            raise usage.UsageError(
+                f"{where}: HELLO would be {size} bytes, over the limit of {HELLO_LIMIT} "
+                f"(KX/1 allows {MAX_PAYLOAD['HELLO']}, less {HELLO_RESERVE} kept for the "
+                "ephemeral key): send fewer certificates (clients hold the root "
+                "already)"
+            )
 
     def _collect(self):
         values = {setting.name: setting.default for setting in self.all_settings}
@@ -415,6 +449,7 @@ def makeService(options, reactor=None):
         idle_timeout=settings["idle-timeout"],
         max_connections=settings["max-connections"],
         max_per_source=settings["max-per-source"],
+        ipv6_source_prefix=settings["ipv6-source-prefix"],
         authorized_keys=options.authorized_keys,
         max_handshakes=settings["max-handshakes"],
         work=work,

@@ -446,3 +446,96 @@ class SessionCommandTests(CommandTestCase):
         self.assertIsNone(cli._trust_policy(args, 51424, interactive=False).ask)
         args = cli.build_parser().parse_args(["connect", "h", "--known-hosts", self.dir + "/kh"])
         self.assertIsNotNone(cli._trust_policy(args, 51424).ask)
+
+
+class SendFileTests(CommandTestCase):
+    """``connect --send-file``: a secret out of the process list (review
+    issue 12, item 9).  What the command hands the session is checked here,
+    with the reactor and the session replaced; a real one is in
+    test_daemon."""
+
+    def setUp(self):
+        super().setUp()
+        from twisted.internet import defer, task
+
+        from keyexchanged import client
+
+        self.sessions = []
+
+        def run_connect(reactor, host, port, policy, **options):
+            self.sessions.append(options)
+            return defer.succeed(0)
+
+        self.patch(client, "run_connect", run_connect)
+        self.patch(task, "react", lambda main: main(None))
+
+    def connect(self, *argv):
+        return self.run_main("connect", "h", "--insecure", "--known-hosts", self.path("kh"), *argv)
+
+    def test_file_contents_are_sent(self):
+        secret = b"\x00not in ps\xff\n"
+        status, out, err = self.connect("--send-file", self.write("secret", secret))
+        self.assertEqual((status, out), (0, ""), err)
+        self.assertEqual(self.sessions[0]["send"], secret)
+        self.assertFalse(self.sessions[0]["stream_stdin"])
+
+    def test_dash_reads_stdin(self):
+        self.patch(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"from stdin\n")))
+        status, _, err = self.connect("--send-file", "-")
+        self.assertEqual(status, 0, err)
+        self.assertEqual(self.sessions[0]["send"], b"from stdin\n")
+        self.assertFalse(self.sessions[0]["stream_stdin"])
+
+    def test_missing_file_is_one_clear_error_before_connecting(self):
+        missing = self.path("nope")
+        self.assertFails(
+            [
+                "connect",
+                "h",
+                "--insecure",
+                "--known-hosts",
+                self.path("kh"),
+                "--send-file",
+                missing,
+            ],
+            f"{missing}: cannot read --send-file: No such file or directory",
+        )
+        self.assertEqual(self.sessions, [])
+
+    def test_directory(self):
+        self.assertFails(
+            [
+                "connect",
+                "h",
+                "--insecure",
+                "--known-hosts",
+                self.path("kh"),
+                "--send-file",
+                self.dir,
+            ],
+            f"{self.dir}: cannot read --send-file: Is a directory",
+        )
+
+    def test_too_large(self):
+        self.patch(cli, "_MAX_SEND_FILE", 10)
+        path = self.write("big", b"x" * 11)
+        self.assertFails(
+            ["connect", "h", "--insecure", "--known-hosts", self.path("kh"), "--send-file", path],
+            f"{path}: more than 16 MiB, too much for --send-file",
+        )
+        self.assertEqual(self.sessions, [])
+
+    def test_not_with_send(self):
+        status, out, err = self.connect("--send", "x", "--send-file", "-")
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn("not allowed with argument", err)
+        self.assertEqual(self.sessions, [])
+
+    def test_help_warns_of_the_process_list(self):
+        status, out, _ = self.run_main("connect", "--help")
+        self.assertEqual(status, 0)
+        text = " ".join(out.split())
+        self.assertIn("--send puts TEXT in the process list, where every local user can read", text)
+        self.assertIn("TEXT is in the process list, which every local user can read (ps)", text)
+        self.assertIn("for a secret use --send-file", text)
+        self.assertIn("--send-file FILE send the contents of FILE", text)

@@ -1,15 +1,19 @@
 """Settings: the config file, the command line, and every bad value."""
 
+import base64
 import io
+import json
 import os
 import re
 import sys
 
+from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial import unittest
 
 from keyexchanged import config, keys, tap
 from keyexchanged.config import ConfigError, read_config
+from tests import certs
 from tests.test_handshake import SERVER_KEY
 
 SHIPPED = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "keyexchanged.conf")
@@ -74,6 +78,9 @@ class ReadConfigTests(unittest.TestCase):
             ("workers = -1", "auto, or a whole number of at least 0"),
             ("workers = many", "auto, or a whole number of at least 0"),
             ("application = Echo!", "application name"),
+            ("ipv6-source-prefix = 0", "must be a prefix length from 1 to 128"),
+            ("ipv6-source-prefix = 129", "must be a prefix length from 1 to 128"),
+            ("ipv6-source-prefix = x", "must be a prefix length from 1 to 128"),
         ]
         for line, reason in cases:
             message = self.assertRefused(
@@ -155,6 +162,28 @@ class OptionsTests(unittest.TestCase):
         options = self.parse("--config", self.conf, "--message-file", message)
         self.assertEqual(options.settings["message"], b"\x00binary\xff")
 
+    def test_help_warns_that_message_is_in_the_process_list(self):
+        # Compared without white space: usage wraps lines (even inside
+        # --message-file) wherever its column widths say.
+        text = "".join(tap.Options().getUsage().split())
+        for expected in (
+            "--message= the secret message the server sends. On the command line it is in "
+            "the process list, which every local user can read (ps): use --message-file",
+            "--message-file= read the secret message from this file",
+        ):
+            self.assertIn("".join(expected.split()), text)
+
+    def test_message_on_the_command_line_is_warned_of(self):
+        warning = (
+            "--message is in the process list, which every local user can read: "
+            "give the message with --message-file, or in the config file"
+        )
+        options = self.parse("--config", self.conf, "--message", "shh")
+        self.assertEqual(options.warnings, [warning])
+        self.assertEqual(options.settings["message"], b"shh")
+        # From the config file (this one sets it) or a file: no warning.
+        self.assertEqual(self.parse("--config", self.conf).warnings, [])
+
     def test_bad_command_line_values(self):
         for argv, fragment in [
             (["--max-connections", "0"], "--max-connections"),
@@ -210,3 +239,74 @@ class OptionsTests(unittest.TestCase):
         again, generated = tap.load_or_create_key(path, 2048, report=reports.append)
         self.assertFalse(generated)
         self.assertEqual(again.public_key(), key.public_key())
+
+
+class HelloSizeTests(unittest.TestCase):
+    """A certificate chain that makes HELLO too large is refused at start
+    (review issue 12, item 12): accepted, it broke every connection."""
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        keys.save_private_key(SERVER_KEY, os.path.join(self.dir, "server.key"))
+        self.conf = os.path.join(self.dir, "k.conf")
+        with open(self.conf, "w") as f:
+            f.write("[keyexchanged]\nprivate-key = server.key\nworkers = 0\n")
+        self.leaf = certs.build(SERVER_KEY, names=["a.example"])
+
+    def chain(self, count):
+        """The leaf ``count`` times in a PEM file, and the size of the HELLO
+        it makes, per PROTOCOL.md (JSON, base64 of the key, nonce and each
+        certificate)."""
+        path = os.path.join(self.dir, f"chain-{count}.pem")
+        with open(path, "wb") as f:
+            f.write(certs.pem(*[self.leaf] * count))
+        hello = {
+            "protocol": "kx/1",
+            "key": base64.b64encode(keys.public_key_to_der(SERVER_KEY)).decode(),
+            "nonce": base64.b64encode(b"\0" * 32).decode(),
+            "certificates": [base64.b64encode(certs.der(self.leaf)).decode()] * count,
+        }
+        return path, len(json.dumps(hello))
+
+    def start(self, path):
+        options = tap.Options(environ={})
+        options.parseOptions(["--config", self.conf, "--certificate", path])
+        return tap.makeService(options, reactor=Clock())
+
+    def count_for(self, low, high):
+        """The number of certificates whose HELLO is in (low, high]."""
+        for count in range(1, 200):
+            path, size = self.chain(count)
+            if low < size <= high:
+                return count, path, size
+        self.fail(f"no chain makes a HELLO of {low + 1} to {high} bytes")
+
+    def assertRefused(self, path, size):
+        with self.assertRaises(usage.UsageError) as caught:
+            self.start(path)
+        self.assertEqual(
+            str(caught.exception),
+            f"{path}: HELLO would be {size} bytes, over the limit of 61440 (KX/1 allows "
+            "65536, less 4096 kept for the ephemeral key): send fewer "
+            "certificates (clients hold the root already)",
+        )
+
+    def test_limit(self):
+        self.assertEqual(tap.HELLO_RESERVE, 4096)
+        self.assertEqual(tap.HELLO_LIMIT, 65536 - 4096)
+
+    def test_chain_over_the_frame_limit_is_refused(self):
+        _, path, size = self.count_for(65536, 1 << 20)
+        self.assertRefused(path, size)
+
+    def test_chain_in_the_reserved_room_is_refused(self):
+        _, path, size = self.count_for(65536 - 4096, 65536)
+        self.assertRefused(path, size)
+
+    def test_largest_chain_that_fits_is_served(self):
+        step = len(base64.b64encode(certs.der(self.leaf))) + len('"", ')
+        count, path, size = self.count_for(65536 - 4096 - step, 65536 - 4096)
+        service = self.start(path)
+        self.assertEqual(len(service.factory.identity.certificates), count)
+        self.assertEqual(len(service.factory.identity.hello_payload(b"\1" * 32)), size)

@@ -121,6 +121,35 @@ class DaemonTests(DaemonTestCase):
         self.assertEqual((out, code), (MESSAGE, 0), err)
 
     @defer.inlineCallbacks
+    def test_send_file_and_stdin_dash(self):
+        """A secret from a file, and from stdin with ``--send-file -``: what
+        the echo application sends back is the file, byte for byte."""
+        daemon = yield self.start("--application", "echo")
+        secret = b"\x00 not for ps \xff" * 5000
+        path = os.path.join(self.dir, "secret")
+        with open(path, "wb") as f:
+            f.write(secret)
+        server = f"127.0.0.1:{self.port}"
+        out, err, code = yield run_client(
+            "connect", server, "--fingerprint", FINGERPRINT, "--send-file", path
+        )
+        self.assertEqual((out, code), (secret, 0), err)
+        out, err, code = yield run_client(
+            "connect", server, "--fingerprint", FINGERPRINT, "--send-file", "-", stdin=secret
+        )
+        self.assertEqual((out, code), (secret, 0), err)
+        self.assertNotIn(b"not for ps", daemon.output)
+
+    @defer.inlineCallbacks
+    def test_message_on_the_command_line_is_warned_of(self):
+        daemon = yield self.start("--message", "visible in ps")
+        self.assertIn(b"--message is in the process list", daemon.output)
+        out, err, code = yield run_client(
+            "connect", f"127.0.0.1:{self.port}", "--fingerprint", FINGERPRINT
+        )
+        self.assertEqual((out, code), (b"visible in ps", 0), err)
+
+    @defer.inlineCallbacks
     def test_keeps_serving_after_bad_connections(self):
         daemon = yield self.start()
         endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)

@@ -162,6 +162,27 @@ class DaemonTrustTests(DaemonTestCase):
         self.assertNotIn(b"Traceback", daemon.output)
 
     @defer.inlineCallbacks
+    def test_chain_too_large_for_hello_is_refused_at_start(self):
+        leaf = certs.build(SERVER_KEY, names=["localhost"])
+        chain = self.write("long.pem", certs.pem(*[leaf] * 100))  # about 100 KB of HELLO
+        daemon = Daemon.start(["--config", self.conf, "--certificate", chain])
+        listened = []
+
+        def started(port):
+            listened.append(port)  # the bug: stop it, and fail below
+            daemon.stop()
+
+        daemon.listening.addCallback(started)
+        code = yield daemon.refused()
+        self.assertEqual(listened, [], "the daemon started with the chain")
+        self.assertEqual(code, 1, daemon.output.decode())
+        self.assertRegex(
+            daemon.output.decode(),
+            rf"{chain}: HELLO would be \d+ bytes, over the limit of 61440 \(KX/1 allows 65536",
+        )
+        self.assertNotIn(b"Traceback", daemon.output)
+
+    @defer.inlineCallbacks
     def test_certificate_expiring_soon_is_a_warning(self):
         soon = certs.build(SERVER_KEY, names=["localhost"], not_after=certs.now() + 5 * certs.DAY)
         daemon = yield self.start("--certificate", self.write("soon.pem", certs.pem(soon)))
