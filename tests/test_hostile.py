@@ -1,4 +1,4 @@
-"""Hostile input through the Twisted layer (issue 5 §2, PROTOCOL.md §6).
+"""Hostile input through the Twisted layer (issue 5 §2, docs/spec/kx1.rst §6).
 
 Every bad input gets one precise answer: the ERROR code *and* detail of
 §6, or a silent close where the peer is already gone.  Each test also shows
@@ -290,7 +290,7 @@ class HeaderRefusalTests(HostileTestCase):
         )
 
     def test_frame_too_large_wins_over_the_state(self):
-        # The limit is checked before the state (PROTOCOL.md §1).
+        # The limit is checked before the state (docs/spec/kx1.rst §1).
         self.refuse(b"MSG 65553\r\n", "frame-too-large", "MSG payload over 65552 bytes")
 
     def test_wrong_state_after_the_handshake(self):

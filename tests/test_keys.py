@@ -6,7 +6,6 @@ KX/1 vector keys and the OpenSSL-made fixtures in tests/data/keys_*.
 """
 
 import errno
-import json
 import os
 import shlex
 import shutil
@@ -21,34 +20,14 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from keyexchanged import keys
 from keyexchanged.rsa import PrivateKey, PublicKey
+from tests.vectors import RAW
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 PASSPHRASE = "correct horse"  # of the encrypted OpenSSL fixtures
 
 
-def _vector_file():
-    local = os.path.join(DATA, "kx1-handshake.json")
-    if os.path.exists(local):
-        return local
-    # CI checks out shared/ beside the repository.
-    return os.path.join(
-        os.path.dirname(__file__), os.pardir, os.pardir, "shared", "vectors", "kx1-handshake.json"
-    )
-
-
-_vectors = None
-
-
-def vectors():
-    global _vectors
-    if _vectors is None:
-        with open(_vector_file()) as f:
-            _vectors = json.load(f)
-    return _vectors
-
-
 def vector_key():
-    return keys.private_key_from_bytes(vectors()["server_private_key_pem"].encode())
+    return keys.private_key_from_bytes(RAW["server_private_key_pem"].encode())
 
 
 def data(name):
@@ -109,21 +88,21 @@ class VectorTests(SynchronousTestCase):
         key = vector_key()
         self.assertEqual(key.size, 2048)
         expected = "SHA256:QP4xoWz7o57B9UI8lLLHNSEk1qwz2Iy6L5ClcTnZFCY"
-        self.assertEqual(vectors()["server_fingerprint"], expected)
+        self.assertEqual(RAW["server_fingerprint"], expected)
         self.assertEqual(keys.fingerprint(key), expected)
         self.assertEqual(keys.fingerprint(key.public_key()), expected)
 
     def test_server_spki(self):
         key = vector_key()
-        der = bytes.fromhex(vectors()["server_spki_der"])
+        der = bytes.fromhex(RAW["server_spki_der"])
         self.assertEqual(keys.public_key_to_der(key.public_key()), der)
         self.assertEqual(keys.public_key_to_der(key), der)
         self.assertEqual(keys.public_key_from_der(der), key.public_key())
-        self.assertEqual(keys.fingerprint(der), vectors()["server_fingerprint"])
+        self.assertEqual(keys.fingerprint(der), RAW["server_fingerprint"])
 
     def test_client_fingerprint(self):
-        key = keys.private_key_from_bytes(vectors()["client_private_key_pem"])
-        self.assertEqual(keys.fingerprint(key), vectors()["client_fingerprint"])
+        key = keys.private_key_from_bytes(RAW["client_private_key_pem"])
+        self.assertEqual(keys.fingerprint(key), RAW["client_fingerprint"])
 
 
 class FormatTests(TemporaryDirectoryMixin, SynchronousTestCase):

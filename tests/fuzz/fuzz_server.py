@@ -56,7 +56,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
 REGRESSIONS = os.path.join(HERE, "regressions")
 
-with open(os.path.join(HERE, os.pardir, "data", "kx1-handshake.json"), encoding="utf-8") as _f:
+# The vectors beside the specification (tests/vectors.py is not importable
+# when this file runs as a script).
+_VECTORS = os.path.join(HERE, os.pardir, os.pardir, "docs", "spec", "vectors", "kx1-handshake.json")
+with open(_VECTORS, encoding="utf-8") as _f:
     VECTORS = json.load(_f)
 
 
