@@ -9,7 +9,7 @@ from twisted.trial import unittest
 from keyexchanged import applications, plugins
 from keyexchanged.applications import Application, UnknownApplication
 from keyexchanged.interfaces import IApplication
-from tests.test_protocol import MESSAGE, Collector, Pair, server_factory
+from tests.fixtures import MESSAGE, Collector, Pair, server_factory
 
 
 class DiscoveryTests(unittest.TestCase):

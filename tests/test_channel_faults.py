@@ -20,8 +20,7 @@ from keyexchanged.protocol import (
     Truncated,
 )
 from keyexchanged.trust import PinnedKey
-from tests.test_handshake import IDENTITY
-from tests.test_workers import FakePool
+from tests.fixtures import IDENTITY, FakePool
 
 
 def address(host="10.0.0.1", port=40000):

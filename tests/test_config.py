@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from keyexchanged import config, keys, tap
 from keyexchanged.config import ConfigError, read_config
-from tests.test_handshake import SERVER_KEY
+from tests.fixtures import SERVER_KEY
 
 SHIPPED = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "keyexchanged.conf")
 

@@ -12,9 +12,9 @@ from twisted.internet import defer, threads
 
 from keyexchanged import keys
 from tests import certs
+from tests.certs import world
 from tests.daemon import CLIENT, Daemon, DaemonTestCase, environment, run_client
-from tests.test_handshake import CLIENT_KEY, SERVER_KEY
-from tests.test_trust import world
+from tests.fixtures import CLIENT_KEY, SERVER_KEY
 from tests.vectors import RAW
 
 SERVER_FP = RAW["server_fingerprint"]

@@ -34,7 +34,7 @@ from keyexchanged.handshake import (
     ServerKeyReceived,
 )
 from tests.daemon import Daemon, DaemonTestCase, run_client
-from tests.test_handshake import IDENTITY, SERVER_KEY
+from tests.fixtures import IDENTITY, SERVER_KEY
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]

@@ -37,15 +37,16 @@ from keyexchanged.protocol import (
 )
 from keyexchanged.records import MAX_RECORDS_PER_KEY
 from keyexchanged.trust import PinnedKey
-from tests.test_handshake import (
+from tests.fixtures import (
     CLIENT_KEY,
     IDENTITY,
     SERVER_KEY,
+    Collector,
+    address,
     frames,
     replay,
     vector_client,
 )
-from tests.test_protocol import Collector, address
 from tests.vectors import RAW, hexbytes, record
 
 K = IDENTITY.key_bytes

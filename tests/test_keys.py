@@ -7,7 +7,6 @@ KX/1 vector keys and the OpenSSL-made fixtures in tests/data/keys_*.
 
 import errno
 import os
-import shlex
 import shutil
 import subprocess
 
@@ -20,28 +19,17 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from keyexchanged import keys
 from keyexchanged.rsa import PrivateKey, PublicKey
+from tests.fixtures import (
+    DATA,
+    PASSPHRASE,
+    components,
+    data,
+    openssl,
+    openssl_fingerprint,
+    openssl_pipeline_fingerprint,
+    vector_key,
+)
 from tests.vectors import RAW
-
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-PASSPHRASE = "correct horse"  # of the encrypted OpenSSL fixtures
-
-
-def vector_key():
-    return keys.private_key_from_bytes(RAW["server_private_key_pem"].encode())
-
-
-def data(name):
-    with open(os.path.join(DATA, name), "rb") as f:
-        return f.read()
-
-
-def openssl_fingerprint():
-    return "SHA256:" + data("keys_openssl_fingerprint.txt").decode().strip()
-
-
-def components(key):
-    """What makes two private keys the same key (p and q in either order)."""
-    return key.n, key.e, key.d, frozenset((key.p, key.q))
 
 
 def write(path, content, mode=0o600):
@@ -54,24 +42,6 @@ def write(path, content, mode=0o600):
 def require_openssl():
     if shutil.which("openssl") is None:
         raise SkipTest("openssl is not installed")
-
-
-def openssl(*args, input=None):
-    """Run openssl; its stdout, or a test failure with its stderr."""
-    result = subprocess.run(["openssl", *args], input=input, capture_output=True, check=False)
-    if result.returncode != 0:
-        raise AssertionError(f"openssl {' '.join(args)} failed: {result.stderr.decode()}")
-    return result.stdout
-
-
-def openssl_pipeline_fingerprint(public_path):
-    """The fingerprint as the documentation tells users to compute it."""
-    command = (
-        f"openssl pkey -pubin -in {shlex.quote(public_path)} -outform DER"
-        " | openssl dgst -sha256 -binary | base64 | tr -d ="
-    )
-    output = subprocess.run(command, shell=True, capture_output=True, check=True, text=True).stdout
-    return "SHA256:" + output.strip()
 
 
 class TemporaryDirectoryMixin:

@@ -19,8 +19,7 @@ from keyexchanged.knownhosts import (
 )
 from keyexchanged.trust import PinnedKey, UntrustedKey
 from tests import certs
-from tests.test_handshake import CLIENT_KEY, IDENTITY, SERVER_KEY, frames
-from tests.test_protocol import Pair, client_writes
+from tests.fixtures import CLIENT_KEY, IDENTITY, SERVER_KEY, Pair, client_writes, frames
 from tests.vectors import RAW
 
 SERVER_FP = IDENTITY.fingerprint

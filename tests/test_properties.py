@@ -42,8 +42,7 @@ from keyexchanged.handshake import (
     ServerKeyReceived,
 )
 from keyexchanged.protocol import SecureChannelFactory
-from tests.test_handshake import IDENTITY, frames, replay, vector_client, vector_server
-from tests.test_protocol import address
+from tests.fixtures import IDENTITY, address, frames, replay, vector_client, vector_server
 from tests.vectors import RAW, hexbytes, record
 
 # Bounded so that the whole suite stays quick on two cores; every example

@@ -5,114 +5,29 @@ a Clock.  No sockets here."""
 import json
 
 from twisted.internet import error
-from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.test import iosim
 from twisted.trial import unittest
 from zope.interface import implementer
 
 from keyexchanged import handshake, protocol
-from keyexchanged.applications import EchoFactory, MessageFactory
+from keyexchanged.applications import EchoFactory
 from keyexchanged.framing import encode_frame
-from keyexchanged.protocol import ChannelClientFactory, SecureChannelFactory
 from keyexchanged.trust import Insecure, PinnedKey, UntrustedKey
-from tests.test_handshake import CLIENT_KEY, IDENTITY, frames, replay
+from tests.fixtures import (
+    CLIENT_KEY,
+    IDENTITY,
+    MESSAGE,
+    Collector,
+    Pair,
+    address,
+    client_writes,
+    frames,
+    server_factory,
+)
 from tests.vectors import RAW, hexbytes, record
-
-MESSAGE = hexbytes("server_message")
-
-
-def address(host="10.0.0.1", port=40000):
-    return IPv4Address("TCP", host, port)
-
-
-class Collector(Protocol):
-    """An application that records what happens to it."""
-
-    def __init__(self):
-        self.data = b""
-        self.made = False
-        self.reason = None
-
-    def connectionMade(self):
-        self.made = True
-
-    def dataReceived(self, data):
-        self.data += data
-
-    def connectionLost(self, reason):
-        self.reason = reason
-
-
-class ServerFactory(SecureChannelFactory):
-    """Replays the vector nonce when asked to."""
-
-    vector = False
-
-    def make_connection(self):
-        if self.vector:
-            return handshake.ServerConnection(
-                self.identity, random=replay(hexbytes("nonce"), b"\0" * 32)
-            )
-        return super().make_connection()
-
-
-def server_factory(app=None, clock=None, **options):
-    return ServerFactory(
-        app or MessageFactory(MESSAGE), IDENTITY, reactor=clock or Clock(), **options
-    )
-
-
-def client_writes(testcase):
-    """Every write the iosim client transports make, from now on, in a list."""
-    sent = []
-    original = iosim.FakeTransport.write
-
-    def write(transport, data):
-        if not transport.isServer:
-            sent.append(data)
-        original(transport, data)
-
-    testcase.patch(iosim.FakeTransport, "write", write)
-    return sent
-
-
-class Pair:
-    """A server and a client joined in memory by iosim."""
-
-    def __init__(
-        self,
-        app=None,
-        client_app=None,
-        trust=None,
-        clock=None,
-        host="10.0.0.1",
-        server_options=None,
-        identity=None,
-        factory=None,
-    ):
-        self.clock = clock or Clock()
-        self.server_factory = factory or server_factory(app, self.clock, **(server_options or {}))
-        self.application = client_app or Collector()
-        self.client_factory = ChannelClientFactory(
-            Factory.forProtocol(lambda: self.application),
-            trust or PinnedKey(IDENTITY.fingerprint),
-            server_name="example",
-            identity=identity,
-            reactor=self.clock,
-        )
-        self.handshake = self.client_factory.handshake
-        self.client, self.server, self.pump = iosim.connectedServerAndClient(
-            lambda: self.server_factory.buildProtocol(address(host)),
-            lambda: self.client_factory.buildProtocol(address("127.0.0.1", 51424)),
-            clock=self.clock,
-        )
-
-    def flush(self):
-        self.pump.flush()
 
 
 class EndToEndTests(unittest.TestCase):

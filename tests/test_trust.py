@@ -2,11 +2,8 @@
 authorized client keys.  No sockets: policies are called with the event a
 client sees, and the channel is joined in memory where the wire matters."""
 
-import atexit
 import json
 import os
-import shutil
-import tempfile
 
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
@@ -25,35 +22,20 @@ from keyexchanged.trust import (
     parse_authorized_keys,
 )
 from tests import certs
-from tests.test_handshake import CLIENT_KEY, IDENTITY, SERVER_KEY, frames, vector_client
-from tests.test_keys import data, openssl_fingerprint
-from tests.test_protocol import Collector, Pair, client_writes
+from tests.certs import world
+from tests.fixtures import (
+    CLIENT_KEY,
+    IDENTITY,
+    SERVER_KEY,
+    Collector,
+    Pair,
+    client_writes,
+    data,
+    frames,
+    openssl_fingerprint,
+    vector_client,
+)
 from tests.vectors import RAW, hexbytes
-
-_world = None
-
-
-def world():
-    """CAs and keys shared by the tests of one process: made once, since
-    each openssl run costs a key generation."""
-    global _world
-    if _world is None:
-        directory = tempfile.mkdtemp(prefix="keyexchange-trust-test-")
-        atexit.register(shutil.rmtree, directory, True)
-        w = {"dir": directory}
-        w["root_key"] = certs.fast_key()
-        w["root"] = certs.build(w["root_key"], subject="Our Root", ca=True, usage="ca")
-        w["inter_key"] = certs.fast_key()
-        w["inter"] = certs.build(
-            w["inter_key"], w["root_key"], w["root"], subject="Our Intermediate", ca=True,
-            usage="ca",
-        )  # fmt: skip
-        w["other_key"] = certs.fast_key()
-        w["other_root"] = certs.build(w["other_key"], subject="Other Root", ca=True, usage="ca")
-        w["openssl"] = certs.OpenSSLCA(os.path.join(directory, "openssl"))
-        w["server_key_file"] = certs.save_key(SERVER_KEY, os.path.join(directory, "server.key"))
-        _world = w
-    return _world
 
 
 def leaf(names=("server.example",), ips=(), key=SERVER_KEY, issuer="root", **options):

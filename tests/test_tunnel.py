@@ -16,42 +16,7 @@ from keyexchanged.applications import ForwardFactory
 from keyexchanged.protocol import SecureChannelFactory
 from keyexchanged.trust import PinnedKey
 from keyexchanged.tunnel import TunnelFactory
-from tests.test_handshake import IDENTITY
-
-
-@implementer(interfaces.IHalfCloseableProtocol)
-class Target(Protocol):
-    """The service behind the tunnel; records what happens to it."""
-
-    def __init__(self, echo=False):
-        self.echo = echo
-        self.data = bytearray()
-        self.eof = False
-        self.write_done = False
-        self.ended = defer.Deferred()  # end of the stream from the client
-        self.lost = defer.Deferred()
-
-    def dataReceived(self, data):
-        self.data += data
-        if self.echo:
-            self.transport.write(data)
-
-    def readConnectionLost(self):
-        self.eof = True
-        self.ended.callback(None)
-        if self.echo:
-            self.transport.loseWriteConnection()
-        elif self.write_done:
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self):
-        # Both directions are shut: close, as a real service would.
-        self.write_done = True
-        if self.eof:
-            self.transport.loseConnection()
-
-    def connectionLost(self, reason):
-        self.lost.callback(reason.value)  # the exception: a Failure would errback
+from tests.fixtures import IDENTITY, Pusher, Target
 
 
 @implementer(interfaces.IHalfCloseableProtocol)
@@ -216,40 +181,6 @@ class TunnelTests(unittest.TestCase):
         self.assertIn("does not match the pinned fingerprint", line)
 
 
-class _Pusher(Protocol):
-    """Writes ``total`` bytes as fast as its transport lets it."""
-
-    chunk = 64 * 1024
-
-    def __init__(self, total, seed=b"kx"):
-        self.total = total
-        self.sent = 0
-        self.paused = False
-        self.digest = hashlib.sha256()
-        self.block = (hashlib.sha256(seed).digest() * (self.chunk // 32))[: self.chunk]
-
-    def connectionMade(self):
-        self.transport.registerProducer(self, True)
-        self.resumeProducing()
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        while not self.paused and self.sent < self.total:
-            block = self.block[: self.total - self.sent]
-            self.digest.update(block)
-            self.sent += len(block)
-            self.transport.write(block)
-        if self.sent >= self.total:
-            self.transport.unregisterProducer()
-            self.transport.loseWriteConnection()
-
-    def stopProducing(self):
-        self.paused = True
-
-
 def _buffered(transport):
     """User-space bytes waiting in a Twisted TCP transport's write buffer."""
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
@@ -268,7 +199,7 @@ class BackpressureTests(unittest.TestCase):
         the target) is under BOUND, although the sender has written more
         than BOUND — the rest is held back by pausing, not buffered."""
         chain = yield Chain.start(self)
-        pusher = _Pusher(64 * 1024 * 1024)
+        pusher = Pusher(64 * 1024 * 1024)
         client = Client()
         client.connectionMade = lambda: pusher.makeConnection(client.transport)
         client.dataReceived = lambda data: None

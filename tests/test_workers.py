@@ -18,8 +18,16 @@ from keyexchanged.handshake import (
 )
 from keyexchanged.protocol import HandshakeFailed
 from keyexchanged.workers import DecryptionPool, default_workers
-from tests.test_handshake import CLIENT_KEY, IDENTITY, SERVER_KEY, replay
-from tests.test_protocol import MESSAGE, Pair, server_factory
+from tests.fixtures import (
+    CLIENT_KEY,
+    IDENTITY,
+    MESSAGE,
+    SERVER_KEY,
+    FakePool,
+    Pair,
+    replay,
+    server_factory,
+)
 from tests.vectors import RAW, hexbytes, record
 
 KEY_FRAME = encode_frame("KEY", hexbytes("key_payload"))
@@ -102,26 +110,6 @@ class CoreTests(unittest.TestCase):
         server.receive_data(KEY_FRAME)
         server.fail("timeout", "handshake took too long")
         self.assertEqual(server.key_decrypted(hexbytes("secret")), [])
-
-
-class FakePool:
-    """Decryption whose answers the test gives, when it chooses."""
-
-    def __init__(self):
-        self.requests = []
-
-    def decrypt(self, ciphertext, label):
-        d = defer.Deferred()
-        self.requests.append((ciphertext, label, d))
-        return d
-
-    def answer(self, index=0):
-        ciphertext, label, d = self.requests.pop(index)
-        try:
-            secret = SERVER_KEY.decrypt_oaep(ciphertext, label=label)
-        except Exception:
-            secret = None
-        d.callback(secret)
 
 
 class ChannelTests(unittest.TestCase):
