@@ -101,32 +101,46 @@ class EndToEndTests(unittest.TestCase):
         self.assertIn(IDENTITY.fingerprint, warnings[0])
 
     def test_half_closeable_application_gets_read_connection_lost(self):
+        """The peer's END reaches a half-closeable application as
+        readConnectionLost, not as the end of the connection: it may still
+        write, and what it writes then arrives before its own END."""
+        events = []
+
         @implementer(IHalfCloseableProtocol)
         class HalfCloser(Collector):
-            read_closed = False
-
             def readConnectionLost(self):
-                self.read_closed = True
+                events.append("readConnectionLost")
                 self.transport.write(b"still talking")
                 self.transport.loseConnection()
 
             def writeConnectionLost(self):
-                pass
+                events.append("writeConnectionLost")
+
+            def connectionLost(self, reason):
+                events.append("connectionLost")
+                super().connectionLost(reason)
 
         got = []
 
-        class Sink(Protocol):
+        class Greeter(Protocol):
+            """Says hello and ENDs at once, then listens."""
+
+            def connectionMade(self):
+                self.transport.write(b"hello")
+                self.transport.loseConnection()
+
             def dataReceived(self, data):
                 got.append(data)
 
         half = HalfCloser()
-        pair = Pair(app=Factory.forProtocol(Sink), client_app=half)
+        pair = Pair(app=Factory.forProtocol(Greeter), client_app=half)
         pair.flush()
-        # The sink never ENDs on its own: the server app is not half-closeable,
-        # so the server answers the client's END with END.
-        half.transport.loseConnection()
-        pair.flush()
+        self.assertEqual(half.data, b"hello")
+        self.assertEqual(events, ["readConnectionLost", "connectionLost"])
+        # Written after the server's END, and still delivered.
+        self.assertEqual(b"".join(got), b"still talking")
         self.assertIsInstance(half.reason.value, error.ConnectionDone)
+        self.assertEqual(pair.server_factory.connections, set())
 
 
 class TruncationTests(unittest.TestCase):
