@@ -32,6 +32,19 @@ from tests.fixtures import (
 from tests.vectors import RAW
 
 
+def _flipped(blob, position, mask):
+    """``blob`` with the byte at ``position`` (modulo its length) XORed."""
+    position %= len(blob)
+    return blob[:position] + bytes([blob[position] ^ mask]) + blob[position + 1 :]
+
+
+KEY_FIXTURES = sorted(
+    name
+    for name in os.listdir(DATA)
+    if name.startswith("keys_openssl_") and "fingerprint" not in name
+)
+
+
 def write(path, content, mode=0o600):
     with open(path, "wb") as f:
         f.write(content)
@@ -333,30 +346,63 @@ class BadFileTests(TemporaryDirectoryMixin, SynchronousTestCase):
         self.assertKeyFileError(path, "too large")
 
     @settings(max_examples=200, deadline=None)
-    @given(st.binary(max_size=600))
+    @given(
+        st.one_of(
+            st.binary(max_size=600),
+            st.sampled_from(KEY_FIXTURES).map(data),
+            st.tuples(
+                st.sampled_from(KEY_FIXTURES), st.integers(0, 10_000), st.integers(1, 255)
+            ).map(lambda t: _flipped(data(t[0]), t[1], t[2])),
+        )
+    )
     def test_arbitrary_bytes(self, blob):
-        """Nothing but KeyFormatError, whatever the bytes."""
-        for decode in (keys.private_key_from_bytes, keys.public_key_from_bytes):
+        """A key of the kind asked for, or KeyFormatError with a message:
+        nothing else, whatever the bytes.  Real key files (some damaged)
+        are mixed in so that both outcomes are reached."""
+        outcomes = {}
+        for decode, kind in (
+            (keys.private_key_from_bytes, PrivateKey),
+            (keys.public_key_from_bytes, PublicKey),
+            (keys.public_key_from_der, PublicKey),
+        ):
             try:
-                decode(blob)
-            except keys.KeyFormatError:
-                pass
-        try:
-            keys.public_key_from_der(blob)
-        except keys.KeyFormatError:
-            pass
+                key = decode(blob)
+            except keys.KeyFormatError as e:
+                self.assertTrue(str(e), f"{decode.__name__}: an empty message")
+                outcomes[decode.__name__] = None
+            else:
+                self.assertIsInstance(key, kind, decode.__name__)
+                outcomes[decode.__name__] = key
+        private = outcomes["private_key_from_bytes"]
+        public = outcomes["public_key_from_bytes"]
+        if private is not None:
+            # The public half of the same file is that key's public half.
+            self.assertEqual(public, private.public_key())
+        der_key = outcomes["public_key_from_der"]
+        if der_key is not None:
+            # Strict DER: only the one canonical encoding is accepted.
+            self.assertEqual(keys.public_key_to_der(der_key), blob)
+            self.assertEqual(public, der_key)
 
     @settings(max_examples=200, deadline=None)
     @given(st.integers(0, 293), st.integers(1, 255))
     def test_damaged_spki(self, position, flip):
-        der = bytearray(data("keys_openssl_spki.der"))
-        der[position] ^= flip
+        original = data("keys_openssl_spki.der")
+        der = _flipped(original, position, flip)
         try:
-            key = keys.public_key_from_der(bytes(der))
-        except ValueError:
+            key = keys.public_key_from_der(der)
+        except keys.KeyFormatError as e:
+            # Refused either as DER, or as RSA numbers (an even exponent, say).
+            message = str(e)
+            if not message.startswith("not a valid RSA public key ("):
+                self.assertEqual(
+                    message, "not a DER SubjectPublicKeyInfo holding an RSA public key"
+                )
             return
-        # A flip inside the modulus can still make a valid-looking key.
-        self.assertNotEqual(key, keys.public_key_from_der(data("keys_openssl_spki.der")))
+        # A flip inside the modulus can still make a valid-looking key: a
+        # different key, whose canonical encoding is the damaged bytes.
+        self.assertNotEqual(key, keys.public_key_from_der(original))
+        self.assertEqual(keys.public_key_to_der(key), der)
 
 
 class StrictDerTests(SynchronousTestCase):
