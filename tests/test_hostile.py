@@ -789,7 +789,9 @@ class TruncationTests(HostileTestCase):
             self.assertEqual(transport.value(), b"", cut)
             if cut < len(hello) + len(confirm):
                 failure = self.failureResultOf(factory.handshake, HandshakeFailed)
-                self.assertFalse(isinstance(failure.value.reason, error.ConnectionDone), cut)
+                # The cause, not a clean end (reason is a Failure: the old
+                # isinstance check on it could never fail).
+                self.assertIsInstance(failure.value.reason.value, error.ConnectionLost, cut)
                 self.assertFalse(app.made, cut)
                 self.assertEqual(app.data, b"", cut)
             else:

@@ -131,13 +131,13 @@ class FormatTests(TemporaryDirectoryMixin, SynchronousTestCase):
         path = os.path.join(self.dir, "k")
         keys.save_private_key(self.key, path)
         with open(path, "rb") as f:
-            self.assertTrue(f.read().startswith(b"-----BEGIN PRIVATE KEY-----\n"))
+            self.assertEqual(f.readline(), b"-----BEGIN PRIVATE KEY-----\n")
         self.assertEqual(components(keys.load_private_key(path)), components(self.key))
 
         encrypted = os.path.join(self.dir, "e")
         keys.save_private_key(self.key, encrypted, passphrase=b"s3cret")
         with open(encrypted, "rb") as f:
-            self.assertTrue(f.read().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n"))
+            self.assertEqual(f.readline(), b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n")
         for passphrase in (b"s3cret", "s3cret"):
             self.assertEqual(
                 components(keys.load_private_key(encrypted, passphrase)), components(self.key)
@@ -523,7 +523,7 @@ class WriteTests(TemporaryDirectoryMixin, SynchronousTestCase):
         keys.save_public_key(self.key, self.public)
         self.assertEqual(keys.load_public_key(self.public), self.key.public_key())
         with open(self.public, "rb") as f:
-            self.assertTrue(f.read().startswith(b"-----BEGIN PUBLIC KEY-----\n"))
+            self.assertEqual(f.readline(), b"-----BEGIN PUBLIC KEY-----\n")
 
     def test_overwrite_refused(self):
         for path, save in [
@@ -541,7 +541,7 @@ class WriteTests(TemporaryDirectoryMixin, SynchronousTestCase):
                 self.assertEqual(f.read(), b"precious")
             save(True)
             with open(path, "rb") as f:
-                self.assertTrue(f.read().startswith(b"-----BEGIN "))
+                self.assertEqual(f.read(11), b"-----BEGIN ")
         self.assertEqual(sorted(os.listdir(self.dir)), ["server.key", "server.pub"])
 
     def test_overwrite_refused_for_dangling_symlink(self):
@@ -703,7 +703,7 @@ class OpenSSLTests(TemporaryDirectoryMixin, SynchronousTestCase):
             os.path.join(self.dir, "pub.pem"), openssl("pkey", "-in", pkcs8, "-pubout"), 0o644
         )
         with open(pkcs1, "rb") as f:
-            self.assertTrue(f.read().startswith(b"-----BEGIN RSA PRIVATE KEY-----"))
+            self.assertEqual(f.readline(), b"-----BEGIN RSA PRIVATE KEY-----\n")
         expected = keys.load_private_key(pkcs8)
         self.assertEqual(expected.size, 2048)
         for path, passphrase in [(pkcs1, None), (der, None), (encrypted, "hunter2")]:

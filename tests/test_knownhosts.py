@@ -329,6 +329,6 @@ class PromptTests(unittest.TestCase):
         ]:
             answer, shown = self.ask(typed)
             self.assertEqual(answer, expected, typed)
-            self.assertTrue(shown.startswith("Trust it (yes/no)? "))
+            self.assertEqual(shown[: len("Trust it (yes/no)? ")], "Trust it (yes/no)? ", typed)
         _, shown = self.ask("maybe\nno\n")
         self.assertIn("Please type 'yes', 'no' or the fingerprint", shown)

@@ -191,11 +191,12 @@ class FrameDecoderProperties(unittest.TestCase, Invariants):
         for verb, payload in decoded:
             self.assertLessEqual(len(payload), MAX_PAYLOAD[verb])
         # Re-encoding what was decoded gives back a prefix of the input.
-        self.assertTrue(data.startswith(b"".join(encode_frame(v, p) for v, p in decoded)))
+        encoded = b"".join(encode_frame(v, p) for v, p in decoded)
+        self.assertEqual(data[: len(encoded)], encoded)
 
     @PROPERTY
-    @given(streams(CLIENT_FRAMES + SERVER_FRAMES), chunkings())
-    def test_a_one_byte_feed_never_holds_more_than_a_header(self, data, sizes):
+    @given(streams(CLIENT_FRAMES + SERVER_FRAMES))
+    def test_a_one_byte_feed_never_holds_more_than_a_header(self, data):
         decoder = FrameDecoder(lambda verb, payload: None)
         try:
             for i in range(len(data)):
@@ -294,7 +295,7 @@ class ClientProperties(unittest.TestCase, Invariants):
             self.assertIsInstance(events[0], ServerKeyReceived)
         # Data only after the key was confirmed by an opened record.
         if any(isinstance(e, DataReceived) for e in events):
-            self.assertTrue(any(isinstance(e, HandshakeComplete) for e in events))
+            self.assertIn(HandshakeComplete, [type(e) for e in events])
 
 
 @implementer(IHalfCloseableProtocol)
