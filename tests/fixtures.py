@@ -14,10 +14,12 @@ import shlex
 import subprocess
 import sys
 
+from Crypto.IO import PEM
 from twisted.internet import defer, interfaces
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -101,6 +103,11 @@ def components(key):
     return key.n, key.e, key.d, frozenset((key.p, key.q))
 
 
+def public_pem(key):
+    """The PEM SubjectPublicKeyInfo of a key, as in a ``.pub`` file."""
+    return PEM.encode(keys.public_key_to_der(key), "PUBLIC KEY") + "\n"
+
+
 def openssl(*args, input=None):
     """Run openssl; its stdout, or a test failure with its stderr."""
     result = subprocess.run(["openssl", *args], input=input, capture_output=True, check=False)
@@ -122,6 +129,21 @@ def openssl_pipeline_fingerprint(public_path):
 # -- a server and a client joined in memory ------------------------------------
 
 MESSAGE = hexbytes("server_message")
+
+
+def ended_sessions(testcase):
+    """How the server says each connection ended, from now on: a dict of
+    ``host:port`` to the outcome in its "connection from ... ended" log
+    line (``ok``, ``truncated``, ``closed``, an ERROR code...)."""
+    ended = {}
+
+    def observe(event):
+        if event.get("log_format", "").startswith("connection from {peer} ended:"):
+            ended[event["peer"]] = event["outcome"]
+
+    globalLogPublisher.addObserver(observe)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observe)
+    return ended
 
 
 def address(host="10.0.0.1", port=40000):

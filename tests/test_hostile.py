@@ -43,6 +43,7 @@ from tests.fixtures import (
     SERVER_KEY,
     Collector,
     address,
+    ended_sessions,
     frames,
     replay,
     vector_client,
@@ -167,6 +168,8 @@ class Hostile:
 
     def __init__(self, setup, identity=None, port=6000):
         self.setup = setup
+        #: How the server's log names this connection.
+        self.peer = f"{HOSTILE_HOST}:{port}"
         self.transport = StringTransport(peerAddress=address(HOSTILE_HOST, port))
         self.proto = setup.factory.buildProtocol(address(HOSTILE_HOST, port))
         self.proto.makeConnection(self.transport)
@@ -398,6 +401,7 @@ class RecordAfterEndTests(HostileTestCase):
         """Once both ENDs have passed the server is closing: whatever the
         peer sends before the TCP close is ignored, a long line as much as
         a short one, and the session stays a clean end."""
+        ended = ended_sessions(self)
         setup, hostile = self.lingering()
         hostile.take()
         hostile.app.transport.loseConnection()  # the server's END: finished
@@ -408,12 +412,13 @@ class RecordAfterEndTests(HostileTestCase):
         self.assertEqual(hostile.take(), b"")
         hostile.close()
         self.assertIsInstance(hostile.app.reason.value, error.ConnectionDone)
-        self.assertEqual(hostile.proto._outcome, "ok")
+        self.assertEqual(ended[hostile.peer], "ok")
         setup.bystander.finish(self)
 
     def test_daemon_application_closes_after_both_ends(self):
         """The message application ENDs at once; after the client's END
         the connection is finished and a late record is never read."""
+        ended = ended_sessions(self)
         setup = Setup()
         setup.factory.hostile_apps = MessageFactory(b"the message")
         hostile = Hostile(setup)
@@ -423,7 +428,7 @@ class RecordAfterEndTests(HostileTestCase):
         self.assertEqual(hostile.take(), b"")  # no ERROR: the peer was done
         self.assertTrue(hostile.transport.disconnecting)
         hostile.close()
-        self.assertEqual(hostile.proto._outcome, "ok")
+        self.assertEqual(ended[hostile.peer], "ok")
         setup.bystander.finish(self)
 
 
@@ -703,6 +708,7 @@ class TruncationTests(HostileTestCase):
     dropped, and the application hears "truncated", never a clean end."""
 
     def test_payload_shorter_than_announced_then_close(self):
+        ended = ended_sessions(self)
         setup = Setup()
         hostile = Hostile(setup)
         hostile.handshake()
@@ -715,7 +721,7 @@ class TruncationTests(HostileTestCase):
         self.assertEqual(hostile.take(), b"")  # the peer is gone: no ERROR
         self.assertEqual(hostile.app.data, b"whole")
         self.assertIsInstance(hostile.app.reason.value, Truncated)
-        self.assertEqual(hostile.proto._outcome, "truncated")
+        self.assertEqual(ended[hostile.peer], "truncated")
         self.assertEqual(setup.factory.connections, {setup.bystander.server})
         setup.bystander.finish(self)
 
@@ -724,6 +730,7 @@ class TruncationTests(HostileTestCase):
         AUTH required: the server sends nothing but HELLO until AUTH is
         complete, nothing at all after the close, and forgets the
         connection."""
+        ended = ended_sessions(self)
         stream = (
             encode_frame("KEY", hexbytes("key_payload"))
             + encode_frame("AUTH", record("client_auth_seq0"))
@@ -751,7 +758,7 @@ class TruncationTests(HostileTestCase):
             self.assertEqual(hostile.take(), b"", cut)
             self.assertEqual(setup.factory.connections, {setup.bystander.server}, cut)
             if cut < auth_end:
-                self.assertEqual(hostile.proto._outcome, "closed", cut)
+                self.assertEqual(ended[hostile.peer], "closed", cut)
             else:
                 app = setup.apps.made[-1]
                 self.assertIsInstance(app.reason.value, Truncated, cut)

@@ -24,6 +24,7 @@ from tests.fixtures import (
     Pair,
     address,
     client_writes,
+    ended_sessions,
     frames,
     server_factory,
 )
@@ -329,12 +330,13 @@ class BadInputTests(unittest.TestCase):
         stream = encode_frame("KEY", hexbytes("key_payload"))
         factory = server_factory()
         factory.vector = True
+        ended = ended_sessions(self)
         for cut in range(len(stream)):
-            proto, _ = self.connect(factory)
+            proto, _ = self.connect(factory, port=40000 + cut)
             proto.dataReceived(stream[:cut])
             proto.connectionLost(error.ConnectionLost())
             self.assertEqual(factory.connections, set())
-            self.assertEqual(proto._outcome, "closed")
+            self.assertEqual(ended[f"10.0.0.1:{40000 + cut}"], "closed", cut)
 
 
 class TimeoutTests(unittest.TestCase):

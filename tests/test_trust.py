@@ -33,6 +33,7 @@ from tests.fixtures import (
     data,
     frames,
     openssl_fingerprint,
+    public_pem,
     vector_client,
 )
 from tests.vectors import RAW, hexbytes
@@ -289,7 +290,7 @@ class ThroughTheChannelTests(unittest.TestCase):
 
 class AuthorizedKeysTests(unittest.TestCase):
     def test_fingerprints_pem_and_comments(self):
-        pem = keys._public_key_to_pem(CLIENT_KEY).decode()
+        pem = public_pem(CLIENT_KEY)
         text = (
             "# who may log in\n"
             f"{IDENTITY.fingerprint}   # the server's own key, why not\n"
