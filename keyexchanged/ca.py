@@ -1,7 +1,7 @@
 """X.509 certificates: a small operator CA, and the server's certificate chain.
 
 An operator who runs several servers can vouch for their keys once, instead
-of handing every user every fingerprint (PROTOCOL.md §7.3)::
+of handing every user every fingerprint (docs/spec/kx1.rst §7.3)::
 
     keyexchange ca init DIR              DIR/ca.key (0600) and DIR/ca.pem
     keyexchange ca issue DIR --key server.key.pub --name HOST [--ip ADDR]

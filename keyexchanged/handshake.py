@@ -606,7 +606,6 @@ class _Connection:
             code, detail = parse_error_payload(payload)
             self._enter(State.CLOSED)
             self._stop_decoding()
-            self._outgoing = ()
             self._event(ErrorReceived(code, detail))
             return
         rule = self._rule(verb)
@@ -703,9 +702,12 @@ class _Connection:
         self._enter(State.CLOSED)
         self._stop_decoding()
         self._waiting = ()
-        # Whatever was queued and not yet taken is dropped: after an error
-        # only the ERROR goes out.
-        self._outgoing = [encode_frame("ERROR", error_payload(error.code, error.detail))]
+        # What was queued before the error goes out first (the key
+        # confirmation, say): the answer to a stream must not depend on how
+        # the stream was cut.  After the ERROR nothing more is said.
+        self._outgoing = _queue(
+            self._outgoing, encode_frame("ERROR", error_payload(error.code, error.detail))
+        )
         self._event(ProtocolFailed(error.code, error.detail))
 
 

@@ -1,4 +1,4 @@
-"""Known hosts: trust on first use, as OpenSSH does (PROTOCOL.md §7.2).
+"""Known hosts: trust on first use, as OpenSSH does (docs/spec/kx1.rst §7.2).
 
 The file, ``$XDG_CONFIG_HOME/keyexchange/known_hosts`` (else
 ``~/.config/keyexchange/known_hosts``), has one entry a line::
@@ -244,7 +244,7 @@ def _bits(offer):
 
 
 class KnownHostsTrust:
-    """Trust on first use for one server port (PROTOCOL.md §7.2).
+    """Trust on first use for one server port (docs/spec/kx1.rst §7.2).
 
     ``ask(question, fingerprint) -> bool`` puts a yes/no question to the
     user (:func:`ask_yes_no` on a terminal), or is

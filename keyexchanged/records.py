@@ -1,4 +1,4 @@
-"""Sealed records: AES-256-GCM, one direction at a time (PROTOCOL.md §5).
+"""Sealed records: AES-256-GCM, one direction at a time (docs/spec/kx1.rst §5).
 
 A direction is a key and a 64-bit sequence number.  Every record sealed in
 that direction (AUTH, MSG, UPDATE, END) takes the next number, which is the

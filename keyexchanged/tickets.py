@@ -104,14 +104,18 @@ class TicketIssuer:
     """Makes and opens this server's tickets.
 
     ``clock`` returns the time in seconds (the reactor's ``seconds``);
-    ``lifetime`` is how long a ticket may resume, at most one day.
+    ``lifetime`` is how long a ticket may resume, at most one day;
+    ``random`` draws the GCM nonces (tests make it repeatable).
     """
 
-    def __init__(self, ticket_keys, lifetime=DEFAULT_LIFETIME, clock=None):
+    def __init__(
+        self, ticket_keys, lifetime=DEFAULT_LIFETIME, clock=None, random=secrets.token_bytes
+    ):
         if not 1 <= lifetime <= MAX_LIFETIME:
             raise ValueError(f"ticket lifetime must be 1 to {MAX_LIFETIME} seconds")
         self.keys = ticket_keys
         self.lifetime = lifetime
+        self._random = random
         if clock is None:
             import time
 
@@ -131,7 +135,7 @@ class TicketIssuer:
         ).encode("utf-8")
         key = self.keys.encrypting
         kid = key_id(key)
-        nonce = secrets.token_bytes(NONCE_LENGTH)
+        nonce = self._random(NONCE_LENGTH)
         cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
         cipher.update(kid)
         body, tag = cipher.encrypt_and_digest(state)

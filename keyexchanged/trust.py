@@ -1,4 +1,4 @@
-"""Deciding whether to trust a peer's key (PROTOCOL.md §7 and §8).
+"""Deciding whether to trust a peer's key (docs/spec/kx1.rst §7 and §8).
 
 Client side, a trust policy has one method, ``verify(server_name, offer)``,
 where ``offer`` is the :class:`~keyexchanged.handshake.ServerKeyReceived`
@@ -136,7 +136,7 @@ _PURPOSES = {
 
 
 class CertificateAuthority:
-    """Trust a key that a CA we hold vouches for (PROTOCOL.md §7.3).
+    """Trust a key that a CA we hold vouches for (docs/spec/kx1.rst §7.3).
 
     The HELLO ``certificates`` chain (leaf first) must, in this order:
 

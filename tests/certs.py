@@ -8,10 +8,13 @@ will make on request (certificates already expired, not valid yet, or with
 the wrong keyUsage or extendedKeyUsage).
 """
 
+import atexit
 import datetime
 import ipaddress
 import os
+import shutil
 import subprocess
+import tempfile
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa as crypto_rsa
 from cryptography.x509.oid import NameOID
 
 from keyexchanged import handshake, keys
+from tests.fixtures import SERVER_KEY
 
 UTC = datetime.timezone.utc
 DAY = datetime.timedelta(days=1)
@@ -223,3 +227,29 @@ def load_chain(path):
 def save_key(key, path):
     keys.save_private_key(key, path)
     return path
+
+
+_world = None
+
+
+def world():
+    """CAs and keys shared by the tests of one process: made once, since
+    each openssl run costs a key generation."""
+    global _world
+    if _world is None:
+        directory = tempfile.mkdtemp(prefix="keyexchange-trust-test-")
+        atexit.register(shutil.rmtree, directory, True)
+        w = {"dir": directory}
+        w["root_key"] = fast_key()
+        w["root"] = build(w["root_key"], subject="Our Root", ca=True, usage="ca")
+        w["inter_key"] = fast_key()
+        w["inter"] = build(
+            w["inter_key"], w["root_key"], w["root"], subject="Our Intermediate", ca=True,
+            usage="ca",
+        )  # fmt: skip
+        w["other_key"] = fast_key()
+        w["other_root"] = build(w["other_key"], subject="Other Root", ca=True, usage="ca")
+        w["openssl"] = OpenSSLCA(os.path.join(directory, "openssl"))
+        w["server_key_file"] = save_key(SERVER_KEY, os.path.join(directory, "server.key"))
+        _world = w
+    return _world

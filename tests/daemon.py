@@ -12,6 +12,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
 from keyexchanged import keys
+from tests.fixtures import SERVER_KEY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -140,8 +141,6 @@ class DaemonTestCase(unittest.TestCase):
     timeout = 120
 
     def setUp(self):
-        from tests.test_handshake import SERVER_KEY
-
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         self.key = os.path.join(self.dir, "server.key")

@@ -5,17 +5,11 @@ signed by the vector server key with an expiry an hour from the import:
 valid by the client's real clock whatever Clock the test drives.
 """
 
-import json
-import os
 import time
 
 from keyexchanged import keys
 from keyexchanged.ephemeral import EphemeralKey, sign_ephemeral
-from tests.vectors import RAW
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-with open(os.path.join(HERE, "data", "kx1-ephemeral-resume.json"), encoding="utf-8") as _f:
-    RESUME_RAW = json.load(_f)
+from tests.vectors import RAW, RESUME_RAW
 
 SERVER_KEY = keys.private_key_from_bytes(RAW["server_private_key_pem"].encode())
 EPHEMERAL_PRIVATE = keys.private_key_from_bytes(RESUME_RAW["ephemeral_private_key_pem"].encode())

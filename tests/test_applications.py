@@ -19,8 +19,7 @@ from keyexchanged.framing import RECORD_DATA_MAX, TAG_LENGTH
 from keyexchanged.interfaces import IApplication
 from keyexchanged.protocol import ChannelClientFactory
 from keyexchanged.trust import PinnedKey
-from tests.test_handshake import IDENTITY
-from tests.test_protocol import MESSAGE, Collector, Pair, address, server_factory
+from tests.fixtures import IDENTITY, MESSAGE, Collector, Pair, address, server_factory
 
 
 class DiscoveryTests(unittest.TestCase):

@@ -11,10 +11,8 @@ from twisted.trial import unittest
 from keyexchanged import ca, cli, keys
 from keyexchanged.trust import CertificateAuthority
 from tests import certs
-from tests.test_cli import CommandTestCase
-from tests.test_handshake import CLIENT_KEY, SERVER_KEY
-from tests.test_keys import openssl
-from tests.test_trust import world
+from tests.certs import world
+from tests.fixtures import CLIENT_KEY, SERVER_KEY, CommandTestCase, openssl
 
 
 class SubjectPublicKeyInfoTests(unittest.TestCase):

@@ -20,9 +20,8 @@ from keyexchanged.protocol import (
     Truncated,
 )
 from keyexchanged.trust import PinnedKey
+from tests.fixtures import IDENTITY, FakePool
 from tests.rev2 import StaticEphemeralKeys
-from tests.test_handshake import IDENTITY
-from tests.test_workers import FakePool
 
 
 def address(host="10.0.0.1", port=40000):

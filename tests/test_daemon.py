@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from keyexchanged import config, keys
 from keyexchanged.framing import encode_frame
 from tests.daemon import Daemon, DaemonTestCase, environment, run_client
-from tests.test_handshake import SERVER_KEY, frames
+from tests.fixtures import SERVER_KEY, frames
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]

@@ -12,9 +12,9 @@ from twisted.internet import defer, threads
 
 from keyexchanged import keys
 from tests import certs
+from tests.certs import world
 from tests.daemon import CLIENT, Daemon, DaemonTestCase, environment, run_client
-from tests.test_handshake import CLIENT_KEY, SERVER_KEY
-from tests.test_trust import world
+from tests.fixtures import CLIENT_KEY, SERVER_KEY, public_pem
 from tests.vectors import RAW
 
 SERVER_FP = RAW["server_fingerprint"]
@@ -264,7 +264,7 @@ class DaemonTrustTests(DaemonTestCase):
     @defer.inlineCallbacks
     def test_authorized_keys(self):
         """The "done when": --identity is served, a client without is refused."""
-        pem = keys._public_key_to_pem(CLIENT_KEY).decode()
+        pem = public_pem(CLIENT_KEY)
         authorized = self.write(
             "authorized_keys", f"# alice\n{pem}\n# bob\n{'SHA256:' + 'A' * 43}\n"
         )

@@ -1,16 +1,21 @@
 """Replay what the fuzzer ever found, and its seeds, without atheris.
 
 Every file in ``tests/fuzz/regressions/`` (the crashes of ``make fuzz``,
-kept once fixed) and in ``tests/fuzz/corpus/`` goes through the same
-target function the fuzzer runs; the target raises when an invariant
-breaks.  See ``tests/fuzz/fuzz_server.py`` for the input layout.
+kept once fixed, and inputs seeded from bugs fixed before) and in
+``tests/fuzz/corpus/`` goes through the same target function the fuzzer
+runs; the target raises when an invariant breaks.  A regression file must
+also produce exactly the server events recorded for it in
+``regressions/expected.json``, where its entry says which bug it guards.
+See ``tests/fuzz/fuzz_server.py`` for the input layout.
 """
 
+import json
 import os
 
 from twisted.trial import unittest
 
 from keyexchanged import handshake
+from tests.fixtures import frames
 from tests.fuzz import fuzz_server
 from tests.fuzz.fuzz_server import (
     CORPUS,
@@ -22,20 +27,61 @@ from tests.fuzz.fuzz_server import (
     run_server,
 )
 
+EXPECTED = os.path.join(REGRESSIONS, "expected.json")
+NOT_INPUTS = {"README", "expected.json"}
+
 
 def _inputs(directory):
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
-        if os.path.isfile(path) and name != "README":
+        if os.path.isfile(path) and name not in NOT_INPUTS:
             with open(path, "rb") as f:
                 yield name, f.read()
 
 
+def _expected():
+    with open(EXPECTED, encoding="utf-8") as f:
+        return json.load(f)
+
+
 class RegressionTests(unittest.TestCase):
     def test_every_regression_file(self):
+        """No invariant breaks, no exception escapes, and the server says
+        what it said once the bug was fixed: the same events, and exactly
+        one ERROR when (and only when) it refused the input."""
+        expected = _expected()
         for name, data in _inputs(REGRESSIONS):
             with self.subTest(name):
                 fuzz_one_input(data)
+                stream, size, authorized = decode_input(data)
+                events, output = run_server(chunks(stream, size), authorized)
+                self.assertIn(name, expected, f"{name}: add its entry to expected.json")
+                self.assertEqual([repr(e) for e in events], expected[name]["events"], name)
+                errors = [payload for verb, payload in frames(output) if verb == "ERROR"]
+                failed = [e for e in events if isinstance(e, handshake.ProtocolFailed)]
+                self.assertEqual(len(errors), len(failed), name)
+                for payload, event in zip(errors, failed):
+                    self.assertEqual(
+                        json.loads(payload), {"error": event.code, "detail": event.detail}, name
+                    )
+
+    def test_every_expectation_has_its_file(self):
+        on_disk = {name for name, _ in _inputs(REGRESSIONS)}
+        self.assertEqual(sorted(set(_expected()) - on_disk), [])
+
+    def test_the_seeded_bugs_are_there(self):
+        # The directory once held only its README, and the replay tested
+        # nothing.  Inputs for the bugs fixed before fuzzing stay.
+        names = set(_expected())
+        for name in (
+            "auth-nested-json",
+            "auth-noncanonical-base64",
+            "error-bad-json",
+            "header-over-32-bytes-then-junk",
+            "key-equal-to-n",
+            "msg-over-limit-in-await-key",
+        ):
+            self.assertIn(name, names)
 
     def test_the_directory_is_kept(self):
         self.assertTrue(os.path.isfile(os.path.join(REGRESSIONS, "README")))
@@ -77,10 +123,10 @@ class TargetTests(unittest.TestCase):
         self.assertRaises(InvariantBroken, fuzz_one_input, b"\x00KEY 1\r\n")
 
     def test_an_exception_in_the_server_escapes(self):
-        def crash(self, payload):
+        def crash(self, *args):
             raise KeyError("boom")
 
-        self.patch(handshake.ServerConnection, "_on_KEY", crash)
+        self.patch(handshake.ServerConnection, "_key_agreed", crash)
         self.assertRaises(KeyError, fuzz_one_input, fuzz_server.seeds()["raw-honest-auth-whole"])
 
     def test_empty_and_flag_only_inputs(self):

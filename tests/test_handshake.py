@@ -8,67 +8,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from keyexchanged import handshake, keys
+from keyexchanged import handshake
 from keyexchanged.framing import MAX_PAYLOAD, encode_frame
 from keyexchanged.handshake import (
-    ClientConnection,
     DataReceived,
     EndReceived,
     ErrorReceived,
     HandshakeComplete,
     ProtocolFailed,
     ServerConnection,
-    ServerIdentity,
     ServerKeyReceived,
 )
+from tests.fixtures import (
+    CLIENT_KEY,
+    IDENTITY,
+    SERVER_KEY,
+    frames,
+    rev1_client,
+    vector_client,
+    vector_server,
+)
 from tests.vectors import RAW, hexbytes, record
-
-SERVER_KEY = keys.private_key_from_bytes(RAW["server_private_key_pem"].encode())
-CLIENT_KEY = keys.private_key_from_bytes(RAW["client_private_key_pem"].encode())
-IDENTITY = ServerIdentity(SERVER_KEY)
-
-
-def replay(*values):
-    """A ``random`` that hands out the given byte strings in order."""
-    pending = list(values)
-
-    def draw(n):
-        value = pending.pop(0)
-        assert len(value) == n, (len(value), n)
-        return value
-
-    return draw
-
-
-def frames(data):
-    """Split bytes we produced into (verb, payload) pairs."""
-    out = []
-    decoder = handshake.FrameDecoder(lambda verb, payload: out.append((verb, payload)))
-    decoder.feed(data)
-    return out
-
-
-def vector_server(**options):
-    server = ServerConnection(IDENTITY, random=replay(hexbytes("nonce"), b"\x00" * 32), **options)
-    server.start()
-    return server
-
-
-def rev1_client(**options):
-    """A client that talks to a server without ephemeral keys (revision 1):
-    the vectors of kx1-handshake.json, and most tests here."""
-    options.setdefault("require_forward_secrecy", False)
-    return ClientConnection(**options)
-
-
-def vector_client(identity=None, **options):
-    return rev1_client(
-        identity=identity,
-        random=replay(hexbytes("secret")),
-        oaep_seed=hexbytes("oaep_seed"),
-        pss_salt=hexbytes("pss_salt"),
-        **options,
-    )
 
 
 def frame(verb, name):

@@ -1,4 +1,4 @@
-"""Hostile input through the Twisted layer (issue 5 §2, PROTOCOL.md §6).
+"""Hostile input through the Twisted layer (issue 5 §2, docs/spec/kx1.rst §6).
 
 Every bad input gets one precise answer: the ERROR code *and* detail of
 §6, or a silent close where the peer is already gone.  Each test also shows
@@ -37,15 +37,17 @@ from keyexchanged.protocol import (
 )
 from keyexchanged.records import MAX_RECORDS_PER_KEY
 from keyexchanged.trust import PinnedKey
-from tests.test_handshake import (
+from tests.fixtures import (
     CLIENT_KEY,
     IDENTITY,
     SERVER_KEY,
+    Collector,
+    address,
+    ended_sessions,
     frames,
     replay,
     vector_client,
 )
-from tests.test_protocol import Collector, address
 from tests.vectors import RAW, hexbytes, record
 
 K = IDENTITY.key_bytes
@@ -168,6 +170,8 @@ class Hostile:
 
     def __init__(self, setup, identity=None, port=6000):
         self.setup = setup
+        #: How the server's log names this connection.
+        self.peer = f"{HOSTILE_HOST}:{port}"
         self.transport = StringTransport(peerAddress=address(HOSTILE_HOST, port))
         self.proto = setup.factory.buildProtocol(address(HOSTILE_HOST, port))
         self.proto.makeConnection(self.transport)
@@ -305,7 +309,7 @@ class HeaderRefusalTests(HostileTestCase):
         )
 
     def test_frame_too_large_wins_over_the_state(self):
-        # The limit is checked before the state (PROTOCOL.md §1).
+        # The limit is checked before the state (docs/spec/kx1.rst §1).
         self.refuse(b"MSG 65553\r\n", "frame-too-large", "MSG payload over 65552 bytes")
 
     def test_wrong_state_after_the_handshake(self):
@@ -412,6 +416,7 @@ class RecordAfterEndTests(HostileTestCase):
         """Once both ENDs have passed the server is closing: whatever the
         peer sends before the TCP close is ignored, a long line as much as
         a short one, and the session stays a clean end."""
+        ended = ended_sessions(self)
         setup, hostile = self.lingering()
         hostile.take()
         hostile.app.transport.loseConnection()  # the server's END: finished
@@ -422,12 +427,13 @@ class RecordAfterEndTests(HostileTestCase):
         self.assertEqual(hostile.take(), b"")
         hostile.close()
         self.assertIsInstance(hostile.app.reason.value, error.ConnectionDone)
-        self.assertEqual(hostile.proto._outcome, "ok")
+        self.assertEqual(ended[hostile.peer], "ok")
         setup.bystander.finish(self)
 
     def test_daemon_application_closes_after_both_ends(self):
         """The message application ENDs at once; after the client's END
         the connection is finished and a late record is never read."""
+        ended = ended_sessions(self)
         setup = Setup()
         setup.factory.hostile_apps = MessageFactory(b"the message")
         hostile = Hostile(setup)
@@ -440,7 +446,7 @@ class RecordAfterEndTests(HostileTestCase):
         self.assertEqual(hostile.take(), b"")  # no ERROR: the peer was done
         self.assertTrue(hostile.transport.disconnecting)
         hostile.close()
-        self.assertEqual(hostile.proto._outcome, "ok")
+        self.assertEqual(ended[hostile.peer], "ok")
         setup.bystander.finish(self)
 
 
@@ -725,6 +731,7 @@ class TruncationTests(HostileTestCase):
     dropped, and the application hears "truncated", never a clean end."""
 
     def test_payload_shorter_than_announced_then_close(self):
+        ended = ended_sessions(self)
         setup = Setup()
         hostile = Hostile(setup)
         hostile.handshake()
@@ -737,7 +744,7 @@ class TruncationTests(HostileTestCase):
         self.assertEqual(hostile.take(), b"")  # the peer is gone: no ERROR
         self.assertEqual(hostile.app.data, b"whole")
         self.assertIsInstance(hostile.app.reason.value, Truncated)
-        self.assertEqual(hostile.proto._outcome, "truncated")
+        self.assertEqual(ended[hostile.peer], "truncated")
         self.assertEqual(setup.factory.connections, {setup.bystander.server})
         setup.bystander.finish(self)
 
@@ -746,6 +753,7 @@ class TruncationTests(HostileTestCase):
         AUTH required: the server sends nothing but HELLO until AUTH is
         complete, nothing at all after the close, and forgets the
         connection."""
+        ended = ended_sessions(self)
         stream = (
             encode_frame("KEY", hexbytes("key_payload"))
             + encode_frame("AUTH", record("client_auth_seq0"))
@@ -773,7 +781,7 @@ class TruncationTests(HostileTestCase):
             self.assertEqual(hostile.take(), b"", cut)
             self.assertEqual(setup.factory.connections, {setup.bystander.server}, cut)
             if cut < auth_end:
-                self.assertEqual(hostile.proto._outcome, "closed", cut)
+                self.assertEqual(ended[hostile.peer], "closed", cut)
             else:
                 app = setup.apps.made[-1]
                 self.assertIsInstance(app.reason.value, Truncated, cut)
@@ -811,7 +819,9 @@ class TruncationTests(HostileTestCase):
             self.assertEqual(transport.value(), b"", cut)
             if cut < len(hello) + len(confirm):
                 failure = self.failureResultOf(factory.handshake, HandshakeFailed)
-                self.assertFalse(isinstance(failure.value.reason, error.ConnectionDone), cut)
+                # The cause, not a clean end (reason is a Failure: the old
+                # isinstance check on it could never fail).
+                self.assertIsInstance(failure.value.reason.value, error.ConnectionLost, cut)
                 self.assertFalse(app.made, cut)
                 self.assertEqual(app.data, b"", cut)
             else:

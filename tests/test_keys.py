@@ -6,9 +6,7 @@ KX/1 vector keys and the OpenSSL-made fixtures in tests/data/keys_*.
 """
 
 import errno
-import json
 import os
-import shlex
 import shutil
 import subprocess
 
@@ -21,48 +19,30 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from keyexchanged import keys
 from keyexchanged.rsa import PrivateKey, PublicKey
-
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-PASSPHRASE = "correct horse"  # of the encrypted OpenSSL fixtures
-
-
-def _vector_file():
-    local = os.path.join(DATA, "kx1-handshake.json")
-    if os.path.exists(local):
-        return local
-    # CI checks out shared/ beside the repository.
-    return os.path.join(
-        os.path.dirname(__file__), os.pardir, os.pardir, "shared", "vectors", "kx1-handshake.json"
-    )
+from tests.fixtures import (
+    DATA,
+    PASSPHRASE,
+    components,
+    data,
+    openssl,
+    openssl_fingerprint,
+    openssl_pipeline_fingerprint,
+    vector_key,
+)
+from tests.vectors import RAW
 
 
-_vectors = None
+def _flipped(blob, position, mask):
+    """``blob`` with the byte at ``position`` (modulo its length) XORed."""
+    position %= len(blob)
+    return blob[:position] + bytes([blob[position] ^ mask]) + blob[position + 1 :]
 
 
-def vectors():
-    global _vectors
-    if _vectors is None:
-        with open(_vector_file()) as f:
-            _vectors = json.load(f)
-    return _vectors
-
-
-def vector_key():
-    return keys.private_key_from_bytes(vectors()["server_private_key_pem"].encode())
-
-
-def data(name):
-    with open(os.path.join(DATA, name), "rb") as f:
-        return f.read()
-
-
-def openssl_fingerprint():
-    return "SHA256:" + data("keys_openssl_fingerprint.txt").decode().strip()
-
-
-def components(key):
-    """What makes two private keys the same key (p and q in either order)."""
-    return key.n, key.e, key.d, frozenset((key.p, key.q))
+KEY_FIXTURES = sorted(
+    name
+    for name in os.listdir(DATA)
+    if name.startswith("keys_openssl_") and "fingerprint" not in name
+)
 
 
 def write(path, content, mode=0o600):
@@ -75,24 +55,6 @@ def write(path, content, mode=0o600):
 def require_openssl():
     if shutil.which("openssl") is None:
         raise SkipTest("openssl is not installed")
-
-
-def openssl(*args, input=None):
-    """Run openssl; its stdout, or a test failure with its stderr."""
-    result = subprocess.run(["openssl", *args], input=input, capture_output=True, check=False)
-    if result.returncode != 0:
-        raise AssertionError(f"openssl {' '.join(args)} failed: {result.stderr.decode()}")
-    return result.stdout
-
-
-def openssl_pipeline_fingerprint(public_path):
-    """The fingerprint as the documentation tells users to compute it."""
-    command = (
-        f"openssl pkey -pubin -in {shlex.quote(public_path)} -outform DER"
-        " | openssl dgst -sha256 -binary | base64 | tr -d ="
-    )
-    output = subprocess.run(command, shell=True, capture_output=True, check=True, text=True).stdout
-    return "SHA256:" + output.strip()
 
 
 class TemporaryDirectoryMixin:
@@ -109,21 +71,21 @@ class VectorTests(SynchronousTestCase):
         key = vector_key()
         self.assertEqual(key.size, 2048)
         expected = "SHA256:QP4xoWz7o57B9UI8lLLHNSEk1qwz2Iy6L5ClcTnZFCY"
-        self.assertEqual(vectors()["server_fingerprint"], expected)
+        self.assertEqual(RAW["server_fingerprint"], expected)
         self.assertEqual(keys.fingerprint(key), expected)
         self.assertEqual(keys.fingerprint(key.public_key()), expected)
 
     def test_server_spki(self):
         key = vector_key()
-        der = bytes.fromhex(vectors()["server_spki_der"])
+        der = bytes.fromhex(RAW["server_spki_der"])
         self.assertEqual(keys.public_key_to_der(key.public_key()), der)
         self.assertEqual(keys.public_key_to_der(key), der)
         self.assertEqual(keys.public_key_from_der(der), key.public_key())
-        self.assertEqual(keys.fingerprint(der), vectors()["server_fingerprint"])
+        self.assertEqual(keys.fingerprint(der), RAW["server_fingerprint"])
 
     def test_client_fingerprint(self):
-        key = keys.private_key_from_bytes(vectors()["client_private_key_pem"])
-        self.assertEqual(keys.fingerprint(key), vectors()["client_fingerprint"])
+        key = keys.private_key_from_bytes(RAW["client_private_key_pem"])
+        self.assertEqual(keys.fingerprint(key), RAW["client_fingerprint"])
 
 
 class FormatTests(TemporaryDirectoryMixin, SynchronousTestCase):
@@ -169,13 +131,13 @@ class FormatTests(TemporaryDirectoryMixin, SynchronousTestCase):
         path = os.path.join(self.dir, "k")
         keys.save_private_key(self.key, path)
         with open(path, "rb") as f:
-            self.assertTrue(f.read().startswith(b"-----BEGIN PRIVATE KEY-----\n"))
+            self.assertEqual(f.readline(), b"-----BEGIN PRIVATE KEY-----\n")
         self.assertEqual(components(keys.load_private_key(path)), components(self.key))
 
         encrypted = os.path.join(self.dir, "e")
         keys.save_private_key(self.key, encrypted, passphrase=b"s3cret")
         with open(encrypted, "rb") as f:
-            self.assertTrue(f.read().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n"))
+            self.assertEqual(f.readline(), b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n")
         for passphrase in (b"s3cret", "s3cret"):
             self.assertEqual(
                 components(keys.load_private_key(encrypted, passphrase)), components(self.key)
@@ -384,30 +346,63 @@ class BadFileTests(TemporaryDirectoryMixin, SynchronousTestCase):
         self.assertKeyFileError(path, "too large")
 
     @settings(max_examples=200, deadline=None)
-    @given(st.binary(max_size=600))
+    @given(
+        st.one_of(
+            st.binary(max_size=600),
+            st.sampled_from(KEY_FIXTURES).map(data),
+            st.tuples(
+                st.sampled_from(KEY_FIXTURES), st.integers(0, 10_000), st.integers(1, 255)
+            ).map(lambda t: _flipped(data(t[0]), t[1], t[2])),
+        )
+    )
     def test_arbitrary_bytes(self, blob):
-        """Nothing but KeyFormatError, whatever the bytes."""
-        for decode in (keys.private_key_from_bytes, keys.public_key_from_bytes):
+        """A key of the kind asked for, or KeyFormatError with a message:
+        nothing else, whatever the bytes.  Real key files (some damaged)
+        are mixed in so that both outcomes are reached."""
+        outcomes = {}
+        for decode, kind in (
+            (keys.private_key_from_bytes, PrivateKey),
+            (keys.public_key_from_bytes, PublicKey),
+            (keys.public_key_from_der, PublicKey),
+        ):
             try:
-                decode(blob)
-            except keys.KeyFormatError:
-                pass
-        try:
-            keys.public_key_from_der(blob)
-        except keys.KeyFormatError:
-            pass
+                key = decode(blob)
+            except keys.KeyFormatError as e:
+                self.assertTrue(str(e), f"{decode.__name__}: an empty message")
+                outcomes[decode.__name__] = None
+            else:
+                self.assertIsInstance(key, kind, decode.__name__)
+                outcomes[decode.__name__] = key
+        private = outcomes["private_key_from_bytes"]
+        public = outcomes["public_key_from_bytes"]
+        if private is not None:
+            # The public half of the same file is that key's public half.
+            self.assertEqual(public, private.public_key())
+        der_key = outcomes["public_key_from_der"]
+        if der_key is not None:
+            # Strict DER: only the one canonical encoding is accepted.
+            self.assertEqual(keys.public_key_to_der(der_key), blob)
+            self.assertEqual(public, der_key)
 
     @settings(max_examples=200, deadline=None)
     @given(st.integers(0, 293), st.integers(1, 255))
     def test_damaged_spki(self, position, flip):
-        der = bytearray(data("keys_openssl_spki.der"))
-        der[position] ^= flip
+        original = data("keys_openssl_spki.der")
+        der = _flipped(original, position, flip)
         try:
-            key = keys.public_key_from_der(bytes(der))
-        except ValueError:
+            key = keys.public_key_from_der(der)
+        except keys.KeyFormatError as e:
+            # Refused either as DER, or as RSA numbers (an even exponent, say).
+            message = str(e)
+            if not message.startswith("not a valid RSA public key ("):
+                self.assertEqual(
+                    message, "not a DER SubjectPublicKeyInfo holding an RSA public key"
+                )
             return
-        # A flip inside the modulus can still make a valid-looking key.
-        self.assertNotEqual(key, keys.public_key_from_der(data("keys_openssl_spki.der")))
+        # A flip inside the modulus can still make a valid-looking key: a
+        # different key, whose canonical encoding is the damaged bytes.
+        self.assertNotEqual(key, keys.public_key_from_der(original))
+        self.assertEqual(keys.public_key_to_der(key), der)
 
 
 class StrictDerTests(SynchronousTestCase):
@@ -598,7 +593,7 @@ class WriteTests(TemporaryDirectoryMixin, SynchronousTestCase):
         keys.save_public_key(self.key, self.public)
         self.assertEqual(keys.load_public_key(self.public), self.key.public_key())
         with open(self.public, "rb") as f:
-            self.assertTrue(f.read().startswith(b"-----BEGIN PUBLIC KEY-----\n"))
+            self.assertEqual(f.readline(), b"-----BEGIN PUBLIC KEY-----\n")
 
     def test_overwrite_refused(self):
         for path, save in [
@@ -616,7 +611,7 @@ class WriteTests(TemporaryDirectoryMixin, SynchronousTestCase):
                 self.assertEqual(f.read(), b"precious")
             save(True)
             with open(path, "rb") as f:
-                self.assertTrue(f.read().startswith(b"-----BEGIN "))
+                self.assertEqual(f.read(11), b"-----BEGIN ")
         self.assertEqual(sorted(os.listdir(self.dir)), ["server.key", "server.pub"])
 
     def test_overwrite_refused_for_dangling_symlink(self):
@@ -778,7 +773,7 @@ class OpenSSLTests(TemporaryDirectoryMixin, SynchronousTestCase):
             os.path.join(self.dir, "pub.pem"), openssl("pkey", "-in", pkcs8, "-pubout"), 0o644
         )
         with open(pkcs1, "rb") as f:
-            self.assertTrue(f.read().startswith(b"-----BEGIN RSA PRIVATE KEY-----"))
+            self.assertEqual(f.readline(), b"-----BEGIN RSA PRIVATE KEY-----\n")
         expected = keys.load_private_key(pkcs8)
         self.assertEqual(expected.size, 2048)
         for path, passphrase in [(pkcs1, None), (der, None), (encrypted, "hunter2")]:

@@ -21,8 +21,7 @@ from keyexchanged.knownhosts import (
 )
 from keyexchanged.trust import PinnedKey, UntrustedKey
 from tests import certs
-from tests.test_handshake import CLIENT_KEY, IDENTITY, SERVER_KEY, frames
-from tests.test_protocol import Pair, client_writes
+from tests.fixtures import CLIENT_KEY, IDENTITY, SERVER_KEY, Pair, client_writes, frames
 from tests.vectors import RAW
 
 SERVER_FP = IDENTITY.fingerprint
@@ -413,6 +412,6 @@ class PromptTests(unittest.TestCase):
         ]:
             answer, shown = self.ask(typed)
             self.assertEqual(answer, expected, typed)
-            self.assertTrue(shown.startswith("Trust it (yes/no)? "))
+            self.assertEqual(shown[: len("Trust it (yes/no)? ")], "Trust it (yes/no)? ", typed)
         _, shown = self.ask("maybe\nno\n")
         self.assertIn("Please type 'yes', 'no' or the fingerprint", shown)

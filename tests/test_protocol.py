@@ -5,118 +5,31 @@ a Clock.  No sockets here."""
 import json
 
 from twisted.internet import error
-from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.test import iosim
 from twisted.trial import unittest
 from zope.interface import implementer
 
 from keyexchanged import handshake, protocol
-from keyexchanged.applications import EchoFactory, MessageFactory
+from keyexchanged.applications import EchoFactory
 from keyexchanged.framing import encode_frame
-from keyexchanged.protocol import ChannelClientFactory, SecureChannelFactory
 from keyexchanged.records import RecordOpener
 from keyexchanged.trust import Insecure, PinnedKey, UntrustedKey
-from tests.rev2 import StaticEphemeralKeys
-from tests.test_handshake import CLIENT_KEY, IDENTITY, frames, replay
+from tests.fixtures import (
+    CLIENT_KEY,
+    IDENTITY,
+    MESSAGE,
+    Collector,
+    Pair,
+    address,
+    client_writes,
+    ended_sessions,
+    frames,
+    server_factory,
+)
 from tests.vectors import RAW, hexbytes, record
-
-MESSAGE = hexbytes("server_message")
-
-
-def address(host="10.0.0.1", port=40000):
-    return IPv4Address("TCP", host, port)
-
-
-class Collector(Protocol):
-    """An application that records what happens to it."""
-
-    def __init__(self):
-        self.data = b""
-        self.made = False
-        self.reason = None
-
-    def connectionMade(self):
-        self.made = True
-
-    def dataReceived(self, data):
-        self.data += data
-
-    def connectionLost(self, reason):
-        self.reason = reason
-
-
-class ServerFactory(SecureChannelFactory):
-    """Replays the vector nonce when asked to."""
-
-    vector = False
-
-    def make_connection(self):
-        if self.vector:
-            return handshake.ServerConnection(
-                self.identity, random=replay(hexbytes("nonce"), b"\0" * 32)
-            )
-        return super().make_connection()
-
-
-def server_factory(app=None, clock=None, **options):
-    """A server as the daemon runs it by default: with an ephemeral key."""
-    options.setdefault("ephemeral_keys", StaticEphemeralKeys())
-    return ServerFactory(
-        app or MessageFactory(MESSAGE), IDENTITY, reactor=clock or Clock(), **options
-    )
-
-
-def client_writes(testcase):
-    """Every write the iosim client transports make, from now on, in a list."""
-    sent = []
-    original = iosim.FakeTransport.write
-
-    def write(transport, data):
-        if not transport.isServer:
-            sent.append(data)
-        original(transport, data)
-
-    testcase.patch(iosim.FakeTransport, "write", write)
-    return sent
-
-
-class Pair:
-    """A server and a client joined in memory by iosim."""
-
-    def __init__(
-        self,
-        app=None,
-        client_app=None,
-        trust=None,
-        clock=None,
-        host="10.0.0.1",
-        server_options=None,
-        identity=None,
-        factory=None,
-    ):
-        self.clock = clock or Clock()
-        self.server_factory = factory or server_factory(app, self.clock, **(server_options or {}))
-        self.application = client_app or Collector()
-        self.client_factory = ChannelClientFactory(
-            Factory.forProtocol(lambda: self.application),
-            trust or PinnedKey(IDENTITY.fingerprint),
-            server_name="example",
-            identity=identity,
-            reactor=self.clock,
-        )
-        self.handshake = self.client_factory.handshake
-        self.client, self.server, self.pump = iosim.connectedServerAndClient(
-            lambda: self.server_factory.buildProtocol(address(host)),
-            lambda: self.client_factory.buildProtocol(address("127.0.0.1", 51424)),
-            clock=self.clock,
-        )
-
-    def flush(self):
-        self.pump.flush()
 
 
 class EndToEndTests(unittest.TestCase):
@@ -190,32 +103,46 @@ class EndToEndTests(unittest.TestCase):
         self.assertIn(IDENTITY.fingerprint, warnings[0])
 
     def test_half_closeable_application_gets_read_connection_lost(self):
+        """The peer's END reaches a half-closeable application as
+        readConnectionLost, not as the end of the connection: it may still
+        write, and what it writes then arrives before its own END."""
+        events = []
+
         @implementer(IHalfCloseableProtocol)
         class HalfCloser(Collector):
-            read_closed = False
-
             def readConnectionLost(self):
-                self.read_closed = True
+                events.append("readConnectionLost")
                 self.transport.write(b"still talking")
                 self.transport.loseConnection()
 
             def writeConnectionLost(self):
-                pass
+                events.append("writeConnectionLost")
+
+            def connectionLost(self, reason):
+                events.append("connectionLost")
+                super().connectionLost(reason)
 
         got = []
 
-        class Sink(Protocol):
+        class Greeter(Protocol):
+            """Says hello and ENDs at once, then listens."""
+
+            def connectionMade(self):
+                self.transport.write(b"hello")
+                self.transport.loseConnection()
+
             def dataReceived(self, data):
                 got.append(data)
 
         half = HalfCloser()
-        pair = Pair(app=Factory.forProtocol(Sink), client_app=half)
+        pair = Pair(app=Factory.forProtocol(Greeter), client_app=half)
         pair.flush()
-        # The sink never ENDs on its own: the server app is not half-closeable,
-        # so the server answers the client's END with END.
-        half.transport.loseConnection()
-        pair.flush()
+        self.assertEqual(half.data, b"hello")
+        self.assertEqual(events, ["readConnectionLost", "connectionLost"])
+        # Written after the server's END, and still delivered.
+        self.assertEqual(b"".join(got), b"still talking")
         self.assertIsInstance(half.reason.value, error.ConnectionDone)
+        self.assertEqual(pair.server_factory.connections, set())
 
 
 class TruncationTests(unittest.TestCase):
@@ -406,12 +333,13 @@ class BadInputTests(unittest.TestCase):
         stream = encode_frame("KEY", hexbytes("key_payload"))
         factory = server_factory()
         factory.vector = True
+        ended = ended_sessions(self)
         for cut in range(len(stream)):
-            proto, _ = self.connect(factory)
+            proto, _ = self.connect(factory, port=40000 + cut)
             proto.dataReceived(stream[:cut])
             proto.connectionLost(error.ConnectionLost())
             self.assertEqual(factory.connections, set())
-            self.assertEqual(proto._outcome, "closed")
+            self.assertEqual(ended[f"10.0.0.1:{40000 + cut}"], "closed", cut)
 
 
 class TimeoutTests(unittest.TestCase):

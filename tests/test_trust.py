@@ -2,12 +2,9 @@
 authorized client keys.  No sockets: policies are called with the event a
 client sees, and the channel is joined in memory where the wire matters."""
 
-import atexit
 import io
 import json
 import os
-import shutil
-import tempfile
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -30,41 +27,28 @@ from keyexchanged.trust import (
     parse_authorized_keys,
 )
 from tests import certs
+from tests.certs import world
+from tests.fixtures import (
+    CLIENT_KEY,
+    IDENTITY,
+    SERVER_KEY,
+    Collector,
+    Pair,
+    address,
+    client_writes,
+    data,
+    frames,
+    openssl_fingerprint,
+    public_pem,
+    vector_client,
+)
 from tests.rev2 import StaticEphemeralKeys
-from tests.test_handshake import CLIENT_KEY, IDENTITY, SERVER_KEY, frames, vector_client
-from tests.test_keys import data, openssl_fingerprint
-from tests.test_protocol import Collector, Pair, address, client_writes
 from tests.vectors import RAW, hexbytes
 
 SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
 #: A CA certificate whose keyUsage also passes the keyEncipherment check.
 CA_AND_SERVER_USAGE = certs.key_usage(key_encipherment=True, key_cert_sign=True, crl_sign=True)
-
-_world = None
-
-
-def world():
-    """CAs and keys shared by the tests of one process: made once, since
-    each openssl run costs a key generation."""
-    global _world
-    if _world is None:
-        directory = tempfile.mkdtemp(prefix="keyexchange-trust-test-")
-        atexit.register(shutil.rmtree, directory, True)
-        w = {"dir": directory}
-        w["root_key"] = certs.fast_key()
-        w["root"] = certs.build(w["root_key"], subject="Our Root", ca=True, usage="ca")
-        w["inter_key"] = certs.fast_key()
-        w["inter"] = certs.build(
-            w["inter_key"], w["root_key"], w["root"], subject="Our Intermediate", ca=True,
-            usage="ca",
-        )  # fmt: skip
-        w["other_key"] = certs.fast_key()
-        w["other_root"] = certs.build(w["other_key"], subject="Other Root", ca=True, usage="ca")
-        w["openssl"] = certs.OpenSSLCA(os.path.join(directory, "openssl"))
-        w["server_key_file"] = certs.save_key(SERVER_KEY, os.path.join(directory, "server.key"))
-        _world = w
-    return _world
 
 
 def leaf(names=("server.example",), ips=(), key=SERVER_KEY, issuer="root", **options):
@@ -464,7 +448,7 @@ class ExplainedRefusalTests(unittest.TestCase):
 
 class AuthorizedKeysTests(unittest.TestCase):
     def test_fingerprints_pem_and_comments(self):
-        pem = keys._public_key_to_pem(CLIENT_KEY).decode()
+        pem = public_pem(CLIENT_KEY)
         text = (
             "# who may log in\n"
             f"{IDENTITY.fingerprint}   # the server's own key, why not\n"

@@ -7,7 +7,7 @@ daemon-and-CLI version of the same chain is in test_tunnel_system.py.
 
 import hashlib
 
-from twisted.internet import defer, endpoints, error, interfaces, reactor, task
+from twisted.internet import defer, endpoints, error, interfaces, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -16,43 +16,8 @@ from keyexchanged.applications import ForwardFactory
 from keyexchanged.protocol import SecureChannelFactory
 from keyexchanged.trust import PinnedKey
 from keyexchanged.tunnel import TunnelFactory
+from tests.fixtures import IDENTITY, Pusher, Target
 from tests.rev2 import StaticEphemeralKeys
-from tests.test_handshake import IDENTITY
-
-
-@implementer(interfaces.IHalfCloseableProtocol)
-class Target(Protocol):
-    """The service behind the tunnel; records what happens to it."""
-
-    def __init__(self, echo=False):
-        self.echo = echo
-        self.data = bytearray()
-        self.eof = False
-        self.write_done = False
-        self.ended = defer.Deferred()  # end of the stream from the client
-        self.lost = defer.Deferred()
-
-    def dataReceived(self, data):
-        self.data += data
-        if self.echo:
-            self.transport.write(data)
-
-    def readConnectionLost(self):
-        self.eof = True
-        self.ended.callback(None)
-        if self.echo:
-            self.transport.loseWriteConnection()
-        elif self.write_done:
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self):
-        # Both directions are shut: close, as a real service would.
-        self.write_done = True
-        if self.eof:
-            self.transport.loseConnection()
-
-    def connectionLost(self, reason):
-        self.lost.callback(reason.value)  # the exception: a Failure would errback
 
 
 @implementer(interfaces.IHalfCloseableProtocol)
@@ -219,73 +184,111 @@ class TunnelTests(unittest.TestCase):
         self.assertIn("does not match the pinned fingerprint", line)
 
 
-class _Pusher(Protocol):
-    """Writes ``total`` bytes as fast as its transport lets it."""
-
-    chunk = 64 * 1024
-
-    def __init__(self, total, seed=b"kx"):
-        self.total = total
-        self.sent = 0
-        self.paused = False
-        self.digest = hashlib.sha256()
-        self.block = (hashlib.sha256(seed).digest() * (self.chunk // 32))[: self.chunk]
-
-    def connectionMade(self):
-        self.transport.registerProducer(self, True)
-        self.resumeProducing()
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        while not self.paused and self.sent < self.total:
-            block = self.block[: self.total - self.sent]
-            self.digest.update(block)
-            self.sent += len(block)
-            self.transport.write(block)
-        if self.sent >= self.total:
-            self.transport.unregisterProducer()
-            self.transport.loseWriteConnection()
-
-    def stopProducing(self):
-        self.paused = True
-
-
 def _buffered(transport):
     """User-space bytes waiting in a Twisted TCP transport's write buffer."""
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
+class _FirstData(Target):
+    """A target that says when its first bytes arrive: both splices are
+    joined by then."""
+
+    first_data = None
+
+    def dataReceived(self, data):
+        super().dataReceived(data)
+        if self.first_data is not None and not self.first_data.called:
+            self.first_data.callback(self)
+
+
 class BackpressureTests(unittest.TestCase):
     timeout = 120
     BOUND = 256 * 1024  # per buffer; one 64 KiB record and change is what we see
+    PROBE = b"probe"
 
     @defer.inlineCallbacks
     def test_paused_far_end_bounds_the_buffers(self):
         """The target stops reading; the sender keeps trying to write 64 MiB.
 
-        Once nothing moves any more, every user-space buffer on the way
-        (the local connection, the session, the forward's connection to
-        the target) is under BOUND, although the sender has written more
-        than BOUND — the rest is held back by pausing, not buffered."""
-        chain = yield Chain.start(self)
-        pusher = _Pusher(64 * 1024 * 1024)
+        The test waits for the moment the whole chain has stopped: the
+        daemon session and the tunnel's local connection both paused by
+        their consumers, and the sender paused by its own transport.  Then
+        every user-space buffer on the way (the local connection, the
+        session, the forward's connection to the target) is under BOUND,
+        although the sender has written more than BOUND — the rest is held
+        back by pausing, not buffered."""
+        first_data = defer.Deferred()
+
+        def target_class(echo):
+            target = _FirstData(echo)
+            target.first_data = first_data
+            return target
+
+        chain = yield Chain.start(self, target_class, echo=False)
         client = Client()
-        client.connectionMade = lambda: pusher.makeConnection(client.transport)
         client.dataReceived = lambda data: None
-        connecting = chain.connect(client)
-        target = yield self._first_target(chain)
+        yield chain.connect(client)
+        # A few bytes through first: then both splices are joined, and no
+        # stage has paused yet.
+        client.transport.write(self.PROBE)
+        target = yield first_data
         target.transport.pauseProducing()
-        yield connecting
-        yield self._until_still(lambda: pusher.sent)
-        self.assertLess(pusher.sent, pusher.total)
         (forward,) = chain.forward.splices
         (tunnel,) = chain.tunnel.splices
+
+        stalled = defer.Deferred()
+        paused = set()
+
+        def check():
+            if stalled.called:
+                return
+            if pusher.sent >= pusher.total:
+                stalled.errback(AssertionError("all was sent to a paused target: no backpressure"))
+            elif paused == {"daemon session", "tunnel local", "sender"}:
+                if pusher.sent > 4 * self.BOUND:
+                    stalled.callback(None)
+
+        def watch(name, producer):
+            pause, resume = producer.pauseProducing, producer.resumeProducing
+
+            def paused_by_consumer():
+                paused.add(name)
+                pause()
+                check()
+
+            def resumed_by_consumer():
+                paused.discard(name)
+                resume()
+
+            # On the instance: the consumer calls its producer's methods.
+            producer.pauseProducing = paused_by_consumer
+            producer.resumeProducing = resumed_by_consumer
+
+        class Sender(Pusher):
+            def pauseProducing(self):
+                super().pauseProducing()
+                paused.add("sender")
+                check()
+
+            def resumeProducing(self):
+                paused.discard("sender")
+                super().resumeProducing()
+                check()
+
+        # What the consumers pause: the daemon session's connection (the
+        # session feeds the target's connection) and the tunnel's local
+        # connection (it feeds the session to the daemon).
+        (session,) = chain.server_factory.connections
+        watch("daemon session", session.transport)
+        watch("tunnel local", tunnel.first.transport)
+        pusher = Sender(64 * 1024 * 1024)
+        pusher.makeConnection(client.transport)
+        yield stalled
+
+        self.assertLess(pusher.sent, pusher.total)
         buffers = {
             "forward to target": _buffered(forward.second.transport),
-            "daemon session": _buffered(forward.first.transport._channel.transport),
+            "daemon session": _buffered(session.transport),
             "daemon records": forward.first.transport._channel._pending_length,
             "tunnel session": _buffered(tunnel.second.transport._channel.transport),
             "tunnel records": tunnel.second.transport._channel._pending_length,
@@ -293,34 +296,15 @@ class BackpressureTests(unittest.TestCase):
         }
         for name, size in buffers.items():
             self.assertLess(size, self.BOUND, f"{name}: {size} bytes buffered")
-        self.assertGreater(pusher.sent, 4 * self.BOUND)
         # Resumed, it all arrives intact.
-        target.echo = False
         target.transport.resumeProducing()
         yield target.ended
-        self.assertEqual(len(target.data), pusher.total)
-        self.assertEqual(hashlib.sha256(target.data).digest(), pusher.digest.digest())
+        received = bytes(target.data)
+        self.assertEqual(received[: len(self.PROBE)], self.PROBE)
+        self.assertEqual(len(received) - len(self.PROBE), pusher.total)
+        self.assertEqual(
+            hashlib.sha256(received[len(self.PROBE) :]).digest(), pusher.digest.digest()
+        )
         target.transport.loseConnection()
         yield target.lost
         yield client.lost
-
-    @defer.inlineCallbacks
-    def _first_target(self, chain):
-        for _ in range(10000):
-            if chain.targets and chain.targets[0].transport is not None:
-                return chain.targets[0]
-            yield task.deferLater(reactor, 0, lambda: None)
-        self.fail("the target was never connected")
-
-    @defer.inlineCallbacks
-    def _until_still(self, measure, turns=200, limit=200000):
-        """Wait, in reactor turns, until ``measure()`` stops changing."""
-        last, still = None, 0
-        for _ in range(limit):
-            value = measure()
-            still = still + 1 if value == last else 0
-            if still >= turns:
-                return value
-            last = value
-            yield task.deferLater(reactor, 0, lambda: None)
-        self.fail("the transfer never came to rest")

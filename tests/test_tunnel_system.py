@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from tests.daemon import CLIENT, Daemon, DaemonTestCase, environment, run_client
-from tests.test_tunnel import Target, _Pusher
+from tests.fixtures import Pusher, Target
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]
@@ -22,7 +22,7 @@ SIZE = int(os.environ.get("KX_TUNNEL_SIZE", 64 * 1024 * 1024))
 
 
 @implementer(interfaces.IHalfCloseableProtocol)
-class _Both(_Pusher):
+class _Both(Pusher):
     """Sends ``total`` bytes, then FIN; hashes what comes back; closes when
     both directions are done."""
 

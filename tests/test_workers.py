@@ -21,8 +21,16 @@ from keyexchanged.handshake import (
 )
 from keyexchanged.protocol import HandshakeFailed
 from keyexchanged.workers import WorkerPool, default_workers
-from tests.test_handshake import CLIENT_KEY, IDENTITY, SERVER_KEY, replay
-from tests.test_protocol import MESSAGE, Pair, server_factory
+from tests.fixtures import (
+    CLIENT_KEY,
+    IDENTITY,
+    MESSAGE,
+    SERVER_KEY,
+    FakePool,
+    Pair,
+    replay,
+    server_factory,
+)
 from tests.vectors import RAW, hexbytes, record
 
 KEY_FRAME = encode_frame("KEY", hexbytes("key_payload"))
@@ -120,34 +128,6 @@ class CoreTests(unittest.TestCase):
         server.receive_data(KEY_FRAME)
         server.fail("timeout", "handshake took too long")
         self.assertEqual(server.key_decrypted(hexbytes("secret")), [])
-
-
-class FakePool:
-    """Private-key work whose answers the test gives, when it chooses."""
-
-    def __init__(self):
-        self.requests = []
-
-    def decrypt(self, private_key, ciphertext, label):
-        d = defer.Deferred()
-        self.requests.append((private_key, ciphertext, label, d))
-        return d
-
-    def verify(self, public_key, signature, message, salt_length):
-        d = defer.Deferred()
-        self.requests.append((public_key, signature, message, d))
-        return d
-
-    def answer(self, index=0):
-        key, first, second, d = self.requests.pop(index)
-        if isinstance(key, rsa.PrivateKey):
-            try:
-                result = key.decrypt_oaep(first, label=second)
-            except Exception:
-                result = None
-        else:
-            result = key.verify_pss(second, first, salt_length=32)
-        d.callback(result)
 
 
 class ChannelTests(unittest.TestCase):

@@ -1,8 +1,10 @@
 """The KX/1 test vectors, made with an independent implementation.
 
-A copy of ``shared/vectors/kx1-handshake.json`` lives in ``tests/data`` so
-that the suite runs from any checkout; ``test_vectors_copy`` checks that the
-copy still equals the shared file when that is beside the checkout.
+They live beside the specification, in ``docs/spec/vectors/``, so that a
+clone of the repository is complete: ``kx1-handshake.json`` (§2–§8) and
+``kx1-ephemeral-resume.json`` (revision 2: §10 and §11).  Both are exact
+copies of the shared files; ``tests/test_vectors.py`` checks that when
+``shared/`` is checked out beside the repository.
 """
 
 import binascii
@@ -10,16 +12,49 @@ import json
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PATH = os.path.join(HERE, "data", "kx1-handshake.json")
-SHARED_PATH = os.path.join(HERE, os.pardir, os.pardir, "shared", "vectors", "kx1-handshake.json")
+DIRECTORY = os.path.join(HERE, os.pardir, "docs", "spec", "vectors")
+SHARED_DIRECTORY = os.path.join(HERE, os.pardir, os.pardir, "shared", "vectors")
 
-with open(PATH, encoding="utf-8") as _f:
-    RAW = json.load(_f)
+HANDSHAKE_FILE = "kx1-handshake.json"
+RESUME_FILE = "kx1-ephemeral-resume.json"
+FILES = (HANDSHAKE_FILE, RESUME_FILE)
+
+PATH = os.path.join(DIRECTORY, HANDSHAKE_FILE)
+RESUME_PATH = os.path.join(DIRECTORY, RESUME_FILE)
+
+
+def _load(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+#: The handshake of §2–§8.
+RAW = _load(PATH)
+#: Revision 2: the ephemeral key (§10), a full handshake that issues a
+#: ticket, and the session resumed from it (§11).
+RESUME_RAW = _load(RESUME_PATH)
 
 
 def hexbytes(name):
+    """A top-level byte string of the handshake file."""
     return binascii.unhexlify(RAW[name])
 
 
 def record(name):
+    """A sealed record of the handshake file."""
     return binascii.unhexlify(RAW["records"][name])
+
+
+def resume_hexbytes(*path):
+    """A byte string of the revision 2 file, by its path of member names:
+    ``resume_hexbytes("full", "nonce")``."""
+    value = RESUME_RAW
+    for name in path:
+        value = value[name]
+    return binascii.unhexlify(value)
+
+
+def resume_record(part, name):
+    """A sealed record of the revision 2 file: ``part`` is ``"full"`` or
+    ``"resumed"``."""
+    return resume_hexbytes(part, "records", name)

@@ -1,0 +1,402 @@
+"""Fixtures shared by the test modules: the vector keys and identities,
+helpers for the sans-IO state machines, key files and openssl, a server and
+client joined in memory, and the pieces the tunnel tests share.
+
+Test modules import from here (and from ``tests.vectors``, ``tests.certs``,
+``tests.daemon``), never from one another: importing a test module runs
+its import-time work again and, for a TestCase, its tests.
+"""
+
+import hashlib
+import io
+import os
+import shlex
+import subprocess
+import sys
+
+from Crypto.IO import PEM
+from twisted.internet import defer, interfaces
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from keyexchanged import cli, handshake, keys, rsa
+from keyexchanged.applications import MessageFactory
+from keyexchanged.handshake import ClientConnection, ServerConnection, ServerIdentity
+from keyexchanged.protocol import ChannelClientFactory, SecureChannelFactory
+from keyexchanged.trust import PinnedKey
+from tests.rev2 import StaticEphemeralKeys
+from tests.vectors import RAW, hexbytes
+
+# -- the vector keys -----------------------------------------------------------
+
+SERVER_KEY = keys.private_key_from_bytes(RAW["server_private_key_pem"].encode())
+CLIENT_KEY = keys.private_key_from_bytes(RAW["client_private_key_pem"].encode())
+IDENTITY = ServerIdentity(SERVER_KEY)
+
+
+# -- the sans-IO state machines ------------------------------------------------
+
+
+def replay(*values):
+    """A ``random`` that hands out the given byte strings in order."""
+    pending = list(values)
+
+    def draw(n):
+        value = pending.pop(0)
+        assert len(value) == n, (len(value), n)
+        return value
+
+    return draw
+
+
+def frames(data):
+    """Split bytes we produced into (verb, payload) pairs."""
+    out = []
+    decoder = handshake.FrameDecoder(lambda verb, payload: out.append((verb, payload)))
+    decoder.feed(data)
+    return out
+
+
+def vector_server(**options):
+    server = ServerConnection(IDENTITY, random=replay(hexbytes("nonce"), b"\x00" * 32), **options)
+    server.start()
+    return server
+
+
+def rev1_client(**options):
+    """A client that talks to a server without ephemeral keys (revision 1):
+    the vectors of kx1-handshake.json, and most tests of the core."""
+    options.setdefault("require_forward_secrecy", False)
+    return ClientConnection(**options)
+
+
+def vector_client(identity=None, **options):
+    return rev1_client(
+        identity=identity,
+        random=replay(hexbytes("secret")),
+        oaep_seed=hexbytes("oaep_seed"),
+        pss_salt=hexbytes("pss_salt"),
+        **options,
+    )
+
+
+# -- key files and openssl -----------------------------------------------------
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+PASSPHRASE = "correct horse"  # of the encrypted OpenSSL fixtures
+
+
+def vector_key():
+    """A new copy of the vector server key (what a patched generator returns)."""
+    return keys.private_key_from_bytes(RAW["server_private_key_pem"].encode())
+
+
+def data(name):
+    with open(os.path.join(DATA, name), "rb") as f:
+        return f.read()
+
+
+def openssl_fingerprint():
+    return "SHA256:" + data("keys_openssl_fingerprint.txt").decode().strip()
+
+
+def components(key):
+    """What makes two private keys the same key (p and q in either order)."""
+    return key.n, key.e, key.d, frozenset((key.p, key.q))
+
+
+def public_pem(key):
+    """The PEM SubjectPublicKeyInfo of a key, as in a ``.pub`` file."""
+    return PEM.encode(keys.public_key_to_der(key), "PUBLIC KEY") + "\n"
+
+
+def openssl(*args, input=None):
+    """Run openssl; its stdout, or a test failure with its stderr."""
+    result = subprocess.run(["openssl", *args], input=input, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise AssertionError(f"openssl {' '.join(args)} failed: {result.stderr.decode()}")
+    return result.stdout
+
+
+def openssl_pipeline_fingerprint(public_path):
+    """The fingerprint as the documentation tells users to compute it."""
+    command = (
+        f"openssl pkey -pubin -in {shlex.quote(public_path)} -outform DER"
+        " | openssl dgst -sha256 -binary | base64 | tr -d ="
+    )
+    output = subprocess.run(command, shell=True, capture_output=True, check=True, text=True).stdout
+    return "SHA256:" + output.strip()
+
+
+# -- a server and a client joined in memory ------------------------------------
+
+MESSAGE = hexbytes("server_message")
+
+
+def ended_sessions(testcase):
+    """How the server says each connection ended, from now on: a dict of
+    ``host:port`` to the outcome in its "connection from ... ended" log
+    line (``ok``, ``truncated``, ``closed``, an ERROR code...)."""
+    ended = {}
+
+    def observe(event):
+        if event.get("log_format", "").startswith("connection from {peer} ended:"):
+            ended[event["peer"]] = event["outcome"]
+
+    globalLogPublisher.addObserver(observe)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observe)
+    return ended
+
+
+def address(host="10.0.0.1", port=40000):
+    return IPv4Address("TCP", host, port)
+
+
+class Collector(Protocol):
+    """An application that records what happens to it."""
+
+    def __init__(self):
+        self.data = b""
+        self.made = False
+        self.reason = None
+
+    def connectionMade(self):
+        self.made = True
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.reason = reason
+
+
+class ServerFactory(SecureChannelFactory):
+    """Replays the vector nonce when asked to."""
+
+    vector = False
+
+    def make_connection(self):
+        if self.vector:
+            return handshake.ServerConnection(
+                self.identity, random=replay(hexbytes("nonce"), b"\0" * 32)
+            )
+        return super().make_connection()
+
+
+def server_factory(app=None, clock=None, **options):
+    """A server as the daemon runs it by default: with an ephemeral key."""
+    options.setdefault("ephemeral_keys", StaticEphemeralKeys())
+    return ServerFactory(
+        app or MessageFactory(MESSAGE), IDENTITY, reactor=clock or Clock(), **options
+    )
+
+
+def client_writes(testcase):
+    """Every write the iosim client transports make, from now on, in a list."""
+    sent = []
+    original = iosim.FakeTransport.write
+
+    def write(transport, data):
+        if not transport.isServer:
+            sent.append(data)
+        original(transport, data)
+
+    testcase.patch(iosim.FakeTransport, "write", write)
+    return sent
+
+
+class Pair:
+    """A server and a client joined in memory by iosim."""
+
+    def __init__(
+        self,
+        app=None,
+        client_app=None,
+        trust=None,
+        clock=None,
+        host="10.0.0.1",
+        server_options=None,
+        identity=None,
+        factory=None,
+    ):
+        self.clock = clock or Clock()
+        self.server_factory = factory or server_factory(app, self.clock, **(server_options or {}))
+        self.application = client_app or Collector()
+        self.client_factory = ChannelClientFactory(
+            Factory.forProtocol(lambda: self.application),
+            trust or PinnedKey(IDENTITY.fingerprint),
+            server_name="example",
+            identity=identity,
+            reactor=self.clock,
+        )
+        self.handshake = self.client_factory.handshake
+        self.client, self.server, self.pump = iosim.connectedServerAndClient(
+            lambda: self.server_factory.buildProtocol(address(host)),
+            lambda: self.client_factory.buildProtocol(address("127.0.0.1", 51424)),
+            clock=self.clock,
+        )
+
+    def flush(self):
+        self.pump.flush()
+
+
+class FakePool:
+    """Private-key work whose answers the test gives, when it chooses."""
+
+    def __init__(self):
+        self.requests = []
+
+    def decrypt(self, private_key, ciphertext, label):
+        d = defer.Deferred()
+        self.requests.append((private_key, ciphertext, label, d))
+        return d
+
+    def verify(self, public_key, signature, message, salt_length):
+        d = defer.Deferred()
+        self.requests.append((public_key, signature, message, d))
+        return d
+
+    def answer(self, index=0):
+        key, first, second, d = self.requests.pop(index)
+        if isinstance(key, rsa.PrivateKey):
+            try:
+                result = key.decrypt_oaep(first, label=second)
+            except Exception:
+                result = None
+        else:
+            result = key.verify_pss(second, first, salt_length=32)
+        d.callback(result)
+
+
+# -- the keyexchange command ---------------------------------------------------
+
+
+class CommandTestCase(SynchronousTestCase):
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.generations = []
+
+        def fake_generate(bits=3072, progress=None):
+            self.generations.append(bits)
+            if progress is not None:
+                for _ in range(3):
+                    progress()
+            return vector_key()
+
+        self.patch(cli.rsa, "generate_private_key", fake_generate)
+
+    def path(self, *names):
+        return os.path.join(self.dir, *names)
+
+    def run_main(self, *argv, stderr=None):
+        """main(argv) with captured output: (status, stdout, stderr)."""
+        out = io.StringIO()
+        err = stderr if stderr is not None else io.StringIO()
+        patchers = [self.patch(sys, "stdout", out), self.patch(sys, "stderr", err)]
+        try:
+            status = cli.main(list(argv))
+        finally:
+            for patcher in patchers:
+                patcher.restore()
+        return status, out.getvalue(), err.getvalue()
+
+    def assertOneErrorLine(self, stderr, *fragments):
+        self.assertNotIn("Traceback", stderr)
+        lines = stderr.splitlines()
+        self.assertEqual(len(lines), 1, stderr)
+        self.assertTrue(lines[0].startswith("keyexchange: error: "), stderr)
+        for fragment in fragments:
+            self.assertIn(fragment, lines[0])
+
+    def assertFails(self, argv, *fragments, status=1):
+        code, out, err = self.run_main(*argv)
+        self.assertEqual(code, status, err)
+        self.assertEqual(out, "")
+        self.assertOneErrorLine(err, *fragments)
+        return err
+
+    def write(self, name, content, mode=0o600):
+        path = self.path(name)
+        with open(path, "wb") as f:
+            f.write(content)
+        os.chmod(path, mode)
+        return path
+
+
+# -- tunnels -------------------------------------------------------------------
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class Target(Protocol):
+    """The service behind the tunnel; records what happens to it."""
+
+    def __init__(self, echo=False):
+        self.echo = echo
+        self.data = bytearray()
+        self.eof = False
+        self.write_done = False
+        self.ended = defer.Deferred()  # end of the stream from the client
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.data += data
+        if self.echo:
+            self.transport.write(data)
+
+    def readConnectionLost(self):
+        self.eof = True
+        self.ended.callback(None)
+        if self.echo:
+            self.transport.loseWriteConnection()
+        elif self.write_done:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        # Both directions are shut: close, as a real service would.
+        self.write_done = True
+        if self.eof:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.lost.callback(reason.value)  # the exception: a Failure would errback
+
+
+class Pusher(Protocol):
+    """Writes ``total`` bytes as fast as its transport lets it."""
+
+    chunk = 64 * 1024
+
+    def __init__(self, total, seed=b"kx"):
+        self.total = total
+        self.sent = 0
+        self.paused = False
+        self.digest = hashlib.sha256()
+        self.block = (hashlib.sha256(seed).digest() * (self.chunk // 32))[: self.chunk]
+
+    def connectionMade(self):
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        while not self.paused and self.sent < self.total:
+            block = self.block[: self.total - self.sent]
+            self.digest.update(block)
+            self.sent += len(block)
+            self.transport.write(block)
+        if self.sent >= self.total:
+            self.transport.unregisterProducer()
+            self.transport.loseWriteConnection()
+
+    def stopProducing(self):
+        self.paused = True
