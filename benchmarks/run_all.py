@@ -22,6 +22,7 @@ RESULTS = os.path.join(HERE, "results")
 # 15 minutes on a 2-core machine.
 SCRIPTS = [
     ("bench_rsa.py", 240),
+    ("bench_records.py", 60),
     ("bench_handshakes.py", 330),
     ("bench_throughput.py", 120),
     ("bench_tunnel.py", 120),
