@@ -3,10 +3,12 @@
 Operations, each on the same key for every contestant: OAEP decryption and
 encryption (SHA-256, a 32-byte message, a 200-byte label as KX/1 uses the
 HELLO), PSS signing (SHA-256, salt 32), and key generation at 2048, 3072
-and 4096 bits (4096 with fewer runs).  Two yardsticks: ``bare pow CRT``
+and 4096 bits (4096 with fewer runs).  Three yardsticks: ``bare pow CRT``
 is the two half-size ``pow`` calls and Garner's step with nothing else —
-what the pure-Python decryption costs at the least — and python-rsa
-(``rsa`` on PyPI, a pure-Python peer) for key generation at 3072 bits.
+what the pure-Python decryption costs at the least —, ``bare powmod_sec
+CRT`` the same with gmpy2's constant-time ``powmod_sec``, the least our
+gmpy2 decryption can cost, and python-rsa (``rsa`` on PyPI, a pure-Python
+peer) for key generation at 3072 bits.
 
 Operations are timed in batches; a figure is the median over rounds of the
 per-operation time of a batch, rounds interleaved across contestants.
@@ -26,6 +28,9 @@ MESSAGE = b"m" * 32
 
 def add_options(parser):
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--no-keygen", action="store_true", help="only the operations, no key generation"
+    )
 
 
 def timed(function, repeat):
@@ -105,6 +110,19 @@ def contestants_for(key):
         return m_q + (m_p - m_q) * qinv % p * q
 
     table["bare pow CRT"] = {"OAEP decrypt": bare}
+
+    if "gmpy2" in ours.AVAILABLE_BACKENDS:
+        import gmpy2
+
+        c_, p_, q_, dp_, dq_, qinv_ = map(gmpy2.mpz, (c, p, q, dp, dq, qinv))
+        secret_power = gmpy2.powmod_sec
+
+        def bare_sec():
+            m_p = secret_power(c_ % p_, dp_, p_)
+            m_q = secret_power(c_ % q_, dq_, q_)
+            return m_q + (m_p - m_q) * qinv_ % p_ * q_
+
+        table["bare powmod_sec CRT"] = {"OAEP decrypt": bare_sec}
     return table
 
 
@@ -126,7 +144,9 @@ def operations(report, bits, rounds):
     for (operation, name), values in sorted(samples.items()):
         figures[operation, name] = report.figure(f"{operation} {bits}", name, values, "ms")
     for operation in ("OAEP decrypt", "OAEP encrypt", "PSS sign"):
-        target = 1.0 if operation == "OAEP decrypt" else None
+        # Issue 14: within 1.1× of pycryptodome while keeping powmod_sec and
+        # the fault check (pycryptodome has none; see the powmod_sec lines).
+        target = 1.1 if operation == "OAEP decrypt" else None
         report.ratio(
             f"{operation} {bits} ours gmpy2 / pycryptodome",
             figures[operation, "ours gmpy2"],
@@ -137,6 +157,19 @@ def operations(report, bits, rounds):
             f"{operation} {bits} ours gmpy2 / OpenSSL",
             figures[operation, "ours gmpy2"],
             figures[operation, "cryptography (OpenSSL)"],
+        )
+    if ("OAEP decrypt", "bare powmod_sec CRT") in figures:
+        # What is left beyond the two exponentiations (blinding, fault check,
+        # OAEP decoding), and how the exponentiations alone compare.
+        report.ratio(
+            f"OAEP decrypt {bits} ours gmpy2 / bare powmod_sec CRT",
+            figures["OAEP decrypt", "ours gmpy2"],
+            figures["OAEP decrypt", "bare powmod_sec CRT"],
+        )
+        report.ratio(
+            f"OAEP decrypt {bits} bare powmod_sec CRT / pycryptodome",
+            figures["OAEP decrypt", "bare powmod_sec CRT"],
+            figures["OAEP decrypt", "pycryptodome"],
         )
     report.ratio(
         f"OAEP decrypt {bits} ours pure Python / bare pow CRT",
@@ -217,6 +250,9 @@ def main():
         report.note("python-rsa: skipped, not installed (pip install '.[bench]')")
     for bits in (2048, 3072):
         operations(report, bits, rounds)
+    if args.no_keygen:
+        report.save()
+        return
     key_generation(report, 2048, rounds, 0)
     key_generation(
         report,

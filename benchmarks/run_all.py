@@ -2,8 +2,10 @@
 
 Each script runs in its own process with a time limit; its figures come
 back as JSON and are gathered into one table: every figure with its median
-and range, then every ratio and target with its verdict.  ``make bench``
-runs this; ``--quick`` is a smoke test of the whole chain.
+and range, then every ratio and target with its verdict.  The same figures
+go to results/latest.json (with the machine they were measured on), and
+``chart.py`` draws them into results/latest.png and latest.svg.  ``make
+bench`` runs this; ``--quick`` is a smoke test of the whole chain.
 """
 
 import argparse
@@ -15,6 +17,8 @@ import subprocess
 import sys
 import time
 
+import chart
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
@@ -22,6 +26,7 @@ RESULTS = os.path.join(HERE, "results")
 # 15 minutes on a 2-core machine.
 SCRIPTS = [
     ("bench_rsa.py", 240),
+    ("bench_records.py", 60),
     ("bench_handshakes.py", 330),
     ("bench_throughput.py", 120),
     ("bench_tunnel.py", 120),
@@ -94,7 +99,9 @@ def main():
     args = parser.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
     started = time.monotonic()
+    when = time.strftime("%Y-%m-%d %H:%M")
     summaries = []
+    by_script = {}
     failures = []
     for script, limit in SCRIPTS:
         if args.only and script not in args.only:
@@ -126,13 +133,32 @@ def main():
             continue
         with open(summary_path) as f:
             summaries.append(json.load(f))
-    text = table(summaries, time.monotonic() - started)
+        by_script[script] = summaries[-1]
+    elapsed = time.monotonic() - started
+    text = table(summaries, elapsed)
     latest = os.path.join(RESULTS, "latest.txt")
     with open(latest, "w") as f:
         f.write(text)
+    results = {
+        "when": when,
+        "seconds": round(elapsed),
+        "quick": args.quick,
+        "machine": chart.machine(),
+        "failed": failures,
+        "scripts": by_script,
+    }
+    latest_json = os.path.join(RESULTS, "latest.json")
+    with open(latest_json, "w") as f:
+        json.dump(results, f, indent=1)
     print()
     print(text)
-    print(f"written to {os.path.relpath(latest)}")
+    print(f"written to {os.path.relpath(latest)} and {os.path.relpath(latest_json)}")
+    try:
+        paths = chart.draw(results, RESULTS)
+    except ImportError:
+        print("no chart: matplotlib is not installed (pip install -e '.[bench]')")
+    else:
+        print("chart: " + ", ".join(os.path.relpath(path) for path in paths))
     if failures:
         print("failed: " + ", ".join(failures))
         return 1

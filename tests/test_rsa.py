@@ -709,20 +709,18 @@ class _FaultAndBlindingTests(_BackendMixin):
             self.fail(f"a faulty signature came out; gcd(s - s_good, n) is q: {factor == key.q}")
         self.assertEqual(injected, [key.p])
 
-    def test_fresh_blinding_every_operation(self):
-        key = self._copy(_shared_key())
-        ciphertext = key.public_key().encrypt_oaep(b"payload")
-        c = int.from_bytes(ciphertext, "big")
+    def _record_blinding(self, key):
+        """Record r's draws and the values the mod-p exponentiation sees;
+        returns (draws, bases)."""
         backend = rsa._BACKENDS[self.backend]
         original = backend.powmod_secret
-        bases = []
+        bases, draws = [], []
 
         def recording(base, exponent, modulus):
             if modulus == key.p:
                 bases.append(int(base))
             return original(base, exponent, modulus)
 
-        draws = []
         real_randbelow = rsa._randbelow
 
         def recording_randbelow(bound):
@@ -732,24 +730,116 @@ class _FaultAndBlindingTests(_BackendMixin):
 
         self.patch(backend, "powmod_secret", recording)
         self.patch(rsa, "_randbelow", recording_randbelow)
-        for _ in range(3):
-            self.assertEqual(key.decrypt_oaep(ciphertext), b"payload")
-        # One fresh r per operation, all different...
-        self.assertEqual(len(draws), 3)
-        self.assertEqual(len(set(draws)), 3)
-        # ...and the secret exponentiation never saw the real ciphertext, nor
-        # the same blinded value twice.
-        self.assertEqual(len(bases), 3)
-        self.assertEqual(len(set(bases)), 3)
-        self.assertNotIn(c % key.p, bases)
+        return draws, bases
 
-        # Control: with r forced to 1 the same assertions would fail, so the
-        # test above can fail.
+    def test_blinding_differs_every_operation(self):
+        """One r drawn, then squared: every operation still blinds with its
+        own value, and the exponentiation never sees the real ciphertext."""
+        key = self._copy(_shared_key())
+        ciphertext = key.public_key().encrypt_oaep(b"payload")
+        c = int.from_bytes(ciphertext, "big")
+        draws, bases = self._record_blinding(key)
+        for _ in range(4):
+            self.assertEqual(key.decrypt_oaep(ciphertext), b"payload")
+        self.assertEqual(len(draws), 1)
+        self.assertEqual(len(bases), 4)
+        self.assertEqual(len(set(bases)), 4)
+        self.assertNotIn(c % key.p, bases)
+        # Each is the last one's pair squared: base_i = c·r^(e·2^i) mod p.
+        p, e = key.p, key.e
+        r_e = bases[0] * pow(c, -1, p) % p
+        for i, base in enumerate(bases):
+            self.assertEqual(base, c * pow(r_e, 2**i, p) % p)
+        self.assertEqual(pow(r_e, 1, p), pow(draws[0] + 1, e, p))
+
+        # Control: with r forced to 1 (1² = 1) the same assertions would
+        # fail, so the test above can fail.
         bases.clear()
         self.patch(rsa, "_randbelow", lambda bound: 0)
-        key.decrypt_oaep(ciphertext)
-        key.decrypt_oaep(ciphertext)
+        fresh = self._copy(key)
+        fresh.decrypt_oaep(ciphertext)
+        fresh.decrypt_oaep(ciphertext)
         self.assertEqual(bases, [c % key.p] * 2)
+
+    def test_blinding_is_drawn_afresh_after_its_uses(self):
+        key = self._copy(_shared_key())
+        self.patch(rsa, "_BLINDING_USES", 3)
+        draws, bases = self._record_blinding(key)
+        for _ in range(7):
+            signature = key.sign_pss(b"message")
+        self.assertTrue(key.public_key().verify_pss(b"message", signature))
+        # Operations 1, 4 and 7 draw; the others square.
+        self.assertEqual(len(draws), 3)
+        self.assertEqual(len(set(bases)), 7)
+
+    def test_blinding_is_drawn_afresh_after_fork(self):
+        """A forked child must not square its parent's pair: parent and
+        child would then blind with the same values."""
+        if not hasattr(os, "fork") or not hasattr(os, "register_at_fork"):
+            raise SkipTest("needs os.fork and os.register_at_fork")
+        key = self._copy(_shared_key())
+        c = 0x1234567890ABCDEF
+        draws, bases = self._record_blinding(key)
+        key._private_op(c)
+        self.assertEqual(len(draws), 1)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the pipe
+            status = 1
+            try:
+                os.close(read_end)
+                key._private_op(c)
+                os.write(write_end, b"%d %d" % (len(draws), bases[-1]))
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            child_draws, child_base = map(int, pipe.read().split())
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        key._private_op(c)  # the parent squares its pair
+        self.assertEqual(len(draws), 1)
+        self.assertEqual(child_draws, 2)
+        self.assertNotEqual(child_base, bases[-1])
+
+    def test_overlapping_operations_never_share_a_pair(self):
+        """An operation that starts while another runs (a second thread)
+        must not blind with the pair the first one is using."""
+        key = self._copy(_shared_key())
+        c = 0x1234567890ABCDEF
+        key._private_op(c)  # a stored pair, to be squared next
+        _, bases = self._record_blinding(key)
+        backend = rsa._BACKENDS[self.backend]
+        recording = backend.powmod_secret
+        inner = []
+
+        def overlapping(base, exponent, modulus):
+            if not inner:
+                inner.append(None)  # only once: the inner call comes back here
+                inner[0] = key._private_op(c)
+            return recording(base, exponent, modulus)
+
+        self.patch(backend, "powmod_secret", overlapping)
+        outer = key._private_op(c)
+        self.assertEqual(outer, inner[0])
+        self.assertEqual(pow(outer, key.e, key.n), c)
+        # The inner operation's base is recorded first, then the outer's.
+        self.assertEqual(len(bases), 2)
+        self.assertNotEqual(bases[0], bases[1])
+
+    def test_copies_do_not_carry_the_blinding_pair(self):
+        import copy
+        import pickle
+
+        key = self._copy(_shared_key())
+        key._private_op(0x1234567890ABCDEF)
+        for other in (pickle.loads(pickle.dumps(key)), copy.copy(key), copy.deepcopy(key)):
+            self.assertEqual(
+                (other.n, other.e, other.d, other.p, other.q), (key.n, key.e, key.d, key.p, key.q)
+            )
+            self.assertEqual(other._blinding, {})
+        self.assertNotEqual(key._blinding, {})
 
 
 class FaultAndBlindingPythonTests(_FaultAndBlindingTests, TestCase):
