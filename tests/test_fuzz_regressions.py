@@ -100,7 +100,13 @@ class CorpusTests(unittest.TestCase):
 
     def test_honest_seeds_reach_the_end_of_a_session(self):
         # Seeds that stop at the parser would leave the fuzzer there.
-        for name in ("raw-honest-auth-whole", "ops-honest-auth", "ops-updates"):
+        for name in (
+            "raw-honest-auth-whole",
+            "ops-honest-auth",
+            "ops-updates",
+            "raw-resumed-whole",
+            "raw-resumed-chunks-of-11",
+        ):
             stream, size, authorized = decode_input(fuzz_server.seeds()[name])
             events, _ = run_server(chunks(stream, size), authorized)
             self.assertIsInstance(events[0], handshake.HandshakeComplete, name)

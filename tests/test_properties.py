@@ -42,6 +42,7 @@ from keyexchanged.handshake import (
     TicketReceived,
 )
 from keyexchanged.protocol import SecureChannelFactory
+from keyexchanged.records import RecordSealer
 from tests.fixtures import IDENTITY, address, frames, replay, vector_client, vector_server
 from tests.vectors import RAW, hexbytes, record
 
@@ -60,13 +61,26 @@ CLIENT_FRAMES = [
     encode_frame("AUTH", record("client_auth_seq0")),
     encode_frame("MSG", record("client_msg_seq1")),
     encode_frame("END", record("client_end_seq2")),
+    # Revision 2: a ticket this server cannot open, a TICKET it must refuse.
+    encode_frame("RESUME", b"\x01" * 60),
+    encode_frame("TICKET", b"\x02" * 40),
 ]
+
+
+def _server_ticket_record():
+    """A TICKET the vector server could send, at its sequence number 1."""
+    sealer = RecordSealer(hexbytes("server_key"))
+    sealer.seal("MSG", hexbytes("server_message"))
+    return sealer.seal("TICKET", b'{"ticket": "AAAA", "lifetime": 60}')
+
+
 SERVER_FRAMES = [
     hexbytes("hello_frame"),
     encode_frame("MSG", record("server_msg_seq0")),
     encode_frame("END", record("server_end_seq1")),
     encode_frame("UPDATE", record("server_update_seq1")),
     encode_frame("MSG", record("server_msg_after_update_seq0")),
+    encode_frame("TICKET", _server_ticket_record()),
 ]
 VERBS = [*MAX_PAYLOAD, "PING", "key", "A" * 9, ""]
 

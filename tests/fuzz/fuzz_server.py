@@ -39,7 +39,7 @@ import os
 import sys
 import tempfile
 
-from keyexchanged import handshake, keys, tickets
+from keyexchanged import handshake, keys, schedule, tickets
 from keyexchanged.framing import (
     ERROR_CODES,
     FRAME_TOO_LARGE,
@@ -290,13 +290,34 @@ def fuzz_one_input(data):
 # -- seeds --------------------------------------------------------------------------------
 
 
+def _resumed_stream():
+    """RESUME with a ticket of TICKETS, then the client's first record and
+    END sealed under the resumed keys: a whole resumed session (§11)."""
+    secret = b"\x5e" * 32
+    ticket, _ = TICKETS.issue(secret, IDENTITY.fingerprint)
+    hello = IDENTITY.hello_payload(_hex("nonce"))
+    th = schedule.transcript_hash(hello, ticket)
+    client_key, _ = schedule.derive_keys(secret, _hex("nonce"), th, resumed=True)
+    sealer = RecordSealer(client_key)
+    return (
+        encode_frame("RESUME", ticket)
+        + encode_frame("MSG", sealer.seal("MSG", b""))
+        + encode_frame("MSG", sealer.seal("MSG", b"resumed"))
+        + encode_frame("END", sealer.seal("END"))
+    )
+
+
 def seeds():
     """The seed corpus: honest streams built from the vector file, and a few
     near misses.  ``tests/fuzz/corpus/`` holds exactly these."""
     honest = KEY_FRAME + AUTH_FRAME + encode_frame("MSG", _record("client_msg_seq1"))
     honest += encode_frame("END", _record("client_end_seq2"))
     auth = _hex("auth_plaintext")
+    resumed = _resumed_stream()
     return {
+        "raw-resumed-whole": bytes([0]) + resumed,
+        "raw-resumed-chunks-of-11": bytes([11 << 2]) + resumed,
+        "raw-resume-stale": bytes([0]) + encode_frame("RESUME", b"\x01" * 60) + resumed[60:],
         "raw-honest-auth-whole": bytes([AUTH_REQUIRED]) + honest,
         "raw-honest-chunks-of-7": bytes([7 << 2]) + honest,
         "raw-bad-header": bytes([0]) + b"KEY 0256\r\n" + honest,
