@@ -32,6 +32,7 @@ SCRIPTS = [
     ("bench_tunnel.py", 120),
     ("bench_memory.py", 180),
     ("bench_responsiveness.py", 180),
+    ("bench_auth_flood.py", 120),
 ]
 
 
