@@ -820,6 +820,38 @@ def cmd_ticket_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- lab -----------------------------------------------------------------------
+
+
+def _add_lab(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "lab",
+        help="run the original exercise's attacks live, and see KX/1 refuse them",
+        description=(
+            "Lessons for learners (docs/lab.rst): each starts a deliberately insecure server "
+            "and client of the original exercise on 127.0.0.1, attacks them for real, then "
+            "runs the same attack against the daemon's own KX/1 server and shows the refusal."
+        ),
+    )
+    parser.add_argument("lessons", nargs="*", metavar="LESSON", help="lessons to run (--list)")
+    parser.add_argument("--list", action="store_true", help="list the lessons and exit")
+    parser.add_argument("--all", action="store_true", help="run every lesson, in order")
+    parser.add_argument(
+        "--seed", type=int, metavar="N", help="repeat a run's weak keys and session keys"
+    )
+    parser.set_defaults(func=cmd_lab)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """Run the lab's lessons (keyexchanged.lab)."""
+    from keyexchanged import lab
+
+    try:
+        return lab.main(args.lessons, list_only=args.list, run_all=args.all, seed=args.seed)
+    except lab.UnknownLesson as exc:
+        raise UsageError(str(exc)) from None
+
+
 # --- Entry point -------------------------------------------------------------
 
 #: Each adds one subcommand to the parser, in the order ``--help`` lists them.
@@ -830,6 +862,7 @@ COMMANDS = (
     _add_ca,
     _add_tunnel,
     _add_ticket_keys,
+    _add_lab,
 )
 
 
