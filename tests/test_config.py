@@ -256,7 +256,7 @@ class HelloSizeTests(unittest.TestCase):
 
     def chain(self, count):
         """The leaf ``count`` times in a PEM file, and the size of the HELLO
-        it makes, per PROTOCOL.md (JSON, base64 of the key, nonce and each
+        it makes, per docs/spec/kx1.rst (JSON, base64 of the key, nonce and each
         certificate)."""
         path = os.path.join(self.dir, f"chain-{count}.pem")
         with open(path, "wb") as f:

@@ -8,7 +8,7 @@ a decommissioned disk, a court order).  In the exercise the session key
 travelled under that long-term key, so the key opens the recording, and
 every other recording ever made.
 
-KX/1 revision 2 (PROTOCOL.md §10) encrypts the session secret under a
+KX/1 revision 2 (docs/spec/kx1.rst §10) encrypts the session secret under a
 short-lived *ephemeral* RSA key instead: made in memory, signed by the
 long-term key, offered in HELLO, and destroyed minutes later.  The
 long-term key only signs; it never decrypts a KEY, so stealing it opens no
@@ -40,9 +40,9 @@ COMMANDS = ["LOGIN alice hunter2", "PAY 100 TO bob"]
 GREETING = ["The secret message: the vault code is 4711."]
 
 #: Why the KX/1 half cannot show forward secrecy against this daemon yet.
-NOT_OFFERED = "the daemon does not offer ephemeral keys yet (KX/1 revision 2)"
+NOT_OFFERED = "the daemon does not offer ephemeral keys (started with --no-forward-secrecy?)"
 
-#: PROTOCOL.md §10.1: what the long-term key signs for an ephemeral key.
+#: docs/spec/kx1.rst §10.1: what the long-term key signs for an ephemeral key.
 EPHEMERAL_CONTEXT = b"kx/1 ephemeral key\x00"
 EPHEMERAL_SALT_LENGTH = 32
 
@@ -154,7 +154,7 @@ def against_kx1(lab):
                 if plaintexts is not None
                 else "did not open it"
             )
-            + ".  Once HELLO offers an ephemeral key (PROTOCOL.md section 10), the KEY is "
+            + ".  Once HELLO offers an ephemeral key (docs/spec/kx1.rst §10), the KEY is "
             "encrypted under it instead, and this lesson shows the recording staying closed",
             {"hello": hello, "plaintexts": plaintexts},
             pending=NOT_OFFERED,

@@ -9,7 +9,7 @@ decrypts the session key the victim sends, re-encrypts it to the real server
 and relays the session, reading every line.  Neither side notices.
 
 A KX/1 client checks the key in HELLO before it encrypts anything to it
-(PROTOCOL.md §7): a pinned fingerprint, known hosts or a CA.  A key it does
+(docs/spec/kx1.rst §7): a pinned fingerprint, known hosts or a CA.  A key it does
 not trust ends the connection with ``ERROR untrusted-key``, and KEY is never
 sent: the attacker gets nothing to decrypt.
 """

@@ -12,7 +12,7 @@ s^e and ask: every "yes" says that m0·s mod n lies in [2B, 3B), B =
 2^(8(k−2)), and Bleichenbacher's algorithm turns those answers into a
 shrinking set of intervals that ends in m0 itself.
 
-KX/1 decodes OAEP with implicit rejection (PROTOCOL.md §3): whether the KEY
+KX/1 decodes OAEP with implicit rejection (docs/spec/kx1.rst §3): whether the KEY
 decodes or not, the server goes on with the same frames; the oracle has
 nothing to say.
 """

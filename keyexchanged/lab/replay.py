@@ -10,7 +10,7 @@ without understanding one of them, is logged in as the victim and repeats
 every command — here a payment.
 
 In KX/1 the server's HELLO carries a fresh 32-byte nonce, and the KEY is
-OAEP-encrypted with the HELLO payload as its label (PROTOCOL.md §3); the
+OAEP-encrypted with the HELLO payload as its label (docs/spec/kx1.rst §3); the
 keys also derive from the nonce and the transcript (§4).  A KEY replayed
 into a new connection does not decode under the new label (implicit
 rejection: the server just picks a random secret), so the replayed records

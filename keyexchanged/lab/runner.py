@@ -7,8 +7,8 @@ Why in-process and not a ``twistd`` child: it starts in milliseconds rather
 than a second, there is no process to manage or leak, and the lab can read
 the daemon's own log lines; why ``makeService`` and not a bare
 :class:`~keyexchanged.protocol.SecureChannelFactory`: whatever the daemon
-offers by default (KX/1 revision 2's ephemeral keys, once it has them) the
-lab gets without a change.  The one thing swapped is the application inside
+offers by default (KX/1 revision 2's ephemeral keys, say) the lab gets
+without a change.  The one thing swapped is the application inside
 the channel: the lab's :mod:`bank <keyexchanged.lab.bank>` in place of
 ``echo``, so that both schemes serve the same ledger.
 
@@ -316,7 +316,7 @@ class Kx1Client:
 
 
 class Hello:
-    """A HELLO as an eavesdropper reads it (PROTOCOL.md §2 and §10.1)."""
+    """A HELLO as an eavesdropper reads it (docs/spec/kx1.rst §2 and §10.1)."""
 
     def __init__(self, payload):
         self.payload = payload
@@ -345,12 +345,12 @@ def read_hello(payload):
     return Hello(payload)
 
 
-#: The verbs whose payload is a sealed record (PROTOCOL.md §5, §11.2).
+#: The verbs whose payload is a sealed record (docs/spec/kx1.rst §5, §11.2).
 _SEALED = frozenset({"MSG", "END", "AUTH", "TICKET"})
 
 
 def open_with_secret(secret, hello, key_payload, frames):
-    """Derive the session keys from a guessed ``secret`` (PROTOCOL.md §4)
+    """Derive the session keys from a guessed ``secret`` (docs/spec/kx1.rst §4)
     and open the recorded records in order.  Returns the plaintexts, or
     raises :class:`keyexchanged.records.BadRecord` at the first record that
     does not open."""

@@ -9,7 +9,7 @@ key is the ordinary integer cube root of c.  And whatever the exponent,
 textbook RSA is malleable: c·s^e = (s·m)^e mod n, so anyone can turn a
 ciphertext of m into one of s·m without knowing m.
 
-KX/1 sends the secret with OAEP (PROTOCOL.md §3): a full-size, randomized,
+KX/1 sends the secret with OAEP (docs/spec/kx1.rst §3): a full-size, randomized,
 hashed block that decodes only if it is exactly what the client made, and
 refuses e ≤ 2^16 outright (§2).  A KEY that does not decode is not
 reported — implicit rejection — the server just uses a random secret, and

@@ -10,7 +10,7 @@ tells the server.  And since the end of the TCP stream is the only end the
 exercise knows, an attacker who cuts the stream early (dropping a CANCEL)
 leaves a server that believes the session ended normally.
 
-KX/1 seals every record with AES-256-GCM (PROTOCOL.md §5): the 16-byte tag
+KX/1 seals every record with AES-256-GCM (docs/spec/kx1.rst §5): the 16-byte tag
 covers the ciphertext, the verb and the record's sequence number, so a
 flipped bit is ``ERROR bad-record`` and nothing reaches the application.
 And a session ends with a sealed END: a connection that closes before it is
