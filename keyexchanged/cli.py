@@ -301,8 +301,8 @@ def _add_trust_arguments(parser, accept_new=True) -> None:
         type=float,
         default=300.0,
         metavar="SECONDS",
-        help="end a session in which the server has sent nothing for SECONDS "
-        "(default 300; exit status 4)",
+        help="end a session on which nothing has passed either way for SECONDS: a "
+        "server gone silent (default 300; exit status 4)",
     )
 
 

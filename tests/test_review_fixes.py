@@ -929,8 +929,8 @@ class IdleTimeoutOptionTests(CommandTestCase):
             self.assertEqual(status, 0)
             text = " ".join(out.split())
             self.assertIn(
-                "--idle-timeout SECONDS end a session in which the server has sent nothing "
-                "for SECONDS (default 300; exit status 4)",
+                "--idle-timeout SECONDS end a session on which nothing has passed either "
+                "way for SECONDS: a server gone silent (default 300; exit status 4)",
                 text,
             )
         _, out, _ = self.run_main("connect", "--help")
