@@ -7,7 +7,9 @@ leave them idle; once all are up and the server has settled, the growth in
 resident size divided by N is the cost of one idle session.
 
 - ``kx``: the daemon's service (tap options, ``makeService``) with the echo
-  application, so a session stays open in both directions;
+  application, so a session stays open in both directions; its defaults
+  otherwise (forward secrecy on, a resumption ticket sent per session), and
+  the load generator's clients require forward secrecy;
 - ``tls1.3``: the echo application behind Twisted's TLS (pyOpenSSL);
 - ``tcp``: the echo application on plain TCP — the floor.
 
@@ -76,7 +78,11 @@ def main():
         args.sessions, args.rounds = [1000], 1
     limit = harness.raise_fd_limit(max(args.sessions) * 2 + 1000)
     report = harness.Report("memory per idle session", args.summary)
-    report.note(f"RLIMIT_NOFILE {limit}; RSA-{args.bits}; fresh server per run; 1 KiB = 1024 B")
+    report.note(
+        f"RLIMIT_NOFILE {limit}; RSA-{args.bits}; fresh server per run; 1 KiB = 1024 B; "
+        "KX/1 with the daemon's defaults (forward secrecy on, a ticket per session), "
+        "clients requiring forward secrecy"
+    )
     directory = harness.workdir()
     try:
         key, cert, fingerprint = harness.key_material(directory, args.bits)
