@@ -33,7 +33,7 @@ def add_options(parser):
     parser.add_argument("daemon_args", nargs="*", help="extra daemon options, after --")
 
 
-def open_sessions(server, proto, count, fingerprint, cert):
+def open_sessions(server, proto, count, fingerprint, cert, extra=()):
     generator = harness.LoadGenerator.run(
         "idle",
         proto=proto,
@@ -43,6 +43,8 @@ def open_sessions(server, proto, count, fingerprint, cert):
         fingerprint=fingerprint,
         cert=cert,
         timeout=60,
+        # A daemon told to offer no ephemeral key needs clients that accept it.
+        allow_no_forward_secrecy=proto == "kx" and "--no-forward-secrecy" in extra,
     )
     ready = generator.read(240)
     return generator, ready
@@ -56,11 +58,11 @@ def one_run(directory, name, count, key, cert, fingerprint, extra):
     else:
         server = harness.start_server(directory, name, "echo", key, cert)
     try:
-        warm, _ = open_sessions(server, name, 50, fingerprint, cert)
+        warm, _ = open_sessions(server, name, 50, fingerprint, cert, extra)
         warm.finish()
         time.sleep(0.5)
         before = harness.settle(server)
-        generator, ready = open_sessions(server, name, count, fingerprint, cert)
+        generator, ready = open_sessions(server, name, count, fingerprint, cert, extra)
         try:
             if ready["open"] != count:
                 raise RuntimeError(f"{name}: only {ready['open']} of {count} sessions opened")
@@ -82,6 +84,7 @@ def main():
         f"RLIMIT_NOFILE {limit}; RSA-{args.bits}; fresh server per run; 1 KiB = 1024 B; "
         "KX/1 with the daemon's defaults (forward secrecy on, a ticket per session), "
         "clients requiring forward secrecy"
+        + (f"; daemon options: {' '.join(args.daemon_args)}" if args.daemon_args else "")
     )
     directory = harness.workdir()
     try:
