@@ -7,7 +7,9 @@ leave them idle; once all are up and the server has settled, the growth in
 resident size divided by N is the cost of one idle session.
 
 - ``kx``: the daemon's service (tap options, ``makeService``) with the echo
-  application, so a session stays open in both directions;
+  application, so a session stays open in both directions; its defaults
+  otherwise (forward secrecy on, a resumption ticket sent per session), and
+  the load generator's clients require forward secrecy;
 - ``tls1.3``: the echo application behind Twisted's TLS (pyOpenSSL);
 - ``tcp``: the echo application on plain TCP — the floor.
 
@@ -31,7 +33,7 @@ def add_options(parser):
     parser.add_argument("daemon_args", nargs="*", help="extra daemon options, after --")
 
 
-def open_sessions(server, proto, count, fingerprint, cert):
+def open_sessions(server, proto, count, fingerprint, cert, extra=()):
     generator = harness.LoadGenerator.run(
         "idle",
         proto=proto,
@@ -41,6 +43,8 @@ def open_sessions(server, proto, count, fingerprint, cert):
         fingerprint=fingerprint,
         cert=cert,
         timeout=60,
+        # A daemon told to offer no ephemeral key needs clients that accept it.
+        allow_no_forward_secrecy=proto == "kx" and "--no-forward-secrecy" in extra,
     )
     ready = generator.read(240)
     return generator, ready
@@ -54,11 +58,11 @@ def one_run(directory, name, count, key, cert, fingerprint, extra):
     else:
         server = harness.start_server(directory, name, "echo", key, cert)
     try:
-        warm, _ = open_sessions(server, name, 50, fingerprint, cert)
+        warm, _ = open_sessions(server, name, 50, fingerprint, cert, extra)
         warm.finish()
         time.sleep(0.5)
         before = harness.settle(server)
-        generator, ready = open_sessions(server, name, count, fingerprint, cert)
+        generator, ready = open_sessions(server, name, count, fingerprint, cert, extra)
         try:
             if ready["open"] != count:
                 raise RuntimeError(f"{name}: only {ready['open']} of {count} sessions opened")
@@ -76,7 +80,12 @@ def main():
         args.sessions, args.rounds = [1000], 1
     limit = harness.raise_fd_limit(max(args.sessions) * 2 + 1000)
     report = harness.Report("memory per idle session", args.summary)
-    report.note(f"RLIMIT_NOFILE {limit}; RSA-{args.bits}; fresh server per run; 1 KiB = 1024 B")
+    report.note(
+        f"RLIMIT_NOFILE {limit}; RSA-{args.bits}; fresh server per run; 1 KiB = 1024 B; "
+        "KX/1 with the daemon's defaults (forward secrecy on, a ticket per session), "
+        "clients requiring forward secrecy"
+        + (f"; daemon options: {' '.join(args.daemon_args)}" if args.daemon_args else "")
+    )
     directory = harness.workdir()
     try:
         key, cert, fingerprint = harness.key_material(directory, args.bits)

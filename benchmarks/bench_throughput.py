@@ -50,12 +50,16 @@ def read_all(proto, port, nbytes, fingerprint="", cert=""):
     return nbytes / result["seconds"] / 1e6
 
 
-class Spiped:
-    """source ← spiped -d ← spiped -e ← client, all on 127.0.0.1."""
+class SpipedPair:
+    """client → spiped -e → spiped -d → 127.0.0.1:``target``.
 
-    def __init__(self, directory, nbytes):
-        self.source = harness.start_server(directory, "tcp", "source", nbytes=nbytes)
-        key = os.path.join(directory, "spiped.key")
+    ``port`` is where the encrypting end listens.  Each end is started with
+    the same fresh 32-byte key, at most ``-n 4`` connections, in the
+    foreground (``-F``), on 127.0.0.1 only.
+    """
+
+    def __init__(self, directory, target):
+        key = os.path.join(directory, f"spiped-{target}.key")
         with open(key, "wb") as f:
             f.write(os.urandom(32))
         self.middle = harness.free_port()
@@ -68,7 +72,7 @@ class Spiped:
                 "-s",
                 f"[127.0.0.1]:{self.middle}",
                 "-t",
-                f"[127.0.0.1]:{self.source.port}",
+                f"[127.0.0.1]:{target}",
                 *common,
             ]
         )
@@ -93,6 +97,18 @@ class Spiped:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait(5)
+
+
+class Spiped(SpipedPair):
+    """source ← spiped -d ← spiped -e ← client, all on 127.0.0.1."""
+
+    def __init__(self, directory, nbytes):
+        self.source = harness.start_server(directory, "tcp", "source", nbytes=nbytes)
+        super().__init__(directory, self.source.port)
+
+    def stop(self):
+        super().stop()
         self.source.stop()
 
 

@@ -1,14 +1,26 @@
-"""Tunnel throughput: a TCP service read directly, and through the tunnel.
+"""Tunnel throughput: a TCP sink reached directly and through three tunnels.
 
-- ``direct``: the load generator reads ``--mib`` MiB from a plain TCP
-  source (``servers.py tcp --app source``) on 127.0.0.1.
-- ``tunnel``: the same source behind the real ``twistd keyexchange
-  --application forward``, reached through the real ``keyexchange tunnel``:
-  every byte is sealed and opened twice over (tunnel ⇄ daemon) and crosses
-  three extra processes.
+Issue 14's topology: a client writes ``--mib`` MiB through an encrypting
+end, a decrypting end and into a plain TCP sink (``servers.py tcp --app
+sink``, which answers once it has every byte), all on 127.0.0.1:
 
-Both are read by the same load generator (``--proto tcp``), interleaved.
-MB are 10^6 bytes.
+- ``direct``: the client writes to the sink itself — the ceiling of
+  127.0.0.1 for this Python client;
+- ``tunnel``: the real ``keyexchange tunnel`` → the real ``twistd
+  keyexchange --application forward --forward-to`` the sink (the daemon's
+  defaults: forward secrecy on, a worker per CPU);
+- ``spiped``: ``spiped -e`` → ``spiped -d`` → the sink (when spiped is
+  installed; skipped with a note otherwise);
+- ``tls1.3``: ``servers.py tls-encrypt`` → ``servers.py tls-decrypt`` →
+  the sink: Twisted's TLS 1.3 (pyOpenSSL, AES-256-GCM) at both ends,
+  spliced with the same relay code as the KX/1 tunnel and its forward
+  application.
+
+One load generator program writes (``loadgen.py upload``), the
+contestants interleaved; a figure is the bytes divided by the time from
+connect to the sink's answer, MB = 10^6 bytes.  Each tunnel carries every
+connection over a new session or TLS connection, so the time includes one
+handshake (a few ms of a transfer of seconds).
 """
 
 import shutil
@@ -16,7 +28,7 @@ import sys
 import time
 
 import harness
-from bench_throughput import MIB, read_all
+from bench_throughput import MIB, SpipedPair
 
 
 def add_options(parser):
@@ -26,18 +38,75 @@ def add_options(parser):
     parser.add_argument("daemon_args", nargs="*", help="extra daemon options, after --")
 
 
+def write_all(name, port, nbytes):
+    """MB/s of one upload of ``nbytes`` to ``port``, answered by the sink."""
+    generator = harness.LoadGenerator.run(
+        "upload", proto="tcp", port=port, bytes=nbytes, timeout=120
+    )
+    try:
+        result = generator.read(180)
+    finally:
+        generator.finish()
+    if not result["ok"]:
+        raise RuntimeError(f"{name}: upload to {port}: {result['detail']}")
+    return nbytes / result["seconds"] / 1e6
+
+
+def start_tunnel(directory, daemon, fingerprint, name="tunnel"):
+    """The real ``keyexchange tunnel`` to ``daemon``, listening on 127.0.0.1."""
+    tunnel = harness.Server(
+        [
+            sys.executable,
+            "-m",
+            "keyexchanged.cli",
+            "tunnel",
+            "--listen",
+            harness.LOCAL,
+            "--server",
+            f"127.0.0.1:{daemon.port}",
+            "--fingerprint",
+            fingerprint,
+        ],
+        directory,
+        name,
+    )
+    tunnel.wait_listening()
+    return tunnel
+
+
+def start_tls_pair(directory, key, cert, target):
+    """tls-encrypt → tls-decrypt → 127.0.0.1:``target``; returns both ends,
+    the encrypting one (where clients connect) first."""
+    decrypt = harness.Server(
+        [*harness.SERVERS, "tls-decrypt", "--key", key, "--cert", cert, "--to", str(target)],
+        directory,
+        "tls-decrypt",
+    )
+    decrypt.wait_listening()
+    encrypt = harness.Server(
+        [*harness.SERVERS, "tls-encrypt", "--cert", cert, "--to", str(decrypt.port)],
+        directory,
+        "tls-encrypt",
+    )
+    encrypt.wait_listening()
+    return encrypt, decrypt
+
+
 def main():
     args = harness.arguments(__doc__.split("\n\n")[0], add_options)
     if args.quick:
         args.mib, args.rounds = 32, 1
     nbytes = args.mib * MIB
-    report = harness.Report(f"tunnel throughput, {args.mib} MiB per connection", args.summary)
+    report = harness.Report(
+        f"tunnel throughput, {args.mib} MiB per connection into a TCP sink", args.summary
+    )
     directory = harness.workdir()
     processes = []
+    spiped = None
     try:
-        key, _, fingerprint = harness.key_material(directory, args.bits)
-        source = harness.start_server(directory, "tcp", "source", nbytes=nbytes)
-        processes.append(source)
+        key, cert, fingerprint = harness.key_material(directory, args.bits)
+        sink = harness.start_server(directory, "tcp", "sink", nbytes=nbytes)
+        processes.append(sink)
         (daemon,) = harness.start_daemons(
             directory,
             key,
@@ -45,39 +114,52 @@ def main():
                 "--application",
                 "forward",
                 "--forward-to",
-                f"tcp:127.0.0.1:{source.port}",
+                f"tcp:127.0.0.1:{sink.port}",
                 *args.daemon_args,
             ],
         )
         processes.append(daemon)
-        tunnel = harness.Server(
-            [
-                sys.executable,
-                "-m",
-                "keyexchanged.cli",
-                "tunnel",
-                "--listen",
-                harness.LOCAL,
-                "--server",
-                f"127.0.0.1:{daemon.port}",
-                "--fingerprint",
-                fingerprint,
-            ],
-            directory,
-            "tunnel",
-        )
+        tunnel = start_tunnel(directory, daemon, fingerprint)
         processes.append(tunnel)
-        tunnel.wait_listening()
-        ports = {"direct": source.port, "tunnel": tunnel.port}
+        tls_encrypt, tls_decrypt = start_tls_pair(directory, key, cert, sink.port)
+        processes += [tls_decrypt, tls_encrypt]
+        ports = {"direct": sink.port, "tunnel": tunnel.port}
+        if shutil.which("spiped"):
+            spiped = SpipedPair(directory, sink.port)
+            ports["spiped"] = spiped.port
+        else:
+            report.note("spiped: skipped, not installed (apt-get install spiped)")
+        ports["tls1.3"] = tls_encrypt.port
+        report.note(
+            "encrypting end → decrypting end → the sink, all on 127.0.0.1: "
+            + ", ".join(ports)
+            + f"; RSA-{args.bits}; the KX/1 daemon with its defaults (forward secrecy on)"
+        )
         rates = {name: [] for name in ports}
         for _, name in harness.interleave(list(ports), args.rounds):
-            rates[name].append(read_all("tcp", ports[name], nbytes))
+            rates[name].append(write_all(name, ports[name], nbytes))
             time.sleep(0.2)
     finally:
+        if spiped is not None:
+            spiped.stop()
         for process in reversed(processes):
             process.stop()
         shutil.rmtree(directory, ignore_errors=True)
     figures = {name: report.figure("throughput", name, rates[name], "MB/s") for name in rates}
+    if "spiped" in figures:
+        # Issue 14: the KX/1 tunnel at least twice spiped's, same topology.
+        report.ratio(
+            "tunnel throughput kx / spiped, same topology",
+            figures["tunnel"],
+            figures["spiped"],
+            2.0,
+            "higher",
+        )
+    report.ratio(
+        "tunnel throughput kx / Twisted TLS 1.3, same topology",
+        figures["tunnel"],
+        figures["tls1.3"],
+    )
     report.ratio("tunnel throughput / direct TCP", figures["tunnel"], figures["direct"])
     report.save()
 

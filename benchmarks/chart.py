@@ -1,14 +1,20 @@
 """Draw what one ``run_all.py`` run measured: results/latest.png and .svg.
 
-Three panels, each bar the median of its rounds with a whisker from the
+Four panels, each bar the median of its rounds with a whisker from the
 minimum to the maximum:
 
 - handshakes per second, per key size, for every KX/1 variant that
-  ``bench_handshakes.py`` ran, Twisted TLS 1.3 and TLS 1.2 static RSA;
+  ``bench_handshakes.py`` ran — full handshakes with forward secrecy (the
+  default) in the reactor and with worker processes, full without forward
+  secrecy, resumed sessions, two processes — Twisted TLS 1.3 and TLS 1.2
+  static RSA;
 - the server's CPU time per handshake, same bars;
-- throughput of one session or connection: KX/1, TLS 1.3 and spiped
-  (``bench_throughput.py``), the KX/1 tunnel and direct TCP
-  (``bench_tunnel.py``).
+- throughput of one connection: KX/1, TLS 1.3 and spiped sessions
+  (``bench_throughput.py``), then into a TCP sink through the KX/1 tunnel,
+  a spiped pair and a Twisted TLS 1.3 pair, and directly
+  (``bench_tunnel.py``);
+- tunnel connection setup, p50 and p99, resumed against full handshakes
+  and a direct connection (``bench_tunnel_setup.py``).
 
 The figures come from ``results/latest.json``, which ``run_all.py`` writes
 from the same summaries as ``latest.txt``; a script or a contestant that
@@ -30,23 +36,33 @@ RESULTS = os.path.join(HERE, "results")
 #: Handshake contestants in the order they are drawn, with their labels.
 #: A KX/1 variant not listed (another ``kx ×N``) is drawn after these.
 HANDSHAKE_ORDER = [
-    ("kx workers=0", "KX/1, in the reactor"),
-    ("kx workers=auto", "KX/1, worker per CPU"),
-    ("kx ×2", "KX/1, 2 processes"),
-    ("tls1.3", "TLS 1.3 (Twisted)"),
+    ("kx workers=0", "KX/1 full, FS, in the reactor"),
+    ("kx workers=auto", "KX/1 full, FS, worker per CPU (default)"),
+    ("kx no-FS", "KX/1 full, no FS, worker per CPU"),
+    ("kx resumed", "KX/1 resumed, default daemon"),
+    ("kx ×2", "KX/1 full, FS, 2 processes"),
+    ("tls1.3", "TLS 1.3 full (Twisted)"),
     ("tls1.2", "TLS 1.2 static RSA"),
 ]
 #: (script, contestant, label, colour) of the throughput bars.
 THROUGHPUT_ORDER = [
     ("bench_throughput.py", "kx", "KX/1 session", "#1f5fa8"),
-    ("bench_throughput.py", "tls1.3", "TLS 1.3 (Twisted)", "#c2571a"),
-    ("bench_throughput.py", "spiped", "spiped", "#e89a4f"),
-    ("bench_tunnel.py", "tunnel", "KX/1 tunnel", "#4f8fd0"),
-    ("bench_tunnel.py", "direct", "direct TCP", "#999999"),
+    ("bench_throughput.py", "tls1.3", "TLS 1.3 session", "#c2571a"),
+    ("bench_throughput.py", "spiped", "spiped pair", "#e89a4f"),
+    ("bench_tunnel.py", "tunnel", "KX/1 tunnel\n→ sink", "#4f8fd0"),
+    ("bench_tunnel.py", "spiped", "spiped pair\n→ sink", "#e89a4f"),
+    ("bench_tunnel.py", "tls1.3", "TLS 1.3 pair\n→ sink", "#c2571a"),
+    ("bench_tunnel.py", "direct", "direct TCP\n→ sink", "#999999"),
+]
+#: (contestant, label, colour) of the tunnel setup bars.
+SETUP_ORDER = [
+    ("tunnel resumed", "KX/1 tunnel, resumed", "#4f8fd0"),
+    ("tunnel full", "KX/1 tunnel, full handshakes", "#1f5fa8"),
+    ("direct", "direct TCP (no tunnel)", "#999999"),
 ]
 #: KX/1 bars in shades of blue, peers in orange, so the eye can pair them.
 COLOURS = {
-    "kx": ["#1f5fa8", "#4f8fd0", "#8dbbe8", "#b9d5f0"],
+    "kx": ["#0b3d75", "#1f5fa8", "#4f8fd0", "#8dbbe8", "#b9d5f0"],
     "peer": ["#c2571a", "#e89a4f", "#777777", "#aaaaaa"],
 }
 
@@ -120,6 +136,20 @@ def throughput_size(results):
     title = (results.get("scripts", {}).get("bench_throughput.py") or {}).get("title", "")
     match = re.search(r"(\d+) MiB", title)
     return f"{match.group(1)} MiB" if match else None
+
+
+def setup_bars(results):
+    """{(contestant, label, colour): {"p50": row, "p99": row}} that ran."""
+    found = {}
+    rows = _figures(results, "bench_tunnel_setup.py")
+    for contestant, label, colour in SETUP_ORDER:
+        for row in rows:
+            if row["contestant"] != contestant:
+                continue
+            for which in ("p50", "p99"):
+                if row["name"] == f"tunnel setup {which}":
+                    found.setdefault((contestant, label, colour), {})[which] = row
+    return found
 
 
 def _colour(name, index_kx, index_peer):
@@ -203,9 +233,48 @@ def _throughput(axis, bars, size):
         error_kw={"elinewidth": 1, "ecolor": "#222222"},
     )
     axis.bar_label(drawn, labels=[f"{row['median']:.0f}" for row in rows], fontsize=8, padding=2)
-    axis.set_xticks(range(len(bars)), [label for label, _, _ in bars], rotation=15)
+    axis.set_xticks(range(len(bars)), [label for label, _, _ in bars], fontsize=8)
     axis.set_ylabel("MB/s (10⁶ bytes)" + (f", {size} each" if size else ""))
     axis.set_title(title)
+    axis.margins(y=0.15)
+    axis.grid(axis="y", alpha=0.3)
+    axis.set_axisbelow(True)
+
+
+def _setup(axis, bars):
+    title = "tunnel connection setup (lower is better)"
+    if not bars:
+        _empty(axis, title, "not measured in this run")
+        return
+    groups = ["p50", "p99"]
+    width = 0.8 / len(bars)
+    for index, ((_, label, colour), rows) in enumerate(bars.items()):
+        positions, present = [], []
+        for group_index, which in enumerate(groups):
+            if which in rows:
+                positions.append(group_index + (index - (len(bars) - 1) / 2) * width)
+                present.append(rows[which])
+        drawn = axis.bar(
+            positions,
+            [row["median"] for row in present],
+            width * 0.92,
+            yerr=_whiskers(present),
+            capsize=3,
+            color=colour,
+            label=label,
+            error_kw={"elinewidth": 1, "ecolor": "#222222"},
+        )
+        axis.bar_label(
+            drawn, labels=[f"{row['median']:.2f}" for row in present], fontsize=8, padding=2
+        )
+    axis.set_xticks(
+        range(len(groups)),
+        ["p50", "p99"],
+    )
+    axis.set_xlabel("local connect → first byte echoed back through the tunnel")
+    axis.set_ylabel("ms")
+    axis.set_title(title)
+    axis.legend(fontsize=8, loc="upper left")
     axis.margins(y=0.15)
     axis.grid(axis="y", alpha=0.3)
     axis.set_axisbelow(True)
@@ -222,27 +291,28 @@ def draw(results, directory=RESULTS, stem="latest"):
     cpu = handshake_series(results, "server CPU per handshake")
     bars = throughput_bars(results)
 
-    figure, axes = pyplot.subplots(1, 3, figsize=(17, 6), gridspec_kw={"width_ratios": [5, 5, 4]})
+    figure, axes = pyplot.subplots(2, 2, figsize=(16, 12))
     _grouped(
-        axes[0],
+        axes[0][0],
         rates,
         "handshakes / s",
         "handshakes per second (higher is better)",
         "{:.0f}".format,
     )
     _grouped(
-        axes[1],
+        axes[0][1],
         cpu,
         "ms of server CPU",
         "server CPU per handshake (lower is better)",
         "{:.2f}".format,
     )
-    _throughput(axes[2], bars, throughput_size(results))
-    handles, labels = axes[0].get_legend_handles_labels()
+    _throughput(axes[1][0], bars, throughput_size(results))
+    _setup(axes[1][1], setup_bars(results))
+    handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
-        # Below the two handshake panels, which share it.
+        # Under the subtitle, for the two handshake panels that share it.
         figure.legend(
-            handles, labels, loc="lower left", bbox_to_anchor=(0.06, 0.0), ncol=len(handles)
+            handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.925), ncol=4, fontsize=9
         )
 
     host = results.get("machine") or {"cpu": "machine not recorded"}
@@ -260,13 +330,13 @@ def draw(results, directory=RESULTS, stem="latest"):
         parts.append("--quick run (a smoke test, not figures to quote)")
     figure.text(
         0.5,
-        0.915,
+        0.945,
         "; ".join(part for part in parts if part),
         ha="center",
         fontsize=9,
         color="#444444",
     )
-    figure.tight_layout(rect=(0, 0.06, 1, 0.9))
+    figure.tight_layout(rect=(0, 0, 1, 0.895))
     os.makedirs(directory, exist_ok=True)
     paths = []
     for extension in ("png", "svg"):

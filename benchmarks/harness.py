@@ -95,6 +95,8 @@ class Report:
                 "max": figure.max,
                 "n": len(samples),
                 "unit": unit,
+                # Every round, so run_all.py can derive figures across scripts.
+                "samples": figure.samples,
             }
         )
         return figure
@@ -334,14 +336,20 @@ class LoadGenerator:
     """``loadgen.py`` in its own process; it speaks one JSON object per line.
 
     ``LoadGenerator.run("handshakes", proto="kx", port=..., concurrency=16)``
-    starts ``loadgen.py handshakes --proto kx --port ... --concurrency 16``.
+    starts ``loadgen.py handshakes --proto kx --port ... --concurrency 16``;
+    ``resume=True`` adds the switch ``--resume``, ``False`` or ``None`` leaves
+    an option out.
     """
 
     @classmethod
     def run(cls, mode, env=None, nice=0, **options):
         args = [mode]
         for name, value in options.items():
-            args += ["--" + name.replace("_", "-"), str(value)]
+            flag = "--" + name.replace("_", "-")
+            if value is True:
+                args.append(flag)  # a switch: resume=True gives --resume
+            elif value is not False and value is not None:
+                args += [flag, str(value)]
         return cls(args, env=env, nice=nice)
 
     def __init__(self, args, env=None, nice=0):

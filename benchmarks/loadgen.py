@@ -2,7 +2,7 @@
 
 It speaks KX/1 (with the project's own client code), TLS 1.3 or 1.2 (Twisted
 over pyOpenSSL, verifying the server's certificate) or plain TCP, and has
-four modes.  It writes one JSON object per line on stdout and reads
+these modes.  It writes one JSON object per line on stdout and reads
 commands on stdin.
 
 ``handshakes``
@@ -11,10 +11,23 @@ commands on stdin.
     empty ``--expect`` the client closes at once), start the next.  Either
     a warm-up then a measuring window of ``--duration`` seconds (prints
     ``start`` and ``end`` as the window opens and closes), or ``--count``
-    sessions in all (prints ``done`` with every latency).
+    sessions in all (prints ``done`` with every latency).  KX/1 with
+    ``--resume``: each of the ``--concurrency`` slots holds its own
+    TicketStore, so its first session is a full handshake and every later
+    one resumes with the ticket the previous one received; ``end`` and
+    ``done`` count the ``resumed`` sessions either way.
 ``throughput``
     One session; read ``--bytes`` bytes to the end; print the seconds from
     connect to the last byte.
+``upload``
+    One connection; write ``--bytes`` bytes as fast as the transport takes
+    them, to a sink that answers once it has them all; print the seconds
+    from connect to the answer.
+``setup``
+    ``--count`` connections one after the other (after ``--warmup-count``
+    unmeasured ones): connect, send one byte, wait for the first byte to
+    come back (an echo service), close; print each time from the connect
+    call to that first byte.
 ``idle``
     Open ``--sessions`` sessions, ``--concurrency`` handshakes at a time, and
     keep them open and silent; print ``ready``; close them all at end of
@@ -29,7 +42,9 @@ commands on stdin.
     trips.  End of stdin closes it.
 
 Every session has a deadline (``--timeout``): one that has not ended by
-then is aborted and counted as lost.
+then is aborted and counted as lost.  KX/1 clients require forward
+secrecy (an ephemeral key in HELLO), as the project's client does by
+default, unless ``--allow-no-forward-secrecy``.
 """
 
 import argparse
@@ -47,6 +62,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from keyexchanged import protocol, trust
+from keyexchanged.tickets import TicketStore
 
 HOST = "127.0.0.1"
 
@@ -76,6 +92,8 @@ class Session(Protocol):
         self.ended = defer.Deferred()
         self.on_data = None
         self.secure = False
+        #: KX/1: whether the session resumed from a ticket (no RSA).
+        self.resumed = False
 
     # KX/1 connects the application after key confirmation; TLS connects it
     # at TCP connect and tells it of the handshake here.
@@ -89,6 +107,7 @@ class Session(Protocol):
     def _up(self):
         if self.ready.called:
             return
+        self.resumed = bool(getattr(self.transport, "resumed", False))
         self.ready.callback(self)
         if self.close_at_once and not self.keep_open:
             self.transport.loseConnection()
@@ -125,12 +144,21 @@ class Client:
             self.tls_context = _client_context(args.proto, args.cert)
         self.trust = trust.PinnedKey(args.fingerprint) if args.proto == "kx" else None
 
-    def open(self, session):
-        """Connect ``session``; fires (ignored) when TCP connects or fails."""
+    def open(self, session, tickets=None):
+        """Connect ``session``; fires (ignored) when TCP connects or fails.
+
+        KX/1: with ``tickets`` (a TicketStore), a ticket kept there resumes
+        the session and the server's new ticket is kept there."""
         factory = Factory.forProtocol(lambda: session)
         if self.args.proto == "kx":
             channel = protocol.ChannelClientFactory(
-                factory, self.trust, server_name=HOST, reactor=reactor
+                factory,
+                self.trust,
+                server_name=HOST,
+                reactor=reactor,
+                require_forward_secrecy=not self.args.allow_no_forward_secrecy,
+                tickets=tickets,
+                server_address=(HOST, self.args.port) if tickets is not None else None,
             )
             channel.handshake.addErrback(lambda failure: None)
 
@@ -197,13 +225,16 @@ def _client_context(kind, cert_path):
 def run_handshakes(args, client):
     expect = args.expect.encode() if args.expect else b""
     close_at_once = not expect
-    state = {"started": 0, "ok": 0, "failed": 0, "lost": 0, "stopping": False}
+    state = {"started": 0, "ok": 0, "failed": 0, "lost": 0, "resumed": 0, "stopping": False}
     latencies = []
     errors = {}
-    window = {"open": False, "ok": 0, "failed": 0, "latencies": []}
+    window = {"open": False, "ok": 0, "failed": 0, "resumed": 0, "latencies": []}
     finished = defer.Deferred()
+    # One ticket store per slot, as one client per slot would keep it: a
+    # ticket is used once, and the session it resumes brings the next.
+    stores = [TicketStore(per_server=1) if args.resume else None for _ in range(args.concurrency)]
 
-    def launch():
+    def launch(slot):
         if state["stopping"] or (args.count and state["started"] >= args.count):
             if args.count and state["ok"] + state["failed"] + state["lost"] >= args.count:
                 if not finished.called:
@@ -222,19 +253,21 @@ def run_handshakes(args, client):
                 state["lost"] += 1
             elif ok:
                 state["ok"] += 1
+                state["resumed"] += session.resumed
                 latencies.append(time.perf_counter() - begun)
                 if window["open"]:
                     window["ok"] += 1
+                    window["resumed"] += session.resumed
                     window["latencies"].append(time.perf_counter() - begun)
             else:
                 state["failed"] += 1
                 if window["open"]:
                     window["failed"] += 1
                 errors[detail] = errors.get(detail, 0) + 1
-            reactor.callLater(0, launch)
+            reactor.callLater(0, launch, slot)
 
         session.ended.addCallback(ended)
-        client.open(session)
+        client.open(session, stores[slot])
 
     def expire(session):
         if not session.ended.called:
@@ -242,8 +275,8 @@ def run_handshakes(args, client):
             if session.transport is not None:
                 session.transport.abortConnection()
 
-    for _ in range(args.concurrency):
-        launch()
+    for slot in range(args.concurrency):
+        launch(slot)
 
     if args.count:
         # A global bound as well: no run outlives its budget.
@@ -254,6 +287,7 @@ def run_handshakes(args, client):
                 event="done",
                 started=state["started"],
                 ok=state["ok"],
+                resumed=state["resumed"],
                 failed=state["failed"],
                 lost=state["lost"]
                 + state["started"]
@@ -279,6 +313,7 @@ def run_handshakes(args, client):
         emit(
             event="end",
             ok=window["ok"],
+            resumed=window["resumed"],
             failed=window["failed"],
             seconds=seconds,
             latencies=window["latencies"],
@@ -318,6 +353,142 @@ def run_throughput(args, client):
         ),
     )
     client.open(session)
+
+
+class Upload(Protocol):
+    """Write ``nbytes`` as fast as the transport takes them; ``answered``
+    fires with the seconds from ``begun`` to the sink's first byte back.
+
+    A streaming producer, as the source application in servers.py is: it
+    writes until the transport pauses it and goes on when it resumes.
+    """
+
+    CHUNK = bytes(range(256)) * (1024 * 1024 // 256)
+
+    def __init__(self, nbytes, begun):
+        self.remaining = nbytes
+        self.begun = begun
+        self.paused = False
+        self.answered = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.registerProducer(self, True)
+        self.resumeProducing()
+
+    def resumeProducing(self):
+        self.paused = False
+        chunk = self.CHUNK
+        while not self.paused and self.remaining > 0:
+            if self.remaining < len(chunk):
+                chunk = chunk[: self.remaining]
+            self.remaining -= len(chunk)
+            self.transport.write(chunk)
+        if self.remaining <= 0 and not self.paused and self.transport is not None:
+            self.remaining = -1
+            self.transport.unregisterProducer()
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def stopProducing(self):
+        self.paused = True
+
+    def dataReceived(self, data):
+        if not self.answered.called:
+            self.answered.callback((True, time.perf_counter() - self.begun, ""))
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason=None):
+        if not self.answered.called:
+            self.answered.callback(
+                (False, time.perf_counter() - self.begun, f"closed: {reason.getErrorMessage()}")
+            )
+
+
+def run_upload(args, client):
+    begun = time.perf_counter()
+    upload = Upload(args.bytes, begun)
+
+    def answered(result):
+        ok, seconds, detail = result
+        emit(event="done", ok=ok, detail=detail, bytes=args.bytes, seconds=seconds)
+        reactor.stop()
+
+    def failed(failure):
+        if not upload.answered.called:
+            upload.answered.callback((False, 0.0, f"connect: {failure.getErrorMessage()}"))
+
+    upload.answered.addCallback(answered)
+    client.endpoint.connect(Factory.forProtocol(lambda: upload)).addErrback(failed)
+
+    def expire():
+        if not upload.answered.called:
+            upload.answered.callback((False, args.timeout, "lost"))
+            if upload.transport is not None:
+                upload.transport.abortConnection()
+
+    reactor.callLater(args.timeout, expire)
+
+
+class FirstByte(Protocol):
+    """Send one byte on connect; ``echoed`` fires at the first byte back
+    (with the seconds since ``begun``), then the connection is closed."""
+
+    def __init__(self, begun):
+        self.begun = begun
+        self.echoed = defer.Deferred()
+        self.gone = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(b"x")
+
+    def dataReceived(self, data):
+        if not self.echoed.called:
+            self.echoed.callback(time.perf_counter() - self.begun)
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason=None):
+        if not self.echoed.called:
+            self.echoed.errback(RuntimeError(f"closed before the echo: {reason.getErrorMessage()}"))
+        self.gone.callback(None)
+
+
+@defer.inlineCallbacks
+def run_setup(args, client):
+    """Connection setup, one connection at a time (no queueing in the figure)."""
+    latencies = []
+    failures = {}
+    stop_at = time.monotonic() + args.timeout * 3
+    for number in range(args.warmup_count + args.count):
+        if time.monotonic() > stop_at:
+            break
+        begun = time.perf_counter()
+        first = FirstByte(begun)
+        deadline = reactor.callLater(args.timeout, _abort, first)
+        try:
+            yield client.endpoint.connect(Factory.forProtocol(lambda first=first: first))
+            seconds = yield first.echoed
+        except Exception as failure:
+            detail = f"{type(failure).__name__}: {failure}"
+            failures[detail] = failures.get(detail, 0) + 1
+        else:
+            if number >= args.warmup_count:
+                latencies.append(seconds)
+        finally:
+            if deadline.active():
+                deadline.cancel()
+        if first.transport is not None:
+            # The next connection starts once this one is gone on our side.
+            yield first.gone
+    emit(event="done", latencies=latencies, failed=sum(failures.values()), errors=failures)
+    reactor.stop()
+
+
+def _abort(first):
+    if not first.echoed.called:
+        first.echoed.errback(RuntimeError("no echo within the timeout"))
+    if first.transport is not None:
+        first.transport.abortConnection()
 
 
 class Commands(LineReceiver):
@@ -467,7 +638,9 @@ def run_slowloris(args, client):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["handshakes", "throughput", "idle", "rtt", "slowloris"])
+    parser.add_argument(
+        "mode", choices=["handshakes", "throughput", "upload", "setup", "idle", "rtt", "slowloris"]
+    )
     parser.add_argument("--proto", required=True, choices=["kx", "tls1.3", "tls1.2", "tcp"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--fingerprint", help="KX/1: the server key's fingerprint")
@@ -482,11 +655,22 @@ def main():
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--interval", type=float, default=0.005)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--warmup-count", type=int, default=0)
+    parser.add_argument(
+        "--resume", action="store_true", help="KX/1: a TicketStore per slot, resume with it"
+    )
+    parser.add_argument(
+        "--allow-no-forward-secrecy",
+        action="store_true",
+        help="KX/1: accept a server that offers no ephemeral key",
+    )
     args = parser.parse_args()
     client = Client(args)
     modes = {
         "handshakes": run_handshakes,
         "throughput": run_throughput,
+        "upload": run_upload,
+        "setup": run_setup,
         "idle": run_idle,
         "rtt": run_rtt,
         "slowloris": run_slowloris,

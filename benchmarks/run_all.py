@@ -6,6 +6,13 @@ and range, then every ratio and target with its verdict.  The same figures
 go to results/latest.json (with the machine they were measured on), and
 ``chart.py`` draws them into results/latest.png and latest.svg.  ``make
 bench`` runs this; ``--quick`` is a smoke test of the whole chain.
+
+Some targets need the figures of two scripts from the same run; they are
+worked out here, after every script has run (see :func:`derived`): issue
+14's overhead of a full handshake beyond its private-key operation, and
+issue 11's forward-secrecy cost with the ephemeral key rotations counted.
+The load average at the start and the end of the run heads the table: on a
+shared machine it says how much else was running.
 """
 
 import argparse
@@ -18,6 +25,7 @@ import sys
 import time
 
 import chart
+import harness
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -27,13 +35,22 @@ RESULTS = os.path.join(HERE, "results")
 SCRIPTS = [
     ("bench_rsa.py", 240),
     ("bench_records.py", 60),
-    ("bench_handshakes.py", 330),
+    ("bench_handshakes.py", 420),
     ("bench_throughput.py", 120),
-    ("bench_tunnel.py", 120),
+    ("bench_tunnel.py", 180),
+    ("bench_tunnel_setup.py", 120),
     ("bench_memory.py", 180),
     ("bench_responsiveness.py", 180),
     ("bench_auth_flood.py", 120),
 ]
+
+#: Issue 14: server CPU per full handshake beyond one private-key
+#: decryption of the same size, at 3072 bits.
+OVERHEAD_BITS = 3072
+OVERHEAD_LIMIT_MS = 0.4
+#: Issue 11: a full handshake with forward secrecy costs the server at most
+#: this much more than one without.
+FORWARD_SECRECY_TARGET = 1.05
 
 
 def number(value):
@@ -48,14 +65,116 @@ def number(value):
     return f"{value:.3g}"
 
 
-def table(summaries, elapsed):
+def _find(by_script, script, name, contestant):
+    """The figure row ``name`` of ``contestant`` in ``script``, or None."""
+    for row in (by_script.get(script) or {}).get("rows", ()):
+        if row["kind"] == "figure" and row["name"] == name and row["contestant"] == contestant:
+            return row
+    return None
+
+
+def derived(by_script):
+    """Targets that need two scripts of the same run, as one more summary.
+
+    - Issue 14: server CPU per full handshake (bench_handshakes.py, every
+      round) minus the median of one OAEP decryption at the same size with
+      the backend the daemon uses (bench_rsa.py): ≤ 0.4 ms at 3072 bits,
+      for the daemon deciphering in the reactor and with its default worker
+      processes.
+    - Issue 11: full handshakes with forward secrecy against without, with
+      the cost of the ephemeral key rotations added: one key generation and
+      one PSS signature (bench_rsa.py's medians) every rotation interval
+      (the daemon's default), shared by the handshakes of that interval at
+      the rate measured for the default daemon.
+    """
+    from keyexchanged import ephemeral, rsa
+
+    backend = "ours gmpy2" if rsa.BACKEND == "gmpy2" else "ours pure Python"
+    bits = OVERHEAD_BITS
+    report = harness.Report("derived from two scripts of this run (issues 11 and 14)")
+    decrypt = _find(by_script, "bench_rsa.py", f"OAEP decrypt {bits}", backend)
+    cpu = {
+        name: _find(by_script, "bench_handshakes.py", f"server CPU per handshake {bits}", name)
+        for name in ("kx workers=0", "kx workers=auto", "kx no-FS")
+    }
+    if decrypt is None or cpu["kx workers=0"] is None or cpu["kx workers=auto"] is None:
+        report.note(
+            f"not computed: needs bench_rsa.py and bench_handshakes.py at {bits} bits in this run"
+        )
+        return {"title": report.title, "rows": report.rows}
+    report.note(
+        f"one OAEP decryption, RSA-{bits}, {backend} (the daemon's backend, "
+        f"bench_rsa.py): {decrypt['median']:.3f} ms"
+    )
+    for name in ("kx workers=0", "kx workers=auto"):
+        overhead = report.figure(
+            f"CPU/handshake − 1 decrypt {bits}",
+            name,
+            [value - decrypt["median"] for value in _samples(cpu[name])],
+            "ms",
+        )
+        report.check(
+            f"{name}: handshake CPU beyond 1 RSA decryption, {bits}",
+            overhead.median,
+            OVERHEAD_LIMIT_MS,
+            "ms",
+        )
+    keygen = _find(by_script, "bench_rsa.py", f"key generation {bits}", backend)
+    sign = _find(by_script, "bench_rsa.py", f"PSS sign {bits}", backend)
+    rate = _find(by_script, "bench_handshakes.py", f"handshakes/s RSA-{bits}", "kx workers=auto")
+    if None in (keygen, sign, rate, cpu["kx no-FS"]):
+        report.note("forward secrecy with rotations: not computed (a figure is missing)")
+        return {"title": report.title, "rows": report.rows}
+    interval = ephemeral.DEFAULT_INTERVAL
+    rotation_ms = keygen["median"] * 1000 + sign["median"]
+    share = rotation_ms / (interval * rate["median"])
+    report.note(
+        f"ephemeral key rotation: key generation {keygen['median'] * 1000:.0f} ms + PSS "
+        f"signature {sign['median']:.2f} ms every {interval} s, over "
+        f"{rate['median']:.0f} handshakes/s × {interval} s: {share:.3f} ms per handshake"
+    )
+    with_rotations = report.figure(
+        f"CPU/handshake {bits} + rotations",
+        "kx workers=auto",
+        [value + share for value in _samples(cpu["kx workers=auto"])],
+        "ms",
+    )
+    report.ratio(
+        f"CPU per handshake full FS + rotations / no-FS, {bits}",
+        with_rotations,
+        cpu["kx no-FS"]["median"],
+        FORWARD_SECRECY_TARGET,
+    )
+    return {"title": report.title, "rows": report.rows}
+
+
+def _samples(row):
+    # Rows from before samples were recorded carry the median alone.
+    return row.get("samples") or [row["median"]]
+
+
+def load_average():
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def table(summaries, elapsed, loads=(None, None)):
     lines = [
         "keyexchanged benchmarks — "
         + time.strftime("%Y-%m-%d %H:%M:%S")
         + f" — {platform.python_implementation()} {platform.python_version()}, "
         + f"{os.cpu_count()} CPUs, {elapsed:.0f} s",
-        "",
     ]
+    if all(loads):
+        lines.append(
+            "load average (1, 5, 15 min) at the start "
+            + ", ".join(f"{value:.2f}" for value in loads[0])
+            + "; at the end "
+            + ", ".join(f"{value:.2f}" for value in loads[1])
+        )
+    lines.append("")
     verdicts = []
     for summary in summaries:
         lines.append(f"== {summary['title']}")
@@ -100,6 +219,7 @@ def main():
     args = parser.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
     started = time.monotonic()
+    load_at_start = load_average()
     when = time.strftime("%Y-%m-%d %H:%M")
     summaries = []
     by_script = {}
@@ -135,8 +255,13 @@ def main():
         with open(summary_path) as f:
             summaries.append(json.load(f))
         by_script[script] = summaries[-1]
+    if "bench_rsa.py" in by_script or "bench_handshakes.py" in by_script:
+        extra = derived(by_script)
+        summaries.append(extra)
+        by_script["derived"] = extra
     elapsed = time.monotonic() - started
-    text = table(summaries, elapsed)
+    load_at_end = load_average()
+    text = table(summaries, elapsed, (load_at_start, load_at_end))
     latest = os.path.join(RESULTS, "latest.txt")
     with open(latest, "w") as f:
         f.write(text)
@@ -145,6 +270,7 @@ def main():
         "seconds": round(elapsed),
         "quick": args.quick,
         "machine": chart.machine(),
+        "load_average": {"start": load_at_start, "end": load_at_end},
         "failed": failures,
         "scripts": by_script,
     }

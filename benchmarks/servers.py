@@ -13,24 +13,41 @@
     load generator never resumes and every handshake must be a full one.
 ``servers.py tcp --app APP``
     The same APP on plain TCP: the floor for memory and throughput.
+``servers.py tls-encrypt --cert C --to PORT``
+    The encrypting end of a TLS tunnel, as ``keyexchange tunnel`` and
+    ``spiped -e`` are: accept plain TCP on 127.0.0.1 and carry each
+    connection over TLS 1.3 to 127.0.0.1:PORT, verifying the server's
+    certificate C (pyOpenSSL through ``TLSMemoryBIOFactory``).
+``servers.py tls-decrypt --key K --cert C --to PORT``
+    The decrypting end, as ``twistd keyexchange --application forward`` and
+    ``spiped -d`` are: accept TLS 1.3 and carry each connection as plain TCP
+    to 127.0.0.1:PORT.  Both ends splice with :mod:`keyexchanged.relay`,
+    the code the KX/1 tunnel and its forward application use, so the TLS
+    pair differs from ours in the secure channel alone.
 
 APP is ``message`` (the daemon's: send the message, then close), ``echo``,
-or ``source`` (send ``--bytes`` bytes as fast as the transport takes them,
-then close).  Each server prints ``listening on HOST:PORT``.
+``source`` (send ``--bytes`` bytes as fast as the transport takes them,
+then close) or ``sink`` (read ``--bytes`` bytes, then answer ``ok`` and
+close).  Each server prints ``listening on HOST:PORT``.
 """
 
 import argparse
 import sys
 
 from twisted.internet import reactor
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IProtocol,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from zope.interface import implementer
+from zope.interface import implementer, implementer_only
 
 from keyexchanged.applications import EchoFactory, MessageFactory
+from keyexchanged.relay import End, Splice
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 # One write per resumeProducing: a few full KX/1 records (64 KiB each) and
@@ -82,6 +99,29 @@ class SourceFactory(Factory):
         self.chunk = bytes(range(256)) * (SOURCE_CHUNK // 256)
 
 
+class SinkProtocol(Protocol):
+    """Read ``factory.nbytes`` bytes and throw them away; then say ``ok``
+    and close, so the writer can time the whole transfer."""
+
+    def connectionMade(self):
+        self.remaining = self.factory.nbytes
+
+    def dataReceived(self, data):
+        self.remaining -= len(data)
+        if self.remaining <= 0 and self.transport is not None:
+            self.remaining = float("inf")  # answer once
+            self.transport.write(b"ok")
+            self.transport.loseConnection()
+
+
+class SinkFactory(Factory):
+    noisy = False
+    protocol = SinkProtocol
+
+    def __init__(self, nbytes):
+        self.nbytes = nbytes
+
+
 def application(name, message, nbytes):
     if name == "message":
         return MessageFactory(message)
@@ -89,6 +129,8 @@ def application(name, message, nbytes):
         return EchoFactory()
     if name == "source":
         return SourceFactory(nbytes)
+    if name == "sink":
+        return SinkFactory(nbytes)
     raise SystemExit(f"unknown application {name!r}")
 
 
@@ -111,6 +153,82 @@ def tls_context(version, key_path, cert_path):
     context.use_certificate_file(cert_path)
     context.check_privatekey()
     return context
+
+
+def tls_client_context(cert_path):
+    """TLS 1.3 only, verifying the server against its self-signed certificate
+    (as loadgen.py's TLS client does), no tickets and no session cache."""
+    from OpenSSL import SSL
+
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(SSL.TLS1_3_VERSION)
+    context.set_max_proto_version(SSL.TLS1_3_VERSION)
+    context.set_options(SSL.OP_NO_TICKET)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    context.load_verify_locations(cert_path)
+    context.set_verify(SSL.VERIFY_PEER, lambda connection, x509, errno, depth, ok: bool(ok))
+    return context
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _ClientContext:
+    def __init__(self, context):
+        self.context = context
+
+    def clientConnectionForTLS(self, tls_protocol):
+        from OpenSSL import SSL
+
+        connection = SSL.Connection(self.context, None)
+        connection.set_app_data(tls_protocol)
+        return connection
+
+
+class SpliceFactory(Factory):
+    """Accept a connection and splice it to a new one made by ``dial(end)``
+    (a Deferred), with the relay the KX/1 tunnel and forward application use.
+
+    The plain TCP side of each pair end closes fully instead of half-closing:
+    Twisted's TLS transport has no ``loseWriteConnection`` of its own (the
+    wrapper half-closes the TCP socket under TLS, without close_notify, and
+    the far end reads a truncated connection), so an end of stream from the
+    plain side closes the TLS connection with close_notify.  No benchmark
+    here half-closes; the sink answers, then closes.
+    """
+
+    noisy = False
+
+    def __init__(self, dial, plain_side):
+        self.dial = dial
+        self.plain_side = plain_side
+
+    def buildProtocol(self, address):
+        splice = Splice(f"splice for {address}", connect=self.dial)
+        # Before either end is connected, so the splice only ever sees these.
+        setattr(splice, self.plain_side, _FullCloseEnd(splice))
+        return splice.first
+
+
+@implementer_only(IProtocol)
+class _FullCloseEnd(End):
+    """A splice end that is not half-closeable: end of stream is connectionLost."""
+
+
+def tls_pair_end(kind, key_path, cert_path, to_port):
+    """The listening factory of one end of the TLS tunnel (see the module doc)."""
+    target = TCP4ClientEndpoint(reactor, "127.0.0.1", to_port, timeout=30)
+
+    def plain(end):
+        return target.connect(Factory.forProtocol(lambda: end))
+
+    if kind == "tls-decrypt":
+        context = tls_context("tls1.3", key_path, cert_path)
+        return TLSMemoryBIOFactory(_Context(context), False, SpliceFactory(plain, "second"))
+    client = _ClientContext(tls_client_context(cert_path))
+
+    def secure(end):
+        return target.connect(TLSMemoryBIOFactory(client, True, Factory.forProtocol(lambda: end)))
+
+    return SpliceFactory(secure, "first")
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -140,8 +258,11 @@ def main(argv=None):
         split = argv.index("--")
         argv, daemon_args = argv[:split], argv[split + 1 :]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=["kx", "tls1.3", "tls1.2", "tcp"])
-    parser.add_argument("--app", default="message", choices=["message", "echo", "source"])
+    parser.add_argument(
+        "kind", choices=["kx", "tls1.3", "tls1.2", "tcp", "tls-encrypt", "tls-decrypt"]
+    )
+    parser.add_argument("--app", default="message", choices=["message", "echo", "source", "sink"])
+    parser.add_argument("--to", type=int, help="tls-encrypt, tls-decrypt: the port to carry to")
     parser.add_argument("--bytes", type=int, default=256 * 1024 * 1024)
     parser.add_argument("--message", default="bench")
     parser.add_argument("--key")
@@ -162,6 +283,9 @@ def main(argv=None):
         # The service itself logs "listening on HOST:PORT".
         reactor.callWhenRunning(service.startService)
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    elif args.kind in ("tls-encrypt", "tls-decrypt"):
+        factory = tls_pair_end(args.kind, args.key, args.cert, args.to)
+        serverFromString(reactor, LOCAL).listen(factory).addCallback(announce)
     else:
         factory = app
         if args.kind.startswith("tls"):
