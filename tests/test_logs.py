@@ -1,0 +1,433 @@
+"""keyexchanged.logs: JSON lines, the session-end event, limit warnings."""
+
+import io
+import json
+import os
+import sys
+
+from twisted.application import service
+from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet.task import Clock
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    eventsFromJSONLogFile,
+    formatEvent,
+)
+from twisted.logger._flatten import flattenEvent
+from twisted.python import logfile
+from twisted.trial import unittest
+
+from keyexchanged import logs
+from keyexchanged.logs import SESSION_END_FIELDS, LimitWarnings
+from tests.daemon import TWISTD, Daemon, DaemonTestCase, run_client
+from tests.vectors import RAW
+
+FINGERPRINT = "SHA256:" + "B" * 43
+
+
+class Summary:
+    """A session's end, holding more than it may tell (as the server's does)."""
+
+    def __init__(self, **changes):
+        self.peer = "192.0.2.7:51000"
+        self.outcome = "ok"
+        self.resumed = False
+        self.forward_secrecy = True
+        self.bytes_in = 1234
+        self.bytes_out = 56789
+        self.duration = 1.25
+        self.client_fingerprint = FINGERPRINT
+        # What no log may show.
+        self.ticket = "TICKET-never-in-a-log"
+        self.secret = b"SECRET-never-in-a-log"
+        self.session_key = "KEY-never-in-a-log"
+        self.__dict__.update(changes)
+
+
+class Address:
+    host = "2001:db8::1"
+    port = 4000
+
+
+def json_lines(stream):
+    text = stream.getvalue()
+    assert text.endswith("\n"), text
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def own_fields(event):
+    return {name for name in event if not name.startswith("log_")}
+
+
+class SessionEndTests(unittest.TestCase):
+    def setUp(self):
+        self.stream = io.StringIO()
+        self.log = Logger(namespace="keyexchanged.session", observer=logs.JSONLines(self.stream))
+
+    def test_one_line_with_exactly_the_fields(self):
+        logs.log_session_end(Summary(), log=self.log)
+        (event,) = json_lines(self.stream)
+        self.assertEqual(own_fields(event), set(SESSION_END_FIELDS))
+        self.assertEqual(
+            {name: event[name] for name in SESSION_END_FIELDS},
+            {
+                "peer": "192.0.2.7:51000",
+                "client_fingerprint": FINGERPRINT,
+                "kind": "full",
+                "forward_secrecy": True,
+                "bytes_in": 1234,
+                "bytes_out": 56789,
+                "duration": 1.25,
+                "outcome": "ok",
+            },
+        )
+        self.assertEqual(event["log_namespace"], "keyexchanged.session")
+        self.assertEqual(event["log_level"]["name"], "info")
+
+    def test_nothing_else_the_summary_holds(self):
+        logs.log_session_end(Summary(), log=self.log)
+        text = self.stream.getvalue()
+        for secret in ("TICKET", "SECRET", "KEY-never"):
+            self.assertNotIn(secret, text)
+
+    def test_resumed_without_fingerprint_and_an_address_object(self):
+        summary = Summary(
+            resumed=True, forward_secrecy=False, client_fingerprint=None, peer=Address()
+        )
+        logs.log_session_end(summary, log=self.log)
+        (event,) = json_lines(self.stream)
+        self.assertEqual(event["kind"], "resumed")
+        self.assertIs(event["forward_secrecy"], False)
+        self.assertIsNone(event["client_fingerprint"])
+        self.assertEqual(event["peer"], "2001:db8::1:4000")
+
+    def test_kind_given_as_kind(self):
+        summary = Summary(kind="resumed")
+        del summary.resumed
+        self.assertEqual(logs.session_end_fields(summary)["kind"], "resumed")
+
+    def test_reads_back_and_reads_as_text(self):
+        """Twisted's own reader takes the lines back, and the text says it all."""
+        logs.log_session_end(Summary(outcome="idle-timeout"), log=self.log)
+        (event,) = eventsFromJSONLogFile(io.StringIO(self.stream.getvalue()))
+        self.assertEqual(
+            formatEvent(event),
+            "session with 192.0.2.7:51000 ended: idle-timeout; full, forward secrecy: True; "
+            f"1234 bytes in, 56789 bytes out, 1.25 s; client key: {FINGERPRINT}",
+        )
+
+
+class JSONLinesTests(unittest.TestCase):
+    def setUp(self):
+        self.stream = io.StringIO()
+        self.observer = logs.json_file_observer(self.stream)
+        self.log = Logger(observer=self.observer)
+
+    def test_one_object_per_line(self):
+        self.log.info("first {n}", n=1)
+        self.log.warn("second\nwith a newline {what}", what="in\nit")
+        self.log.error("third")
+        self.assertNotIn("\x1e", self.stream.getvalue())
+        events = json_lines(self.stream)
+        self.assertEqual(
+            [event["log_level"]["name"] for event in events], ["info", "warn", "error"]
+        )
+        self.assertEqual(events[0]["n"], 1)
+        self.assertEqual(events[1]["what"], "in\nit")
+
+    def test_secret_names_and_bytes_are_not_written(self):
+        """JSON shows every field, not only those the text names: a field
+        named as a secret, and raw bytes, are kept out."""
+        self.log.info(
+            "resumed with {ticket}",
+            ticket="T0PS3CRET-ticket",
+            session_secret="T0PS3CRET-secret",
+            api_token="T0PS3CRET-token",
+            payload=b"T0PS3CRET-bytes",
+            forward_secrecy=True,
+            fingerprint=FINGERPRINT,
+            count=3,
+        )
+        text = self.stream.getvalue()
+        self.assertNotIn("T0PS3CRET", text)
+        (event,) = json_lines(self.stream)
+        self.assertEqual(event["ticket"], "[redacted]")
+        self.assertEqual(event["session_secret"], "[redacted]")
+        self.assertEqual(event["api_token"], "[redacted]")
+        self.assertEqual(event["payload"], "[15 bytes]")
+        self.assertEqual((event["forward_secrecy"], event["count"]), (True, 3))
+        self.assertEqual(event["fingerprint"], FINGERPRINT)
+
+    def test_an_earlier_flattening_does_not_leak(self):
+        """Another observer may have flattened the event (its format's
+        fields as text) before ours sees it."""
+        event = {
+            "log_format": "{ticket}",
+            "ticket": "T0PS3CRET",
+            "log_level": LogLevel.info,
+            "log_namespace": "x",
+            "log_time": 0.0,
+        }
+        flattenEvent(event)
+        self.observer(event)
+        self.assertNotIn("T0PS3CRET", self.stream.getvalue())
+        self.assertEqual(event["ticket"], "T0PS3CRET", "the event itself is left alone")
+
+    def test_json_observer_is_for_twistd_logger(self):
+        """``twistd --logger`` calls it with no arguments: stdout."""
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        observer = logs.json_observer()
+        self.assertTrue(ILogObserver.providedBy(observer))
+        Logger(observer=observer).info("hello {who}", who="ops")
+        (event,) = json_lines(stdout)
+        self.assertEqual(event["who"], "ops")
+
+
+class UseJSONLogsTests(unittest.TestCase):
+    def test_twistd_application_gets_the_observer(self):
+        """twistd's AppLogger.start takes the application's ILogObserver
+        component before making its own."""
+        top = service.Service()
+        stream = io.StringIO()
+        wrapper = logs.use_json_logs(top, stream)
+        self.assertIs(top.parent, wrapper)
+        application = service.Application("keyexchange")
+        wrapper.setServiceParent(application)
+        observer = application.getComponent(ILogObserver)
+        self.assertIs(observer, wrapper.observer)
+        Logger(observer=observer).info("from {where}", where="twistd")
+        (event,) = json_lines(stream)
+        self.assertEqual(event["where"], "twistd")
+        # Starting the application starts the daemon's service.
+        service.IService(application).startService()
+        self.addCleanup(service.IService(application).stopService)
+        self.assertTrue(top.running)
+
+    def test_plain_parent(self):
+        wrapper = logs.use_json_logs(service.Service(), io.StringIO())
+        parent = service.MultiService()
+        wrapper.setServiceParent(parent)
+        self.assertIs(wrapper.parent, parent)
+
+
+class Server(dict):
+    """twistd's options, as a plugin's options see them (``parent``)."""
+
+
+class Plugin:
+    def __init__(self, **server):
+        self.parent = Server(server)
+
+
+class TwistdLogFileTests(unittest.TestCase):
+    def test_no_twistd(self):
+        self.assertIs(logs.twistd_log_file(object()), sys.stdout)
+
+    def test_foreground(self):
+        self.assertIs(logs.twistd_log_file(Plugin(logfile=None, nodaemon=1)), sys.stdout)
+        self.assertIs(logs.twistd_log_file(Plugin(logfile="-", nodaemon=1)), sys.stdout)
+
+    def test_daemon_to_stdout_is_refused(self):
+        error = self.assertRaises(ValueError, logs.twistd_log_file, Plugin(logfile="-", nodaemon=0))
+        self.assertIn("cannot log to standard output", str(error))
+
+    def test_a_file(self):
+        path = os.path.abspath(self.mktemp())
+        for options in (Plugin(logfile=path, nodaemon=0), Plugin(logfile=path, nodaemon=1)):
+            stream = logs.twistd_log_file(options)
+            self.addCleanup(stream.close)
+            self.assertIsInstance(stream, logfile.LogFile)
+            self.assertEqual(stream.path, path)
+
+    def test_daemon_default_is_twistd_log(self):
+        stream = logs.twistd_log_file(Plugin(logfile=None, nodaemon=0))
+        self.addCleanup(stream.close)
+        self.assertEqual(stream.path, os.path.abspath("twistd.log"))
+
+
+class LimitWarningsTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.events = []
+        self.limits = LimitWarnings(self.clock, 60, log=Logger(observer=self.events.append))
+
+    def told(self):
+        """(limit, count, level) of each warning since the last call; their
+        texts in ``self.texts``."""
+        told = [(e["limit"], e["refused"], e["log_level"].name) for e in self.events]
+        self.texts = [formatEvent(e) for e in self.events]
+        del self.events[:]
+        return told
+
+    def test_first_refusal_warns_at_once_then_a_count_per_interval(self):
+        self.limits.refused("busy")
+        self.assertEqual(self.told(), [("busy", 1, "warn")])
+        self.assertIn("too many connections open (--max-connections)", self.texts[0])
+        for _ in range(5):
+            self.clock.advance(10)
+            self.limits.refused("busy")
+        self.assertEqual(self.told(), [])
+        self.clock.advance(10)  # 60 s after the first
+        self.assertEqual(self.told(), [("busy", 5, "warn")])
+        self.assertIn("5 connection(s) refused in the last 60 s", self.texts[0])
+
+    def test_a_quiet_interval_closes_the_account(self):
+        self.limits.refused("per-source")
+        self.clock.advance(60)
+        self.clock.advance(60)
+        self.assertEqual(self.told(), [("per-source", 1, "warn")])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.limits.refused("per-source")
+        self.assertEqual(self.told(), [("per-source", 1, "warn")])
+
+    def test_a_flood_is_a_line_a_minute(self):
+        for _ in range(10):
+            for _ in range(1000):
+                self.limits.refused("max-handshakes")
+            self.clock.advance(60)
+        told = self.told()
+        self.assertEqual(len(told), 11)
+        self.assertEqual(told[0], ("max-handshakes", 1, "warn"))
+        self.assertEqual(sum(count for _, count, _ in told), 10000)
+
+    def test_limits_are_counted_apart(self):
+        self.limits.refused("busy")
+        self.limits.refused("per-source")
+        self.limits.refused("per-source")
+        self.assertEqual(self.told(), [("busy", 1, "warn"), ("per-source", 1, "warn")])
+        self.clock.advance(60)
+        self.assertEqual(self.told(), [("per-source", 1, "warn")])
+
+    def test_stop_tells_the_counts_and_leaves_no_timer(self):
+        self.limits.refused("busy")
+        self.limits.refused("busy")
+        self.limits.refused("busy")
+        self.clock.advance(30)
+        self.told()
+        self.limits.stop()
+        self.assertEqual(self.told(), [("busy", 2, "warn")])
+        self.assertIn("in the last 30 s", self.texts[0])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_unknown_limit(self):
+        error = self.assertRaises(ValueError, self.limits.refused, "max-coffee")
+        self.assertIn("unknown limit 'max-coffee'", str(error))
+
+    def test_interval_must_be_positive(self):
+        self.assertRaises(ValueError, LimitWarnings, self.clock, 0)
+
+
+# -- the daemon -------------------------------------------------------------------------
+
+
+class JSONDaemon(Daemon):
+    """The daemon with its JSON lines on stdout, apart from stderr."""
+
+    err = b""
+
+    def errReceived(self, data):
+        self.err += data
+
+
+class DaemonJSONLogTests(DaemonTestCase):
+    def write_config(self):
+        with open(self.conf, "w") as f:
+            f.write(
+                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\nprivate-key = server.key\n"
+            )
+
+    def events(self, daemon):
+        return [json.loads(line) for line in daemon.output.decode().splitlines()]
+
+    @defer.inlineCallbacks
+    def test_twistd_logger_option(self):
+        """``twistd --logger keyexchanged.logs.json_observer``: every line
+        the daemon writes is a JSON object, structured fields included."""
+        self.write_config()
+        argv = [
+            *TWISTD,
+            "-n",
+            "--pidfile=",
+            "--logger",
+            "keyexchanged.logs.json_observer",
+            "keyexchange",
+            "--config",
+            self.conf,
+        ]
+        daemon = JSONDaemon.spawn(argv)
+        daemon.listening.addErrback(lambda failure: None)  # its text never comes
+        self.addCleanup(daemon.stop)
+        output = yield daemon.wait_for(b'"log_format": "listening on {host}:{port}"')
+        (listening,) = [
+            e
+            for e in map(json.loads, output.decode().splitlines())
+            if e.get("log_format") == "listening on {host}:{port}"
+        ]
+        self.assertEqual(listening["host"], "127.0.0.1")
+        # A connection that says nothing: its end is logged with fields.
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", listening["port"])
+        client = yield endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
+        client.transport.loseConnection()
+        yield daemon.wait_for(b'"outcome": "closed"')
+        code = yield daemon.stop()
+        self.assertEqual(code, 0, daemon.err.decode())
+        events = self.events(daemon)
+        self.assertTrue(all("log_time" in e and "log_level" in e for e in events))
+        (ended,) = [e for e in events if e.get("outcome") == "closed"]
+        self.assertTrue(ended["peer"].startswith("127.0.0.1:"), ended)
+        self.assertEqual(ended["bytes_in"], 0)
+
+    @defer.inlineCallbacks
+    def test_use_json_logs_under_twistd(self):
+        """What makeService returns through use_json_logs becomes twistd's
+        log: its own lines are JSON, and no text line is written."""
+        tac = os.path.join(self.dir, "json.tac")
+        with open(tac, "w") as f:
+            f.write(
+                "import sys\n"
+                "from twisted.application import service\n"
+                "from keyexchanged import logs\n"
+                "application = service.Application('json')\n"
+                "logs.use_json_logs(service.Service(), sys.stdout).setServiceParent(application)\n"
+            )
+        daemon = JSONDaemon.spawn([*TWISTD, "-n", "--pidfile=", "-y", tac])
+        daemon.listening.addErrback(lambda failure: None)
+        self.addCleanup(daemon.stop)
+        yield daemon.wait_for(b"reactor class: ")  # in JSON, and in text if broken
+        yield daemon.stop()
+        events = self.events(daemon)
+        self.assertIn(
+            "twistd {version} ({exe} {pyVersion}) starting up.", [e["log_format"] for e in events]
+        )
+
+    @defer.inlineCallbacks
+    def test_log_format_json_session_end(self):
+        self.write_config()
+        daemon = JSONDaemon.start(["--config", self.conf, "--log-format", "json"])
+        daemon.listening.addErrback(lambda failure: None)
+        self.addCleanup(daemon.stop)
+        output = yield daemon.wait_for(b'"log_format": "listening on {host}:{port}"')
+        port = next(
+            e["port"]
+            for e in map(json.loads, output.decode().splitlines())
+            if e.get("log_format") == "listening on {host}:{port}"
+        )
+        _, err, code = yield run_client(
+            "connect", f"127.0.0.1:{port}", "--fingerprint", RAW["server_fingerprint"]
+        )
+        self.assertEqual(code, 0, err)
+        yield daemon.wait_for(b'"log_namespace": "keyexchanged.session"')
+        yield daemon.stop()
+        (end,) = [
+            e for e in self.events(daemon) if e.get("log_namespace") == "keyexchanged.session"
+        ]
+        self.assertEqual(own_fields(end), set(SESSION_END_FIELDS))
+        self.assertEqual((end["outcome"], end["kind"]), ("ok", "full"))
+        self.assertIs(end["forward_secrecy"], True)
+        self.assertGreater(end["bytes_in"], 256)
+        self.assertTrue(end["peer"].startswith("127.0.0.1:"))
+
+    test_log_format_json_session_end.skip = "needs integration in tap.py (pending restructure)"
