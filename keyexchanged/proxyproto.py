@@ -346,14 +346,17 @@ class _Refusals:
             return
         suppressed = last[1] if last is not None else 0
         self._last[kind] = [now, 0]
+        more = (
+            f" ({{suppressed}} more of this kind not logged in the last {self.interval:.0f} s)"
+            if suppressed
+            else ""
+        )
         log.warn(
-            "PROXY protocol: dropped a connection from {peer}: {reason}"
-            " ({suppressed} more of this kind not logged in the last {interval:.0f} s)",
+            "PROXY protocol: dropped a connection from {peer}: {reason}" + more,
             peer=_describe(peer),
             reason=reason,
             kind=kind,
             suppressed=suppressed,
-            interval=self.interval,
         )
 
 

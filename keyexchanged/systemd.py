@@ -177,7 +177,7 @@ class ReloadOnHangup:
         log.info("SIGHUP: reloading")
         running = self._running = defer.maybeDeferred(self.reload)
         running.addCallbacks(self._reloaded, self._failed)
-        # A reload that was done at once has already set _running back.
+        # _finished clears _running: at once, if the reload was done at once.
         running.addBoth(self._finished)
         return running
 
