@@ -28,6 +28,7 @@ from twisted.plugin import IPlugin, getPlugins
 from zope.interface import implementer
 
 from keyexchanged import plugins
+from keyexchanged.errors import UnknownApplication
 from keyexchanged.framing import RECORD_DATA_MAX
 from keyexchanged.interfaces import IApplication
 from keyexchanged.relay import Splice
@@ -65,10 +66,6 @@ class Application:
 
     def __repr__(self):
         return f"<Application {self.name}>"
-
-
-class UnknownApplication(LookupError):
-    """No installed application has that name."""
 
 
 def find_applications():

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keyexchanged import keys
+from keyexchanged.errors import CertificateFileError
 
 __all__ = [
     "CA_CERTIFICATE",
@@ -62,10 +63,6 @@ MAX_CERTIFICATE_FILE = 1 << 20
 
 # One DNS label: letters, digits, hyphens, not at either end (RFC 1123).
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
-
-
-class CertificateFileError(Exception):
-    """A certificate file cannot be used; the message names the file and why."""
 
 
 def _utc_now():

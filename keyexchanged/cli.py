@@ -18,9 +18,10 @@ arguments and sets ``func=cmd_*``; a new command (``connect``, ``tunnel``,
 ``ca``) is one more pair, listed in :data:`COMMANDS`.
 
 Commands report a failure the user can fix by raising :class:`CommandError`
-(or :class:`UsageError`), or by letting a
-:class:`~keyexchanged.keys.KeyFileError` through: :func:`main` turns it into
-one ``keyexchange: error: ...`` line on stderr.  Anything else is a bug, and
+(or :class:`UsageError`), or by letting any
+:class:`~keyexchanged.errors.KeyexchangedError` through (a key file that
+cannot be read, say): :func:`main` turns it into one ``keyexchange: error:
+...`` line on stderr.  Anything else is a bug, and
 keeps its traceback.
 
 Exit status: 0 success, 1 error, 2 usage error (as argparse), 130 interrupted;
@@ -38,6 +39,7 @@ import sys
 import time
 
 from keyexchanged import keys, rsa
+from keyexchanged.errors import KeyexchangedError
 
 __all__ = ["CommandError", "UsageError", "build_parser", "main"]
 
@@ -59,7 +61,7 @@ _MAX_PASSPHRASE_LINE = 64 * 1024
 _MAX_SEND_FILE = 16 * 1024 * 1024
 
 
-class CommandError(Exception):
+class CommandError(KeyexchangedError):
     """A failure the user can fix: reported as one line, exit status 1."""
 
 
@@ -865,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         _error(str(exc))
         return EXIT_USAGE
-    except (CommandError, keys.KeyFileError) as exc:
+    except KeyexchangedError as exc:
         _error(str(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -28,7 +28,8 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from keyexchanged import protocol, trust
+from keyexchanged import protocol
+from keyexchanged.errors import UntrustedKey
 from keyexchanged.framing import NO_FORWARD_SECRECY, TIMEOUT, UNTRUSTED_KEY
 
 __all__ = [
@@ -265,7 +266,7 @@ def _cause(value):
 
 def describe(value):
     """One line for a user, and the exit code, for why a session ended."""
-    if isinstance(value, trust.UntrustedKey):
+    if isinstance(value, UntrustedKey):
         return f"untrusted server key: {value}", EXIT_UNTRUSTED
     if isinstance(value, protocol.PeerError):
         if value.code == UNTRUSTED_KEY:
@@ -343,13 +344,13 @@ def run_connect(
         )
     except protocol.HandshakeFailed as failed_handshake:
         cause = _cause(failed_handshake)
-        if isinstance(cause, trust.UntrustedKey) and remembering.refusal is not None:
+        if isinstance(cause, UntrustedKey) and remembering.refusal is not None:
             cause = remembering.refusal
         explanation = getattr(cause, "explanation", None)
         if explanation:
             print(explanation, file=errors, flush=True)
         message, code = describe(cause)
-        if not isinstance(cause, trust.UntrustedKey) and remembering.refusal is cause:
+        if not isinstance(cause, UntrustedKey) and remembering.refusal is cause:
             # The trust check itself broke: still nothing was sent.
             message, code = f"the trust check failed: {message}", EXIT_UNTRUSTED
         print(f"keyexchange: error: {message}", file=errors, flush=True)

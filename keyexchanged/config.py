@@ -16,6 +16,8 @@ import configparser
 import os
 import re
 
+from keyexchanged.errors import ConfigError
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "SECTION",
@@ -30,10 +32,6 @@ __all__ = [
 SECTION = "keyexchanged"
 DEFAULT_CONFIG_PATH = "/etc/keyexchanged/keyexchanged.conf"
 DEFAULT_MESSAGE = "The secret message: hello from keyexchanged."
-
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message says where and why."""
 
 
 def _positive_int(text):

@@ -43,6 +43,7 @@ import time
 from typing import ClassVar
 
 from keyexchanged import keys, schedule
+from keyexchanged.errors import StaleTicket
 from keyexchanged.framing import (
     AUTH_FAILED,
     AUTH_REQUIRED,
@@ -849,8 +850,6 @@ class ServerConnection(_Connection):
         self._release_ephemeral()
         if self.tickets is None:
             raise ProtocolError(STALE_TICKET, "this server does not resume sessions")
-        from keyexchanged.tickets import StaleTicket
-
         try:
             secret, client = self.tickets.open(bytes(payload), self.identity.fingerprint)
         except StaleTicket as error:

@@ -54,6 +54,7 @@ from Crypto.IO import PEM
 from Crypto.PublicKey import RSA
 from Crypto.Util.asn1 import DerSequence
 
+from keyexchanged.errors import KeyFileError, KeyFileExistsError, KeyFormatError
 from keyexchanged.rsa import PrivateKey, PublicKey
 
 __all__ = [
@@ -103,18 +104,6 @@ _UNSUPPORTED = (
 )
 _MSG_LOCKED = "private key is encrypted: a passphrase is required"
 _MSG_UNLOCK_FAILED = "wrong passphrase (or the encrypted key is corrupted)"
-
-
-class KeyFileError(Exception):
-    """A key file cannot be read or written; the message names the file."""
-
-
-class KeyFileExistsError(KeyFileError):
-    """The file to write already exists, and overwriting was not asked for."""
-
-
-class KeyFormatError(ValueError):
-    """Bytes that do not hold a usable RSA key (or the passphrase is wrong)."""
 
 
 class _PassphraseError(KeyFormatError):

@@ -36,7 +36,8 @@ import os
 import stat
 
 from keyexchanged import keys
-from keyexchanged.trust import UntrustedKey, check_fingerprint_syntax, same_fingerprint
+from keyexchanged.errors import KnownHostsError, UntrustedKey
+from keyexchanged.trust import check_fingerprint_syntax, same_fingerprint
 
 __all__ = [
     "HostKeyRecorded",
@@ -56,11 +57,6 @@ DIRECTORY_MODE = 0o700
 MAX_FILE_SIZE = 4 << 20
 #: Answers a prompt accepts before it gives up and takes it as "no".
 PROMPT_TRIES = 3
-
-
-class KnownHostsError(Exception):
-    """The known-hosts file cannot be read, parsed or written; the message
-    names the file (and the line)."""
 
 
 class HostKeyRecorded(Exception):

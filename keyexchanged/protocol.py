@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from keyexchanged import handshake
 from keyexchanged.admission import DEFAULT_IPV6_PREFIX, source_key
+from keyexchanged.errors import UntrustedKey
 from keyexchanged.framing import (
     BUSY,
     HEADER_MAX,
@@ -37,7 +38,6 @@ from keyexchanged.framing import (
     TIMEOUT,
     encode_frame,
 )
-from keyexchanged.trust import UntrustedKey
 
 __all__ = [
     "ChannelClientFactory",

@@ -29,6 +29,7 @@ from Crypto.Cipher import AES
 from twisted.logger import Logger
 
 from keyexchanged import keys
+from keyexchanged.errors import StaleTicket, TicketKeyFileError
 
 __all__ = [
     "StaleTicket",
@@ -51,15 +52,6 @@ MAX_TICKET_LENGTH = 512
 MAX_LIFETIME = 86400
 DEFAULT_LIFETIME = 3600
 _KEY_ID_CONTEXT = b"kx/1 ticket key id\x00"
-
-
-class StaleTicket(Exception):
-    """A ticket that cannot resume a session; the reason is for logs and
-    for ERROR stale-ticket (it never names a key or a secret)."""
-
-
-class TicketKeyFileError(ValueError):
-    """A ticket-key file that cannot be used, with file and line."""
 
 
 def key_id(key):

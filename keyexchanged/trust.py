@@ -29,6 +29,7 @@ from service_identity.cryptography import (
 )
 
 from keyexchanged import ca, keys
+from keyexchanged.errors import AuthorizedKeysError, UntrustedKey
 
 __all__ = [
     "AuthorizedKeysError",
@@ -44,20 +45,6 @@ __all__ = [
 
 # SHA256: and 43 characters of unpadded base64 (32 bytes).
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]")
-
-
-class UntrustedKey(Exception):
-    """The server's key failed a trust check.
-
-    ``str()`` of it is the short detail that goes to the server in ``ERROR
-    untrusted-key`` and ends the user's error line: public text, which check
-    failed.  ``explanation``, when there is one, is for the user's eyes only
-    (it may name local files), printed before that line.
-    """
-
-    def __init__(self, detail, explanation=None):
-        super().__init__(detail)
-        self.explanation = explanation
 
 
 def check_fingerprint_syntax(text):
@@ -305,10 +292,6 @@ class CertificateAuthority:
 MAX_AUTHORIZED_KEYS_FILE = 4 << 20
 
 _PEM_BEGIN = re.compile(r"-----BEGIN (PUBLIC KEY|RSA PUBLIC KEY)-----")
-
-
-class AuthorizedKeysError(Exception):
-    """An authorized-keys file cannot be used; the message names the line."""
 
 
 def parse_authorized_keys(text, path="authorized keys"):
