@@ -38,7 +38,7 @@ import os
 import sys
 import time
 
-from keyexchanged import keys, rsa
+from keyexchanged import files, keys, rsa
 from keyexchanged.errors import KeyexchangedError
 
 __all__ = ["CommandError", "UsageError", "build_parser", "main"]
@@ -79,13 +79,14 @@ def _error(message: str) -> None:
 def _read_passphrase_file(path: str) -> bytes:
     """The first line of ``path``, without its line ending, as bytes (so
     that a UTF-8 passphrase means the same to us as to ``openssl -passin``)."""
-    try:
-        with open(path, "rb") as passphrase_file:
-            line = passphrase_file.readline(_MAX_PASSPHRASE_LINE + 1)
-    except OSError as exc:
-        raise CommandError(f"{path}: cannot read passphrase file: {exc.strerror or exc}") from None
-    if len(line) > _MAX_PASSPHRASE_LINE:
-        raise CommandError(f"{path}: first line too long for a passphrase")
+    line = files.read_file(
+        path,
+        _MAX_PASSPHRASE_LINE,
+        CommandError,
+        "first line too long for a passphrase",
+        cannot="cannot read passphrase file",
+        line=True,
+    )
     passphrase = line.rstrip(b"\r\n")
     if not passphrase:
         raise CommandError(f"{path}: passphrase file is empty (its first line is the passphrase)")
@@ -489,20 +490,22 @@ def _check_idle_timeout(args: argparse.Namespace) -> None:
 
 def _read_send_file(path: str) -> bytes:
     """What ``--send-file`` names, whole: the file, or stdin for ``-``."""
-    name = "standard input" if path == "-" else path
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(_MAX_SEND_FILE + 1)
-        else:
-            with open(path, "rb") as send_file:
-                data = send_file.read(_MAX_SEND_FILE + 1)
-    except OSError as exc:
-        raise CommandError(f"{name}: cannot read --send-file: {exc.strerror or exc}") from None
-    if len(data) > _MAX_SEND_FILE:
-        raise CommandError(
-            f"{name}: more than 16 MiB, too much for --send-file: pipe it on "
-            "standard input instead (without --send-file it is streamed)"
+    too_large = (
+        "more than 16 MiB, too much for --send-file: pipe it on standard input "
+        "instead (without --send-file it is streamed)"
+    )
+    if path != "-":
+        return files.read_file(
+            path, _MAX_SEND_FILE, CommandError, too_large, cannot="cannot read --send-file"
         )
+    try:
+        data = sys.stdin.buffer.read(_MAX_SEND_FILE + 1)
+    except OSError as exc:
+        raise CommandError(
+            f"standard input: cannot read --send-file: {exc.strerror or exc}"
+        ) from None
+    if len(data) > _MAX_SEND_FILE:
+        raise CommandError(f"standard input: {too_large}")
     return data
 
 

@@ -16,10 +16,9 @@ Read, as PEM or DER:
 
 Written: private keys as PKCS#8 PEM (encrypted with PBES2, PBKDF2-HMAC-SHA256
 and AES-256-CBC when there is a passphrase), public keys as
-SubjectPublicKeyInfo PEM.  Files are written atomically: a temporary file in
-the same directory, flushed to disk, then renamed over the target (or, when an
-existing file must not be replaced, hard-linked, which fails if one appeared
-meanwhile), so a reader sees the old file, the complete new one, or nothing.
+SubjectPublicKeyInfo PEM.  Files are written atomically
+(:func:`keyexchanged.files.write_atomically`): a reader sees the old file, the
+complete new one, or nothing.
 
 A private key file that the group or others may access is refused, as
 OpenSSH does, and so is one owned by a user other than the one we run as
@@ -38,15 +37,12 @@ encoded as UTF-8 (like the bytes a terminal gives ``openssl``).
 from __future__ import annotations
 
 import base64
-import errno
 import functools
 import hashlib
 import os
 import re
-import secrets
 import shlex
 import stat
-from contextlib import suppress
 from typing import Union
 
 from Crypto import IncorrectPassphraseError, KdfLimitError, PassphraseRequiredError
@@ -54,7 +50,9 @@ from Crypto.IO import PEM
 from Crypto.PublicKey import RSA
 from Crypto.Util.asn1 import DerSequence
 
+from keyexchanged import files
 from keyexchanged.errors import KeyFileError, KeyFileExistsError, KeyFormatError
+from keyexchanged.files import PRIVATE_FILE_MODE, PUBLIC_FILE_MODE
 from keyexchanged.rsa import PrivateKey, PublicKey
 
 __all__ = [
@@ -69,6 +67,7 @@ __all__ = [
     "public_key_from_bytes",
     "public_key_from_der",
     "public_key_to_der",
+    "read_private_file",
     "save_private_key",
     "save_public_key",
 ]
@@ -87,13 +86,6 @@ PROTECTION_PARAMS = {"iteration_count": 600_000, "salt_size": 16}
 #: bounds what a wrong path (a log file, say) makes us read.
 MAX_KEY_FILE_SIZE = 1 << 20
 
-#: What link() says on file systems that have no hard links (FAT, some FUSE).
-_NO_HARD_LINKS = frozenset(
-    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
-)
-
-PRIVATE_FILE_MODE = 0o600
-PUBLIC_FILE_MODE = 0o644
 
 _PRIVATE_LABELS = frozenset({"RSA PRIVATE KEY", "PRIVATE KEY", "ENCRYPTED PRIVATE KEY"})
 _PUBLIC_LABELS = frozenset({"RSA PUBLIC KEY", "PUBLIC KEY"})
@@ -344,31 +336,9 @@ def fingerprint(key: PublicKey | PrivateKey | bytes) -> str:
 
 def _read_key_file(name: str) -> tuple[bytes, os.stat_result]:
     """The content of a key file and the status of the very file read."""
-    # O_NONBLOCK: a FIFO must not hang us (regular files ignore the flag).
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(name, flags | getattr(os, "O_NOCTTY", 0))
-    except OSError as exc:
-        raise KeyFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{name}: not a regular file")
-        chunks = []
-        size = 0
-        while size <= MAX_KEY_FILE_SIZE:
-            chunk = os.read(fd, MAX_KEY_FILE_SIZE + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise KeyFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if size > MAX_KEY_FILE_SIZE:
-        raise KeyFileError(f"{name}: too large for a key file")
-    return b"".join(chunks), st
+    return files.read_regular_file(
+        name, MAX_KEY_FILE_SIZE, KeyFileError, "too large for a key file"
+    )
 
 
 # Module-level so the tests can run as a user other than the one they are.
@@ -410,6 +380,15 @@ def _check_private_mode(name: str, st: os.stat_result) -> None:
         )
 
 
+def read_private_file(path: StrPath) -> bytes:
+    """The content of a file that must be private to its owner, as a
+    private key file must (a ticket-key file, say); raises :class:`KeyFileError`."""
+    name = os.fsdecode(path)
+    data, st = _read_key_file(name)
+    _check_private_mode(name, st)
+    return data
+
+
 def load_private_key(path: StrPath, passphrase: Passphrase = None) -> PrivateKey:
     """The private key in the file ``path``: PEM or DER, PKCS#1 or PKCS#8,
     possibly encrypted with ``passphrase``.
@@ -448,95 +427,17 @@ def load_public_key(path: StrPath, passphrase: Passphrase = None) -> PublicKey:
     return _public_half(key)
 
 
-def _create_temp(directory: str, base: str) -> tuple[int, str]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        # Hidden and random: no clash with a concurrent writer, and nothing
-        # a reader could mistake for the key itself.
-        temp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
-        try:
-            # Created 0600 even for a public key: nobody sees it half written.
-            return os.open(temp, flags, PRIVATE_FILE_MODE), temp
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "cannot create a temporary file", directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename durable; best effort, as not every system allows it."""
-    with suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _install(temp: str, name: str, force: bool) -> None:
-    """Put the complete file ``temp`` in place at ``name``."""
-    if force:
-        os.replace(temp, name)
-        return
-    try:
-        # link() fails if the target exists, where rename() would replace it:
-        # no window for a file created after our check to be clobbered.
-        os.link(temp, name)
-    except FileExistsError:
-        raise KeyFileExistsError(f"{name}: already exists; not overwritten") from None
-    except OSError as exc:
-        if exc.errno not in _NO_HARD_LINKS:
-            raise
-        # A file system without hard links: check, then rename.
-        if os.path.lexists(name):
-            raise KeyFileExistsError(f"{name}: already exists; not overwritten") from None
-        os.replace(temp, name)
-        return
-    os.unlink(temp)
-
-
-def _write_atomically(path: StrPath, data: bytes, mode: int, force: bool) -> None:
-    name = os.fsdecode(path)
-    if not force and os.path.lexists(name):
-        raise KeyFileExistsError(f"{name}: already exists; not overwritten")
-    directory = os.path.dirname(name) or os.curdir
-    fd = -1
-    temp = None
-    try:
-        fd, temp = _create_temp(directory, os.path.basename(name))
-        # The mode exactly, whatever the umask (which could make it 0600 or 0640).
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        _install(temp, name, force)
-        temp = None
-        _fsync_directory(directory)
-    except OSError as exc:
-        raise KeyFileError(f"{name}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        # Whatever went wrong (even KeyboardInterrupt), leave nothing behind.
-        if fd >= 0:
-            with suppress(OSError):
-                os.close(fd)
-        if temp is not None:
-            with suppress(OSError):
-                os.unlink(temp)
-
-
 def save_private_key(
     key: PrivateKey, path: StrPath, passphrase: Passphrase = None, force: bool = False
 ) -> None:
     """Write ``key`` to ``path`` as PKCS#8 PEM, mode 0600, encrypted if a
     ``passphrase`` is given; atomically, and only over an existing file if
     ``force``.  Raises :class:`KeyFileError` (:class:`KeyFileExistsError`)."""
-    _write_atomically(path, private_key_to_pem(key, passphrase), PRIVATE_FILE_MODE, force)
+    files.write_atomically(path, private_key_to_pem(key, passphrase), PRIVATE_FILE_MODE, force)
 
 
 def save_public_key(key: PublicKey | PrivateKey, path: StrPath, force: bool = False) -> None:
     """Write ``key`` (or a private key's public half) to ``path`` as
     SubjectPublicKeyInfo PEM, mode 0644; atomically, and only over an
     existing file if ``force``.  Raises :class:`KeyFileError`."""
-    _write_atomically(path, _public_key_to_pem(key), PUBLIC_FILE_MODE, force)
+    files.write_atomically(path, _public_key_to_pem(key), PUBLIC_FILE_MODE, force)

@@ -35,7 +35,7 @@ import ipaddress
 import os
 import stat
 
-from keyexchanged import keys
+from keyexchanged import files, keys
 from keyexchanged.errors import KnownHostsError, UntrustedKey
 from keyexchanged.trust import check_fingerprint_syntax, same_fingerprint
 
@@ -123,9 +123,8 @@ class KnownHosts:
 
     @classmethod
     def load(cls, path):
-        try:
-            text = _read(path)
-        except FileNotFoundError:
+        text = _read(path)
+        if text is None:
             return cls(path)
         return cls.parse(text, path)
 
@@ -184,8 +183,10 @@ class KnownHosts:
             with _locked(directory):
                 try:
                     text = _read(path)
-                    mode = stat.S_IMODE(os.stat(path).st_mode)
-                except FileNotFoundError:
+                    mode = FILE_MODE if text is None else stat.S_IMODE(os.stat(path).st_mode)
+                except FileNotFoundError:  # gone since it was read
+                    text = None
+                if text is None:
                     text, mode = "", FILE_MODE
                 current = KnownHosts.parse(text, self.path)
                 listed = current.lookup(host, port)
@@ -198,7 +199,7 @@ class KnownHosts:
                     text += "\n"
                 text += f"{host_entry(host, port)} {fingerprint}\n"
                 number = len(text.splitlines())
-                keys._write_atomically(path, text.encode("utf-8"), mode, force=True)
+                files.write_atomically(path, text.encode("utf-8"), mode, force=True)
         except OSError as error:
             raise KnownHostsError(f"{self.path}: cannot write: {error.strerror or error}") from None
         except keys.KeyFileError as error:
@@ -208,15 +209,12 @@ class KnownHosts:
 
 
 def _read(path):
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_SIZE + 1)
-    except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise KnownHostsError(f"{path}: cannot read: {error.strerror or error}") from None
-    if len(data) > MAX_FILE_SIZE:
-        raise KnownHostsError(f"{path}: too large for a known-hosts file")
+    """The text of the file, or None when there is no such file."""
+    data = files.read_file(
+        path, MAX_FILE_SIZE, KnownHostsError, "too large for a known-hosts file", missing_ok=True
+    )
+    if data is None:
+        return None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

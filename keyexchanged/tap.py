@@ -22,7 +22,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from keyexchanged import ca, ephemeral, keys, rsa, tickets, trust
+from keyexchanged import ca, ephemeral, files, keys, rsa, tickets, trust
 from keyexchanged.applications import UnknownApplication, find_applications, get_application
 from keyexchanged.config import (
     SETTINGS,
@@ -49,6 +49,9 @@ HELLO_RESERVE = 4096
 
 #: The largest HELLO the daemon agrees to send.
 HELLO_LIMIT = MAX_PAYLOAD["HELLO"] - HELLO_RESERVE
+
+#: A --message-file larger than this is a wrong path, not a message.
+MAX_MESSAGE_FILE = 16 * 1024 * 1024
 
 
 def settings_with_applications(applications):
@@ -215,16 +218,15 @@ class Options(usage.Options):
         path = self.settings["message-file"]
         if path is None:
             return self.settings["message"].encode("utf-8")
-        try:
-            with open(path, "rb") as f:
-                # The message travels in records; one that cannot fit in
-                # memory comfortably is a mistake, not a message.
-                message = f.read(16 * 1024 * 1024 + 1)
-        except OSError as error:
-            raise usage.UsageError(f"{path}: cannot read message file: {error.strerror}") from None
-        if len(message) > 16 * 1024 * 1024:
-            raise usage.UsageError(f"{path}: message file is larger than 16 MiB")
-        return message
+        # The message travels in records; one that cannot fit in memory
+        # comfortably is a mistake, not a message.
+        return files.read_file(
+            path,
+            MAX_MESSAGE_FILE,
+            usage.UsageError,
+            "message file is larger than 16 MiB",
+            cannot="cannot read message file",
+        )
 
 
 def load_or_create_key(path, bits, report=None):

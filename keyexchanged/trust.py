@@ -28,7 +28,7 @@ from service_identity.cryptography import (
     verify_certificate_ip_address,
 )
 
-from keyexchanged import ca, keys
+from keyexchanged import ca, files, keys
 from keyexchanged.errors import AuthorizedKeysError, UntrustedKey
 
 __all__ = [
@@ -343,13 +343,9 @@ def parse_authorized_keys(text, path="authorized keys"):
 def load_authorized_keys(path):
     """The fingerprints authorized by the file ``path`` (see
     :func:`parse_authorized_keys`); raises :class:`AuthorizedKeysError`."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_AUTHORIZED_KEYS_FILE + 1)
-    except OSError as error:
-        raise AuthorizedKeysError(f"{path}: cannot read: {error.strerror or error}") from None
-    if len(data) > MAX_AUTHORIZED_KEYS_FILE:
-        raise AuthorizedKeysError(f"{path}: too large for an authorized-keys file")
+    data = files.read_file(
+        path, MAX_AUTHORIZED_KEYS_FILE, AuthorizedKeysError, "too large for an authorized-keys file"
+    )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
