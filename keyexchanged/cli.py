@@ -32,7 +32,6 @@ Exit status: 0 success, 1 error, 2 usage error (as argparse), 130 interrupted;
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import os
 import sys
@@ -197,18 +196,11 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
     spinner = _Spinner(sys.stderr, f"Generating an RSA key of {bits} bits...")
     try:
-        key = rsa.generate_private_key(bits, progress=spinner.tick)
+        key = keys.create_key_pair(
+            private_path, bits, passphrase=passphrase, force=args.force, progress=spinner.tick
+        )
     finally:
         spinner.clear()
-
-    keys.save_private_key(key, private_path, passphrase=passphrase, force=args.force)
-    try:
-        keys.save_public_key(key, public_path, force=args.force)
-    except BaseException:
-        # Half a key pair is worse than none: take the private key back.
-        with contextlib.suppress(OSError):
-            os.unlink(private_path)
-        raise
 
     out = sys.stdout
     print(f"Fingerprint: {keys.fingerprint(key)}", file=out)

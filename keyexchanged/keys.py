@@ -43,6 +43,7 @@ import os
 import re
 import shlex
 import stat
+from contextlib import suppress
 from typing import Union
 
 from Crypto import IncorrectPassphraseError, KdfLimitError, PassphraseRequiredError
@@ -50,7 +51,7 @@ from Crypto.IO import PEM
 from Crypto.PublicKey import RSA
 from Crypto.Util.asn1 import DerSequence
 
-from keyexchanged import files
+from keyexchanged import files, rsa
 from keyexchanged.errors import KeyFileError, KeyFileExistsError, KeyFormatError
 from keyexchanged.files import PRIVATE_FILE_MODE, PUBLIC_FILE_MODE
 from keyexchanged.rsa import PrivateKey, PublicKey
@@ -59,6 +60,7 @@ __all__ = [
     "KeyFileError",
     "KeyFileExistsError",
     "KeyFormatError",
+    "create_key_pair",
     "fingerprint",
     "load_private_key",
     "load_public_key",
@@ -441,3 +443,37 @@ def save_public_key(key: PublicKey | PrivateKey, path: StrPath, force: bool = Fa
     SubjectPublicKeyInfo PEM, mode 0644; atomically, and only over an
     existing file if ``force``.  Raises :class:`KeyFileError`."""
     files.write_atomically(path, _public_key_to_pem(key), PUBLIC_FILE_MODE, force)
+
+
+def create_key_pair(
+    path: StrPath,
+    bits: int,
+    passphrase: Passphrase = None,
+    force: bool = False,
+    replace_public: bool | None = None,
+    progress=None,
+) -> PrivateKey:
+    """Generate an RSA key of ``bits`` bits and write the pair: the private
+    key to ``path`` (as :func:`save_private_key`, encrypted if a
+    ``passphrase`` is given), its public key to ``path.pub``.
+
+    Both or neither: when the public key cannot be written, the private key
+    is taken back, as half a key pair is worse than none (the next start of
+    a daemon would serve a key whose public half was never written).
+    ``force`` writes over existing files; ``replace_public`` (default:
+    ``force``) over an existing ``.pub`` only, which a daemon making its
+    first key does to a stale one.  ``progress`` is passed to
+    :func:`keyexchanged.rsa.generate_private_key`.  Raises :class:`KeyFileError`.
+    """
+    key = rsa.generate_private_key(bits, progress=progress)
+    name = os.fsdecode(path)
+    save_private_key(key, name, passphrase=passphrase, force=force)
+    try:
+        save_public_key(
+            key, name + ".pub", force=force if replace_public is None else replace_public
+        )
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(name)
+        raise
+    return key

@@ -10,7 +10,6 @@ On first start with no key the daemon generates one (0600) where the
 settings say and serves it, as sshd does with its host keys.
 """
 
-import contextlib
 import os
 import signal
 import sys
@@ -22,7 +21,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from keyexchanged import ca, ephemeral, files, keys, rsa, tickets, trust
+from keyexchanged import ca, ephemeral, files, keys, tickets, trust
 from keyexchanged.applications import UnknownApplication, find_applications, get_application
 from keyexchanged.config import (
     SETTINGS,
@@ -252,17 +251,7 @@ def load_or_create_key(path, bits, report=None):
         raise keys.KeyFileError(
             f"{path}: cannot create the key directory: {error.strerror}"
         ) from None
-    private_key = rsa.generate_private_key(bits)
-    keys.save_private_key(private_key, path)
-    try:
-        keys.save_public_key(private_key.public_key(), path + ".pub", force=True)
-    except keys.KeyFileError:
-        # No half-made pair: the next start would serve a key whose public
-        # half was never written.
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-    return private_key, True
+    return keys.create_key_pair(path, bits, replace_public=True), True
 
 
 class CannotListen(Exception):

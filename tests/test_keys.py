@@ -712,6 +712,29 @@ class WriteTests(TemporaryDirectoryMixin, SynchronousTestCase):
         self.assertEqual(os.listdir(self.dir), [])
 
 
+class KeyPairTests(TemporaryDirectoryMixin, SynchronousTestCase):
+    """keys.create_key_pair: what keygen and the daemon's first start share."""
+
+    def setUp(self):
+        self.dir = self.make_directory()
+        self.path = os.path.join(self.dir, "key")
+        self.patch(keys.rsa, "generate_private_key", lambda bits, progress=None: vector_key())
+
+    def test_both_files(self):
+        key = keys.create_key_pair(self.path, 2048)
+        self.assertEqual(components(keys.load_private_key(self.path)), components(key))
+        self.assertEqual(keys.load_public_key(self.path + ".pub"), key.public_key())
+
+    def test_stale_public_file(self):
+        """Refused, and no private key left without its public half; replaced
+        when asked (a daemon's first start)."""
+        write(self.path + ".pub", b"stale", 0o644)
+        self.assertRaises(keys.KeyFileExistsError, keys.create_key_pair, self.path, 2048)
+        self.assertEqual(os.listdir(self.dir), ["key.pub"])
+        key = keys.create_key_pair(self.path, 2048, replace_public=True)
+        self.assertEqual(keys.load_public_key(self.path + ".pub"), key.public_key())
+
+
 class OpenSSLTests(TemporaryDirectoryMixin, SynchronousTestCase):
     """What we write, openssl reads, and the other way round."""
 
