@@ -51,9 +51,6 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-#: A passphrase is one line; anything longer is not a passphrase file.
-_MAX_PASSPHRASE_LINE = 64 * 1024
-
 #: ``connect --send-file`` is read whole before connecting (so that a file
 #: that cannot be read is an error before anything is sent); more than this
 #: is no secret, and is better piped on stdin, which is streamed.
@@ -75,21 +72,11 @@ def _error(message: str) -> None:
 # --- Helpers shared by commands ------------------------------------------------
 
 
-def _read_passphrase_file(path: str) -> bytes:
-    """The first line of ``path``, without its line ending, as bytes (so
-    that a UTF-8 passphrase means the same to us as to ``openssl -passin``)."""
-    line = files.read_file(
-        path,
-        _MAX_PASSPHRASE_LINE,
-        CommandError,
-        "first line too long for a passphrase",
-        cannot="cannot read passphrase file",
-        line=True,
-    )
-    passphrase = line.rstrip(b"\r\n")
-    if not passphrase:
-        raise CommandError(f"{path}: passphrase file is empty (its first line is the passphrase)")
-    return passphrase
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    """The passphrase of ``--passphrase-file``, or None without one."""
+    if args.passphrase_file is None:
+        return None
+    return keys.read_passphrase_file(args.passphrase_file)
 
 
 class _Spinner:
@@ -178,9 +165,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         raise UsageError(f"--bits must be a multiple of {step} from {low} to {high}, not {bits}")
     private_path = args.out
     public_path = private_path + ".pub"
-    passphrase = None
-    if args.passphrase_file is not None:
-        passphrase = _read_passphrase_file(args.passphrase_file)
+    passphrase = _passphrase(args)
 
     # Everything that can be checked is checked before the slow part.
     for path in (private_path, public_path):
@@ -232,10 +217,7 @@ def _add_fingerprint(subparsers) -> None:
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:
     """Print the fingerprint of the key in ``args.file``."""
-    passphrase = None
-    if args.passphrase_file is not None:
-        passphrase = _read_passphrase_file(args.passphrase_file)
-    public_key = keys.load_public_key(args.file, passphrase=passphrase)
+    public_key = keys.load_public_key(args.file, passphrase=_passphrase(args))
     print(keys.fingerprint(public_key), file=sys.stdout)
     return EXIT_OK
 
@@ -305,10 +287,7 @@ def _load_identity(args: argparse.Namespace):
     """The client key of --identity, or None."""
     if args.identity is None:
         return None
-    passphrase = None
-    if args.passphrase_file is not None:
-        passphrase = _read_passphrase_file(args.passphrase_file)
-    return keys.load_private_key(args.identity, passphrase=passphrase)
+    return keys.load_private_key(args.identity, passphrase=_passphrase(args))
 
 
 def _add_connect(subparsers) -> None:
@@ -615,9 +594,7 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
     low, high, step = rsa.MIN_GENERATE_BITS, rsa.MAX_GENERATE_BITS, rsa.GENERATE_BITS_STEP
     if not (low <= args.bits <= high and args.bits % step == 0):
         raise UsageError(f"--bits must be a multiple of {step} from {low} to {high}")
-    passphrase = None
-    if args.passphrase_file is not None:
-        passphrase = _read_passphrase_file(args.passphrase_file)
+    passphrase = _passphrase(args)
     directory = args.directory
     for name in (ca.CA_KEY, ca.CA_CERTIFICATE):
         if os.path.lexists(os.path.join(directory, name)):
@@ -682,9 +659,7 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
         handshake.check_public_key(public_key, "weak-key")
     except ProtocolError as exc:
         raise CommandError(f"{args.key}: clients would refuse this key: {exc.detail}") from None
-    passphrase = None
-    if args.passphrase_file is not None:
-        passphrase = _read_passphrase_file(args.passphrase_file)
+    passphrase = _passphrase(args)
     try:
         certificate = ca.issue_certificate(
             args.directory,

@@ -69,6 +69,7 @@ __all__ = [
     "public_key_from_bytes",
     "public_key_from_der",
     "public_key_to_der",
+    "read_passphrase_file",
     "read_private_file",
     "save_private_key",
     "save_public_key",
@@ -83,6 +84,9 @@ StrPath = Union[str, "os.PathLike[str]"]
 #: (600 000 for HMAC-SHA256) is read everywhere.  16-byte salt as NIST asks.
 PROTECTION = "PBKDF2WithHMAC-SHA256AndAES256-CBC"
 PROTECTION_PARAMS = {"iteration_count": 600_000, "salt_size": 16}
+
+#: A passphrase is one line; anything longer is not a passphrase file.
+MAX_PASSPHRASE_LINE = 64 * 1024
 
 #: Larger than any key file (a 16384-bit private key is about 12 KiB of PEM);
 #: bounds what a wrong path (a log file, say) makes us read.
@@ -380,6 +384,24 @@ def _check_private_mode(name: str, st: os.stat_result) -> None:
             f"{name}: private key is {how} by others (mode {mode:04o}); "
             f"run: chmod 600 {shlex.quote(name)}"
         )
+
+
+def read_passphrase_file(path: StrPath) -> bytes:
+    """The first line of ``path``, without its line ending, as bytes (so
+    that a UTF-8 passphrase means the same to us as to ``openssl -passin``).
+    A pipe will do (``<(pass show key)``).  Raises :class:`KeyFileError`."""
+    line = files.read_file(
+        path,
+        MAX_PASSPHRASE_LINE,
+        KeyFileError,
+        "first line too long for a passphrase",
+        cannot="cannot read passphrase file",
+        line=True,
+    )
+    passphrase = line.rstrip(b"\r\n")
+    if not passphrase:
+        raise KeyFileError(f"{path}: passphrase file is empty (its first line is the passphrase)")
+    return passphrase
 
 
 def read_private_file(path: StrPath) -> bytes:

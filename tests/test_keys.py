@@ -712,6 +712,29 @@ class WriteTests(TemporaryDirectoryMixin, SynchronousTestCase):
         self.assertEqual(os.listdir(self.dir), [])
 
 
+class PassphraseFileTests(TemporaryDirectoryMixin, SynchronousTestCase):
+    """keys.read_passphrase_file: the one reader of every --passphrase-file."""
+
+    def setUp(self):
+        self.dir = self.make_directory()
+
+    def test_first_line_without_its_ending(self):
+        path = write(os.path.join(self.dir, "p"), "pässword\r\nsecond line\n".encode())
+        self.assertEqual(keys.read_passphrase_file(path), "pässword".encode())
+
+    def test_refusals_name_the_file(self):
+        empty = write(os.path.join(self.dir, "empty"), b"\n")
+        long = write(os.path.join(self.dir, "long"), b"x" * (keys.MAX_PASSPHRASE_LINE + 1))
+        missing = os.path.join(self.dir, "missing")
+        for path, words in (
+            (empty, "passphrase file is empty"),
+            (long, "first line too long for a passphrase"),
+            (missing, "cannot read passphrase file: No such file or directory"),
+        ):
+            error = self.assertRaises(keys.KeyFileError, keys.read_passphrase_file, path)
+            self.assertEqual(str(error).split(" (")[0], f"{path}: {words}")
+
+
 class KeyPairTests(TemporaryDirectoryMixin, SynchronousTestCase):
     """keys.create_key_pair: what keygen and the daemon's first start share."""
 
