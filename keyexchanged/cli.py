@@ -37,7 +37,7 @@ import os
 import sys
 import time
 
-from keyexchanged import files, keys, rsa
+from keyexchanged import config, files, keys, rsa
 from keyexchanged.errors import KeyexchangedError
 
 __all__ = ["CommandError", "UsageError", "build_parser", "main"]
@@ -70,6 +70,23 @@ def _error(message: str) -> None:
 
 
 # --- Helpers shared by commands ------------------------------------------------
+
+
+def _checked(validator):
+    """A validator of the daemon's settings (config.py) as an argparse type:
+    the same rule, and its reason in the usage error."""
+
+    def argument(text: str):
+        try:
+            return validator(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return argument
+
+
+#: ``--days`` of ca init and ca issue: a hundred years is more than enough.
+_DAYS = _checked(config.ranged_int(1, 100 * 366, f"a number of days from 1 to {100 * 366}"))
 
 
 def _passphrase(args: argparse.Namespace) -> bytes | None:
@@ -133,7 +150,7 @@ def _add_keygen(subparsers) -> None:
     )
     parser.add_argument(
         "--bits",
-        type=int,
+        type=_checked(config.key_bits),
         default=DEFAULT_BITS,
         metavar="N",
         help=f"modulus size: a multiple of {rsa.GENERATE_BITS_STEP} from "
@@ -160,9 +177,6 @@ def _add_keygen(subparsers) -> None:
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Generate a key pair into ``args.out`` and ``args.out + ".pub"``."""
     bits = args.bits
-    low, high, step = rsa.MIN_GENERATE_BITS, rsa.MAX_GENERATE_BITS, rsa.GENERATE_BITS_STEP
-    if not (low <= bits <= high and bits % step == 0):
-        raise UsageError(f"--bits must be a multiple of {step} from {low} to {high}, not {bits}")
     private_path = args.out
     public_path = private_path + ".pub"
     passphrase = _passphrase(args)
@@ -275,7 +289,7 @@ def _add_trust_arguments(parser, accept_new=True) -> None:
     )
     parser.add_argument(
         "--idle-timeout",
-        type=float,
+        type=_checked(config.seconds),
         default=300.0,
         metavar="SECONDS",
         help="end a session in which the server has sent nothing for SECONDS "
@@ -322,7 +336,7 @@ def _add_connect(subparsers) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_checked(config.seconds),
         default=30.0,
         metavar="SECONDS",
         help="give up when the server has not connected, or not completed the handshake, "
@@ -408,9 +422,6 @@ def cmd_connect(args: argparse.Namespace) -> int:
     from keyexchanged import client
 
     host, port = _server_address(args.server)
-    if not args.timeout > 0:
-        raise UsageError("--timeout must be a positive number of seconds")
-    _check_idle_timeout(args)
     policy = _trust_policy(args, port)
     store = None
     if args.ticket_cache is not None:
@@ -452,11 +463,6 @@ def cmd_connect(args: argparse.Namespace) -> int:
         if not codes:
             return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     return codes[0]
-
-
-def _check_idle_timeout(args: argparse.Namespace) -> None:
-    if not args.idle_timeout > 0:
-        raise UsageError("--idle-timeout must be a positive number of seconds")
 
 
 def _read_send_file(path: str) -> bytes:
@@ -519,14 +525,14 @@ def _add_ca(subparsers) -> None:
     )
     init.add_argument(
         "--bits",
-        type=int,
+        type=_checked(config.key_bits),
         default=DEFAULT_BITS,
         metavar="N",
         help=f"size of the CA key (default: {DEFAULT_BITS})",
     )
     init.add_argument(
         "--days",
-        type=int,
+        type=_DAYS,
         default=ca.CA_DAYS,
         metavar="N",
         help="validity of the CA certificate in days (default: %(default)s)",
@@ -563,7 +569,7 @@ def _add_ca(subparsers) -> None:
     )
     issue.add_argument(
         "--days",
-        type=int,
+        type=_DAYS,
         default=ca.SERVER_DAYS,
         metavar="N",
         help="validity in days (default: %(default)s; never beyond the CA's own)",
@@ -581,19 +587,10 @@ def _add_ca(subparsers) -> None:
     issue.set_defaults(func=cmd_ca_issue)
 
 
-def _check_days(days: int) -> None:
-    if not 1 <= days <= 100 * 366:
-        raise UsageError(f"--days must be from 1 to {100 * 366}, not {days}")
-
-
 def cmd_ca_init(args: argparse.Namespace) -> int:
     """Create the CA key and self-signed certificate in ``args.directory``."""
     from keyexchanged import ca
 
-    _check_days(args.days)
-    low, high, step = rsa.MIN_GENERATE_BITS, rsa.MAX_GENERATE_BITS, rsa.GENERATE_BITS_STEP
-    if not (low <= args.bits <= high and args.bits % step == 0):
-        raise UsageError(f"--bits must be a multiple of {step} from {low} to {high}")
     passphrase = _passphrase(args)
     directory = args.directory
     for name in (ca.CA_KEY, ca.CA_CERTIFICATE):
@@ -638,7 +635,6 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
     from keyexchanged import ca, handshake
     from keyexchanged.framing import ProtocolError
 
-    _check_days(args.days)
     if not args.name and not args.ip:
         raise UsageError("give at least one --name HOST or --ip ADDR that clients dial")
     for address in args.ip:
@@ -717,7 +713,6 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     from keyexchanged import tunnel
 
     host, port = _server_address(args.server)
-    _check_idle_timeout(args)
     policy = _trust_policy(args, port, interactive=False)  # no prompts from a relay
     identity = _load_identity(args)
     failures = []
