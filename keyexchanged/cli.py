@@ -38,18 +38,19 @@ import sys
 import time
 
 from keyexchanged import config, files, keys, rsa
-from keyexchanged.errors import KeyexchangedError
+from keyexchanged.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    KeyexchangedError,
+)
 
 __all__ = ["CommandError", "UsageError", "build_parser", "main"]
 
 PROG = "keyexchange"
 DEFAULT_KEY_FILE = "keyexchange.key"
 DEFAULT_BITS = rsa.DEFAULT_BITS
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 #: ``connect --send-file`` is read whole before connecting (so that a file
 #: that cannot be read is an error before anything is sent); more than this

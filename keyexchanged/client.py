@@ -29,7 +29,14 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from keyexchanged import protocol
-from keyexchanged.errors import UntrustedKey
+from keyexchanged.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TRUNCATED,
+    EXIT_UNTRUSTED,
+    EXIT_USAGE,
+    UntrustedKey,
+)
 from keyexchanged.framing import NO_FORWARD_SECRECY, TIMEOUT, UNTRUSTED_KEY
 
 __all__ = [
@@ -42,11 +49,6 @@ __all__ = [
     "run_connect",
 ]
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_UNTRUSTED = 3
-EXIT_FAILED = 4
-EXIT_TRUNCATED = 5
 
 DEFAULT_PORT = 51424
 

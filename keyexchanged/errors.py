@@ -14,6 +14,13 @@ them export them under their old names too (``keys.KeyFileError``...).
 """
 
 __all__ = [
+    "EXIT_ERROR",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_TRUNCATED",
+    "EXIT_UNTRUSTED",
+    "EXIT_USAGE",
     "AuthorizedKeysError",
     "CertificateFileError",
     "ConfigError",
@@ -27,6 +34,18 @@ __all__ = [
     "UnknownApplication",
     "UntrustedKey",
 ]
+
+# -- exit statuses ------------------------------------------------------------------
+# What the ``keyexchange`` command exits with; scripts tell a refused key
+# from a dropped connection by them (docs in cli.py and client.py).
+
+EXIT_OK = 0
+EXIT_ERROR = 1  #: a KeyexchangedError: a file, a setting
+EXIT_USAGE = 2  #: as argparse
+EXIT_UNTRUSTED = 3  #: connect: the server's key was not trusted; nothing was sent
+EXIT_FAILED = 4  #: connect: connection or protocol failure
+EXIT_TRUNCATED = 5  #: connect: the connection closed before the server's END
+EXIT_INTERRUPTED = 130  #: as a shell reports SIGINT
 
 
 class KeyexchangedError(Exception):
