@@ -372,48 +372,30 @@ def _server_address(text: str) -> tuple[str, int]:
 
 
 def _trust_policy(args: argparse.Namespace, port: int, interactive: bool = True):
-    """The trust policy the options ask for, checked before we connect.
+    """The trust policy the options ask for (:func:`trust.policy_for`).
+    ``interactive`` allows the yes/no question about an unknown host, when
+    there is a terminal to ask."""
+    from keyexchanged import knownhosts, trust
 
-    Known hosts unless another check was chosen; whatever the choice, a key
-    revoked in the known-hosts file is refused.  ``interactive`` allows the
-    yes/no question about an unknown host, when there is a terminal to ask.
-    """
-    from keyexchanged import ca, knownhosts, trust
+    ask = None
+    if interactive and _isatty(sys.stdin) and _isatty(sys.stderr):
 
-    known_hosts = args.known_hosts or knownhosts.default_path()
-    if args.accept_new and (args.fingerprint or args.ca or args.insecure):
-        raise UsageError(
-            "--accept-new is for known hosts; not with --fingerprint, --ca, --insecure"
-        )
+        def ask(question, fingerprint):
+            return knownhosts.ask_yes_no(question, fingerprint, sys.stdin, sys.stderr)
+
     try:
-        # Read now for a clear error before connecting; each check reads
-        # it again, as another client may have added to it meanwhile.
-        knownhosts.KnownHosts.load(known_hosts)
-    except knownhosts.KnownHostsError as exc:
-        raise CommandError(str(exc)) from None
-    if args.fingerprint is not None:
-        try:
-            policy = trust.PinnedKey(args.fingerprint)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    elif args.ca is not None:
-        try:
-            policy = trust.CertificateAuthority.from_file(args.ca)
-        except ca.CertificateFileError as exc:
-            raise CommandError(str(exc)) from None
-    elif args.insecure:
-        policy = trust.Insecure(_report)
-    else:
-        ask = None
-        if interactive and _isatty(sys.stdin) and _isatty(sys.stderr):
-
-            def ask(question, fingerprint):
-                return knownhosts.ask_yes_no(question, fingerprint, sys.stdin, sys.stderr)
-
-        return knownhosts.KnownHostsTrust(
-            known_hosts, port, ask=ask, accept_new=args.accept_new, report=_report
+        return trust.policy_for(
+            port,
+            fingerprint=args.fingerprint,
+            ca_file=args.ca,
+            insecure=args.insecure,
+            known_hosts=args.known_hosts,
+            accept_new=args.accept_new,
+            ask=ask,
+            report=_report,
         )
-    return knownhosts.NotRevoked(known_hosts, policy)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_connect(args: argparse.Namespace) -> int:

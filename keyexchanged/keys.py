@@ -39,6 +39,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import hmac
 import os
 import re
 import shlex
@@ -60,6 +61,7 @@ __all__ = [
     "KeyFileError",
     "KeyFileExistsError",
     "KeyFormatError",
+    "check_fingerprint_syntax",
     "create_key_pair",
     "fingerprint",
     "load_private_key",
@@ -71,6 +73,7 @@ __all__ = [
     "public_key_to_der",
     "read_passphrase_file",
     "read_private_file",
+    "same_fingerprint",
     "save_private_key",
     "save_public_key",
 ]
@@ -335,6 +338,22 @@ def fingerprint(key: PublicKey | PrivateKey | bytes) -> str:
         der = public_key_to_der(key)
     digest = hashlib.sha256(der).digest()
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+# SHA256: and 43 characters of unpadded base64 (32 bytes).
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]")
+
+
+def check_fingerprint_syntax(text: str) -> str:
+    """Return ``text`` if it is a well-formed fingerprint, else raise ValueError."""
+    if not _FINGERPRINT.fullmatch(text):
+        raise ValueError(f"{text!r} is not a key fingerprint (SHA256: and 43 base64 characters)")
+    return text
+
+
+def same_fingerprint(a: str, b: str) -> bool:
+    """Whether two fingerprints are the same, compared in constant time."""
+    return hmac.compare_digest(a.encode(), b.encode())
 
 
 # --- Files -------------------------------------------------------------------

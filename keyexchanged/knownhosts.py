@@ -37,7 +37,7 @@ import stat
 
 from keyexchanged import files, keys
 from keyexchanged.errors import KnownHostsError, UntrustedKey
-from keyexchanged.trust import check_fingerprint_syntax, same_fingerprint
+from keyexchanged.keys import check_fingerprint_syntax, same_fingerprint
 
 __all__ = [
     "HostKeyRecorded",

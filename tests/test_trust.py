@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from keyexchanged import ca, client, keys, protocol
+from keyexchanged import ca, client, keys, knownhosts, protocol, trust
 from keyexchanged.applications import MessageFactory
 from keyexchanged.handshake import ServerIdentity
 from keyexchanged.protocol import SecureChannelFactory
@@ -73,6 +73,43 @@ class PinnedKeyTests(unittest.TestCase):
 
     def test_refuses_a_malformed_fingerprint(self):
         self.assertRaises(ValueError, PinnedKey, "SHA256:short")
+
+
+class PolicyForTests(unittest.TestCase):
+    """trust.policy_for: what the options of connect and tunnel choose."""
+
+    def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.known_hosts = os.path.join(self.dir, "known_hosts")
+
+    def policy(self, **options):
+        return trust.policy_for(51424, known_hosts=self.known_hosts, **options)
+
+    def test_each_choice_behind_the_revoked_keys(self):
+        pinned = self.policy(fingerprint=IDENTITY.fingerprint)
+        self.assertIsInstance(pinned, knownhosts.NotRevoked)
+        self.assertIsInstance(pinned.policy, PinnedKey)
+        anchors = os.path.join(self.dir, "ca.pem")
+        with open(anchors, "wb") as f:
+            f.write(certs.pem(world()["root"]))
+        self.assertIsInstance(self.policy(ca_file=anchors).policy, CertificateAuthority)
+        self.assertIsInstance(self.policy(insecure=True).policy, trust.Insecure)
+        known = self.policy(accept_new=True)
+        self.assertIsInstance(known, knownhosts.KnownHostsTrust)
+        self.assertTrue(known.accept_new)
+
+    def test_nonsense_is_a_value_error(self):
+        self.assertRaises(ValueError, self.policy, fingerprint="SHA256:short")
+        self.assertRaises(ValueError, self.policy, accept_new=True, insecure=True)
+
+    def test_unusable_files_before_connecting(self):
+        with open(self.known_hosts, "w") as f:
+            f.write("not a line\n")
+        self.assertRaises(knownhosts.KnownHostsError, self.policy, insecure=True)
+        os.unlink(self.known_hosts)
+        missing = os.path.join(self.dir, "missing.pem")
+        self.assertRaises(ca.CertificateFileError, self.policy, ca_file=missing)
 
 
 class CertificateAuthorityTests(unittest.TestCase):
