@@ -362,6 +362,11 @@ def _report(text: str) -> None:
     print(f"{PROG}: {text}", file=sys.stderr, flush=True)
 
 
+def _explain(text: str) -> None:
+    """Several lines for the user, as they are (a refused key's banner)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def _server_address(text: str) -> tuple[str, int]:
     from keyexchanged import client
 
@@ -711,6 +716,7 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
             _report,
             require_forward_secrecy=not args.allow_no_forward_secrecy,
             idle_timeout=args.idle_timeout,
+            explain=_explain,
         )
 
         def cannot_listen(failure):

@@ -49,8 +49,11 @@ __all__ = [
     "ProtocolFailure",
     "SecureChannelFactory",
     "SecureTransport",
+    "SessionOpener",
     "Truncated",
     "UntrustedKey",
+    "cause_of",
+    "connect",
 ]
 
 
@@ -86,6 +89,18 @@ class HandshakeFailed(Exception):
     def __init__(self, reason):
         super().__init__(str(reason))
         self.reason = reason
+
+
+def cause_of(value):
+    """The exception that ended a session, out of its :class:`HandshakeFailed`
+    and :class:`~twisted.python.failure.Failure` wrappers."""
+    while True:
+        if isinstance(value, Failure):
+            value = value.value
+        elif isinstance(value, HandshakeFailed):
+            value = value.reason
+        else:
+            return value
 
 
 @implementer(interfaces.ITransport, interfaces.ITCPTransport, interfaces.IConsumer)
@@ -910,7 +925,11 @@ class ClientChannelProtocol(ChannelProtocol):
         # the local user's, and travels with the exception unchanged.
         self._handle_events(self.connection.reject_key("the client does not trust this key"))
         if not failure.check(UntrustedKey):
-            failure = Failure(UntrustedKey("trust check failed: " + failure.getErrorMessage()))
+            # A policy that broke (a bug, a file gone) refuses all the same,
+            # and keeps what broke as the refusal's cause.
+            refusal = UntrustedKey("trust check failed: " + failure.getErrorMessage())
+            refusal.__cause__ = failure.value
+            failure = Failure(refusal)
         self._reason = failure
         self._outcome = "untrusted-key"
         return None
@@ -1046,9 +1065,7 @@ class ChannelClientFactory(ClientFactory):
 
 
 def _stale_ticket(failure):
-    reason = failure.value.reason if failure.check(HandshakeFailed) else None
-    if isinstance(reason, Failure):
-        reason = reason.value
+    reason = cause_of(failure) if failure.check(HandshakeFailed) else None
     return isinstance(reason, PeerError) and reason.code == STALE_TICKET
 
 
@@ -1113,3 +1130,61 @@ def connect(
         return failure
 
     return first.handshake.addErrback(retry)
+
+
+class SessionOpener:
+    """Opens KX/1 sessions to one server, each with what they all share:
+    the trust policy, our key, the timeouts, the ticket store.
+
+    ``host`` and ``port`` are dialled (giving up after ``timeout`` seconds)
+    unless an ``endpoint`` is given; ``host`` is the name the trust checks
+    use, and ``(host, port)`` where tickets are kept.  ``timeout`` also
+    bounds the handshake.  The other arguments are :func:`connect`'s.
+    """
+
+    def __init__(
+        self,
+        reactor,
+        host,
+        port,
+        trust,
+        identity=None,
+        timeout=30.0,
+        require_forward_secrecy=True,
+        tickets=None,
+        idle_timeout=None,
+        observer=None,
+        endpoint=None,
+    ):
+        if endpoint is None:
+            from twisted.internet.endpoints import HostnameEndpoint
+
+            endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.endpoint = endpoint
+        self.trust = trust
+        self.identity = identity
+        self.timeout = timeout
+        self.require_forward_secrecy = require_forward_secrecy
+        self.tickets = tickets
+        self.idle_timeout = idle_timeout
+        self.observer = observer
+
+    def open(self, application_factory):
+        """A new session running ``application_factory``: see :func:`connect`."""
+        return connect(
+            self.reactor,
+            self.endpoint,
+            self.trust,
+            application_factory,
+            server_name=self.host,
+            identity=self.identity,
+            observer=self.observer,
+            handshake_timeout=self.timeout,
+            require_forward_secrecy=self.require_forward_secrecy,
+            tickets=self.tickets,
+            server_address=(self.host, self.port),
+            idle_timeout=self.idle_timeout,
+        )

@@ -432,7 +432,7 @@ class ExplainedRefusalTests(unittest.TestCase):
     """What ``keyexchange connect --ca ... --explain`` prints when the
     server's certificate is not a server certificate (issue 12)."""
 
-    def connect(self, chain):
+    def connect(self, chain, trust_policy=None):
         clock = Clock()
         identity = ServerIdentity(SERVER_KEY, [certs.der(c) for c in chain])
         endpoint = InMemoryEndpoint(
@@ -443,7 +443,7 @@ class ExplainedRefusalTests(unittest.TestCase):
         )
         output, errors = io.BytesIO(), io.StringIO()
         done = client.run_connect(
-            clock, "server.example", 51424, policy(), explain=True,
+            clock, "server.example", 51424, trust_policy or policy(), explain=True,
             output=output, errors=errors, endpoint=endpoint,
         )  # fmt: skip
         endpoint.pump.flush()
@@ -466,6 +466,21 @@ class ExplainedRefusalTests(unittest.TestCase):
             "keyexchange: error: untrusted server key: the server's certificate is not a "
             "server certificate: its extendedKeyUsage allows clientAuth, not serverAuth",
         )
+
+    def test_broken_policy(self):
+        """A policy that fails in an unexpected way refuses the key (exit 3),
+        and the user is told what broke, not a bare refusal."""
+
+        class Broken:
+            def verify(self, server_name, offer):
+                raise OSError("the trust store went away")
+
+        lines = self.connect([], Broken())
+        self.assertEqual(
+            lines[-1],
+            "keyexchange: error: the trust check failed: OSError: the trust store went away",
+        )
+        self.flushLoggedErrors()
 
     def test_ca_certificate(self):
         lines = self.connect([leaf(ca=True, usage=CA_AND_SERVER_USAGE)])
