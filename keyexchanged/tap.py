@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from keyexchanged import ca, ephemeral, files, keys, tickets, trust
-from keyexchanged.applications import UnknownApplication, find_applications, get_application
+from keyexchanged.applications import find_applications, get_application
 from keyexchanged.config import (
     SETTINGS,
     ConfigError,
@@ -31,6 +31,7 @@ from keyexchanged.config import (
     find_config,
     read_config,
 )
+from keyexchanged.errors import KeyexchangedError
 from keyexchanged.framing import MAX_PAYLOAD
 from keyexchanged.handshake import ServerIdentity
 from keyexchanged.protocol import SecureChannelFactory
@@ -125,9 +126,13 @@ class Options(usage.Options):
 
     def postOptions(self):
         try:
-            self.settings = self._collect()
-        except ConfigError as error:
+            self._check()
+        except KeyexchangedError as error:
             raise usage.UsageError(str(error)) from None
+
+    def _check(self):
+        """Everything, before twistd daemonizes; raises KeyexchangedError."""
+        self.settings = self._collect()
         if self["no-forward-secrecy"]:
             self.settings["forward-secrecy"] = False
         self.settings["message"] = self._message()
@@ -136,10 +141,7 @@ class Options(usage.Options):
                 "--message is in the process list, which every local user can read: "
                 "give the message with --message-file, or in the config file"
             )
-        try:
-            self.application = get_application(self.settings["application"], self.applications)
-        except UnknownApplication as error:
-            raise usage.UsageError(str(error)) from None
+        self.application = get_application(self.settings["application"], self.applications)
         # Made now, so that an application's bad settings stop twistd with
         # a usage error before it daemonizes.
         from twisted.internet import reactor
@@ -147,39 +149,25 @@ class Options(usage.Options):
         try:
             self.wrapped_factory = self.application.makeFactory(self.settings, reactor)
         except ValueError as error:
-            raise usage.UsageError(str(error)) from None
+            raise ConfigError(str(error)) from None
         key_path = self.settings["private-key"] or default_key_path(self.environ)
         self.settings["private-key"] = key_path
-        try:
-            private_key, self.generated_key = load_or_create_key(
-                key_path, self.settings["key-bits"]
-            )
-        except keys.KeyFileError as error:
-            raise usage.UsageError(str(error)) from None
+        private_key, self.generated_key = load_or_create_key(key_path, self.settings["key-bits"])
         self.identity = ServerIdentity(private_key, self._certificates(private_key))
         self._check_hello_size()
         path = self.settings["ticket-keys"]
         if path is not None:
-            try:
-                self.ticket_keys = tickets.load_ticket_keys(path)
-            except tickets.TicketKeyFileError as error:
-                raise usage.UsageError(str(error)) from None
+            self.ticket_keys = tickets.load_ticket_keys(path)
         path = self.settings["authorized-keys"]
         if path is not None:
-            try:
-                self.authorized_keys = trust.load_authorized_keys(path)
-            except trust.AuthorizedKeysError as error:
-                raise usage.UsageError(str(error)) from None
+            self.authorized_keys = trust.load_authorized_keys(path)
 
     def _certificates(self, private_key):
         """The chain to send in HELLO (DER), refused unless it is for our key."""
         path = self.settings["certificate"]
         if path is None:
             return ()
-        try:
-            chain, warnings = ca.load_server_chain(path, private_key)
-        except ca.CertificateFileError as error:
-            raise usage.UsageError(str(error)) from None
+        chain, warnings = ca.load_server_chain(path, private_key)
         self.warnings.extend(warnings)
         return chain
 
@@ -191,7 +179,7 @@ class Options(usage.Options):
         size = len(self.identity.hello_payload(b"\0" * 32))
         if size > HELLO_LIMIT:
             where = self.settings["certificate"] or self.settings["private-key"]
-            raise usage.UsageError(
+            raise ConfigError(
                 f"{where}: HELLO would be {size} bytes, over the limit of {HELLO_LIMIT} "
                 f"(KX/1 allows {MAX_PAYLOAD['HELLO']}, less {HELLO_RESERVE} kept for the "
                 "ephemeral key): send fewer certificates (clients hold the root "
@@ -222,7 +210,7 @@ class Options(usage.Options):
         return files.read_file(
             path,
             MAX_MESSAGE_FILE,
-            usage.UsageError,
+            ConfigError,
             "message file is larger than 16 MiB",
             cannot="cannot read message file",
         )
