@@ -182,7 +182,7 @@ AREAS = [
     ("RSA: keyexchanged/rsa.py itself", ("keyexchanged/rsa.py",)),
     ("pycryptodome: GCM objects, HKDF, hashes", ("/Crypto/",)),
     ("cffi (pycryptodome's calls into C)", ("/cffi/", "_cffi_backend")),
-    ("keyexchanged/handshake.py", ("keyexchanged/handshake.py",)),
+    ("keyexchanged/handshake/", ("keyexchanged/handshake/",)),
     ("keyexchanged/protocol.py", ("keyexchanged/protocol.py",)),
     ("keyexchanged/records.py", ("keyexchanged/records.py",)),
     ("keyexchanged/framing.py", ("keyexchanged/framing.py",)),

@@ -13,7 +13,7 @@ only after key confirmation, and it is told how the connection ended:
 
 :class:`ChannelProtocol` is the thin adapter: a ``LineReceiver`` that reads
 one header line, switches to raw mode for exactly the announced payload, and
-hands both to the I/O-free state machine in handshake.py.  Everything it
+hands both to the I/O-free state machine of keyexchanged.handshake.  Everything it
 reads is bounded by what the header announced, and the header is refused
 before a payload byte is kept.
 """

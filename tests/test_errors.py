@@ -34,6 +34,10 @@ class ImportTests(SynchronousTestCase):
             loaded = modules_after_import(module)
             self.assertEqual(loaded & set(HEAVY), set(), module)
 
+    def test_handshake_is_free_of_io(self):
+        """The state machines import nothing of the network stack."""
+        self.assertNotIn("twisted", modules_after_import("keyexchanged.handshake"))
+
     def test_errors_is_a_leaf(self):
         loaded = modules_after_import("keyexchanged.errors")
         self.assertNotIn("twisted", loaded)
