@@ -183,7 +183,7 @@ AREAS = [
     ("pycryptodome: GCM objects, HKDF, hashes", ("/Crypto/",)),
     ("cffi (pycryptodome's calls into C)", ("/cffi/", "_cffi_backend")),
     ("keyexchanged/handshake/", ("keyexchanged/handshake/",)),
-    ("keyexchanged/protocol.py", ("keyexchanged/protocol.py",)),
+    ("keyexchanged/protocol/", ("keyexchanged/protocol/",)),
     ("keyexchanged/records.py", ("keyexchanged/records.py",)),
     ("keyexchanged/framing.py", ("keyexchanged/framing.py",)),
     ("keyexchanged, other modules", ("keyexchanged/",)),

@@ -4,7 +4,7 @@ An application is a plugin providing
 :class:`~keyexchanged.interfaces.IApplication`: a name, a one-line
 description, its own settings and a factory for the protocol that runs in
 each session.  They are ordinary Twisted protocols: the channel
-(protocol.py) connects them after key confirmation and gives them a
+(keyexchanged.protocol) connects them after key confirmation and gives them a
 transport that seals what they write.  They know nothing of records or keys.
 
 Built in (``keyexchanged/plugins/keyexchanged_applications.py``):
