@@ -14,7 +14,8 @@ from zope.interface import implementer
 
 from keyexchanged import handshake, protocol
 from keyexchanged.applications import EchoFactory
-from keyexchanged.framing import encode_frame
+from keyexchanged.framing import RECORD_DATA_MAX, encode_frame
+from keyexchanged.protocol._transport import AggregateWrites
 from keyexchanged.records import RecordOpener
 from keyexchanged.trust import Insecure, PinnedKey, UntrustedKey
 from tests.fixtures import (
@@ -202,7 +203,7 @@ class CoalescingTests(unittest.TestCase):
         app_transport = protocol.SecureTransport(pair.server)
         app_transport.write(b"x" * 10)
         app_transport.write(b"y" * 10)
-        self.assertEqual(pair.server._pending_length, 20)
+        self.assertEqual(pair.server.pending_length, 20)
         pair.flush()  # advances the clock by 0: the flush runs
         self.assertEqual(pair.application.data, b"x" * 10 + b"y" * 10)
 
@@ -214,7 +215,37 @@ class CoalescingTests(unittest.TestCase):
         pair.server.transport.write = written.append
         app_transport.write(b"z" * 65536)
         self.assertEqual(len(written), 1)
-        self.assertEqual(pair.server._pending_length, 0)
+        self.assertEqual(pair.server.pending_length, 0)
+
+
+class AggregateWritesTests(unittest.TestCase):
+    """The batching on its own: what it seals, and when."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.sealed = []
+        self.writes = AggregateWrites(self.sealed.append, self.clock)
+
+    def test_one_seal_at_the_end_of_the_turn(self):
+        for chunk in (b"a", b"bc", b"def"):
+            self.writes.write(chunk)
+        self.assertEqual((self.sealed, len(self.writes)), ([], 6))
+        self.clock.advance(0)
+        self.assertEqual((self.sealed, len(self.writes)), ([b"abcdef"], 0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_full_record_at_once_and_no_call_left(self):
+        self.writes.write(b"a" * 100)
+        self.writes.write(b"b" * (RECORD_DATA_MAX - 100))
+        self.assertEqual(self.sealed, [b"a" * 100 + b"b" * (RECORD_DATA_MAX - 100)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancel_keeps_what_was_written(self):
+        self.writes.write(b"kept")
+        self.writes.cancel()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.writes.flush()
+        self.assertEqual(self.sealed, [b"kept"])
 
 
 class FrameByFrameTests(unittest.TestCase):

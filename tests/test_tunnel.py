@@ -324,9 +324,9 @@ class BackpressureTests(unittest.TestCase):
         buffers = {
             "forward to target": _buffered(forward.second.transport),
             "daemon session": _buffered(session.transport),
-            "daemon records": forward.first.transport._channel._pending_length,
+            "daemon records": forward.first.transport._channel.pending_length,
             "tunnel session": _buffered(tunnel.second.transport._channel.transport),
-            "tunnel records": tunnel.second.transport._channel._pending_length,
+            "tunnel records": tunnel.second.transport._channel.pending_length,
             "tunnel local": _buffered(tunnel.first.transport),
         }
         for name, size in buffers.items():

@@ -12,14 +12,13 @@ from keyexchanged.framing import (
     HEADER_MAX,
     INTERNAL,
     MALFORMED_FRAME,
-    RECORD_DATA_MAX,
 )
 from keyexchanged.protocol._exceptions import (
     PeerError,
     ProtocolFailure,
     Truncated,
 )
-from keyexchanged.protocol._transport import SecureTransport
+from keyexchanged.protocol._transport import AggregateWrites, SecureTransport
 
 
 class ChannelProtocol(LineReceiver):
@@ -45,9 +44,8 @@ class ChannelProtocol(LineReceiver):
         # A bytearray only while a payload is being read: an idle session
         # holds no buffer.
         self._payload = b""
-        self._pending = ()  # a list while there is something to flush
-        self._pending_length = 0
-        self._flush_call = None
+        # Made on the first write: a session that never writes holds none.
+        self._writes = None
         self._closing = False
         self._outcome = None
         self._started = None
@@ -163,26 +161,21 @@ class ChannelProtocol(LineReceiver):
     def write_application_data(self, data):
         if not data or self._closing or not self.connection.can_send:
             return
-        if self._pending:
-            self._pending.append(data)
-        else:
-            self._pending = [data]
-        self._pending_length += len(data)
-        if self._pending_length >= RECORD_DATA_MAX:
-            self.flush()
-        elif self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self.flush)
+        if self._writes is None:
+            self._writes = AggregateWrites(self._seal_application_data, self.reactor)
+        self._writes.write(data)
+
+    @property
+    def pending_length(self):
+        """Bytes the application wrote that are not sealed yet."""
+        return 0 if self._writes is None else len(self._writes)
 
     def flush(self):
         """Seal what the application wrote: whole 64 KiB records, then the rest."""
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
-        if not self._pending or not self.connection.can_send:
-            return
-        data = b"".join(self._pending)
-        self._pending, self._pending_length = (), 0
+        if self._writes is not None and self.connection.can_send:
+            self._writes.flush()
+
+    def _seal_application_data(self, data):
         self.connection.send_data(data)
         self._write_out()
 
@@ -231,9 +224,8 @@ class ChannelProtocol(LineReceiver):
         """Traffic on an established session; subclasses reset timers."""
 
     def _cancel_timers(self):
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
+        if self._writes is not None:
+            self._writes.cancel()
 
     # -- the end ---------------------------------------------------------------------
 

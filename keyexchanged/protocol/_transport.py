@@ -1,7 +1,10 @@
-"""The transport an application sees inside the channel."""
+"""The transport an application sees inside the channel, and the batching
+of what it writes into records."""
 
 from twisted.internet import interfaces
 from zope.interface import implementer
+
+from keyexchanged.framing import RECORD_DATA_MAX
 
 
 @implementer(interfaces.ITransport, interfaces.ITCPTransport, interfaces.IConsumer)
@@ -97,3 +100,58 @@ class SecureTransport:
         # session cleanly: END, not a bare TCP close the peer would take
         # for a truncation.
         self.loseConnection()
+
+
+class AggregateWrites:
+    """What an application writes, gathered into as few records as it can be.
+
+    pycryptodome's GCM costs about 100 µs per record whatever its size, so
+    writes are sealed together at the end of the reactor turn, and a full
+    64 KiB record's worth goes out at once (the shape of Twisted's
+    ``tls._AggregateSmallWrites``).
+
+    @ivar _seal: called with the bytes gathered, to seal and send them.
+    @ivar _clock: the reactor that runs the end-of-turn flush.
+    @ivar _pending: the writes since the last flush: a list while there are
+        some, else an empty tuple (shared: an idle session holds no list).
+    @ivar _length: their total length.
+    @ivar _call: the end-of-turn flush, while one is scheduled.
+    """
+
+    __slots__ = ("_call", "_clock", "_length", "_pending", "_seal")
+
+    def __init__(self, seal, clock):
+        self._seal = seal
+        self._clock = clock
+        self._pending = ()
+        self._length = 0
+        self._call = None
+
+    def __len__(self):
+        return self._length
+
+    def write(self, data):
+        if self._pending:
+            self._pending.append(data)
+        else:
+            self._pending = [data]
+        self._length += len(data)
+        if self._length >= RECORD_DATA_MAX:
+            self.flush()
+        elif self._call is None:
+            self._call = self._clock.callLater(0, self.flush)
+
+    def flush(self):
+        """Seal what was written, now."""
+        self.cancel()
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending, self._length = (), 0
+        self._seal(data)
+
+    def cancel(self):
+        """No end-of-turn flush (the session is closing)."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
