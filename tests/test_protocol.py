@@ -485,7 +485,7 @@ class LimitTests(unittest.TestCase):
         self.assertIsInstance(
             factory.buildProtocol(address("10.0.0.1", 99)), protocol.ServerChannelProtocol
         )
-        self.assertEqual(factory.per_source["10.0.0.1"], 2)
+        self.assertEqual(factory.admission.per_source["10.0.0.1"], 2)
 
 
 class ShutdownTests(unittest.TestCase):

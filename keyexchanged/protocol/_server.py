@@ -7,7 +7,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from keyexchanged import handshake
-from keyexchanged.admission import DEFAULT_IPV6_PREFIX, source_key
+from keyexchanged.admission import DEFAULT_IPV6_PREFIX, Admission
 from keyexchanged.framing import (
     BUSY,
     TIMEOUT,
@@ -69,7 +69,7 @@ class ServerChannelProtocol(ChannelProtocol):
     def _private_key_work(self, submit, answer, failed):
         """Work a stranger made us do: counted against max-handshakes, done
         away from the reactor, and read nothing more until it is back."""
-        if not self.factory.start_work():
+        if not self.factory.admission.start_work():
             self._handle_events(self.connection.fail(BUSY, "too many handshakes in progress"))
             return
         # Read nothing more until the work is back (what was read waits in
@@ -87,7 +87,7 @@ class ServerChannelProtocol(ChannelProtocol):
         working.addErrback(self._application_failed)
 
     def _work_done(self, result, answer):
-        self.factory.end_work()
+        self.factory.admission.end_work()
         if self._closing:
             return
         # Undo our own pause only: the application that the events below may
@@ -196,9 +196,6 @@ class SecureChannelFactory(Factory):
         #: Where private-key work is done: a workers.WorkerPool (or
         #: InlineWork), or ``None`` to do it in the state machine itself.
         self.work = work
-        self.max_handshakes = max_handshakes
-        #: KEYs and AUTHs whose private-key work is under way.
-        self.working = 0
         #: An ephemeral.EphemeralKeys whose current key every HELLO offers,
         #: or ``None``: no forward secrecy, KEY under the long-term key.
         self.ephemeral_keys = ephemeral_keys
@@ -209,15 +206,11 @@ class SecureChannelFactory(Factory):
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         self.idle_sessions = IdleSessions(reactor, idle_timeout)
-        self.max_connections = max_connections
-        self.max_per_source = max_per_source
-        self.ipv6_source_prefix = ipv6_source_prefix
+        self.admission = Admission(
+            max_connections, max_per_source, max_handshakes, ipv6_source_prefix
+        )
         self.authorized_keys = authorized_keys
         self.record_limits = record_limits or {}
-        self.connections = set()
-        # Counted by host and released by host.  (Twisted's
-        # LimitConnectionsByPeer adds by host but removes by (host, port).)
-        self.per_source = {}
         self.shutting_down = False
         self._all_closed = None
 
@@ -227,22 +220,23 @@ class SecureChannelFactory(Factory):
     def stopFactory(self):
         self.wrapped_factory.doStop()
 
+    @property
+    def connections(self):
+        """The sessions open now."""
+        return self.admission.connections
+
     def buildProtocol(self, addr):
-        source = source_key(getattr(addr, "host", None), self.ipv6_source_prefix)
-        if self.shutting_down:
-            return BusyProtocol("server is shutting down")
-        if len(self.connections) >= self.max_connections:
-            return BusyProtocol("too many connections")
-        if self.per_source.get(source, 0) >= self.max_per_source:
-            return BusyProtocol("too many connections from this address")
+        source = self.admission.source(getattr(addr, "host", None))
+        refusal = "server is shutting down" if self.shutting_down else None
+        refusal = refusal or self.admission.refusal(source)
+        if refusal is not None:
+            return BusyProtocol(refusal)
         connection = self.make_connection()
         protocol = self.protocol(
             connection, self.reactor, self.handshake_timeout, self.idle_timeout
         )
         protocol.factory = self
-        protocol.source = source
-        self.connections.add(protocol)
-        self.per_source[source] = self.per_source.get(source, 0) + 1
+        self.admission.admit(protocol, source)
         return protocol
 
     def make_connection(self):
@@ -257,17 +251,6 @@ class SecureChannelFactory(Factory):
             client_key_max_bits=self.client_key_max_bits,
             **self.record_limits,
         )
-
-    def start_work(self):
-        """Count one more private-key operation a peer asked for; False
-        when ``max_handshakes`` are under way already."""
-        if self.working >= self.max_handshakes:
-            return False
-        self.working += 1
-        return True
-
-    def end_work(self):
-        self.working -= 1
 
     def shutdown(self, grace_period):
         """Stop serving: established sessions get END and ``grace_period``
@@ -303,12 +286,7 @@ class SecureChannelFactory(Factory):
         return application
 
     def connection_ended(self, protocol):
-        self.connections.discard(protocol)
-        remaining = self.per_source.get(protocol.source, 1) - 1
-        if remaining:
-            self.per_source[protocol.source] = remaining
-        else:
-            self.per_source.pop(protocol.source, None)
+        self.admission.release(protocol)
         if self._all_closed is not None and not self.connections:
             self._all_closed, done = None, self._all_closed
             done.callback(None)
