@@ -9,10 +9,11 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from keyexchanged import handshake, protocol
+from keyexchanged import handshake, keys, protocol
 from keyexchanged.applications import EchoFactory
 from keyexchanged.framing import RECORD_DATA_MAX, encode_frame
 from keyexchanged.protocol._transport import AggregateWrites
@@ -31,6 +32,8 @@ from tests.fixtures import (
     server_factory,
 )
 from tests.vectors import RAW, hexbytes, record
+
+CLIENT_KEY_FINGERPRINT = keys.fingerprint(CLIENT_KEY)
 
 
 class EndToEndTests(unittest.TestCase):
@@ -144,6 +147,60 @@ class EndToEndTests(unittest.TestCase):
         self.assertEqual(b"".join(got), b"still talking")
         self.assertIsInstance(half.reason.value, error.ConnectionDone)
         self.assertEqual(pair.server_factory.connections, set())
+
+
+class SessionSummaryTests(unittest.TestCase):
+    """Issue 10: a protocol gets what it needs when it is built, and reports
+    its end in one summary; neither side reads the other's attributes."""
+
+    def test_protocols_never_read_their_factory(self):
+        """Protocol.factory is None: one self.factory.x would raise."""
+        pair = Pair(identity=CLIENT_KEY)
+        pair.flush()
+        self.assertEqual(pair.application.data, MESSAGE)
+        self.assertEqual((pair.server.factory, pair.client.factory), (None, None))
+        self.assertEqual(pair.server_factory.connections, set())
+        self.assertTrue(pair.handshake.called)
+
+    def test_one_summary_and_the_same_log_line(self):
+        factory = server_factory()
+        summaries = []
+        reported = factory.connection_ended
+
+        def ended(protocol, summary):
+            summaries.append(summary)
+            reported(protocol, summary)
+
+        factory.connection_ended = ended
+        lines = []
+
+        def observe(event):
+            if event.get("log_format", "").startswith("connection from {peer} ended:"):
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        pair = Pair(factory=factory, identity=CLIENT_KEY)
+        pair.flush()
+        (summary,) = summaries
+        connection = pair.server.connection
+        self.assertEqual(
+            (summary.outcome, summary.kind, summary.peer_fingerprint),
+            ("ok", "full, forward secrecy", CLIENT_KEY_FINGERPRINT),
+        )
+        self.assertEqual(
+            (summary.bytes_in, summary.bytes_out),
+            (connection.bytes_received, connection.bytes_sent),
+        )
+        self.assertIsInstance(summary.reason.value, error.ConnectionDone)
+        self.assertEqual(
+            lines,
+            [
+                f"connection from {summary.peer} ended: ok; full, forward secrecy; "
+                f"{summary.bytes_in} bytes in, {summary.bytes_out} bytes out, 0.000 s; "
+                f"client key {CLIENT_KEY_FINGERPRINT}"
+            ],
+        )
 
 
 class TruncationTests(unittest.TestCase):

@@ -86,6 +86,12 @@ class ClientConnection(_Connection):
         self.ephemeral = None
         self.certificates = ()
 
+    @property
+    def forward_secrecy(self):
+        """Whether the session's secret went to the server's ephemeral key
+        (§10): a full handshake with one offered."""
+        return self.ephemeral is not None and not self.resumed
+
     # -- HELLO -------------------------------------------------------------------
 
     def _on_hello(self, verb, payload):

@@ -68,14 +68,16 @@ class DecryptionNeeded(Event):
 
 class VerificationNeeded(Event):
     """Server with ``defer_work``: an AUTH signature to check elsewhere,
-    on a key the client chose; answer with :meth:`ServerConnection.auth_verified`."""
+    on a key the client chose, with the PSS salt length the protocol fixes;
+    answer with :meth:`ServerConnection.auth_verified`."""
 
-    __slots__ = ("message", "public_key", "signature")
+    __slots__ = ("message", "public_key", "salt_length", "signature")
 
-    def __init__(self, public_key, signature, message):
+    def __init__(self, public_key, signature, message, salt_length):
         self.public_key = public_key
         self.signature = signature
         self.message = message
+        self.salt_length = salt_length
 
 
 class HandshakeComplete(Event):

@@ -247,7 +247,7 @@ class ServerConnection(_Connection):
         if self.defer_work:
             self._pending = fingerprint
             self._enter(State.WORKING)
-            self._event(VerificationNeeded(public_key, signature, message))
+            self._event(VerificationNeeded(public_key, signature, message, AUTH_SALT_LENGTH))
             return
         ok = public_key.verify_pss(message, signature, salt_length=AUTH_SALT_LENGTH)
         self._pending = fingerprint

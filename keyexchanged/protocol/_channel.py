@@ -34,9 +34,14 @@ class ChannelProtocol(LineReceiver):
 
     log = Logger()
 
-    def __init__(self, connection, reactor):
+    def __init__(self, connection, reactor, build_application, ended):
         self.connection = connection
         self.reactor = reactor
+        #: ``build_application(address, peer_fingerprint)``: the application
+        #: protocol for this session, or None to end it at once.
+        self._build_application = build_application
+        #: ``ended(protocol, summary)``, once, when the connection is lost.
+        self._ended = ended
         self.application = None
         self.peer_fingerprint = None
         self._verb = None
@@ -150,7 +155,7 @@ class ChannelProtocol(LineReceiver):
 
     def handshake_complete(self, event):
         """Build and connect the application; subclasses add to it."""
-        self.application = self.factory.build_application(self.transport.getPeer(), self)
+        self.application = self._build_application(self.transport.getPeer(), self.peer_fingerprint)
         if self.application is None:
             self.close_write()
             return
@@ -232,6 +237,14 @@ class ChannelProtocol(LineReceiver):
     _reason = None
 
     def connectionLost(self, reason=connectionDone):
+        try:
+            self._lost(reason)
+        finally:
+            # Reported even if the application's connectionLost raised: the
+            # factory counts the session out and logs how it went.
+            self._ended(self, self.summary())
+
+    def _lost(self, reason):
         self._closing = True
         self._cancel_timers()
         self.connection.connection_lost()
@@ -264,8 +277,92 @@ class ChannelProtocol(LineReceiver):
         if application is not None:
             application.connectionLost(self._reason)
 
+    def summary(self):
+        """How the session went, so far: a :class:`SessionSummary`."""
+        connection = self.connection
+        return SessionSummary(
+            peer=_describe(self.transport.getPeer()) if self.transport is not None else None,
+            outcome=self._outcome,
+            reason=self._reason,
+            resumed=connection.resumed,
+            forward_secrecy=connection.forward_secrecy,
+            bytes_in=connection.bytes_received,
+            bytes_out=connection.bytes_sent,
+            duration=self.duration,
+            peer_fingerprint=self.peer_fingerprint,
+        )
+
     @property
     def duration(self):
         if self._started is None:
             return 0.0
         return self.reactor.seconds() - self._started
+
+
+class SessionSummary:
+    """How one session went, in one object: what a channel reports to its
+    factory when its connection is lost, and the server logs.
+
+    @ivar peer: the peer's address, ``host:port``.
+    @ivar outcome: ``ok``, ``truncated``, ``closed``, ``idle-timeout``,
+        ``shutdown``, ``untrusted-key``, or the ERROR code either side sent.
+    @ivar reason: the Failure the application was told in connectionLost.
+    @ivar resumed: whether the session came from a ticket.
+    @ivar forward_secrecy: whether its secret went to an ephemeral key.
+    @ivar bytes_in: bytes received, frames and all.
+    @ivar bytes_out: bytes sent.
+    @ivar duration: seconds from connectionMade to the end.
+    @ivar peer_fingerprint: the client's key when it authenticated (on the
+        server), the server's (on the client), else ``None``.
+    """
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "duration",
+        "forward_secrecy",
+        "outcome",
+        "peer",
+        "peer_fingerprint",
+        "reason",
+        "resumed",
+    )
+
+    def __init__(
+        self,
+        peer,
+        outcome,
+        reason,
+        resumed,
+        forward_secrecy,
+        bytes_in,
+        bytes_out,
+        duration,
+        peer_fingerprint,
+    ):
+        self.peer = peer
+        self.outcome = outcome
+        self.reason = reason
+        self.resumed = resumed
+        self.forward_secrecy = forward_secrecy
+        self.bytes_in = bytes_in
+        self.bytes_out = bytes_out
+        self.duration = duration
+        self.peer_fingerprint = peer_fingerprint
+
+    @property
+    def kind(self):
+        """Full or resumed, with or without forward secrecy: for the log line."""
+        if self.resumed:
+            return "resumed (secrecy bounded by the ticket keys)"
+        if self.forward_secrecy:
+            return "full, forward secrecy"
+        return "full, no forward secrecy"
+
+
+def _describe(address):
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    return f"{host}:{port}"

@@ -2,7 +2,7 @@
 the SessionOpener that connect and tunnel share."""
 
 from twisted.internet import defer
-from twisted.internet.protocol import ClientFactory, connectionDone
+from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 
 from keyexchanged import handshake
@@ -23,19 +23,41 @@ from keyexchanged.protocol._exceptions import (
 class ClientChannelProtocol(ChannelProtocol):
     """Client side: the trust decision, then KEY, then wait for confirmation.
 
-    The server gets ``factory.handshake_timeout`` seconds to send HELLO, and
-    as many again to confirm the key after KEY; the time a person takes to
-    answer a known-hosts question in between does not count.
+    The server gets ``handshake_timeout`` seconds to send HELLO, and as many
+    again to confirm the key after KEY; the time a person takes to answer a
+    known-hosts question in between does not count.  ``trust`` decides on
+    the server's key (see :class:`ChannelClientFactory`), ``listener`` is
+    told of the steps: ``key_accepted(connection)``,
+    ``ticket_received(event)`` and ``handshake_done(application)``.
     """
 
     _timer = None
+
+    def __init__(
+        self,
+        connection,
+        reactor,
+        build_application,
+        ended,
+        trust,
+        server_name,
+        listener,
+        handshake_timeout=30.0,
+        idle_timeout=None,
+    ):
+        super().__init__(connection, reactor, build_application, ended)
+        self._trust = trust
+        self._server_name = server_name
+        self._listener = listener
+        self._handshake_timeout = handshake_timeout
+        self._idle_timeout = idle_timeout
 
     def connectionMade(self):
         super().connectionMade()
         self._start_timer()
 
     def _start_timer(self):
-        timeout = self.factory.handshake_timeout
+        timeout = self._handshake_timeout
         if timeout and not self._closing:
             self._timer = self.reactor.callLater(timeout, self._handshake_expired)
 
@@ -48,7 +70,7 @@ class ClientChannelProtocol(ChannelProtocol):
         self._timer = None
         self._handle_events(
             self.connection.fail(
-                TIMEOUT, f"no handshake from the server in {self.factory.handshake_timeout:g} s"
+                TIMEOUT, f"no handshake from the server in {self._handshake_timeout:g} s"
             )
         )
 
@@ -61,7 +83,7 @@ class ClientChannelProtocol(ChannelProtocol):
 
     def event_ServerKeyReceived(self, event):
         self._stop_timer()
-        checking = defer.maybeDeferred(self.factory.trust.verify, self.factory.server_name, event)
+        checking = defer.maybeDeferred(self._trust.verify, self._server_name, event)
         checking.addCallbacks(self._trusted, self._untrusted)
         checking.addErrback(self._internal_failure)
 
@@ -75,7 +97,7 @@ class ClientChannelProtocol(ChannelProtocol):
         if self._closing or self.connection.closed:
             return
         events = self.connection.accept_key()
-        self.factory.key_accepted(self.connection)
+        self._listener.key_accepted(self.connection)
         self._start_timer()
         self._handle_events(events)
 
@@ -97,20 +119,20 @@ class ClientChannelProtocol(ChannelProtocol):
         return None
 
     def event_TicketReceived(self, event):
-        self.factory.ticket_received(event)
+        self._listener.ticket_received(event)
 
     def handshake_complete(self, event):
         self._stop_timer()
         super().handshake_complete(event)
-        if self.factory.idle_timeout and not self._closing:
-            self._idle_call = self.reactor.callLater(self.factory.idle_timeout, self._idle_expired)
-        self.factory.handshake_done(self.application)
+        if self._idle_timeout and not self._closing:
+            self._idle_call = self.reactor.callLater(self._idle_timeout, self._idle_expired)
+        self._listener.handshake_done(self.application)
 
     _idle_call = None
 
     def _touch(self):
         if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(self.factory.idle_timeout)
+            self._idle_call.reset(self._idle_timeout)
 
     def write_application_data(self, data):
         self._touch()
@@ -119,14 +141,8 @@ class ClientChannelProtocol(ChannelProtocol):
     def _idle_expired(self):
         self._idle_call = None
         self._handle_events(
-            self.connection.fail(
-                TIMEOUT, f"the server sent nothing for {self.factory.idle_timeout:g} s"
-            )
+            self.connection.fail(TIMEOUT, f"the server sent nothing for {self._idle_timeout:g} s")
         )
-
-    def connectionLost(self, reason=connectionDone):
-        super().connectionLost(reason)
-        self.factory.connection_ended(self, self._reason)
 
 
 class ChannelClientFactory(ClientFactory):
@@ -194,12 +210,19 @@ class ChannelClientFactory(ClientFactory):
             ticket=ticket,
             **self.record_limits,
         )
-        protocol = self.protocol(connection, self.reactor)
-        protocol.factory = self
-        self._protocol = protocol
-        return protocol
+        return self.protocol(
+            connection,
+            self.reactor,
+            build_application=self.build_application,
+            ended=self.session_ended,
+            trust=self.trust,
+            server_name=self.server_name,
+            listener=self,
+            handshake_timeout=self.handshake_timeout,
+            idle_timeout=self.idle_timeout,
+        )
 
-    def build_application(self, address, channel):
+    def build_application(self, address, peer_fingerprint):
         return self.wrapped_factory.buildProtocol(address)
 
     def key_accepted(self, connection):
@@ -214,7 +237,10 @@ class ChannelClientFactory(ClientFactory):
         if not self.handshake.called:
             self.handshake.callback(application)
 
-    def connection_ended(self, protocol, reason):
+    def session_ended(self, protocol, summary):
+        self.connection_ended(summary.reason)
+
+    def connection_ended(self, reason):
         if not self.handshake.called:
             self.handshake.errback(Failure(HandshakeFailed(reason)))
         if not self.done.called:
@@ -223,7 +249,7 @@ class ChannelClientFactory(ClientFactory):
             self.done.callback(reason.value if isinstance(reason, Failure) else reason)
 
     def clientConnectionFailed(self, connector, reason):
-        self.connection_ended(None, reason)
+        self.connection_ended(reason)
 
 
 def _stale_ticket(failure):

@@ -2,7 +2,7 @@
 that wraps an application factory, admits connections and logs each end."""
 
 from twisted.internet import defer
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -21,12 +21,33 @@ from keyexchanged.protocol._idle import IdleSessions
 
 
 class ServerChannelProtocol(ChannelProtocol):
-    """Server side: HELLO at once, timeouts, the connection log line."""
+    """Server side: HELLO at once, timeouts, private-key work elsewhere.
 
-    def __init__(self, connection, reactor, handshake_timeout, idle_timeout):
-        super().__init__(connection, reactor)
+    Built with all it needs by :class:`SecureChannelFactory`:
+    ``idle_sessions`` (an :class:`IdleSessions`) times it once established;
+    ``work`` does the private-key work the state machine hands out (a
+    :class:`~keyexchanged.workers.WorkerPool`), counted by ``admission``
+    (an :class:`~keyexchanged.admission.Admission`).
+    """
+
+    def __init__(
+        self,
+        connection,
+        reactor,
+        handshake_timeout,
+        idle_timeout,
+        build_application,
+        ended,
+        idle_sessions,
+        work=None,
+        admission=None,
+    ):
+        super().__init__(connection, reactor, build_application, ended)
         self._handshake_timeout = handshake_timeout
         self._idle_timeout = idle_timeout
+        self._idle_sessions = idle_sessions
+        self._work = work
+        self._admission = admission
         self._handshake_timer = None
 
     def connectionMade(self):
@@ -45,11 +66,11 @@ class ServerChannelProtocol(ChannelProtocol):
     def handshake_complete(self, event):
         self._cancel_handshake_timer()
         if self._idle_timeout:
-            self.factory.idle_sessions.add(self)
+            self._idle_sessions.add(self)
         super().handshake_complete(event)
 
     def event_DecryptionNeeded(self, event):
-        work = self.factory.work
+        work = self._work
         self._private_key_work(
             lambda: work.decrypt(event.private_key, event.ciphertext, event.label),
             self.connection.key_decrypted,
@@ -57,10 +78,10 @@ class ServerChannelProtocol(ChannelProtocol):
         )
 
     def event_VerificationNeeded(self, event):
-        work = self.factory.work
+        work = self._work
         self._private_key_work(
             lambda: work.verify(
-                event.public_key, event.signature, event.message, handshake.AUTH_SALT_LENGTH
+                event.public_key, event.signature, event.message, event.salt_length
             ),
             self.connection.auth_verified,
             False,
@@ -69,7 +90,7 @@ class ServerChannelProtocol(ChannelProtocol):
     def _private_key_work(self, submit, answer, failed):
         """Work a stranger made us do: counted against max-handshakes, done
         away from the reactor, and read nothing more until it is back."""
-        if not self.factory.admission.start_work():
+        if not self._admission.start_work():
             self._handle_events(self.connection.fail(BUSY, "too many handshakes in progress"))
             return
         # Read nothing more until the work is back (what was read waits in
@@ -87,7 +108,7 @@ class ServerChannelProtocol(ChannelProtocol):
         working.addErrback(self._application_failed)
 
     def _work_done(self, result, answer):
-        self.factory.admission.end_work()
+        self._admission.end_work()
         if self._closing:
             return
         # Undo our own pause only: the application that the events below may
@@ -105,7 +126,7 @@ class ServerChannelProtocol(ChannelProtocol):
             self.transport.abortConnection()
 
     def _touch(self):
-        self.factory.idle_sessions.touch(self)
+        self._idle_sessions.touch(self)
 
     def write_application_data(self, data):
         self._touch()
@@ -149,14 +170,12 @@ class ServerChannelProtocol(ChannelProtocol):
     def _cancel_timers(self):
         super()._cancel_timers()
         self._cancel_handshake_timer()
-        self.factory.idle_sessions.remove(self)
+        self._idle_sessions.remove(self)
 
-    def connectionLost(self, reason=connectionDone):
-        try:
-            super().connectionLost(reason)
-        finally:
-            # Counted out even if the application's connectionLost raised.
-            self.factory.connection_ended(self)
+    def abort(self):
+        """Cut the connection now, without END."""
+        if self.transport is not None:
+            self.transport.abortConnection()
 
 
 class SecureChannelFactory(Factory):
@@ -231,11 +250,17 @@ class SecureChannelFactory(Factory):
         refusal = refusal or self.admission.refusal(source)
         if refusal is not None:
             return BusyProtocol(refusal)
-        connection = self.make_connection()
         protocol = self.protocol(
-            connection, self.reactor, self.handshake_timeout, self.idle_timeout
+            self.make_connection(),
+            self.reactor,
+            self.handshake_timeout,
+            self.idle_timeout,
+            build_application=self.build_application,
+            ended=self.connection_ended,
+            idle_sessions=self.idle_sessions,
+            work=self.work,
+            admission=self.admission,
         )
-        protocol.factory = self
         self.admission.admit(protocol, source)
         return protocol
 
@@ -275,34 +300,32 @@ class SecureChannelFactory(Factory):
     def abort_all(self):
         """Cut every connection now (the grace period is over, or was refused)."""
         for protocol in list(self.connections):
-            protocol.transport.abortConnection()
+            protocol.abort()
 
-    def build_application(self, address, channel):
+    def build_application(self, address, peer_fingerprint):
         application = self.wrapped_factory.buildProtocol(address)
         if application is not None:
             # What an application may want to know of its peer (and what
             # the forwarding and message applications log).
-            application.peer_fingerprint = channel.peer_fingerprint
+            application.peer_fingerprint = peer_fingerprint
         return application
 
-    def connection_ended(self, protocol):
+    def connection_ended(self, protocol, summary):
+        """``protocol``'s connection is over; ``summary`` says how it went."""
         self.admission.release(protocol)
         if self._all_closed is not None and not self.connections:
             self._all_closed, done = None, self._all_closed
             done.callback(None)
-        connection = protocol.connection
         self.log.info(
             "connection from {peer} ended: {outcome}; {kind}; {bytes_in} bytes in, "
             "{bytes_out} bytes out, {duration:.3f} s{client}",
-            peer=_describe(protocol.transport.getPeer()),
-            outcome=protocol._outcome,
-            kind=_session_kind(connection),
-            bytes_in=connection.bytes_received,
-            bytes_out=connection.bytes_sent,
-            duration=protocol.duration,
-            client=(
-                f"; client key {protocol.peer_fingerprint}" if protocol.peer_fingerprint else ""
-            ),
+            peer=summary.peer,
+            outcome=summary.outcome,
+            kind=summary.kind,
+            bytes_in=summary.bytes_in,
+            bytes_out=summary.bytes_out,
+            duration=summary.duration,
+            client=(f"; client key {summary.peer_fingerprint}" if summary.peer_fingerprint else ""),
         )
 
 
@@ -315,20 +338,3 @@ class BusyProtocol(Protocol):
     def connectionMade(self):
         self.transport.write(encode_frame("ERROR", handshake.error_payload(BUSY, self.detail)))
         self.transport.loseConnection()
-
-
-def _session_kind(connection):
-    """Full or resumed, with or without forward secrecy: for the log line."""
-    if connection.resumed:
-        return "resumed (secrecy bounded by the ticket keys)"
-    if connection.forward_secrecy:
-        return "full, forward secrecy"
-    return "full, no forward secrecy"
-
-
-def _describe(address):
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None:
-        return str(address)
-    return f"{host}:{port}"
