@@ -298,11 +298,18 @@ def _add_trust_arguments(parser, accept_new=True) -> None:
     )
 
 
-def _load_identity(args: argparse.Namespace):
-    """The client key of --identity, or None."""
-    if args.identity is None:
-        return None
-    return keys.load_private_key(args.identity, passphrase=_passphrase(args))
+def _session_options(args: argparse.Namespace) -> dict:
+    """What the trust arguments say of every session, for
+    :class:`~keyexchanged.protocol.SessionOpener`: our key (--identity),
+    forward secrecy required or not, the idle timeout."""
+    identity = None
+    if args.identity is not None:
+        identity = keys.load_private_key(args.identity, passphrase=_passphrase(args))
+    return {
+        "identity": identity,
+        "require_forward_secrecy": not args.allow_no_forward_secrecy,
+        "idle_timeout": args.idle_timeout,
+    }
 
 
 def _add_connect(subparsers) -> None:
@@ -415,11 +422,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
     if args.ticket_cache is not None:
         from keyexchanged import tickets
 
-        try:
-            store = tickets.TicketStore(args.ticket_cache)
-        except tickets.TicketKeyFileError as exc:
-            raise CommandError(str(exc)) from None
-    identity = _load_identity(args)
+        store = tickets.TicketStore(args.ticket_cache)
+    options = _session_options(args)
     send = None if args.send is None else args.send.encode("utf-8")
     if args.send_file is not None:
         send = _read_send_file(args.send_file)
@@ -435,12 +439,10 @@ def cmd_connect(args: argparse.Namespace) -> int:
             policy,
             send=send,
             stream_stdin=stream_stdin,
-            identity=identity,
             explain=args.explain,
             timeout=args.timeout,
-            require_forward_secrecy=not args.allow_no_forward_secrecy,
             tickets=store,
-            idle_timeout=args.idle_timeout,
+            **options,
         )
         running.addCallback(codes.append)
         return running
@@ -596,12 +598,7 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
         key = rsa.generate_private_key(args.bits, progress=spinner.tick)
     finally:
         spinner.clear()
-    try:
-        certificate = ca.init_ca(
-            directory, key, name=args.name, days=args.days, passphrase=passphrase
-        )
-    except ca.CertificateFileError as exc:
-        raise CommandError(str(exc)) from None
+    certificate = ca.init_ca(directory, key, name=args.name, days=args.days, passphrase=passphrase)
     out = sys.stdout
     print(f"CA key:         {os.path.join(directory, ca.CA_KEY)} (keep it private)", file=out)
     print(f"CA certificate: {os.path.join(directory, ca.CA_CERTIFICATE)}", file=out)
@@ -644,18 +641,15 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
     except ProtocolError as exc:
         raise CommandError(f"{args.key}: clients would refuse this key: {exc.detail}") from None
     passphrase = _passphrase(args)
-    try:
-        certificate = ca.issue_certificate(
-            args.directory,
-            public_key,
-            names=args.name,
-            addresses=args.ip,
-            days=args.days,
-            passphrase=passphrase,
-        )
-        ca.save_certificate(certificate, out_path, force=args.force)
-    except ca.CertificateFileError as exc:
-        raise CommandError(str(exc)) from None
+    certificate = ca.issue_certificate(
+        args.directory,
+        public_key,
+        names=args.name,
+        addresses=args.ip,
+        days=args.days,
+        passphrase=passphrase,
+    )
+    ca.save_certificate(certificate, out_path, force=args.force)
     out = sys.stdout
     print(f"Certificate: {out_path}", file=out)
     print(f"For:         {ca.describe_names(certificate)}", file=out)
@@ -702,7 +696,7 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
 
     host, port = _server_address(args.server)
     policy = _trust_policy(args, port, interactive=False)  # no prompts from a relay
-    identity = _load_identity(args)
+    options = _session_options(args)
     failures = []
 
     def serve(reactor):
@@ -712,11 +706,9 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
             host,
             port,
             policy,
-            identity,
-            _report,
-            require_forward_secrecy=not args.allow_no_forward_secrecy,
-            idle_timeout=args.idle_timeout,
+            report=_report,
             explain=_explain,
+            **options,
         )
 
         def cannot_listen(failure):
@@ -764,15 +756,12 @@ def _add_ticket_keys(subparsers) -> None:
 def cmd_ticket_keys(args: argparse.Namespace) -> int:
     from keyexchanged import tickets
 
-    try:
-        if args.action == "new":
-            tickets.new_ticket_key_file(args.file)
-            print(f"{args.file}: one fresh ticket key (mode 0600)")
-        else:
-            tickets.rotate_ticket_key_file(args.file)
-            print(f"{args.file}: a fresh key first, the previous one kept to decrypt")
-    except tickets.TicketKeyFileError as exc:
-        raise CommandError(str(exc)) from None
+    if args.action == "new":
+        tickets.new_ticket_key_file(args.file)
+        print(f"{args.file}: one fresh ticket key (mode 0600)")
+    else:
+        tickets.rotate_ticket_key_file(args.file)
+        print(f"{args.file}: a fresh key first, the previous one kept to decrypt")
     return EXIT_OK
 
 

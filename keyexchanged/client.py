@@ -284,20 +284,20 @@ def run_connect(
     policy,
     send=None,
     stream_stdin=False,
-    identity=None,
     explain=False,
     output=None,
     errors=None,
     timeout=30.0,
     endpoint=None,
-    require_forward_secrecy=True,
-    tickets=None,
     idle_timeout=300.0,
+    **options,
 ):
     """Run one session; fire with the exit code (see the module docstring).
 
-    ``tickets``: a :class:`~keyexchanged.tickets.TicketStore` to resume from
-    and to keep the server's new ticket in (``--ticket-cache``).
+    ``options`` are the :class:`~keyexchanged.protocol.SessionOpener`'s:
+    ``identity``, ``require_forward_secrecy``, and ``tickets``, a
+    :class:`~keyexchanged.tickets.TicketStore` to resume from and to keep
+    the server's new ticket in (``--ticket-cache``).
     """
     output = output or sys.stdout.buffer
     errors = errors or sys.stderr
@@ -311,13 +311,11 @@ def run_connect(
         host,
         port,
         policy,
-        identity=identity,
         timeout=timeout,
-        require_forward_secrecy=require_forward_secrecy,
-        tickets=tickets,
+        endpoint=endpoint,
         idle_timeout=idle_timeout,
         observer=explainer,
-        endpoint=endpoint,
+        **options,
     )
     try:
         yield opener.open(Factory.forProtocol(lambda: application))

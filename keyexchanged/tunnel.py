@@ -85,37 +85,22 @@ class TunnelFactory(Factory):
         return connecting.addCallback(established)
 
 
-def run_tunnel(
-    reactor,
-    listen,
-    host,
-    port,
-    policy,
-    identity=None,
-    report=print,
-    require_forward_secrecy=True,
-    idle_timeout=None,
-    explain=None,
-):
+def run_tunnel(reactor, listen, host, port, policy, report=print, explain=None, **options):
     """Listen on ``listen`` (a strports description) until the reactor stops.
 
     Each accepted connection is carried to ``host:port`` over its own
-    KX/1 session.  Fires with the listening port once listening; the
-    caller keeps the reactor running.  ``explain`` prints a refused key's
-    explanation (see :class:`TunnelFactory`).
+    KX/1 session, opened with the
+    :class:`~keyexchanged.protocol.SessionOpener`'s ``options``
+    (``identity``, ``require_forward_secrecy``, ``idle_timeout``).  Fires
+    with the listening port once listening; the caller keeps the reactor
+    running.  ``explain`` prints a refused key's explanation (see
+    :class:`TunnelFactory`).
     """
     from twisted.internet import endpoints
 
+    # Tickets for the server, each used once; every session brings one.
     opener = protocol.SessionOpener(
-        reactor,
-        host,
-        port,
-        policy,
-        identity=identity,
-        require_forward_secrecy=require_forward_secrecy,
-        # Tickets for the server, each used once; every session brings one.
-        tickets=TicketStore(per_server=8),
-        idle_timeout=idle_timeout,
+        reactor, host, port, policy, tickets=TicketStore(per_server=8), **options
     )
     factory = TunnelFactory(opener, report=report, explain=explain)
     listening = endpoints.serverFromString(reactor, listen).listen(factory)

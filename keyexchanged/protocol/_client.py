@@ -262,42 +262,35 @@ def connect(
     endpoint,
     trust,
     application_factory,
-    server_name=None,
-    identity=None,
     observer=None,
-    record_limits=None,
-    handshake_timeout=30.0,
-    require_forward_secrecy=True,
     tickets=None,
     server_address=None,
-    idle_timeout=None,
+    **options,
 ):
     """Open a KX/1 session through ``endpoint`` running ``application_factory``.
 
     Returns a Deferred that fires with the application protocol once the
     handshake is complete (the server has proved it holds its key), or
-    fails with :class:`HandshakeFailed`.  ``server_name`` is the host name
-    or address that was dialled: the known-hosts and certificate checks use
-    it.  With ``tickets`` (a TicketStore) and ``server_address`` (the host
-    and port it files tickets under), a stored ticket resumes the session;
-    when the server calls it stale, the tickets for that server are
-    forgotten and one full handshake follows on a new connection.
+    fails with :class:`HandshakeFailed`.  With ``tickets`` (a TicketStore)
+    and ``server_address`` (the host and port it files tickets under), a
+    stored ticket resumes the session; when the server calls it stale, the
+    tickets for that server are forgotten and one full handshake follows on
+    a new connection (``observer.stale_ticket()`` is told).  The other
+    options are :class:`ChannelClientFactory`'s: ``server_name`` (the host
+    name or address that was dialled, which the known-hosts and certificate
+    checks use), ``identity``, ``record_limits``, ``handshake_timeout``,
+    ``require_forward_secrecy``, ``idle_timeout``.
     """
 
     def attempt():
         factory = ChannelClientFactory(
             application_factory,
             trust,
-            server_name=server_name,
-            identity=identity,
             reactor=reactor,
             observer=observer,
-            record_limits=record_limits,
-            handshake_timeout=handshake_timeout,
-            require_forward_secrecy=require_forward_secrecy,
             tickets=tickets,
             server_address=server_address,
-            idle_timeout=idle_timeout,
+            **options,
         )
         connecting = endpoint.connect(factory)
 
@@ -322,28 +315,17 @@ def connect(
 
 class SessionOpener:
     """Opens KX/1 sessions to one server, each with what they all share:
-    the trust policy, our key, the timeouts, the ticket store.
+    the trust policy, the timeouts, and :func:`connect`'s other ``options``
+    (``identity``, ``tickets``, ``require_forward_secrecy``,
+    ``idle_timeout``, ``observer``).
 
     ``host`` and ``port`` are dialled (giving up after ``timeout`` seconds)
     unless an ``endpoint`` is given; ``host`` is the name the trust checks
     use, and ``(host, port)`` where tickets are kept.  ``timeout`` also
-    bounds the handshake.  The other arguments are :func:`connect`'s.
+    bounds the handshake.
     """
 
-    def __init__(
-        self,
-        reactor,
-        host,
-        port,
-        trust,
-        identity=None,
-        timeout=30.0,
-        require_forward_secrecy=True,
-        tickets=None,
-        idle_timeout=None,
-        observer=None,
-        endpoint=None,
-    ):
+    def __init__(self, reactor, host, port, trust, timeout=30.0, endpoint=None, **options):
         if endpoint is None:
             from twisted.internet.endpoints import HostnameEndpoint
 
@@ -353,12 +335,8 @@ class SessionOpener:
         self.port = port
         self.endpoint = endpoint
         self.trust = trust
-        self.identity = identity
         self.timeout = timeout
-        self.require_forward_secrecy = require_forward_secrecy
-        self.tickets = tickets
-        self.idle_timeout = idle_timeout
-        self.observer = observer
+        self.options = options
 
     def open(self, application_factory):
         """A new session running ``application_factory``: see :func:`connect`."""
@@ -368,11 +346,7 @@ class SessionOpener:
             self.trust,
             application_factory,
             server_name=self.host,
-            identity=self.identity,
-            observer=self.observer,
-            handshake_timeout=self.timeout,
-            require_forward_secrecy=self.require_forward_secrecy,
-            tickets=self.tickets,
             server_address=(self.host, self.port),
-            idle_timeout=self.idle_timeout,
+            handshake_timeout=self.timeout,
+            **self.options,
         )
