@@ -109,7 +109,9 @@ class Options(usage.Options):
         #: Fingerprints allowed to AUTH, or None when AUTH is not required.
         self.authorized_keys = None
         self.application = None
+        #: The application's factory, made (and so checked) on ``reactor``.
         self.wrapped_factory = None
+        self.reactor = None
         #: The ticket keys from ``ticket-keys``, or None (random keys).
         self.ticket_keys = None
 
@@ -143,9 +145,10 @@ class Options(usage.Options):
             )
         self.application = get_application(self.settings["application"], self.applications)
         # Made now, so that an application's bad settings stop twistd with
-        # a usage error before it daemonizes.
+        # a usage error before it daemonizes; makeService serves it.
         from twisted.internet import reactor
 
+        self.reactor = reactor
         try:
             self.wrapped_factory = self.application.makeFactory(self.settings, reactor)
         except ValueError as error:
@@ -372,11 +375,11 @@ class KeyexchangeService(service.Service):
 
 def makeService(options, reactor=None):
     settings = options.settings
-    if reactor is None:
-        from twisted.internet import reactor
-
-        wrapped = options.wrapped_factory
-    else:
+    reactor = options.reactor if reactor is None else reactor
+    wrapped = options.wrapped_factory
+    if reactor is not options.reactor:
+        # A reactor of the caller's (a test's Clock): the application must
+        # run on it, not on the one its factory was made and checked with.
         wrapped = options.application.makeFactory(settings, reactor)
     log = Logger(namespace=__name__)
     workers = settings["workers"]
