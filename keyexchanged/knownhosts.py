@@ -255,11 +255,7 @@ class KnownHostsTrust:
         self.report = report or (lambda text: None)
 
     def verify(self, server_name, offer):
-        try:
-            known = KnownHosts.load(self.path)
-        except KnownHostsError as error:
-            raise UntrustedKey("the known-hosts file cannot be used", str(error)) from None
-        check_not_revoked(known, offer)
+        known = _load_not_revoked(self.path, offer)
         entries = known.lookup(server_name, self.port)
         name = host_entry(server_name, self.port)
         if len({entry.fingerprint for entry in entries}) > 1:
@@ -361,6 +357,18 @@ def check_not_revoked(known, offer):
         )
 
 
+def _load_not_revoked(path, offer):
+    """The known hosts of ``path``, read for this check, once ``offer``'s
+    key is known not to be revoked there; a file that cannot be used
+    refuses the key (the file's own error is the explanation)."""
+    try:
+        known = KnownHosts.load(path)
+    except KnownHostsError as error:
+        raise UntrustedKey("the known-hosts file cannot be used", str(error)) from None
+    check_not_revoked(known, offer)
+    return known
+
+
 class NotRevoked:
     """Another policy, after the ``@revoked`` lines of a known-hosts file."""
 
@@ -369,11 +377,7 @@ class NotRevoked:
         self.policy = policy
 
     def verify(self, server_name, offer):
-        try:
-            known = KnownHosts.load(self.path)
-        except KnownHostsError as error:
-            raise UntrustedKey("the known-hosts file cannot be used", str(error)) from None
-        check_not_revoked(known, offer)
+        _load_not_revoked(self.path, offer)
         return self.policy.verify(server_name, offer)
 
 
