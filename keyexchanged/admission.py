@@ -1,5 +1,12 @@
-"""Who counts as one source for the per-source connection limit.
+"""Admission: how many connections, from one source, and handshakes at once.
 
+:class:`Admission` counts what a server has open against its limits: the
+connections (``--max-connections``), those of one source
+(``--max-per-source``), and the handshakes whose private-key work is under
+way (``--max-handshakes``).  The factory asks it before it builds a
+protocol; a protocol asks it before it hands out private-key work.
+
+Who counts as one source:
 ``--max-per-source`` bounds the connections one source may hold open.  Keyed
 on the exact address it binds an IPv4 client, which rarely has more than a
 few addresses; but an IPv6 host is routinely given a whole /64 (2**64
@@ -11,7 +18,7 @@ client) is that IPv4 client, counted as such.
 
 import ipaddress
 
-__all__ = ["DEFAULT_IPV6_PREFIX", "source_key"]
+__all__ = ["DEFAULT_IPV6_PREFIX", "Admission", "source_key"]
 
 #: The prefix an IPv6 site or host is usually given (RFC 6177 recommends
 #: at least a /64 for every end site): addresses within it are one source.
@@ -36,3 +43,72 @@ def source_key(host, ipv6_prefix=DEFAULT_IPV6_PREFIX):
     if address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
+
+
+class Admission:
+    """The counts of one server against its limits.
+
+    @ivar connections: the sessions admitted and not yet released.
+    @ivar per_source: ``{source: count}`` of those sessions (see
+        :func:`source_key`); a source with none is not listed.
+    @ivar working: the KEYs and AUTHs whose private-key work is under way.
+    """
+
+    def __init__(
+        self,
+        max_connections=1024,
+        max_per_source=32,
+        max_handshakes=64,
+        ipv6_prefix=DEFAULT_IPV6_PREFIX,
+    ):
+        self.max_connections = max_connections
+        self.max_per_source = max_per_source
+        self.max_handshakes = max_handshakes
+        self.ipv6_prefix = ipv6_prefix
+        self.connections = set()
+        # Counted by source and released by the same source, remembered per
+        # session.  (Twisted's LimitConnectionsByPeer adds by host but
+        # removes by (host, port).)
+        self.per_source = {}
+        self._source_of = {}
+        self.working = 0
+
+    def source(self, host):
+        """What the per-source limit counts a connection from ``host`` as."""
+        return source_key(host, self.ipv6_prefix)
+
+    def refusal(self, source):
+        """Why a new connection from ``source`` must be refused now (the
+        detail of its ERROR busy), or ``None`` when it may be admitted."""
+        if len(self.connections) >= self.max_connections:
+            return "too many connections"
+        if self.per_source.get(source, 0) >= self.max_per_source:
+            return "too many connections from this address"
+        return None
+
+    def admit(self, session, source):
+        """Count ``session``, a connection from ``source``."""
+        self.connections.add(session)
+        self._source_of[session] = source
+        self.per_source[source] = self.per_source.get(source, 0) + 1
+
+    def release(self, session):
+        """``session`` is over: it counts no more."""
+        self.connections.discard(session)
+        source = self._source_of.pop(session, None)
+        remaining = self.per_source.get(source, 1) - 1
+        if remaining:
+            self.per_source[source] = remaining
+        else:
+            self.per_source.pop(source, None)
+
+    def start_work(self):
+        """Count one more private-key operation a peer asked for; False
+        when ``max_handshakes`` are under way already."""
+        if self.working >= self.max_handshakes:
+            return False
+        self.working += 1
+        return True
+
+    def end_work(self):
+        self.working -= 1

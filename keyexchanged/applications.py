@@ -4,7 +4,7 @@ An application is a plugin providing
 :class:`~keyexchanged.interfaces.IApplication`: a name, a one-line
 description, its own settings and a factory for the protocol that runs in
 each session.  They are ordinary Twisted protocols: the channel
-(protocol.py) connects them after key confirmation and gives them a
+(keyexchanged.protocol) connects them after key confirmation and gives them a
 transport that seals what they write.  They know nothing of records or keys.
 
 Built in (``keyexchanged/plugins/keyexchanged_applications.py``):
@@ -28,6 +28,7 @@ from twisted.plugin import IPlugin, getPlugins
 from zope.interface import implementer
 
 from keyexchanged import plugins
+from keyexchanged.errors import UnknownApplication
 from keyexchanged.framing import RECORD_DATA_MAX
 from keyexchanged.interfaces import IApplication
 from keyexchanged.relay import Splice
@@ -65,10 +66,6 @@ class Application:
 
     def __repr__(self):
         return f"<Application {self.name}>"
-
-
-class UnknownApplication(LookupError):
-    """No installed application has that name."""
 
 
 def find_applications():

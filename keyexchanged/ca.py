@@ -30,7 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from keyexchanged import keys
+from keyexchanged import files, keys
+from keyexchanged.errors import CertificateFileError
 
 __all__ = [
     "CA_CERTIFICATE",
@@ -64,10 +65,6 @@ MAX_CERTIFICATE_FILE = 1 << 20
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
-class CertificateFileError(Exception):
-    """A certificate file cannot be used; the message names the file and why."""
-
-
 def _utc_now():
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -93,13 +90,9 @@ def read_certificates(path):
     Raises :class:`CertificateFileError` for a file that cannot be read or
     holds no certificate.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CERTIFICATE_FILE + 1)
-    except OSError as error:
-        raise CertificateFileError(f"{path}: cannot read: {error.strerror or error}") from None
-    if len(data) > MAX_CERTIFICATE_FILE:
-        raise CertificateFileError(f"{path}: too large for a certificate file")
+    data = files.read_file(
+        path, MAX_CERTIFICATE_FILE, CertificateFileError, "too large for a certificate file"
+    )
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise CertificateFileError(f"{path}: no PEM certificate (-----BEGIN CERTIFICATE-----)")
     try:
@@ -286,7 +279,7 @@ def init_ca(
     )
     keys.save_private_key(private_key, key_path, passphrase=passphrase)
     try:
-        _write(certificate_path, certificate.public_bytes(serialization.Encoding.PEM), False)
+        save_certificate(certificate, certificate_path)
     except BaseException:
         # A key without its certificate is no CA: leave nothing half made.
         os.unlink(key_path)
@@ -366,10 +359,6 @@ def issue_certificate(
 
 def save_certificate(certificate, path, force=False):
     """Write ``certificate`` as PEM to ``path`` (0644, atomically)."""
-    _write(path, certificate.public_bytes(serialization.Encoding.PEM), force)
-
-
-def _write(path, data, force):
-    # The key files' writer: temporary file, fsync, then link or rename, so
-    # a reader never sees half a certificate.  It raises KeyFileError.
-    keys._write_atomically(path, data, keys.PUBLIC_FILE_MODE, force)
+    # A reader never sees half a certificate; raises KeyFileError.
+    data = certificate.public_bytes(serialization.Encoding.PEM)
+    files.write_atomically(path, data, files.PUBLIC_FILE_MODE, force)

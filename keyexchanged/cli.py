@@ -18,9 +18,10 @@ arguments and sets ``func=cmd_*``; a new command (``connect``, ``tunnel``,
 ``ca``) is one more pair, listed in :data:`COMMANDS`.
 
 Commands report a failure the user can fix by raising :class:`CommandError`
-(or :class:`UsageError`), or by letting a
-:class:`~keyexchanged.keys.KeyFileError` through: :func:`main` turns it into
-one ``keyexchange: error: ...`` line on stderr.  Anything else is a bug, and
+(or :class:`UsageError`), or by letting any
+:class:`~keyexchanged.errors.KeyexchangedError` through (a key file that
+cannot be read, say): :func:`main` turns it into one ``keyexchange: error:
+...`` line on stderr.  Anything else is a bug, and
 keeps its traceback.
 
 Exit status: 0 success, 1 error, 2 usage error (as argparse), 130 interrupted;
@@ -31,13 +32,19 @@ Exit status: 0 success, 1 error, 2 usage error (as argparse), 130 interrupted;
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import os
 import sys
 import time
 
-from keyexchanged import keys, rsa
+from keyexchanged import config, files, keys, rsa
+from keyexchanged.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    KeyexchangedError,
+)
 
 __all__ = ["CommandError", "UsageError", "build_parser", "main"]
 
@@ -45,21 +52,13 @@ PROG = "keyexchange"
 DEFAULT_KEY_FILE = "keyexchange.key"
 DEFAULT_BITS = rsa.DEFAULT_BITS
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
-#: A passphrase is one line; anything longer is not a passphrase file.
-_MAX_PASSPHRASE_LINE = 64 * 1024
-
 #: ``connect --send-file`` is read whole before connecting (so that a file
 #: that cannot be read is an error before anything is sent); more than this
 #: is no secret, and is better piped on stdin, which is streamed.
 _MAX_SEND_FILE = 16 * 1024 * 1024
 
 
-class CommandError(Exception):
+class CommandError(KeyexchangedError):
     """A failure the user can fix: reported as one line, exit status 1."""
 
 
@@ -74,20 +73,28 @@ def _error(message: str) -> None:
 # --- Helpers shared by commands ------------------------------------------------
 
 
-def _read_passphrase_file(path: str) -> bytes:
-    """The first line of ``path``, without its line ending, as bytes (so
-    that a UTF-8 passphrase means the same to us as to ``openssl -passin``)."""
-    try:
-        with open(path, "rb") as passphrase_file:
-            line = passphrase_file.readline(_MAX_PASSPHRASE_LINE + 1)
-    except OSError as exc:
-        raise CommandError(f"{path}: cannot read passphrase file: {exc.strerror or exc}") from None
-    if len(line) > _MAX_PASSPHRASE_LINE:
-        raise CommandError(f"{path}: first line too long for a passphrase")
-    passphrase = line.rstrip(b"\r\n")
-    if not passphrase:
-        raise CommandError(f"{path}: passphrase file is empty (its first line is the passphrase)")
-    return passphrase
+def _checked(validator):
+    """A validator of the daemon's settings (config.py) as an argparse type:
+    the same rule, and its reason in the usage error."""
+
+    def argument(text: str):
+        try:
+            return validator(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return argument
+
+
+#: ``--days`` of ca init and ca issue: a hundred years is more than enough.
+_DAYS = _checked(config.ranged_int(1, 100 * 366, f"a number of days from 1 to {100 * 366}"))
+
+
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    """The passphrase of ``--passphrase-file``, or None without one."""
+    if args.passphrase_file is None:
+        return None
+    return keys.read_passphrase_file(args.passphrase_file)
 
 
 class _Spinner:
@@ -144,7 +151,7 @@ def _add_keygen(subparsers) -> None:
     )
     parser.add_argument(
         "--bits",
-        type=int,
+        type=_checked(config.key_bits),
         default=DEFAULT_BITS,
         metavar="N",
         help=f"modulus size: a multiple of {rsa.GENERATE_BITS_STEP} from "
@@ -171,14 +178,9 @@ def _add_keygen(subparsers) -> None:
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Generate a key pair into ``args.out`` and ``args.out + ".pub"``."""
     bits = args.bits
-    low, high, step = rsa.MIN_GENERATE_BITS, rsa.MAX_GENERATE_BITS, rsa.GENERATE_BITS_STEP
-    if not (low <= bits <= high and bits % step == 0):
-        raise UsageError(f"--bits must be a multiple of {step} from {low} to {high}, not {bits}")
     private_path = args.out
     public_path = private_path + ".pub"
-    passphrase = None
-    if args.passphrase_file is not None:
-        passphrase = _read_passphrase_file(args.passphrase_file)
+    passphrase = _passphrase(args)
 
     # Everything that can be checked is checked before the slow part.
     for path in (private_path, public_path):
@@ -194,18 +196,11 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
     spinner = _Spinner(sys.stderr, f"Generating an RSA key of {bits} bits...")
     try:
-        key = rsa.generate_private_key(bits, progress=spinner.tick)
+        key = keys.create_key_pair(
+            private_path, bits, passphrase=passphrase, force=args.force, progress=spinner.tick
+        )
     finally:
         spinner.clear()
-
-    keys.save_private_key(key, private_path, passphrase=passphrase, force=args.force)
-    try:
-        keys.save_public_key(key, public_path, force=args.force)
-    except BaseException:
-        # Half a key pair is worse than none: take the private key back.
-        with contextlib.suppress(OSError):
-            os.unlink(private_path)
-        raise
 
     out = sys.stdout
     print(f"Fingerprint: {keys.fingerprint(key)}", file=out)
@@ -237,10 +232,7 @@ def _add_fingerprint(subparsers) -> None:
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:
     """Print the fingerprint of the key in ``args.file``."""
-    passphrase = None
-    if args.passphrase_file is not None:
-        passphrase = _read_passphrase_file(args.passphrase_file)
-    public_key = keys.load_public_key(args.file, passphrase=passphrase)
+    public_key = keys.load_public_key(args.file, passphrase=_passphrase(args))
     print(keys.fingerprint(public_key), file=sys.stdout)
     return EXIT_OK
 
@@ -298,7 +290,7 @@ def _add_trust_arguments(parser, accept_new=True) -> None:
     )
     parser.add_argument(
         "--idle-timeout",
-        type=float,
+        type=_checked(config.seconds),
         default=300.0,
         metavar="SECONDS",
         help="end a session on which nothing has passed either way for SECONDS: a "
@@ -306,14 +298,18 @@ def _add_trust_arguments(parser, accept_new=True) -> None:
     )
 
 
-def _load_identity(args: argparse.Namespace):
-    """The client key of --identity, or None."""
-    if args.identity is None:
-        return None
-    passphrase = None
-    if args.passphrase_file is not None:
-        passphrase = _read_passphrase_file(args.passphrase_file)
-    return keys.load_private_key(args.identity, passphrase=passphrase)
+def _session_options(args: argparse.Namespace) -> dict:
+    """What the trust arguments say of every session, for
+    :class:`~keyexchanged.protocol.SessionOpener`: our key (--identity),
+    forward secrecy required or not, the idle timeout."""
+    identity = None
+    if args.identity is not None:
+        identity = keys.load_private_key(args.identity, passphrase=_passphrase(args))
+    return {
+        "identity": identity,
+        "require_forward_secrecy": not args.allow_no_forward_secrecy,
+        "idle_timeout": args.idle_timeout,
+    }
 
 
 def _add_connect(subparsers) -> None:
@@ -348,7 +344,7 @@ def _add_connect(subparsers) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_checked(config.seconds),
         default=30.0,
         metavar="SECONDS",
         help="give up when the server has not connected, or not completed the handshake, "
@@ -373,6 +369,11 @@ def _report(text: str) -> None:
     print(f"{PROG}: {text}", file=sys.stderr, flush=True)
 
 
+def _explain(text: str) -> None:
+    """Several lines for the user, as they are (a refused key's banner)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def _server_address(text: str) -> tuple[str, int]:
     from keyexchanged import client
 
@@ -383,48 +384,30 @@ def _server_address(text: str) -> tuple[str, int]:
 
 
 def _trust_policy(args: argparse.Namespace, port: int, interactive: bool = True):
-    """The trust policy the options ask for, checked before we connect.
+    """The trust policy the options ask for (:func:`trust.policy_for`).
+    ``interactive`` allows the yes/no question about an unknown host, when
+    there is a terminal to ask."""
+    from keyexchanged import knownhosts, trust
 
-    Known hosts unless another check was chosen; whatever the choice, a key
-    revoked in the known-hosts file is refused.  ``interactive`` allows the
-    yes/no question about an unknown host, when there is a terminal to ask.
-    """
-    from keyexchanged import ca, knownhosts, trust
+    ask = None
+    if interactive and _isatty(sys.stdin) and _isatty(sys.stderr):
 
-    known_hosts = args.known_hosts or knownhosts.default_path()
-    if args.accept_new and (args.fingerprint or args.ca or args.insecure):
-        raise UsageError(
-            "--accept-new is for known hosts; not with --fingerprint, --ca, --insecure"
-        )
+        def ask(question, fingerprint):
+            return knownhosts.ask_yes_no(question, fingerprint, sys.stdin, sys.stderr)
+
     try:
-        # Read now for a clear error before connecting; each check reads
-        # it again, as another client may have added to it meanwhile.
-        knownhosts.KnownHosts.load(known_hosts)
-    except knownhosts.KnownHostsError as exc:
-        raise CommandError(str(exc)) from None
-    if args.fingerprint is not None:
-        try:
-            policy = trust.PinnedKey(args.fingerprint)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    elif args.ca is not None:
-        try:
-            policy = trust.CertificateAuthority.from_file(args.ca)
-        except ca.CertificateFileError as exc:
-            raise CommandError(str(exc)) from None
-    elif args.insecure:
-        policy = trust.Insecure(_report)
-    else:
-        ask = None
-        if interactive and _isatty(sys.stdin) and _isatty(sys.stderr):
-
-            def ask(question, fingerprint):
-                return knownhosts.ask_yes_no(question, fingerprint, sys.stdin, sys.stderr)
-
-        return knownhosts.KnownHostsTrust(
-            known_hosts, port, ask=ask, accept_new=args.accept_new, report=_report
+        return trust.policy_for(
+            port,
+            fingerprint=args.fingerprint,
+            ca_file=args.ca,
+            insecure=args.insecure,
+            known_hosts=args.known_hosts,
+            accept_new=args.accept_new,
+            ask=ask,
+            report=_report,
         )
-    return knownhosts.NotRevoked(known_hosts, policy)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
@@ -434,19 +417,13 @@ def cmd_connect(args: argparse.Namespace) -> int:
     from keyexchanged import client
 
     host, port = _server_address(args.server)
-    if not args.timeout > 0:
-        raise UsageError("--timeout must be a positive number of seconds")
-    _check_idle_timeout(args)
     policy = _trust_policy(args, port)
     store = None
     if args.ticket_cache is not None:
         from keyexchanged import tickets
 
-        try:
-            store = tickets.TicketStore(args.ticket_cache)
-        except tickets.TicketKeyFileError as exc:
-            raise CommandError(str(exc)) from None
-    identity = _load_identity(args)
+        store = tickets.TicketStore(args.ticket_cache)
+    options = _session_options(args)
     send = None if args.send is None else args.send.encode("utf-8")
     if args.send_file is not None:
         send = _read_send_file(args.send_file)
@@ -462,12 +439,10 @@ def cmd_connect(args: argparse.Namespace) -> int:
             policy,
             send=send,
             stream_stdin=stream_stdin,
-            identity=identity,
             explain=args.explain,
             timeout=args.timeout,
-            require_forward_secrecy=not args.allow_no_forward_secrecy,
             tickets=store,
-            idle_timeout=args.idle_timeout,
+            **options,
         )
         running.addCallback(codes.append)
         return running
@@ -480,27 +455,24 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return codes[0]
 
 
-def _check_idle_timeout(args: argparse.Namespace) -> None:
-    if not args.idle_timeout > 0:
-        raise UsageError("--idle-timeout must be a positive number of seconds")
-
-
 def _read_send_file(path: str) -> bytes:
     """What ``--send-file`` names, whole: the file, or stdin for ``-``."""
-    name = "standard input" if path == "-" else path
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(_MAX_SEND_FILE + 1)
-        else:
-            with open(path, "rb") as send_file:
-                data = send_file.read(_MAX_SEND_FILE + 1)
-    except OSError as exc:
-        raise CommandError(f"{name}: cannot read --send-file: {exc.strerror or exc}") from None
-    if len(data) > _MAX_SEND_FILE:
-        raise CommandError(
-            f"{name}: more than 16 MiB, too much for --send-file: pipe it on "
-            "standard input instead (without --send-file it is streamed)"
+    too_large = (
+        "more than 16 MiB, too much for --send-file: pipe it on standard input "
+        "instead (without --send-file it is streamed)"
+    )
+    if path != "-":
+        return files.read_file(
+            path, _MAX_SEND_FILE, CommandError, too_large, cannot="cannot read --send-file"
         )
+    try:
+        data = sys.stdin.buffer.read(_MAX_SEND_FILE + 1)
+    except OSError as exc:
+        raise CommandError(
+            f"standard input: cannot read --send-file: {exc.strerror or exc}"
+        ) from None
+    if len(data) > _MAX_SEND_FILE:
+        raise CommandError(f"standard input: {too_large}")
     return data
 
 
@@ -543,14 +515,14 @@ def _add_ca(subparsers) -> None:
     )
     init.add_argument(
         "--bits",
-        type=int,
+        type=_checked(config.key_bits),
         default=DEFAULT_BITS,
         metavar="N",
         help=f"size of the CA key (default: {DEFAULT_BITS})",
     )
     init.add_argument(
         "--days",
-        type=int,
+        type=_DAYS,
         default=ca.CA_DAYS,
         metavar="N",
         help="validity of the CA certificate in days (default: %(default)s)",
@@ -587,7 +559,7 @@ def _add_ca(subparsers) -> None:
     )
     issue.add_argument(
         "--days",
-        type=int,
+        type=_DAYS,
         default=ca.SERVER_DAYS,
         metavar="N",
         help="validity in days (default: %(default)s; never beyond the CA's own)",
@@ -605,22 +577,11 @@ def _add_ca(subparsers) -> None:
     issue.set_defaults(func=cmd_ca_issue)
 
 
-def _check_days(days: int) -> None:
-    if not 1 <= days <= 100 * 366:
-        raise UsageError(f"--days must be from 1 to {100 * 366}, not {days}")
-
-
 def cmd_ca_init(args: argparse.Namespace) -> int:
     """Create the CA key and self-signed certificate in ``args.directory``."""
     from keyexchanged import ca
 
-    _check_days(args.days)
-    low, high, step = rsa.MIN_GENERATE_BITS, rsa.MAX_GENERATE_BITS, rsa.GENERATE_BITS_STEP
-    if not (low <= args.bits <= high and args.bits % step == 0):
-        raise UsageError(f"--bits must be a multiple of {step} from {low} to {high}")
-    passphrase = None
-    if args.passphrase_file is not None:
-        passphrase = _read_passphrase_file(args.passphrase_file)
+    passphrase = _passphrase(args)
     directory = args.directory
     for name in (ca.CA_KEY, ca.CA_CERTIFICATE):
         if os.path.lexists(os.path.join(directory, name)):
@@ -637,12 +598,7 @@ def cmd_ca_init(args: argparse.Namespace) -> int:
         key = rsa.generate_private_key(args.bits, progress=spinner.tick)
     finally:
         spinner.clear()
-    try:
-        certificate = ca.init_ca(
-            directory, key, name=args.name, days=args.days, passphrase=passphrase
-        )
-    except ca.CertificateFileError as exc:
-        raise CommandError(str(exc)) from None
+    certificate = ca.init_ca(directory, key, name=args.name, days=args.days, passphrase=passphrase)
     out = sys.stdout
     print(f"CA key:         {os.path.join(directory, ca.CA_KEY)} (keep it private)", file=out)
     print(f"CA certificate: {os.path.join(directory, ca.CA_CERTIFICATE)}", file=out)
@@ -664,7 +620,6 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
     from keyexchanged import ca, handshake
     from keyexchanged.framing import ProtocolError
 
-    _check_days(args.days)
     if not args.name and not args.ip:
         raise UsageError("give at least one --name HOST or --ip ADDR that clients dial")
     for address in args.ip:
@@ -685,21 +640,16 @@ def cmd_ca_issue(args: argparse.Namespace) -> int:
         handshake.check_public_key(public_key, "weak-key")
     except ProtocolError as exc:
         raise CommandError(f"{args.key}: clients would refuse this key: {exc.detail}") from None
-    passphrase = None
-    if args.passphrase_file is not None:
-        passphrase = _read_passphrase_file(args.passphrase_file)
-    try:
-        certificate = ca.issue_certificate(
-            args.directory,
-            public_key,
-            names=args.name,
-            addresses=args.ip,
-            days=args.days,
-            passphrase=passphrase,
-        )
-        ca.save_certificate(certificate, out_path, force=args.force)
-    except ca.CertificateFileError as exc:
-        raise CommandError(str(exc)) from None
+    passphrase = _passphrase(args)
+    certificate = ca.issue_certificate(
+        args.directory,
+        public_key,
+        names=args.name,
+        addresses=args.ip,
+        days=args.days,
+        passphrase=passphrase,
+    )
+    ca.save_certificate(certificate, out_path, force=args.force)
     out = sys.stdout
     print(f"Certificate: {out_path}", file=out)
     print(f"For:         {ca.describe_names(certificate)}", file=out)
@@ -745,9 +695,8 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     from keyexchanged import tunnel
 
     host, port = _server_address(args.server)
-    _check_idle_timeout(args)
     policy = _trust_policy(args, port, interactive=False)  # no prompts from a relay
-    identity = _load_identity(args)
+    options = _session_options(args)
     failures = []
 
     def serve(reactor):
@@ -757,10 +706,9 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
             host,
             port,
             policy,
-            identity,
-            _report,
-            require_forward_secrecy=not args.allow_no_forward_secrecy,
-            idle_timeout=args.idle_timeout,
+            report=_report,
+            explain=_explain,
+            **options,
         )
 
         def cannot_listen(failure):
@@ -808,15 +756,12 @@ def _add_ticket_keys(subparsers) -> None:
 def cmd_ticket_keys(args: argparse.Namespace) -> int:
     from keyexchanged import tickets
 
-    try:
-        if args.action == "new":
-            tickets.new_ticket_key_file(args.file)
-            print(f"{args.file}: one fresh ticket key (mode 0600)")
-        else:
-            tickets.rotate_ticket_key_file(args.file)
-            print(f"{args.file}: a fresh key first, the previous one kept to decrypt")
-    except tickets.TicketKeyFileError as exc:
-        raise CommandError(str(exc)) from None
+    if args.action == "new":
+        tickets.new_ticket_key_file(args.file)
+        print(f"{args.file}: one fresh ticket key (mode 0600)")
+    else:
+        tickets.rotate_ticket_key_file(args.file)
+        print(f"{args.file}: a fresh key first, the previous one kept to decrypt")
     return EXIT_OK
 
 
@@ -898,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         _error(str(exc))
         return EXIT_USAGE
-    except (CommandError, keys.KeyFileError) as exc:
+    except KeyexchangedError as exc:
         _error(str(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -24,11 +24,17 @@ import sys
 import time
 
 from twisted.internet import defer, error, stdio
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.python.failure import Failure
 
-from keyexchanged import protocol, trust
+from keyexchanged import protocol
+from keyexchanged.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TRUNCATED,
+    EXIT_UNTRUSTED,
+    EXIT_USAGE,
+    UntrustedKey,
+)
 from keyexchanged.framing import NO_FORWARD_SECRECY, TIMEOUT, UNTRUSTED_KEY
 
 __all__ = [
@@ -41,11 +47,6 @@ __all__ = [
     "run_connect",
 ]
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_UNTRUSTED = 3
-EXIT_FAILED = 4
-EXIT_TRUNCATED = 5
 
 DEFAULT_PORT = 51424
 
@@ -175,28 +176,6 @@ class _ExplainingTrust:
         return self.policy.verify(server_name, offer)
 
 
-class _RememberingTrust:
-    """Asks the real policy, and keeps the reason of a refusal.
-
-    The channel sends the server only the refusal's short public detail;
-    the user also deserves its explanation (which known-hosts line to edit,
-    say), and the real exception when a policy failed in an unexpected way.
-    """
-
-    def __init__(self, policy):
-        self.policy = policy
-        self.refusal = None
-
-    def verify(self, server_name, offer):
-        checking = defer.maybeDeferred(self.policy.verify, server_name, offer)
-        checking.addErrback(self._remember)
-        return checking
-
-    def _remember(self, failure):
-        self.refusal = failure.value
-        return failure
-
-
 class StdioApplication(Protocol):
     """Inside the channel: the server's data to stdout, ours from --send/stdin."""
 
@@ -252,20 +231,9 @@ def _utc(seconds):
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
-def _cause(value):
-    """Dig the real cause out of HandshakeFailed and Failure wrappers."""
-    while True:
-        if isinstance(value, Failure):
-            value = value.value
-        elif isinstance(value, protocol.HandshakeFailed):
-            value = value.reason
-        else:
-            return value
-
-
 def describe(value):
     """One line for a user, and the exit code, for why a session ended."""
-    if isinstance(value, trust.UntrustedKey):
+    if isinstance(value, UntrustedKey):
         return f"untrusted server key: {value}", EXIT_UNTRUSTED
     if isinstance(value, protocol.PeerError):
         if value.code == UNTRUSTED_KEY:
@@ -292,6 +260,22 @@ def describe(value):
     return f"{type(value).__name__}: {value}", EXIT_FAILED
 
 
+def describe_refusal(cause, stream):
+    """:func:`describe` for why a handshake failed, after printing on
+    ``stream`` a refused key's explanation (the changed-key banner, which
+    known-hosts line to edit): the server is told only that we refused, the
+    user is told why."""
+    explanation = getattr(cause, "explanation", None)
+    if explanation:
+        print(explanation, file=stream, flush=True)
+    broken = cause.__cause__ if isinstance(cause, UntrustedKey) else None
+    if broken is not None and not isinstance(broken, UntrustedKey):
+        # The trust check itself broke: still nothing was sent.
+        message, _ = describe(broken)
+        return f"the trust check failed: {message}", EXIT_UNTRUSTED
+    return describe(cause)
+
+
 @defer.inlineCallbacks
 def run_connect(
     reactor,
@@ -300,20 +284,20 @@ def run_connect(
     policy,
     send=None,
     stream_stdin=False,
-    identity=None,
     explain=False,
     output=None,
     errors=None,
     timeout=30.0,
     endpoint=None,
-    require_forward_secrecy=True,
-    tickets=None,
     idle_timeout=300.0,
+    **options,
 ):
     """Run one session; fire with the exit code (see the module docstring).
 
-    ``tickets``: a :class:`~keyexchanged.tickets.TicketStore` to resume from
-    and to keep the server's new ticket in (``--ticket-cache``).
+    ``options`` are the :class:`~keyexchanged.protocol.SessionOpener`'s:
+    ``identity``, ``require_forward_secrecy``, and ``tickets``, a
+    :class:`~keyexchanged.tickets.TicketStore` to resume from and to keep
+    the server's new ticket in (``--ticket-cache``).
     """
     output = output or sys.stdout.buffer
     errors = errors or sys.stderr
@@ -321,42 +305,27 @@ def run_connect(
     if explainer is not None:
         policy = _ExplainingTrust(policy, explainer)
         explainer.connected(host, port)
-    remembering = policy = _RememberingTrust(policy)
     application = StdioApplication(output, send=send, stream_stdin=stream_stdin)
-    app_factory = Factory.forProtocol(lambda: application)
-    if endpoint is None:
-        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    opener = protocol.SessionOpener(
+        reactor,
+        host,
+        port,
+        policy,
+        timeout=timeout,
+        endpoint=endpoint,
+        idle_timeout=idle_timeout,
+        observer=explainer,
+        **options,
+    )
     try:
-        yield protocol.connect(
-            reactor,
-            endpoint,
-            policy,
-            app_factory,
-            server_name=host,
-            identity=identity,
-            observer=explainer,
-            handshake_timeout=timeout,
-            require_forward_secrecy=require_forward_secrecy,
-            tickets=tickets,
-            server_address=(host, port),
-            idle_timeout=idle_timeout,
-        )
+        yield opener.open(Factory.forProtocol(lambda: application))
     except protocol.HandshakeFailed as failed_handshake:
-        cause = _cause(failed_handshake)
-        if isinstance(cause, trust.UntrustedKey) and remembering.refusal is not None:
-            cause = remembering.refusal
-        explanation = getattr(cause, "explanation", None)
-        if explanation:
-            print(explanation, file=errors, flush=True)
-        message, code = describe(cause)
-        if not isinstance(cause, trust.UntrustedKey) and remembering.refusal is cause:
-            # The trust check itself broke: still nothing was sent.
-            message, code = f"the trust check failed: {message}", EXIT_UNTRUSTED
+        message, code = describe_refusal(protocol.cause_of(failed_handshake), errors)
         print(f"keyexchange: error: {message}", file=errors, flush=True)
         return code
     if explainer is not None:
         explainer.confirmed()
-    value = _cause((yield application.ended))
+    value = protocol.cause_of((yield application.ended))
     if isinstance(value, error.ConnectionDone):
         if explainer is not None:
             explainer.say(f"END received after {application.received} bytes: clean end")

@@ -16,6 +16,9 @@ import configparser
 import os
 import re
 
+from keyexchanged import rsa
+from keyexchanged.errors import ConfigError
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "SECTION",
@@ -32,88 +35,58 @@ DEFAULT_CONFIG_PATH = "/etc/keyexchanged/keyexchanged.conf"
 DEFAULT_MESSAGE = "The secret message: hello from keyexchanged."
 
 
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message says where and why."""
+def _rule(reason, convert, ok):
+    """A validator: ``convert`` the text, and take what ``ok`` accepts;
+    anything else is ``ValueError("must be REASON")``.  The command line
+    uses the same validators for its options (cli.py)."""
 
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be a whole number of at least 1")
-    return value
-
-
-def _seconds(text):
-    value = float(text)
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError("must be a number of seconds greater than 0")
-    return value
-
-
-def _grace(text):
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("must be a number of seconds, 0 or more")
-    return value
-
-
-def _workers(text):
-    if text == "auto":
-        return text
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be auto, or a whole number of at least 0")
-    return value
-
-
-def _ipv6_prefix(text):
-    value = int(text)
-    if not 1 <= value <= 128:
-        raise ValueError("must be a prefix length from 1 to 128")
-    return value
-
-
-def _key_bits(text):
-    value = int(text)
-    if not (2048 <= value <= 8192 and value % 8 == 0):
-        raise ValueError("must be from 2048 to 8192 in steps of 8")
-    return value
-
-
-def _ranged_int(low, high, what):
     def check(text):
-        value = int(text)
-        if not low <= value <= high:
-            raise ValueError(f"must be {what}")
+        try:
+            value = convert(text)
+        except (ValueError, KeyError):
+            raise ValueError(f"must be {reason}") from None
+        if not ok(value):
+            raise ValueError(f"must be {reason}")
         return value
 
-    check.reason = what
+    check.reason = reason
     return check
 
 
-_ephemeral_interval = _ranged_int(10, 86400, "a whole number of seconds from 10 to 86400")
-_ticket_lifetime = _ranged_int(0, 86400, "a whole number of seconds from 0 (off) to 86400")
-_client_key_bits = _ranged_int(2048, 8192, "a number of bits from 2048 to 8192")
+def ranged_int(low, high, reason):
+    """A whole number from ``low`` to ``high``, described as ``reason``."""
+    return _rule(reason, int, lambda value: low <= value <= high)
 
 
-def _boolean(text):
-    value = text.lower()
-    if value in ("yes", "true", "on", "1"):
-        return True
-    if value in ("no", "false", "off", "0"):
-        return False
-    raise ValueError("must be yes or no")
+_INFINITY = float("inf")
+
+positive_int = _rule("a whole number of at least 1", int, lambda value: value >= 1)
+#: Not NaN (which compares false with everything), not infinity.
+seconds = _rule("a number of seconds greater than 0", float, lambda v: 0 < v < _INFINITY)
+grace = _rule("a number of seconds, 0 or more", float, lambda value: 0 <= value < _INFINITY)
+workers = _rule(
+    "auto, or a whole number of at least 0",
+    lambda text: text if text == "auto" else int(text),
+    lambda value: value == "auto" or value >= 0,
+)
+ipv6_prefix = ranged_int(1, 128, "a prefix length from 1 to 128")
+#: What rsa generates: the daemon's first key and its ephemeral keys, keygen, ca init.
+key_bits = _rule(rsa.GENERATE_BITS_RULE, int, rsa.generate_bits_ok)
+_ephemeral_interval = ranged_int(10, 86400, "a whole number of seconds from 10 to 86400")
+_ticket_lifetime = ranged_int(0, 86400, "a whole number of seconds from 0 (off) to 86400")
+_client_key_bits = ranged_int(2048, 8192, "a number of bits from 2048 to 8192")
+
+_BOOLEANS = {
+    **dict.fromkeys(("yes", "true", "on", "1"), True),
+    **dict.fromkeys(("no", "false", "off", "0"), False),
+}
+boolean = _rule("yes or no", lambda text: _BOOLEANS[text.lower()], lambda value: True)
 
 
 # A strports description: a type, then colon-separated arguments.  Twisted
 # checks the rest when it listens; this catches the obvious typos early.
 _ENDPOINT = re.compile(r"[a-zA-Z][a-zA-Z0-9]*(:.*)?")
-
-
-def _endpoint(text):
-    if not _ENDPOINT.fullmatch(text):
-        raise ValueError("must be an endpoint description such as tcp:51424")
-    return text
+endpoint = _rule("an endpoint description such as tcp:51424", str, _ENDPOINT.fullmatch)
 
 
 def _text(text):
@@ -137,14 +110,15 @@ class Setting:
         return self.name.replace("-", "_")
 
 
-def _application_name(text):
-    if not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", text):
-        raise ValueError("must be an application name (see --help-applications)")
-    return text
+_application_name = _rule(
+    "an application name (see --help-applications)",
+    str,
+    re.compile(r"[a-z][a-z0-9-]{0,31}").fullmatch,
+)
 
 
 SETTINGS = [
-    Setting("listen", "tcp:51424", _endpoint, "where to listen (a strports description)"),
+    Setting("listen", "tcp:51424", endpoint, "where to listen (a strports description)"),
     Setting(
         "application",
         "message",
@@ -158,7 +132,7 @@ SETTINGS = [
         "the server's private key file; generated (0600) if missing",
         path=True,
     ),
-    Setting("key-bits", 3072, _key_bits, "size of a key generated on first start"),
+    Setting("key-bits", 3072, key_bits, "size of a key generated on first start"),
     Setting(
         "message",
         DEFAULT_MESSAGE,
@@ -191,44 +165,44 @@ SETTINGS = [
     Setting(
         "handshake-timeout",
         10.0,
-        _seconds,
+        seconds,
         "seconds from accept to a complete KEY before ERROR timeout",
     ),
-    Setting("idle-timeout", 300.0, _seconds, "seconds of silence before an idle session ends"),
-    Setting("max-connections", 1024, _positive_int, "concurrent connections, beyond: ERROR busy"),
+    Setting("idle-timeout", 300.0, seconds, "seconds of silence before an idle session ends"),
+    Setting("max-connections", 1024, positive_int, "concurrent connections, beyond: ERROR busy"),
     Setting(
         "max-handshakes",
         64,
-        _positive_int,
+        positive_int,
         "concurrent handshakes whose private-key work is under way, beyond: ERROR busy",
     ),
     Setting(
         "workers",
         "auto",
-        _workers,
+        workers,
         "processes doing the private-key work (auto: one per CPU; 0: in the reactor)",
     ),
     Setting(
         "max-per-source",
         32,
-        _positive_int,
+        positive_int,
         "concurrent connections from one source, beyond: ERROR busy "
         "(an IPv4 address, or an IPv6 network: see --ipv6-source-prefix)",
     ),
     Setting(
         "ipv6-source-prefix",
         64,
-        _ipv6_prefix,
+        ipv6_prefix,
         "IPv6 clients count as one source per network of this many bits, for "
         "--max-per-source (1 to 128; IPv4 and IPv4-mapped clients: per address)",
     ),
     Setting(
-        "grace-period", 10.0, _grace, "seconds open sessions get to finish on SIGTERM or SIGINT"
+        "grace-period", 10.0, grace, "seconds open sessions get to finish on SIGTERM or SIGINT"
     ),
     Setting(
         "forward-secrecy",
         True,
-        _boolean,
+        boolean,
         "offer ephemeral keys (yes), or encrypt KEY to the long-term key (no: the "
         "original exercise's scheme, which --no-forward-secrecy also selects)",
     ),
@@ -238,7 +212,7 @@ SETTINGS = [
         _ephemeral_interval,
         "seconds between new ephemeral keys (10 to 86400)",
     ),
-    Setting("ephemeral-bits", 3072, _key_bits, "size of the ephemeral keys (2048 to 8192)"),
+    Setting("ephemeral-bits", 3072, key_bits, "size of the ephemeral keys (2048 to 8192)"),
     Setting(
         "ticket-lifetime",
         3600,
@@ -304,14 +278,8 @@ def coerce(setting, raw, where):
     except ValueError as error:
         reason = str(error)
         if not reason or "invalid literal" in reason or "could not convert" in reason:
-            reason = "must be " + {
-                _positive_int: "a whole number of at least 1",
-                _seconds: "a number of seconds greater than 0",
-                _grace: "a number of seconds, 0 or more",
-                _key_bits: "from 2048 to 8192 in steps of 8",
-                _workers: "auto, or a whole number of at least 0",
-                _ipv6_prefix: "a prefix length from 1 to 128",
-            }.get(setting.coerce, getattr(setting.coerce, "reason", "valid"))
+            # An application's own validator that let int() or float() speak.
+            reason = "must be " + getattr(setting.coerce, "reason", "valid")
         raise ConfigError(f"{where}: {setting.name} = {raw.strip()!r}: {reason}") from None
 
 

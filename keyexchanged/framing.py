@@ -11,7 +11,7 @@ before a single payload byte is kept: the header is capped at 32 bytes, and
 every verb has its own payload limit.  The checks run in the order the
 protocol fixes: grammar and verb (``malformed-frame``), then the verb's
 length limit (``frame-too-large``).  The connection state
-(``unexpected-frame``) is the state machine's business, in handshake.py.
+(``unexpected-frame``) is the state machine's business, in keyexchanged.handshake.
 
 This module imports nothing of ours and nothing of Twisted's; the Twisted
 adapter feeds header lines and payloads to the state machines itself, and

@@ -16,10 +16,9 @@ Read, as PEM or DER:
 
 Written: private keys as PKCS#8 PEM (encrypted with PBES2, PBKDF2-HMAC-SHA256
 and AES-256-CBC when there is a passphrase), public keys as
-SubjectPublicKeyInfo PEM.  Files are written atomically: a temporary file in
-the same directory, flushed to disk, then renamed over the target (or, when an
-existing file must not be replaced, hard-linked, which fails if one appeared
-meanwhile), so a reader sees the old file, the complete new one, or nothing.
+SubjectPublicKeyInfo PEM.  Files are written atomically
+(:func:`keyexchanged.files.write_atomically`): a reader sees the old file, the
+complete new one, or nothing.
 
 A private key file that the group or others may access is refused, as
 OpenSSH does, and so is one owned by a user other than the one we run as
@@ -38,12 +37,11 @@ encoded as UTF-8 (like the bytes a terminal gives ``openssl``).
 from __future__ import annotations
 
 import base64
-import errno
 import functools
 import hashlib
+import hmac
 import os
 import re
-import secrets
 import shlex
 import stat
 from contextlib import suppress
@@ -54,12 +52,17 @@ from Crypto.IO import PEM
 from Crypto.PublicKey import RSA
 from Crypto.Util.asn1 import DerSequence
 
+from keyexchanged import files, rsa
+from keyexchanged.errors import KeyFileError, KeyFileExistsError, KeyFormatError
+from keyexchanged.files import PRIVATE_FILE_MODE, PUBLIC_FILE_MODE
 from keyexchanged.rsa import PrivateKey, PublicKey
 
 __all__ = [
     "KeyFileError",
     "KeyFileExistsError",
     "KeyFormatError",
+    "check_fingerprint_syntax",
+    "create_key_pair",
     "fingerprint",
     "load_private_key",
     "load_public_key",
@@ -68,6 +71,9 @@ __all__ = [
     "public_key_from_bytes",
     "public_key_from_der",
     "public_key_to_der",
+    "read_passphrase_file",
+    "read_private_file",
+    "same_fingerprint",
     "save_private_key",
     "save_public_key",
 ]
@@ -82,17 +88,13 @@ StrPath = Union[str, "os.PathLike[str]"]
 PROTECTION = "PBKDF2WithHMAC-SHA256AndAES256-CBC"
 PROTECTION_PARAMS = {"iteration_count": 600_000, "salt_size": 16}
 
+#: A passphrase is one line; anything longer is not a passphrase file.
+MAX_PASSPHRASE_LINE = 64 * 1024
+
 #: Larger than any key file (a 16384-bit private key is about 12 KiB of PEM);
 #: bounds what a wrong path (a log file, say) makes us read.
 MAX_KEY_FILE_SIZE = 1 << 20
 
-#: What link() says on file systems that have no hard links (FAT, some FUSE).
-_NO_HARD_LINKS = frozenset(
-    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}
-)
-
-PRIVATE_FILE_MODE = 0o600
-PUBLIC_FILE_MODE = 0o644
 
 _PRIVATE_LABELS = frozenset({"RSA PRIVATE KEY", "PRIVATE KEY", "ENCRYPTED PRIVATE KEY"})
 _PUBLIC_LABELS = frozenset({"RSA PUBLIC KEY", "PUBLIC KEY"})
@@ -103,18 +105,6 @@ _UNSUPPORTED = (
 )
 _MSG_LOCKED = "private key is encrypted: a passphrase is required"
 _MSG_UNLOCK_FAILED = "wrong passphrase (or the encrypted key is corrupted)"
-
-
-class KeyFileError(Exception):
-    """A key file cannot be read or written; the message names the file."""
-
-
-class KeyFileExistsError(KeyFileError):
-    """The file to write already exists, and overwriting was not asked for."""
-
-
-class KeyFormatError(ValueError):
-    """Bytes that do not hold a usable RSA key (or the passphrase is wrong)."""
 
 
 class _PassphraseError(KeyFormatError):
@@ -350,36 +340,30 @@ def fingerprint(key: PublicKey | PrivateKey | bytes) -> str:
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
+# SHA256: and 43 characters of unpadded base64 (32 bytes).
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]")
+
+
+def check_fingerprint_syntax(text: str) -> str:
+    """Return ``text`` if it is a well-formed fingerprint, else raise ValueError."""
+    if not _FINGERPRINT.fullmatch(text):
+        raise ValueError(f"{text!r} is not a key fingerprint (SHA256: and 43 base64 characters)")
+    return text
+
+
+def same_fingerprint(a: str, b: str) -> bool:
+    """Whether two fingerprints are the same, compared in constant time."""
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
 # --- Files -------------------------------------------------------------------
 
 
 def _read_key_file(name: str) -> tuple[bytes, os.stat_result]:
     """The content of a key file and the status of the very file read."""
-    # O_NONBLOCK: a FIFO must not hang us (regular files ignore the flag).
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(name, flags | getattr(os, "O_NOCTTY", 0))
-    except OSError as exc:
-        raise KeyFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{name}: not a regular file")
-        chunks = []
-        size = 0
-        while size <= MAX_KEY_FILE_SIZE:
-            chunk = os.read(fd, MAX_KEY_FILE_SIZE + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise KeyFileError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if size > MAX_KEY_FILE_SIZE:
-        raise KeyFileError(f"{name}: too large for a key file")
-    return b"".join(chunks), st
+    return files.read_regular_file(
+        name, MAX_KEY_FILE_SIZE, KeyFileError, "too large for a key file"
+    )
 
 
 # Module-level so the tests can run as a user other than the one they are.
@@ -421,6 +405,33 @@ def _check_private_mode(name: str, st: os.stat_result) -> None:
         )
 
 
+def read_passphrase_file(path: StrPath) -> bytes:
+    """The first line of ``path``, without its line ending, as bytes (so
+    that a UTF-8 passphrase means the same to us as to ``openssl -passin``).
+    A pipe will do (``<(pass show key)``).  Raises :class:`KeyFileError`."""
+    line = files.read_file(
+        path,
+        MAX_PASSPHRASE_LINE,
+        KeyFileError,
+        "first line too long for a passphrase",
+        cannot="cannot read passphrase file",
+        line=True,
+    )
+    passphrase = line.rstrip(b"\r\n")
+    if not passphrase:
+        raise KeyFileError(f"{path}: passphrase file is empty (its first line is the passphrase)")
+    return passphrase
+
+
+def read_private_file(path: StrPath) -> bytes:
+    """The content of a file that must be private to its owner, as a
+    private key file must (a ticket-key file, say); raises :class:`KeyFileError`."""
+    name = os.fsdecode(path)
+    data, st = _read_key_file(name)
+    _check_private_mode(name, st)
+    return data
+
+
 def load_private_key(path: StrPath, passphrase: Passphrase = None) -> PrivateKey:
     """The private key in the file ``path``: PEM or DER, PKCS#1 or PKCS#8,
     possibly encrypted with ``passphrase``.
@@ -459,95 +470,51 @@ def load_public_key(path: StrPath, passphrase: Passphrase = None) -> PublicKey:
     return _public_half(key)
 
 
-def _create_temp(directory: str, base: str) -> tuple[int, str]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        # Hidden and random: no clash with a concurrent writer, and nothing
-        # a reader could mistake for the key itself.
-        temp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.tmp")
-        try:
-            # Created 0600 even for a public key: nobody sees it half written.
-            return os.open(temp, flags, PRIVATE_FILE_MODE), temp
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "cannot create a temporary file", directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename durable; best effort, as not every system allows it."""
-    with suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _install(temp: str, name: str, force: bool) -> None:
-    """Put the complete file ``temp`` in place at ``name``."""
-    if force:
-        os.replace(temp, name)
-        return
-    try:
-        # link() fails if the target exists, where rename() would replace it:
-        # no window for a file created after our check to be clobbered.
-        os.link(temp, name)
-    except FileExistsError:
-        raise KeyFileExistsError(f"{name}: already exists; not overwritten") from None
-    except OSError as exc:
-        if exc.errno not in _NO_HARD_LINKS:
-            raise
-        # A file system without hard links: check, then rename.
-        if os.path.lexists(name):
-            raise KeyFileExistsError(f"{name}: already exists; not overwritten") from None
-        os.replace(temp, name)
-        return
-    os.unlink(temp)
-
-
-def _write_atomically(path: StrPath, data: bytes, mode: int, force: bool) -> None:
-    name = os.fsdecode(path)
-    if not force and os.path.lexists(name):
-        raise KeyFileExistsError(f"{name}: already exists; not overwritten")
-    directory = os.path.dirname(name) or os.curdir
-    fd = -1
-    temp = None
-    try:
-        fd, temp = _create_temp(directory, os.path.basename(name))
-        # The mode exactly, whatever the umask (which could make it 0600 or 0640).
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        _install(temp, name, force)
-        temp = None
-        _fsync_directory(directory)
-    except OSError as exc:
-        raise KeyFileError(f"{name}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        # Whatever went wrong (even KeyboardInterrupt), leave nothing behind.
-        if fd >= 0:
-            with suppress(OSError):
-                os.close(fd)
-        if temp is not None:
-            with suppress(OSError):
-                os.unlink(temp)
-
-
 def save_private_key(
     key: PrivateKey, path: StrPath, passphrase: Passphrase = None, force: bool = False
 ) -> None:
     """Write ``key`` to ``path`` as PKCS#8 PEM, mode 0600, encrypted if a
     ``passphrase`` is given; atomically, and only over an existing file if
     ``force``.  Raises :class:`KeyFileError` (:class:`KeyFileExistsError`)."""
-    _write_atomically(path, private_key_to_pem(key, passphrase), PRIVATE_FILE_MODE, force)
+    files.write_atomically(path, private_key_to_pem(key, passphrase), PRIVATE_FILE_MODE, force)
 
 
 def save_public_key(key: PublicKey | PrivateKey, path: StrPath, force: bool = False) -> None:
     """Write ``key`` (or a private key's public half) to ``path`` as
     SubjectPublicKeyInfo PEM, mode 0644; atomically, and only over an
     existing file if ``force``.  Raises :class:`KeyFileError`."""
-    _write_atomically(path, _public_key_to_pem(key), PUBLIC_FILE_MODE, force)
+    files.write_atomically(path, _public_key_to_pem(key), PUBLIC_FILE_MODE, force)
+
+
+def create_key_pair(
+    path: StrPath,
+    bits: int,
+    passphrase: Passphrase = None,
+    force: bool = False,
+    replace_public: bool | None = None,
+    progress=None,
+) -> PrivateKey:
+    """Generate an RSA key of ``bits`` bits and write the pair: the private
+    key to ``path`` (as :func:`save_private_key`, encrypted if a
+    ``passphrase`` is given), its public key to ``path.pub``.
+
+    Both or neither: when the public key cannot be written, the private key
+    is taken back, as half a key pair is worse than none (the next start of
+    a daemon would serve a key whose public half was never written).
+    ``force`` writes over existing files; ``replace_public`` (default:
+    ``force``) over an existing ``.pub`` only, which a daemon making its
+    first key does to a stale one.  ``progress`` is passed to
+    :func:`keyexchanged.rsa.generate_private_key`.  Raises :class:`KeyFileError`.
+    """
+    key = rsa.generate_private_key(bits, progress=progress)
+    name = os.fsdecode(path)
+    save_private_key(key, name, passphrase=passphrase, force=force)
+    try:
+        save_public_key(
+            key, name + ".pub", force=force if replace_public is None else replace_public
+        )
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(name)
+        raise
+    return key

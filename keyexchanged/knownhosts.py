@@ -35,8 +35,9 @@ import ipaddress
 import os
 import stat
 
-from keyexchanged import keys
-from keyexchanged.trust import UntrustedKey, check_fingerprint_syntax, same_fingerprint
+from keyexchanged import files, keys
+from keyexchanged.errors import KnownHostsError, UntrustedKey
+from keyexchanged.keys import check_fingerprint_syntax, same_fingerprint
 
 __all__ = [
     "HostKeyRecorded",
@@ -56,11 +57,6 @@ DIRECTORY_MODE = 0o700
 MAX_FILE_SIZE = 4 << 20
 #: Answers a prompt accepts before it gives up and takes it as "no".
 PROMPT_TRIES = 3
-
-
-class KnownHostsError(Exception):
-    """The known-hosts file cannot be read, parsed or written; the message
-    names the file (and the line)."""
 
 
 class HostKeyRecorded(Exception):
@@ -127,9 +123,8 @@ class KnownHosts:
 
     @classmethod
     def load(cls, path):
-        try:
-            text = _read(path)
-        except FileNotFoundError:
+        text = _read(path)
+        if text is None:
             return cls(path)
         return cls.parse(text, path)
 
@@ -188,8 +183,10 @@ class KnownHosts:
             with _locked(directory):
                 try:
                     text = _read(path)
-                    mode = stat.S_IMODE(os.stat(path).st_mode)
-                except FileNotFoundError:
+                    mode = FILE_MODE if text is None else stat.S_IMODE(os.stat(path).st_mode)
+                except FileNotFoundError:  # gone since it was read
+                    text = None
+                if text is None:
                     text, mode = "", FILE_MODE
                 current = KnownHosts.parse(text, self.path)
                 listed = current.lookup(host, port)
@@ -202,7 +199,7 @@ class KnownHosts:
                     text += "\n"
                 text += f"{host_entry(host, port)} {fingerprint}\n"
                 number = len(text.splitlines())
-                keys._write_atomically(path, text.encode("utf-8"), mode, force=True)
+                files.write_atomically(path, text.encode("utf-8"), mode, force=True)
         except OSError as error:
             raise KnownHostsError(f"{self.path}: cannot write: {error.strerror or error}") from None
         except keys.KeyFileError as error:
@@ -212,15 +209,12 @@ class KnownHosts:
 
 
 def _read(path):
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_SIZE + 1)
-    except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise KnownHostsError(f"{path}: cannot read: {error.strerror or error}") from None
-    if len(data) > MAX_FILE_SIZE:
-        raise KnownHostsError(f"{path}: too large for a known-hosts file")
+    """The text of the file, or None when there is no such file."""
+    data = files.read_file(
+        path, MAX_FILE_SIZE, KnownHostsError, "too large for a known-hosts file", missing_ok=True
+    )
+    if data is None:
+        return None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -261,11 +255,7 @@ class KnownHostsTrust:
         self.report = report or (lambda text: None)
 
     def verify(self, server_name, offer):
-        try:
-            known = KnownHosts.load(self.path)
-        except KnownHostsError as error:
-            raise UntrustedKey("the known-hosts file cannot be used", str(error)) from None
-        check_not_revoked(known, offer)
+        known = _load_not_revoked(self.path, offer)
         entries = known.lookup(server_name, self.port)
         name = host_entry(server_name, self.port)
         if len({entry.fingerprint for entry in entries}) > 1:
@@ -367,6 +357,18 @@ def check_not_revoked(known, offer):
         )
 
 
+def _load_not_revoked(path, offer):
+    """The known hosts of ``path``, read for this check, once ``offer``'s
+    key is known not to be revoked there; a file that cannot be used
+    refuses the key (the file's own error is the explanation)."""
+    try:
+        known = KnownHosts.load(path)
+    except KnownHostsError as error:
+        raise UntrustedKey("the known-hosts file cannot be used", str(error)) from None
+    check_not_revoked(known, offer)
+    return known
+
+
 class NotRevoked:
     """Another policy, after the ``@revoked`` lines of a known-hosts file."""
 
@@ -375,11 +377,7 @@ class NotRevoked:
         self.policy = policy
 
     def verify(self, server_name, offer):
-        try:
-            known = KnownHosts.load(self.path)
-        except KnownHostsError as error:
-            raise UntrustedKey("the known-hosts file cannot be used", str(error)) from None
-        check_not_revoked(known, offer)
+        _load_not_revoked(self.path, offer)
         return self.policy.verify(server_name, offer)
 
 

@@ -17,7 +17,7 @@ message, and nothing documented keeps the key schedule or the GHASH key from
 one nonce to the next.  Making it costs about 35 µs whatever the record size
 (an empty record seals in about 35 µs, a 64 KiB one in about 65 µs:
 ``benchmarks/bench_records.py``), so callers should seal few, large records;
-see the coalescing in protocol.py.  Copies are not the cost: sealing into a
+see the coalescing in keyexchanged.protocol.  Copies are not the cost: sealing into a
 preallocated buffer or opening through a memoryview measured no faster,
 within the few per cent that separate two runs.
 """

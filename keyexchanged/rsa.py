@@ -95,6 +95,7 @@ __all__ = [
     "FaultError",
     "PrivateKey",
     "PublicKey",
+    "generate_bits_ok",
     "generate_private_key",
 ]
 
@@ -116,6 +117,10 @@ MAX_GENERATE_BITS = 8192
 GENERATE_BITS_STEP = 8
 # NIST SP 800-57 part 1: 3072 bits ≈ 128-bit security, acceptable past 2030.
 DEFAULT_BITS = 3072
+#: The rule above in words, for every message that states it.
+GENERATE_BITS_RULE = (
+    f"from {MIN_GENERATE_BITS} to {MAX_GENERATE_BITS} in steps of {GENERATE_BITS_STEP}"
+)
 
 # Smallest modulus the constructors take: the PKCS #1 v2.1 test vectors start at
 # 1024 bits.  Real keys are held to ``validate()``'s stricter minimum.
@@ -1039,16 +1044,20 @@ def _generate_prime(bits, e, backend, rounds, progress, tested):
                 return candidate
 
 
+def generate_bits_ok(bits):
+    """Whether :func:`generate_private_key` makes keys of ``bits`` bits
+    (:data:`GENERATE_BITS_RULE`): the one statement of the rule, which the
+    command line and the daemon's settings check too."""
+    return (
+        type(bits) is int
+        and MIN_GENERATE_BITS <= bits <= MAX_GENERATE_BITS
+        and bits % GENERATE_BITS_STEP == 0
+    )
+
+
 def _check_generate_bits(bits):
-    if (
-        type(bits) is not int
-        or not MIN_GENERATE_BITS <= bits <= MAX_GENERATE_BITS
-        or bits % GENERATE_BITS_STEP
-    ):
-        raise ValueError(
-            f"RSA key size must be an int from {MIN_GENERATE_BITS} to {MAX_GENERATE_BITS} "
-            f"in steps of {GENERATE_BITS_STEP}, not {bits!r}"
-        )
+    if not generate_bits_ok(bits):
+        raise ValueError(f"RSA key size must be an int {GENERATE_BITS_RULE}, not {bits!r}")
 
 
 def generate_private_key(bits: int = DEFAULT_BITS, progress=None) -> PrivateKey:

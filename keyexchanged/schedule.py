@@ -1,7 +1,7 @@
 """The KX/1 key schedule and the byte strings that are signed.
 
 Everything here is a pure function of its arguments (docs/spec/kx1.rst §4,
-§8, §10.1, §11.1): the state machines in handshake.py call it, and the
+§8, §10.1, §11.1): the state machines of keyexchanged.handshake call it, and the
 tests check it against the published vectors.  The labels are ASCII with no
 terminator; HELLO, KEY and RESUME payloads are the bytes on the wire.
 """

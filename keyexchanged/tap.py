@@ -10,7 +10,6 @@ On first start with no key the daemon generates one (0600) where the
 settings say and serves it, as sshd does with its host keys.
 """
 
-import contextlib
 import os
 import signal
 import sys
@@ -22,8 +21,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from keyexchanged import ca, ephemeral, keys, rsa, tickets, trust
-from keyexchanged.applications import UnknownApplication, find_applications, get_application
+from keyexchanged import ca, ephemeral, files, keys, tickets, trust
+from keyexchanged.applications import find_applications, get_application
 from keyexchanged.config import (
     SETTINGS,
     ConfigError,
@@ -32,6 +31,7 @@ from keyexchanged.config import (
     find_config,
     read_config,
 )
+from keyexchanged.errors import KeyexchangedError
 from keyexchanged.framing import MAX_PAYLOAD
 from keyexchanged.handshake import ServerIdentity
 from keyexchanged.protocol import SecureChannelFactory
@@ -49,6 +49,9 @@ HELLO_RESERVE = 4096
 
 #: The largest HELLO the daemon agrees to send.
 HELLO_LIMIT = MAX_PAYLOAD["HELLO"] - HELLO_RESERVE
+
+#: A --message-file larger than this is a wrong path, not a message.
+MAX_MESSAGE_FILE = 16 * 1024 * 1024
 
 
 def settings_with_applications(applications):
@@ -106,7 +109,9 @@ class Options(usage.Options):
         #: Fingerprints allowed to AUTH, or None when AUTH is not required.
         self.authorized_keys = None
         self.application = None
+        #: The application's factory, made (and so checked) on ``reactor``.
         self.wrapped_factory = None
+        self.reactor = None
         #: The ticket keys from ``ticket-keys``, or None (random keys).
         self.ticket_keys = None
 
@@ -123,9 +128,13 @@ class Options(usage.Options):
 
     def postOptions(self):
         try:
-            self.settings = self._collect()
-        except ConfigError as error:
+            self._check()
+        except KeyexchangedError as error:
             raise usage.UsageError(str(error)) from None
+
+    def _check(self):
+        """Everything, before twistd daemonizes; raises KeyexchangedError."""
+        self.settings = self._collect()
         if self["no-forward-secrecy"]:
             self.settings["forward-secrecy"] = False
         self.settings["message"] = self._message()
@@ -134,50 +143,34 @@ class Options(usage.Options):
                 "--message is in the process list, which every local user can read: "
                 "give the message with --message-file, or in the config file"
             )
-        try:
-            self.application = get_application(self.settings["application"], self.applications)
-        except UnknownApplication as error:
-            raise usage.UsageError(str(error)) from None
+        self.application = get_application(self.settings["application"], self.applications)
         # Made now, so that an application's bad settings stop twistd with
-        # a usage error before it daemonizes.
+        # a usage error before it daemonizes; makeService serves it.
         from twisted.internet import reactor
 
+        self.reactor = reactor
         try:
             self.wrapped_factory = self.application.makeFactory(self.settings, reactor)
         except ValueError as error:
-            raise usage.UsageError(str(error)) from None
+            raise ConfigError(str(error)) from None
         key_path = self.settings["private-key"] or default_key_path(self.environ)
         self.settings["private-key"] = key_path
-        try:
-            private_key, self.generated_key = load_or_create_key(
-                key_path, self.settings["key-bits"]
-            )
-        except keys.KeyFileError as error:
-            raise usage.UsageError(str(error)) from None
+        private_key, self.generated_key = load_or_create_key(key_path, self.settings["key-bits"])
         self.identity = ServerIdentity(private_key, self._certificates(private_key))
         self._check_hello_size()
         path = self.settings["ticket-keys"]
         if path is not None:
-            try:
-                self.ticket_keys = tickets.load_ticket_keys(path)
-            except tickets.TicketKeyFileError as error:
-                raise usage.UsageError(str(error)) from None
+            self.ticket_keys = tickets.load_ticket_keys(path)
         path = self.settings["authorized-keys"]
         if path is not None:
-            try:
-                self.authorized_keys = trust.load_authorized_keys(path)
-            except trust.AuthorizedKeysError as error:
-                raise usage.UsageError(str(error)) from None
+            self.authorized_keys = trust.load_authorized_keys(path)
 
     def _certificates(self, private_key):
         """The chain to send in HELLO (DER), refused unless it is for our key."""
         path = self.settings["certificate"]
         if path is None:
             return ()
-        try:
-            chain, warnings = ca.load_server_chain(path, private_key)
-        except ca.CertificateFileError as error:
-            raise usage.UsageError(str(error)) from None
+        chain, warnings = ca.load_server_chain(path, private_key)
         self.warnings.extend(warnings)
         return chain
 
@@ -189,7 +182,7 @@ class Options(usage.Options):
         size = len(self.identity.hello_payload(b"\0" * 32))
         if size > HELLO_LIMIT:
             where = self.settings["certificate"] or self.settings["private-key"]
-            raise usage.UsageError(
+            raise ConfigError(
                 f"{where}: HELLO would be {size} bytes, over the limit of {HELLO_LIMIT} "
                 f"(KX/1 allows {MAX_PAYLOAD['HELLO']}, less {HELLO_RESERVE} kept for the "
                 "ephemeral key): send fewer certificates (clients hold the root "
@@ -215,16 +208,15 @@ class Options(usage.Options):
         path = self.settings["message-file"]
         if path is None:
             return self.settings["message"].encode("utf-8")
-        try:
-            with open(path, "rb") as f:
-                # The message travels in records; one that cannot fit in
-                # memory comfortably is a mistake, not a message.
-                message = f.read(16 * 1024 * 1024 + 1)
-        except OSError as error:
-            raise usage.UsageError(f"{path}: cannot read message file: {error.strerror}") from None
-        if len(message) > 16 * 1024 * 1024:
-            raise usage.UsageError(f"{path}: message file is larger than 16 MiB")
-        return message
+        # The message travels in records; one that cannot fit in memory
+        # comfortably is a mistake, not a message.
+        return files.read_file(
+            path,
+            MAX_MESSAGE_FILE,
+            ConfigError,
+            "message file is larger than 16 MiB",
+            cannot="cannot read message file",
+        )
 
 
 def load_or_create_key(path, bits, report=None):
@@ -250,17 +242,7 @@ def load_or_create_key(path, bits, report=None):
         raise keys.KeyFileError(
             f"{path}: cannot create the key directory: {error.strerror}"
         ) from None
-    private_key = rsa.generate_private_key(bits)
-    keys.save_private_key(private_key, path)
-    try:
-        keys.save_public_key(private_key.public_key(), path + ".pub", force=True)
-    except keys.KeyFileError:
-        # No half-made pair: the next start would serve a key whose public
-        # half was never written.
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-    return private_key, True
+    return keys.create_key_pair(path, bits, replace_public=True), True
 
 
 class CannotListen(Exception):
@@ -393,11 +375,11 @@ class KeyexchangeService(service.Service):
 
 def makeService(options, reactor=None):
     settings = options.settings
-    if reactor is None:
-        from twisted.internet import reactor
-
-        wrapped = options.wrapped_factory
-    else:
+    reactor = options.reactor if reactor is None else reactor
+    wrapped = options.wrapped_factory
+    if reactor is not options.reactor:
+        # A reactor of the caller's (a test's Clock): the application must
+        # run on it, not on the one its factory was made and checked with.
         wrapped = options.application.makeFactory(settings, reactor)
     log = Logger(namespace=__name__)
     workers = settings["workers"]

@@ -28,7 +28,9 @@ import secrets
 from Crypto.Cipher import AES
 from twisted.logger import Logger
 
-from keyexchanged import keys
+from keyexchanged import files, keys
+from keyexchanged.errors import StaleTicket, TicketKeyFileError
+from keyexchanged.files import PRIVATE_FILE_MODE
 
 __all__ = [
     "StaleTicket",
@@ -51,15 +53,6 @@ MAX_TICKET_LENGTH = 512
 MAX_LIFETIME = 86400
 DEFAULT_LIFETIME = 3600
 _KEY_ID_CONTEXT = b"kx/1 ticket key id\x00"
-
-
-class StaleTicket(Exception):
-    """A ticket that cannot resume a session; the reason is for logs and
-    for ERROR stale-ticket (it never names a key or a secret)."""
-
-
-class TicketKeyFileError(ValueError):
-    """A ticket-key file that cannot be used, with file and line."""
 
 
 def key_id(key):
@@ -247,8 +240,7 @@ def load_ticket_keys(path):
     """
     name = os.fsdecode(path)
     try:
-        data, st = keys._read_key_file(name)
-        keys._check_private_mode(name, st)
+        data = keys.read_private_file(name)
     except keys.KeyFileError as error:
         raise TicketKeyFileError(str(error).replace("private key", "ticket-key file")) from None
     try:
@@ -282,13 +274,13 @@ def _key_file_text(ticket_keys):
 
 def new_ticket_key_file(path):
     """Make a ticket-key file with one fresh key (0600; never overwrites)."""
-    keys._write_atomically(path, _key_file_text(TicketKeys.random()), 0o600, force=False)
+    files.write_atomically(path, _key_file_text(TicketKeys.random()), PRIVATE_FILE_MODE, False)
 
 
 def rotate_ticket_key_file(path):
     """Put a fresh key first and keep the current first key after it."""
     current = load_ticket_keys(path)
-    keys._write_atomically(path, _key_file_text(current.rotated()), 0o600, force=True)
+    files.write_atomically(path, _key_file_text(current.rotated()), PRIVATE_FILE_MODE, True)
 
 
 # -- the client's store ------------------------------------------------------------
@@ -395,8 +387,7 @@ class TicketStore:
 
     def _load(self):
         try:
-            data, st = keys._read_key_file(self.path)
-            keys._check_private_mode(self.path, st)
+            data = keys.read_private_file(self.path)
         except keys.KeyFileError as error:
             if not os.path.lexists(self.path):
                 return
@@ -420,4 +411,4 @@ class TicketStore:
         now = self._clock()
         entries = [t.as_json() for v in self._tickets.values() for t in v if t.expires > now]
         data = json.dumps({"tickets": entries}).encode("utf-8")
-        keys._write_atomically(self.path, data, 0o600, force=True)
+        files.write_atomically(self.path, data, PRIVATE_FILE_MODE, force=True)

@@ -28,7 +28,9 @@ from service_identity.cryptography import (
     verify_certificate_ip_address,
 )
 
-from keyexchanged import ca, keys
+from keyexchanged import ca, files, keys, knownhosts
+from keyexchanged.errors import AuthorizedKeysError, UntrustedKey
+from keyexchanged.keys import check_fingerprint_syntax, same_fingerprint
 
 __all__ = [
     "AuthorizedKeysError",
@@ -40,35 +42,8 @@ __all__ = [
     "check_fingerprint_syntax",
     "load_authorized_keys",
     "parse_authorized_keys",
+    "policy_for",
 ]
-
-# SHA256: and 43 characters of unpadded base64 (32 bytes).
-_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]")
-
-
-class UntrustedKey(Exception):
-    """The server's key failed a trust check.
-
-    ``str()`` of it is the short detail that goes to the server in ``ERROR
-    untrusted-key`` and ends the user's error line: public text, which check
-    failed.  ``explanation``, when there is one, is for the user's eyes only
-    (it may name local files), printed before that line.
-    """
-
-    def __init__(self, detail, explanation=None):
-        super().__init__(detail)
-        self.explanation = explanation
-
-
-def check_fingerprint_syntax(text):
-    """Return ``text`` if it is a well-formed fingerprint, else raise ValueError."""
-    if not _FINGERPRINT.fullmatch(text):
-        raise ValueError(f"{text!r} is not a key fingerprint (SHA256: and 43 base64 characters)")
-    return text
-
-
-def same_fingerprint(a, b):
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 class PinnedKey:
@@ -106,6 +81,52 @@ class NoTrustAnchor:
             f"no way to check the server's key {offer.fingerprint}; if it is right, "
             f"run again with --fingerprint {offer.fingerprint}"
         )
+
+
+def policy_for(
+    port,
+    fingerprint=None,
+    ca_file=None,
+    insecure=False,
+    known_hosts=None,
+    accept_new=False,
+    ask=None,
+    report=None,
+):
+    """The client's trust policy for a server on ``port``, as the options of
+    ``keyexchange connect`` and ``tunnel`` choose it, checked before any
+    connection: the pinned ``fingerprint``, the CA certificates of
+    ``ca_file``, anything (``insecure``, with a warning through
+    ``report``), or by default the known hosts.  Whatever the choice, a key
+    revoked in the known-hosts file is refused.
+
+    ``known_hosts`` is its path (default: :func:`knownhosts.default_path`);
+    ``accept_new``, ``ask`` and ``report`` are :class:`KnownHostsTrust`'s.
+    Raises ``ValueError`` for a choice that makes no sense (a malformed
+    fingerprint, ``accept_new`` without known hosts), and
+    :class:`~keyexchanged.errors.KnownHostsError` or
+    :class:`~keyexchanged.errors.CertificateFileError` for a file that
+    cannot be used.
+    """
+    known_hosts = known_hosts or knownhosts.default_path()
+    if accept_new and (fingerprint or ca_file or insecure):
+        raise ValueError(
+            "--accept-new is for known hosts; not with --fingerprint, --ca, --insecure"
+        )
+    # Read now for a clear error before connecting; each check reads it
+    # again, as another client may have added to it meanwhile.
+    knownhosts.KnownHosts.load(known_hosts)
+    if fingerprint is not None:
+        policy = PinnedKey(fingerprint)
+    elif ca_file is not None:
+        policy = CertificateAuthority.from_file(ca_file)
+    elif insecure:
+        policy = Insecure(report)
+    else:
+        return knownhosts.KnownHostsTrust(
+            known_hosts, port, ask=ask, accept_new=accept_new, report=report
+        )
+    return knownhosts.NotRevoked(known_hosts, policy)
 
 
 # --- Certificates ------------------------------------------------------------------
@@ -307,10 +328,6 @@ MAX_AUTHORIZED_KEYS_FILE = 4 << 20
 _PEM_BEGIN = re.compile(r"-----BEGIN (PUBLIC KEY|RSA PUBLIC KEY)-----")
 
 
-class AuthorizedKeysError(Exception):
-    """An authorized-keys file cannot be used; the message names the line."""
-
-
 def parse_authorized_keys(text, path="authorized keys"):
     """The fingerprints of an authorized-keys text, as a frozenset.
 
@@ -360,13 +377,9 @@ def parse_authorized_keys(text, path="authorized keys"):
 def load_authorized_keys(path):
     """The fingerprints authorized by the file ``path`` (see
     :func:`parse_authorized_keys`); raises :class:`AuthorizedKeysError`."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_AUTHORIZED_KEYS_FILE + 1)
-    except OSError as error:
-        raise AuthorizedKeysError(f"{path}: cannot read: {error.strerror or error}") from None
-    if len(data) > MAX_AUTHORIZED_KEYS_FILE:
-        raise AuthorizedKeysError(f"{path}: too large for an authorized-keys file")
+    data = files.read_file(
+        path, MAX_AUTHORIZED_KEYS_FILE, AuthorizedKeysError, "too large for an authorized-keys file"
+    )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -27,48 +27,29 @@ __all__ = ["TunnelFactory"]
 class TunnelFactory(Factory):
     """Accept local connections; carry each over a new KX/1 session.
 
-    ``endpoint`` is a client endpoint to the KX/1 server, ``server_name``
-    the host name dialled (for the trust checks), ``server_address`` the
-    host and port its tickets are kept under: every connection after the
-    first resumes from a small pool of tickets held in memory, with no RSA
-    on either side.
+    ``opener`` is the :class:`~keyexchanged.protocol.SessionOpener` of the
+    KX/1 server: give it a ticket store (``TicketStore(per_server=8)``, in
+    memory), and every connection after the first resumes from a small pool
+    of tickets, with no RSA on either side.
     """
 
     noisy = False
     log = Logger()
 
-    def __init__(
-        self,
-        reactor,
-        endpoint,
-        trust,
-        server_name,
-        identity=None,
-        report=None,
-        server_address=None,
-        require_forward_secrecy=True,
-        idle_timeout=None,
-        tickets=None,
-    ):
-        self.reactor = reactor
-        self.server_address = server_address or (server_name, 0)
-        self.require_forward_secrecy = require_forward_secrecy
-        self.idle_timeout = idle_timeout
-        #: Tickets for the server, each used once; every session brings one.
-        self.tickets = tickets if tickets is not None else TicketStore(per_server=8)
+    def __init__(self, opener, report=None, explain=None):
+        self.opener = opener
         #: Called with one line for each connection that failed (the
-        #: command prints it; the Python API may leave it out).
+        #: command prints it; the Python API may leave it out), and
+        #: ``explain`` with a refused key's explanation before it (several
+        #: lines for the user's eyes: the changed-key banner, say).
         self.report = report
-        self.endpoint = endpoint
-        self.trust = trust
-        self.server_name = server_name
-        self.identity = identity
+        self.explain = explain
         #: The splices open now (first: the local connection, second: in the session).
         self.splices = set()
 
     def buildProtocol(self, address):
         peer = f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
-        name = f"tunnel from {peer} to {self.server_name}"
+        name = f"tunnel from {peer} to {self.opener.host}"
         splice = Splice(name, connect=lambda end: self._connect(end, name))
         splice.on_done = lambda reason: self._done(splice, reason)
         self.splices.add(splice)
@@ -76,30 +57,25 @@ class TunnelFactory(Factory):
 
     def _done(self, splice, reason):
         self.splices.discard(splice)
-        if reason is not None and self.report is not None:
-            self.report(f"{splice.name}: {_why(reason)}")
+        if reason is None:
+            return
+        cause = protocol.cause_of(reason)
+        explanation = getattr(cause, "explanation", None)
+        if explanation and self.explain is not None:
+            self.explain(explanation)
+        if self.report is not None:
+            self.report(f"{splice.name}: {str(cause) or type(cause).__name__}")
 
     def _connect(self, end, name=None):
         application = Factory.forProtocol(lambda: end)
         application.noisy = False
-        connecting = protocol.connect(
-            self.reactor,
-            self.endpoint,
-            self.trust,
-            application,
-            server_name=self.server_name,
-            identity=self.identity,
-            require_forward_secrecy=self.require_forward_secrecy,
-            tickets=self.tickets,
-            server_address=self.server_address,
-            idle_timeout=self.idle_timeout,
-        )
+        connecting = self.opener.open(application)
 
         def established(application):
             session = application.transport
             self.log.info(
                 "session to {server}: {kind}",
-                server=self.server_name,
+                server=self.opener.host,
                 kind="resumed (no RSA)" if session.resumed else "full handshake",
             )
             if self.report is not None and name is not None:
@@ -109,46 +85,24 @@ class TunnelFactory(Factory):
         return connecting.addCallback(established)
 
 
-def _why(reason):
-    """One line for a user: the real cause inside HandshakeFailed."""
-    value = reason.value
-    while isinstance(value, protocol.HandshakeFailed):
-        inner = value.reason
-        value = getattr(inner, "value", inner)
-    return str(value) or type(value).__name__
-
-
-def run_tunnel(
-    reactor,
-    listen,
-    host,
-    port,
-    policy,
-    identity=None,
-    report=print,
-    require_forward_secrecy=True,
-    idle_timeout=None,
-):
+def run_tunnel(reactor, listen, host, port, policy, report=print, explain=None, **options):
     """Listen on ``listen`` (a strports description) until the reactor stops.
 
     Each accepted connection is carried to ``host:port`` over its own
-    KX/1 session.  Fires with the listening port once listening; the
-    caller keeps the reactor running.
+    KX/1 session, opened with the
+    :class:`~keyexchanged.protocol.SessionOpener`'s ``options``
+    (``identity``, ``require_forward_secrecy``, ``idle_timeout``).  Fires
+    with the listening port once listening; the caller keeps the reactor
+    running.  ``explain`` prints a refused key's explanation (see
+    :class:`TunnelFactory`).
     """
     from twisted.internet import endpoints
 
-    server = endpoints.HostnameEndpoint(reactor, host, port, timeout=30)
-    factory = TunnelFactory(
-        reactor,
-        server,
-        policy,
-        host,
-        identity=identity,
-        report=report,
-        server_address=(host, port),
-        require_forward_secrecy=require_forward_secrecy,
-        idle_timeout=idle_timeout,
+    # Tickets for the server, each used once; every session brings one.
+    opener = protocol.SessionOpener(
+        reactor, host, port, policy, tickets=TicketStore(per_server=8), **options
     )
+    factory = TunnelFactory(opener, report=report, explain=explain)
     listening = endpoints.serverFromString(reactor, listen).listen(factory)
 
     def ready(local):

@@ -315,6 +315,14 @@ class CommandTestCase(SynchronousTestCase):
         for fragment in fragments:
             self.assertIn(fragment, lines[0])
 
+    def assertBadOption(self, argv, option, reason):
+        """argparse refused ``option``'s value by the rule it shares with
+        the daemon's settings: status 2, the reason on the last line."""
+        code, out, err = self.run_main(*argv)
+        self.assertEqual((code, out), (2, ""), err)
+        self.assertNotIn("Traceback", err)
+        self.assertIn(f": error: argument {option}: must be {reason}", err.splitlines()[-1])
+
     def assertFails(self, argv, *fragments, status=1):
         code, out, err = self.run_main(*argv)
         self.assertEqual(code, status, err)

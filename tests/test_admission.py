@@ -12,7 +12,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from keyexchanged import keys, protocol, tap
-from keyexchanged.admission import DEFAULT_IPV6_PREFIX, source_key
+from keyexchanged.admission import DEFAULT_IPV6_PREFIX, Admission, source_key
 from tests.test_handshake import SERVER_KEY, frames
 from tests.test_protocol import server_factory
 
@@ -58,6 +58,36 @@ def v4(host, port=40000):
     return IPv4Address("TCP", host, port)
 
 
+class AdmissionTests(unittest.TestCase):
+    """The counting on its own, without a factory."""
+
+    def test_limits_and_release(self):
+        admission = Admission(max_connections=3, max_per_source=2)
+        a = admission.source("2001:db8::1")
+        b = admission.source("192.0.2.1")
+        self.assertEqual(a, admission.source("2001:db8::2"))  # the same /64
+        for session in ("s1", "s2"):
+            self.assertIsNone(admission.refusal(a))
+            admission.admit(session, a)
+        self.assertEqual(admission.refusal(a), "too many connections from this address")
+        admission.admit("s3", b)
+        self.assertEqual(admission.refusal(b), "too many connections")
+        admission.release("s1")
+        self.assertIsNone(admission.refusal(a))
+        admission.release("s2")
+        admission.release("s3")
+        admission.release("s3")  # twice is harmless
+        self.assertEqual((admission.connections, admission.per_source), (set(), {}))
+
+    def test_private_key_work(self):
+        admission = Admission(max_handshakes=1)
+        self.assertTrue(admission.start_work())
+        self.assertFalse(admission.start_work())
+        admission.end_work()
+        self.assertEqual(admission.working, 0)
+        self.assertTrue(admission.start_work())
+
+
 class PerSourceLimitTests(unittest.TestCase):
     """The factory counts connections by source_key."""
 
@@ -89,7 +119,9 @@ class PerSourceLimitTests(unittest.TestCase):
         # A connection that ends frees its place in its /64.
         first.connectionLost(error.ConnectionDone())
         self.assertServed(self.connect(factory, v6("2001:db8:0:1::4")))
-        self.assertEqual(factory.per_source, {"2001:db8:0:1::/64": 2, "2001:db8:0:2::/64": 1})
+        self.assertEqual(
+            factory.admission.per_source, {"2001:db8:0:1::/64": 2, "2001:db8:0:2::/64": 1}
+        )
 
     def test_configured_prefix(self):
         factory = server_factory(max_per_source=1, ipv6_source_prefix=128)
@@ -135,7 +167,7 @@ class OptionTests(unittest.TestCase):
         self.assertEqual(self.parse().settings["ipv6-source-prefix"], 64)
         options = self.parse("--ipv6-source-prefix", "48", "--max-per-source", "1")
         factory = tap.makeService(options, reactor=Clock()).factory
-        self.assertEqual(factory.ipv6_source_prefix, 48)
+        self.assertEqual(factory.admission.ipv6_prefix, 48)
         self.assertIsInstance(
             factory.buildProtocol(v6("2001:db8:1::1")), protocol.ServerChannelProtocol
         )

@@ -228,9 +228,24 @@ class CACommandTests(CommandTestCase):
             (["--key", self.public], "at least one --name"),
             (["--key", self.public, "--ip", "nope"], "not an IP address"),
             (["--key", self.public, "--name", "a b"], "not a host name"),
-            (["--key", self.public, "--name", "a", "--days", "0"], "--days"),
         ]:
             self.assertFails(["ca", "issue", directory, *argv], fragment, status=2)
+        for days in ("0", "36601", "many"):
+            self.assertBadOption(
+                ["ca", "issue", directory, "--key", self.public, "--name", "a", "--days", days],
+                "--days",
+                "a number of days from 1 to 36600",
+            )
+            self.assertBadOption(
+                ["ca", "init", self.path("other"), "--days", days],
+                "--days",
+                "a number of days from 1 to 36600",
+            )
+        self.assertBadOption(
+            ["ca", "init", self.path("other"), "--bits", "1024"],
+            "--bits",
+            "from 2048 to 8192 in steps of 8",
+        )
 
     def test_issue_without_a_ca(self):
         self.assertFails(

@@ -83,7 +83,9 @@ class ClosingTests(unittest.TestCase):
         server.clock.advance(301)
         server.proto.connectionLost(Failure(error.ConnectionDone()))
         self.assertEqual(server.clock.getDelayedCalls(), [])
-        self.assertEqual((server.factory.connections, server.factory.per_source), (set(), {}))
+        self.assertEqual(
+            (server.factory.connections, server.factory.admission.per_source), (set(), {})
+        )
 
     def test_close_unregisters_a_producer(self):
         """A paused streaming producer would be resumed by a draining TCP
@@ -147,7 +149,7 @@ class DecryptionFaultTests(unittest.TestCase):
 
         server = Server(MessageFactory(b"m"), pool=Broken())
         server.handshake()
-        self.assertEqual(server.factory.working, 0)
+        self.assertEqual(server.factory.admission.working, 0)
         # Implicit rejection: the client cannot open the first record.
         self.assertEqual([type(e) for e in server.events][-1], handshake.ProtocolFailed)
         self.assertEqual(server.events[-1].code, "bad-record")
@@ -176,7 +178,9 @@ class DecryptionFaultTests(unittest.TestCase):
         server.handshake()
         with self.assertRaises(RuntimeError):
             server.proto.connectionLost(Failure(error.ConnectionLost()))
-        self.assertEqual((server.factory.connections, server.factory.per_source), (set(), {}))
+        self.assertEqual(
+            (server.factory.connections, server.factory.admission.per_source), (set(), {})
+        )
 
 
 class StalePoolTests(unittest.TestCase):

@@ -203,6 +203,21 @@ class OptionsTests(unittest.TestCase):
                 )
             self.assertIn(fragment, str(caught.exception))
 
+    def test_service_serves_the_factory_options_checked(self):
+        """The application's factory is made once, in Options, and served;
+        made again only for another reactor (a test's Clock)."""
+        with open(self.conf, "a") as f:
+            f.write("application = forward\nforward-to = tcp:127.0.0.1:6379\nworkers = 0\n")
+        options = self.parse("--config", self.conf)
+        from twisted.internet import reactor
+
+        service = tap.makeService(options, reactor=reactor)
+        self.assertIs(service.factory.wrapped_factory, options.wrapped_factory)
+        clock = Clock()
+        service = tap.makeService(options, reactor=clock)
+        self.assertIsNot(service.factory.wrapped_factory, options.wrapped_factory)
+        self.assertIs(service.factory.wrapped_factory.endpoint._reactor, clock)
+
     def test_application_settings_from_file_and_command_line(self):
         with open(self.conf, "a") as f:
             f.write("application = forward\nforward-to = tcp:127.0.0.1:6379\nworkers = 0\n")

@@ -425,7 +425,7 @@ class InProcessKeyGenerationTests(unittest.TestCase):
         os.makedirs(self.dir)
         self.path = os.path.join(self.dir, "keys", "server.key")
         # Generation itself is not under test here.
-        self.patch(rsa, "generate_private_key", lambda bits: SERVER_KEY)
+        self.patch(rsa, "generate_private_key", lambda bits, progress=None: SERVER_KEY)
         self.reports = []
 
     def disk_full_after(self, writes):

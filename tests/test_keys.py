@@ -712,6 +712,52 @@ class WriteTests(TemporaryDirectoryMixin, SynchronousTestCase):
         self.assertEqual(os.listdir(self.dir), [])
 
 
+class PassphraseFileTests(TemporaryDirectoryMixin, SynchronousTestCase):
+    """keys.read_passphrase_file: the one reader of every --passphrase-file."""
+
+    def setUp(self):
+        self.dir = self.make_directory()
+
+    def test_first_line_without_its_ending(self):
+        path = write(os.path.join(self.dir, "p"), "pässword\r\nsecond line\n".encode())
+        self.assertEqual(keys.read_passphrase_file(path), "pässword".encode())
+
+    def test_refusals_name_the_file(self):
+        empty = write(os.path.join(self.dir, "empty"), b"\n")
+        long = write(os.path.join(self.dir, "long"), b"x" * (keys.MAX_PASSPHRASE_LINE + 1))
+        missing = os.path.join(self.dir, "missing")
+        for path, words in (
+            (empty, "passphrase file is empty"),
+            (long, "first line too long for a passphrase"),
+            (missing, "cannot read passphrase file: No such file or directory"),
+        ):
+            error = self.assertRaises(keys.KeyFileError, keys.read_passphrase_file, path)
+            self.assertEqual(str(error).split(" (")[0], f"{path}: {words}")
+
+
+class KeyPairTests(TemporaryDirectoryMixin, SynchronousTestCase):
+    """keys.create_key_pair: what keygen and the daemon's first start share."""
+
+    def setUp(self):
+        self.dir = self.make_directory()
+        self.path = os.path.join(self.dir, "key")
+        self.patch(keys.rsa, "generate_private_key", lambda bits, progress=None: vector_key())
+
+    def test_both_files(self):
+        key = keys.create_key_pair(self.path, 2048)
+        self.assertEqual(components(keys.load_private_key(self.path)), components(key))
+        self.assertEqual(keys.load_public_key(self.path + ".pub"), key.public_key())
+
+    def test_stale_public_file(self):
+        """Refused, and no private key left without its public half; replaced
+        when asked (a daemon's first start)."""
+        write(self.path + ".pub", b"stale", 0o644)
+        self.assertRaises(keys.KeyFileExistsError, keys.create_key_pair, self.path, 2048)
+        self.assertEqual(os.listdir(self.dir), ["key.pub"])
+        key = keys.create_key_pair(self.path, 2048, replace_public=True)
+        self.assertEqual(keys.load_public_key(self.path + ".pub"), key.public_key())
+
+
 class OpenSSLTests(TemporaryDirectoryMixin, SynchronousTestCase):
     """What we write, openssl reads, and the other way round."""
 

@@ -348,7 +348,7 @@ class PolicyTests(unittest.TestCase):
         def full(path, data, mode, force):
             raise keys.KeyFileError(f"{path}: cannot write: No space left on device")
 
-        self.patch(knownhosts.keys, "_write_atomically", full)
+        self.patch(knownhosts.files, "write_atomically", full)
         self.trust(accept_new=True).verify("example.org", OFFER)
         self.assertIn("could not add example.org:51424", self.reports[0])
         self.assertIn("No space left on device", self.reports[0])

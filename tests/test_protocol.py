@@ -9,12 +9,14 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from keyexchanged import handshake, protocol
+from keyexchanged import handshake, keys, protocol
 from keyexchanged.applications import EchoFactory
-from keyexchanged.framing import encode_frame
+from keyexchanged.framing import RECORD_DATA_MAX, encode_frame
+from keyexchanged.protocol._transport import AggregateWrites
 from keyexchanged.records import RecordOpener
 from keyexchanged.trust import Insecure, PinnedKey, UntrustedKey
 from tests.fixtures import (
@@ -30,6 +32,8 @@ from tests.fixtures import (
     server_factory,
 )
 from tests.vectors import RAW, hexbytes, record
+
+CLIENT_KEY_FINGERPRINT = keys.fingerprint(CLIENT_KEY)
 
 
 class EndToEndTests(unittest.TestCase):
@@ -145,6 +149,60 @@ class EndToEndTests(unittest.TestCase):
         self.assertEqual(pair.server_factory.connections, set())
 
 
+class SessionSummaryTests(unittest.TestCase):
+    """Issue 10: a protocol gets what it needs when it is built, and reports
+    its end in one summary; neither side reads the other's attributes."""
+
+    def test_protocols_never_read_their_factory(self):
+        """Protocol.factory is None: one self.factory.x would raise."""
+        pair = Pair(identity=CLIENT_KEY)
+        pair.flush()
+        self.assertEqual(pair.application.data, MESSAGE)
+        self.assertEqual((pair.server.factory, pair.client.factory), (None, None))
+        self.assertEqual(pair.server_factory.connections, set())
+        self.assertTrue(pair.handshake.called)
+
+    def test_one_summary_and_the_same_log_line(self):
+        factory = server_factory()
+        summaries = []
+        reported = factory.connection_ended
+
+        def ended(protocol, summary):
+            summaries.append(summary)
+            reported(protocol, summary)
+
+        factory.connection_ended = ended
+        lines = []
+
+        def observe(event):
+            if event.get("log_format", "").startswith("connection from {peer} ended:"):
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        pair = Pair(factory=factory, identity=CLIENT_KEY)
+        pair.flush()
+        (summary,) = summaries
+        connection = pair.server.connection
+        self.assertEqual(
+            (summary.outcome, summary.kind, summary.peer_fingerprint),
+            ("ok", "full, forward secrecy", CLIENT_KEY_FINGERPRINT),
+        )
+        self.assertEqual(
+            (summary.bytes_in, summary.bytes_out),
+            (connection.bytes_received, connection.bytes_sent),
+        )
+        self.assertIsInstance(summary.reason.value, error.ConnectionDone)
+        self.assertEqual(
+            lines,
+            [
+                f"connection from {summary.peer} ended: ok; full, forward secrecy; "
+                f"{summary.bytes_in} bytes in, {summary.bytes_out} bytes out, 0.000 s; "
+                f"client key {CLIENT_KEY_FINGERPRINT}"
+            ],
+        )
+
+
 class TruncationTests(unittest.TestCase):
     def test_connection_dropped_before_end(self):
         class Silent(Protocol):
@@ -202,7 +260,7 @@ class CoalescingTests(unittest.TestCase):
         app_transport = protocol.SecureTransport(pair.server)
         app_transport.write(b"x" * 10)
         app_transport.write(b"y" * 10)
-        self.assertEqual(pair.server._pending_length, 20)
+        self.assertEqual(pair.server.pending_length, 20)
         pair.flush()  # advances the clock by 0: the flush runs
         self.assertEqual(pair.application.data, b"x" * 10 + b"y" * 10)
 
@@ -214,7 +272,37 @@ class CoalescingTests(unittest.TestCase):
         pair.server.transport.write = written.append
         app_transport.write(b"z" * 65536)
         self.assertEqual(len(written), 1)
-        self.assertEqual(pair.server._pending_length, 0)
+        self.assertEqual(pair.server.pending_length, 0)
+
+
+class AggregateWritesTests(unittest.TestCase):
+    """The batching on its own: what it seals, and when."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.sealed = []
+        self.writes = AggregateWrites(self.sealed.append, self.clock)
+
+    def test_one_seal_at_the_end_of_the_turn(self):
+        for chunk in (b"a", b"bc", b"def"):
+            self.writes.write(chunk)
+        self.assertEqual((self.sealed, len(self.writes)), ([], 6))
+        self.clock.advance(0)
+        self.assertEqual((self.sealed, len(self.writes)), ([b"abcdef"], 0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_full_record_at_once_and_no_call_left(self):
+        self.writes.write(b"a" * 100)
+        self.writes.write(b"b" * (RECORD_DATA_MAX - 100))
+        self.assertEqual(self.sealed, [b"a" * 100 + b"b" * (RECORD_DATA_MAX - 100)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancel_keeps_what_was_written(self):
+        self.writes.write(b"kept")
+        self.writes.cancel()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.writes.flush()
+        self.assertEqual(self.sealed, [b"kept"])
 
 
 class FrameByFrameTests(unittest.TestCase):
@@ -454,7 +542,7 @@ class LimitTests(unittest.TestCase):
         self.assertIsInstance(
             factory.buildProtocol(address("10.0.0.1", 99)), protocol.ServerChannelProtocol
         )
-        self.assertEqual(factory.per_source["10.0.0.1"], 2)
+        self.assertEqual(factory.admission.per_source["10.0.0.1"], 2)
 
 
 class ShutdownTests(unittest.TestCase):

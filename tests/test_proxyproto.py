@@ -429,7 +429,7 @@ class SecureChannelTests(unittest.SynchronousTestCase):
         self.assertEqual(connection.transport.value(), b"")
         connection.feed(V2_TCP4)
         self.assertEqual([verb for verb, _ in frames(connection.transport.value())], ["HELLO"])
-        self.assertEqual(server.per_source, {"192.0.2.7": 1})
+        self.assertEqual(server.admission.per_source, {"192.0.2.7": 1})
 
         # A second client through the same proxy is another source...
         other = Connection(wrapped=server)

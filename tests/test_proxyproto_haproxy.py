@@ -197,7 +197,7 @@ class HAProxyTests(unittest.TestCase):
         # The server's own log line names the client too.
         yield _until(lambda: real in ended)
         self.assertEqual(ended, {real: "ok"})
-        self.assertEqual(server.per_source, {})
+        self.assertEqual(server.admission.per_source, {})
 
     @defer.inlineCallbacks
     def test_health_check_is_a_local_connection(self):

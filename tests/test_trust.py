@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from keyexchanged import ca, client, keys, protocol
+from keyexchanged import ca, client, keys, knownhosts, protocol, trust
 from keyexchanged.applications import MessageFactory
 from keyexchanged.handshake import ServerIdentity
 from keyexchanged.protocol import SecureChannelFactory
@@ -73,6 +73,43 @@ class PinnedKeyTests(unittest.TestCase):
 
     def test_refuses_a_malformed_fingerprint(self):
         self.assertRaises(ValueError, PinnedKey, "SHA256:short")
+
+
+class PolicyForTests(unittest.TestCase):
+    """trust.policy_for: what the options of connect and tunnel choose."""
+
+    def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.known_hosts = os.path.join(self.dir, "known_hosts")
+
+    def policy(self, **options):
+        return trust.policy_for(51424, known_hosts=self.known_hosts, **options)
+
+    def test_each_choice_behind_the_revoked_keys(self):
+        pinned = self.policy(fingerprint=IDENTITY.fingerprint)
+        self.assertIsInstance(pinned, knownhosts.NotRevoked)
+        self.assertIsInstance(pinned.policy, PinnedKey)
+        anchors = os.path.join(self.dir, "ca.pem")
+        with open(anchors, "wb") as f:
+            f.write(certs.pem(world()["root"]))
+        self.assertIsInstance(self.policy(ca_file=anchors).policy, CertificateAuthority)
+        self.assertIsInstance(self.policy(insecure=True).policy, trust.Insecure)
+        known = self.policy(accept_new=True)
+        self.assertIsInstance(known, knownhosts.KnownHostsTrust)
+        self.assertTrue(known.accept_new)
+
+    def test_nonsense_is_a_value_error(self):
+        self.assertRaises(ValueError, self.policy, fingerprint="SHA256:short")
+        self.assertRaises(ValueError, self.policy, accept_new=True, insecure=True)
+
+    def test_unusable_files_before_connecting(self):
+        with open(self.known_hosts, "w") as f:
+            f.write("not a line\n")
+        self.assertRaises(knownhosts.KnownHostsError, self.policy, insecure=True)
+        os.unlink(self.known_hosts)
+        missing = os.path.join(self.dir, "missing.pem")
+        self.assertRaises(ca.CertificateFileError, self.policy, ca_file=missing)
 
 
 class CertificateAuthorityTests(unittest.TestCase):
@@ -395,7 +432,7 @@ class ExplainedRefusalTests(unittest.TestCase):
     """What ``keyexchange connect --ca ... --explain`` prints when the
     server's certificate is not a server certificate (issue 12)."""
 
-    def connect(self, chain):
+    def connect(self, chain, trust_policy=None):
         clock = Clock()
         identity = ServerIdentity(SERVER_KEY, [certs.der(c) for c in chain])
         endpoint = InMemoryEndpoint(
@@ -406,7 +443,7 @@ class ExplainedRefusalTests(unittest.TestCase):
         )
         output, errors = io.BytesIO(), io.StringIO()
         done = client.run_connect(
-            clock, "server.example", 51424, policy(), explain=True,
+            clock, "server.example", 51424, trust_policy or policy(), explain=True,
             output=output, errors=errors, endpoint=endpoint,
         )  # fmt: skip
         endpoint.pump.flush()
@@ -429,6 +466,21 @@ class ExplainedRefusalTests(unittest.TestCase):
             "keyexchange: error: untrusted server key: the server's certificate is not a "
             "server certificate: its extendedKeyUsage allows clientAuth, not serverAuth",
         )
+
+    def test_broken_policy(self):
+        """A policy that fails in an unexpected way refuses the key (exit 3),
+        and the user is told what broke, not a bare refusal."""
+
+        class Broken:
+            def verify(self, server_name, offer):
+                raise OSError("the trust store went away")
+
+        lines = self.connect([], Broken())
+        self.assertEqual(
+            lines[-1],
+            "keyexchange: error: the trust check failed: OSError: the trust store went away",
+        )
+        self.flushLoggedErrors()
 
     def test_ca_certificate(self):
         lines = self.connect([leaf(ca=True, usage=CA_AND_SERVER_USAGE)])

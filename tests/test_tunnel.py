@@ -6,6 +6,7 @@ daemon-and-CLI version of the same chain is in test_tunnel_system.py.
 """
 
 import hashlib
+import os
 
 from twisted.internet import defer, endpoints, error, interfaces, reactor
 from twisted.internet.protocol import Factory, Protocol
@@ -13,11 +14,16 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from keyexchanged.applications import ForwardFactory
-from keyexchanged.protocol import SecureChannelFactory
+from keyexchanged.knownhosts import KnownHostsTrust, host_entry
+from keyexchanged.protocol import SecureChannelFactory, SessionOpener
+from keyexchanged.tickets import TicketStore
 from keyexchanged.trust import PinnedKey
 from keyexchanged.tunnel import TunnelFactory
 from tests.fixtures import IDENTITY, Pusher, Target
 from tests.rev2 import StaticEphemeralKeys
+
+#: A key the known hosts list for the server instead of its own.
+OTHER_FINGERPRINT = "SHA256:" + "A" * 43
 
 
 @implementer(interfaces.IHalfCloseableProtocol)
@@ -77,12 +83,16 @@ class Chain:
             chain.server_factory
         )
         testcase.addCleanup(server.stopListening)
-        chain.tunnel = TunnelFactory(
+        server_port = server.getHost().port
+        opener = SessionOpener(
             reactor,
-            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", server.getHost().port),
-            PinnedKey(IDENTITY.fingerprint),
             "127.0.0.1",
+            server_port,
+            PinnedKey(IDENTITY.fingerprint),
+            tickets=TicketStore(per_server=8),
+            endpoint=endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", server_port),
         )
+        chain.tunnel = TunnelFactory(opener)
         local = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             chain.tunnel
         )
@@ -170,7 +180,7 @@ class TunnelTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_untrusted_server_resets_the_local_client(self):
         chain = yield Chain.start(self)
-        chain.tunnel.trust = PinnedKey("SHA256:" + "A" * 43)
+        chain.tunnel.opener.trust = PinnedKey("SHA256:" + "A" * 43)
         reports = []
         chain.tunnel.report = reports.append
         client = Client()
@@ -182,6 +192,31 @@ class TunnelTests(unittest.TestCase):
         (line,) = reports
         self.assertIn("to 127.0.0.1: the server's key", line)
         self.assertIn("does not match the pinned fingerprint", line)
+
+    @defer.inlineCallbacks
+    def test_changed_key_banner(self):
+        """Issue 10, item 2: a refused key keeps its full explanation all the
+        way to the user; the tunnel printed only the short detail, and a
+        changed key went without its banner."""
+        chain = yield Chain.start(self)
+        known_hosts = os.path.abspath(self.mktemp())
+        opener = chain.tunnel.opener
+        with open(known_hosts, "w") as f:
+            f.write(f"{host_entry(opener.host, opener.port)} {OTHER_FINGERPRINT}\n")
+        opener.trust = KnownHostsTrust(known_hosts, opener.port)
+        reports, explanations = [], []
+        chain.tunnel.report = reports.append
+        chain.tunnel.explain = explanations.append
+        client = Client()
+        yield chain.connect(client)
+        reason = yield client.lost
+        self.assertIsInstance(reason, error.ConnectionLost)
+        self.assertEqual(chain.targets, [])
+        (banner,) = explanations
+        self.assertIn("WARNING: THE KEY OF THIS SERVER HAS CHANGED!", banner)
+        self.assertIn(f"Known from {known_hosts}, line 1.", banner)
+        (line,) = reports
+        self.assertIn(f"the key of 127.0.0.1:{opener.port} has changed", line)
 
 
 def _buffered(transport):
@@ -289,9 +324,9 @@ class BackpressureTests(unittest.TestCase):
         buffers = {
             "forward to target": _buffered(forward.second.transport),
             "daemon session": _buffered(session.transport),
-            "daemon records": forward.first.transport._channel._pending_length,
+            "daemon records": forward.first.transport._channel.pending_length,
             "tunnel session": _buffered(tunnel.second.transport._channel.transport),
-            "tunnel records": tunnel.second.transport._channel._pending_length,
+            "tunnel records": tunnel.second.transport._channel.pending_length,
             "tunnel local": _buffered(tunnel.first.transport),
         }
         for name, size in buffers.items():

@@ -143,17 +143,17 @@ class ChannelTests(unittest.TestCase):
         pair = self.pair(pool, clock)
         pair.flush()
         self.assertEqual(len(pool.requests), 1)
-        self.assertEqual(pair.server_factory.working, 1)
+        self.assertEqual(pair.server_factory.admission.working, 1)
         self.assertNoResult(pair.handshake)
         pool.answer()  # the KEY
         pair.flush()
         # The optional AUTH: checked in the pool as well, counted the same.
         self.assertEqual(len(pool.requests), 1)
-        self.assertEqual(pair.server_factory.working, 1)
+        self.assertEqual(pair.server_factory.admission.working, 1)
         pool.answer()
         pair.flush()
         self.assertEqual(pair.application.data, MESSAGE)
-        self.assertEqual(pair.server_factory.working, 0)
+        self.assertEqual(pair.server_factory.admission.working, 0)
         self.assertEqual(pair.server_factory.connections, set())
 
     def test_beyond_max_handshakes_is_busy_and_others_go_on(self):
@@ -180,7 +180,7 @@ class ChannelTests(unittest.TestCase):
         failure = self.failureResultOf(pair.handshake)
         self.assertEqual(failure.value.reason.value.code, "timeout")
         pool.answer()  # late: ignored, counted back
-        self.assertEqual(pair.server_factory.working, 0)
+        self.assertEqual(pair.server_factory.admission.working, 0)
 
     def test_connection_lost_while_decrypting(self):
         pool, clock = FakePool(), Clock()
@@ -191,7 +191,7 @@ class ChannelTests(unittest.TestCase):
         self.assertEqual(pair.server_factory.connections, set())
         self.failureResultOf(pair.handshake, HandshakeFailed)
         pool.answer()
-        self.assertEqual(pair.server_factory.working, 0)
+        self.assertEqual(pair.server_factory.admission.working, 0)
 
     def test_pool_failure_is_implicit_rejection(self):
         pool, clock = FakePool(), Clock()

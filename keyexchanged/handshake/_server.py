@@ -1,0 +1,368 @@
+"""The server's side: its per-key identity, and one connection's state machine."""
+
+import base64
+import json
+import secrets
+from typing import ClassVar
+
+from keyexchanged import keys, schedule
+from keyexchanged.errors import StaleTicket
+from keyexchanged.framing import (
+    AUTH_FAILED,
+    AUTH_REQUIRED,
+    MALFORMED_FRAME,
+    STALE_TICKET,
+    UNEXPECTED_FRAME,
+    ProtocolError,
+)
+from keyexchanged.handshake._decoding import _b64decode, _json_object, check_public_key
+from keyexchanged.handshake._events import (
+    DecryptionNeeded,
+    HandshakeComplete,
+    VerificationNeeded,
+)
+from keyexchanged.handshake._machine import (
+    AUTH_SALT_LENGTH,
+    NONCE_LENGTH,
+    PROTOCOL_NAME,
+    SECRET_LENGTH,
+    WAIT,
+    Refuse,
+    State,
+    _Connection,
+)
+from keyexchanged.records import RecordOpener, RecordSealer
+from keyexchanged.rsa import DecryptionError, FaultError
+from keyexchanged.schedule import derive_keys, transcript_hash
+
+#: What a server accepts as a client key in AUTH (§8): verifying costs a
+#: public-key operation on a key a stranger chose, so it is bounded harder
+#: than a server key.  e = 65537 makes the cost ~17 squarings.
+DEFAULT_CLIENT_KEY_MAX_BITS = 4096
+CLIENT_KEY_EXPONENT = 65537
+
+
+class ServerIdentity:
+    """Everything about the server's long-term key that is the same for
+    every connection: its DER, fingerprint, certificate chain, and the HELLO
+    around the nonce (made once per ephemeral key, not per connection)."""
+
+    def __init__(self, private_key, certificates=()):
+        self.private_key = private_key
+        self.public_key = private_key.public_key()
+        self.der = keys.public_key_to_der(self.public_key)
+        self.key_b64 = base64.b64encode(self.der).decode("ascii")
+        self.fingerprint = keys.fingerprint(self.public_key)
+        self.key_bytes = (self.public_key.n.bit_length() + 7) // 8
+        self.certificates = tuple(certificates)
+        self.certificates_b64 = [base64.b64encode(c).decode("ascii") for c in self.certificates]
+        self._hello_parts = self._split_hello(None)
+        # The HELLO around the nonce for the ephemeral key offered last:
+        # one key is offered at a time, so one entry is the whole cache.
+        self._ephemeral_hello = (None, None)
+
+    def _split_hello(self, ephemeral):
+        # The HELLO JSON is the same for every connection but for the nonce:
+        # serialize it once, around a marker, and splice each nonce in.
+        # (Base64 needs no JSON escaping, so the bytes equal json.dumps's.)
+        marker = "\0nonce\0"
+        hello = {"protocol": PROTOCOL_NAME, "key": self.key_b64, "nonce": marker}
+        if self.certificates_b64:
+            hello["certificates"] = self.certificates_b64
+        if ephemeral is not None:
+            hello["ephemeral"] = ephemeral.member
+        head, tail = json.dumps(hello).split(json.dumps(marker)[1:-1])
+        return head.encode("utf-8"), tail.encode("utf-8")
+
+    def hello_payload(self, nonce, ephemeral=None):
+        """The HELLO payload for ``nonce``, offering ``ephemeral`` (an
+        :class:`~keyexchanged.ephemeral.EphemeralKey`) when given."""
+        if ephemeral is None:
+            head, tail = self._hello_parts
+        else:
+            cached, parts = self._ephemeral_hello
+            if cached is not ephemeral:
+                parts = self._split_hello(ephemeral)
+                self._ephemeral_hello = (ephemeral, parts)
+            head, tail = parts
+        return head + base64.b64encode(nonce) + tail
+
+
+class ServerConnection(_Connection):
+    """One accepted connection, server side.
+
+    ``identity``: the :class:`ServerIdentity`.  ``ephemeral``: the
+    :class:`~keyexchanged.ephemeral.EphemeralKey` this connection's HELLO
+    offers (``None``: no forward secrecy, KEY under the long-term key).
+    ``tickets``: a :class:`~keyexchanged.tickets.TicketIssuer`, or ``None``
+    when resumption is off.  ``authorized_keys``: when not ``None``, a
+    container of client key fingerprints, and AUTH is required.
+    ``defer_work``: private-key-sized work (KEY decryption, AUTH
+    verification) is handed out as events instead of done here.
+    ``random`` draws bytes (the nonce and the implicit-rejection secret);
+    tests replace it to replay the vectors.
+    """
+
+    def __init__(
+        self,
+        identity,
+        authorized_keys=None,
+        random=secrets.token_bytes,
+        defer_work=False,
+        ephemeral=None,
+        tickets=None,
+        client_key_max_bits=DEFAULT_CLIENT_KEY_MAX_BITS,
+        **limits,
+    ):
+        super().__init__(**limits)
+        self.identity = identity
+        self.authorized_keys = authorized_keys
+        self._random = random
+        self.defer_work = defer_work
+        self.ephemeral = ephemeral
+        self.tickets = tickets
+        self.client_key_max_bits = client_key_max_bits
+        self._hello = None
+        self._nonce = None
+        self._resumption_secret = None
+        self._pending = None  # what the private-key work away will complete
+        self.client_fingerprint = None
+        self.forward_secrecy = ephemeral is not None
+        self._holds_ephemeral = False
+        self.state = State.AWAIT_KEY
+
+    def start(self):
+        """Queue HELLO; call once the connection is accepted."""
+        self._nonce = self._random(NONCE_LENGTH)
+        self._hello = self.identity.hello_payload(self._nonce, self.ephemeral)
+        if self.ephemeral is not None:
+            self.ephemeral.acquire()
+            self._holds_ephemeral = True
+        self._send_frame("HELLO", self._hello)
+
+    # -- KEY ---------------------------------------------------------------------
+
+    def _decrypting_key(self):
+        if self.ephemeral is not None:
+            return self.ephemeral.private_key
+        return self.identity.private_key
+
+    def _check_length(self, verb, length):
+        if verb == "KEY":
+            k = self.ephemeral.key_bytes if self.ephemeral is not None else self.identity.key_bytes
+            if length != k:
+                raise ProtocolError(MALFORMED_FRAME, f"KEY must be {k} bytes, not {length}")
+
+    def _on_key(self, verb, payload):
+        # Implicit rejection (§3): the replacement is drawn every time,
+        # before decrypting, so that a failed decoding does no extra work and
+        # the server goes on exactly as after a good one.  The client learns
+        # of a bad KEY only when it cannot open our first record.
+        fallback = self._random(SECRET_LENGTH)
+        private_key = self._decrypting_key()
+        self._release_ephemeral()
+        if private_key is None:
+            # The offered key is gone (only when its KEY came later than a
+            # handshake timeout after rotation): nothing can decrypt it.
+            self._key_agreed(payload, None, fallback, False)
+            return
+        # A ciphertext at or above n would be refused before any private-key
+        # work, and answered a millisecond sooner than any other KEY.  That
+        # says nothing secret, but the protocol wants every KEY to cost the
+        # same: decrypt c mod n instead, and throw the result away.
+        n = private_key.n
+        value = int.from_bytes(payload, "big")
+        in_range = value < n
+        ciphertext = payload if in_range else (value % n).to_bytes(len(payload), "big")
+        if self.defer_work:
+            self._pending = (payload, fallback, in_range)
+            self._enter(State.WORKING)
+            self._event(DecryptionNeeded(private_key, ciphertext, self._hello))
+            return
+        try:
+            secret = private_key.decrypt_oaep(ciphertext, label=self._hello)
+        except (DecryptionError, FaultError):
+            secret = None
+        self._key_agreed(payload, secret, fallback, in_range)
+
+    def key_decrypted(self, secret):
+        """The answer to :class:`DecryptionNeeded`: the OAEP plaintext, or
+        ``None`` when decoding failed (implicit rejection follows, exactly
+        as for a KEY decrypted here).  Returns the events that follow."""
+        if self.state is State.WORKING and self._pending is not None and len(self._pending) == 3:
+            (payload, fallback, in_range), self._pending = self._pending, None
+            self._key_agreed(payload, secret, fallback, in_range)
+            self._replay_waiting()
+        return self._take_events()
+
+    def _key_agreed(self, payload, secret, fallback, in_range):
+        good = in_range and secret is not None and len(secret) == SECRET_LENGTH
+        secret = secret if good else fallback
+        self._derive(secret, payload, resumed=False)
+        if self.authorized_keys is not None:
+            self._enter(State.AWAIT_AUTH)
+        else:
+            self._enter(State.AWAIT_FIRST)
+            self._confirm()
+
+    def _derive(self, ikm, payload, resumed):
+        self.transcript_hash = transcript_hash(self._hello, payload)
+        client_key, server_key = derive_keys(ikm, self._nonce, self.transcript_hash, resumed)
+        if self.tickets is not None:
+            self._resumption_secret = schedule.resumption_secret(
+                ikm, self._nonce, self.transcript_hash
+            )
+        # No longer needed: an idle session should hold as little as it can.
+        self._hello = self._nonce = None
+        self._sealer = RecordSealer(server_key, self._max_records, self._max_bytes)
+        self._opener = RecordOpener(client_key)
+
+    # -- RESUME ------------------------------------------------------------------
+
+    def _on_resume(self, verb, payload):
+        self._release_ephemeral()
+        if self.tickets is None:
+            raise ProtocolError(STALE_TICKET, "this server does not resume sessions")
+        try:
+            secret, client = self.tickets.open(bytes(payload), self.identity.fingerprint)
+        except StaleTicket as error:
+            raise ProtocolError(STALE_TICKET, str(error)) from None
+        if self.authorized_keys is not None and (
+            client is None or client not in self.authorized_keys
+        ):
+            raise ProtocolError(STALE_TICKET, "the ticket's client key is not authorized")
+        self.resumed = True
+        self.forward_secrecy = False
+        self.client_fingerprint = client
+        self._derive(secret, payload, resumed=True)
+        self._enter(State.AWAIT_FIRST_RESUMED)
+        self._confirm()
+
+    # -- the client's first record: AUTH, or anything else -----------------------
+
+    def _on_auth(self, verb, payload):
+        plaintext = self._open("AUTH", payload)
+        public_key, signature, fingerprint = self._parse_auth(plaintext)
+        message = schedule.auth_message(self.transcript_hash)
+        if self.defer_work:
+            self._pending = fingerprint
+            self._enter(State.WORKING)
+            self._event(VerificationNeeded(public_key, signature, message, AUTH_SALT_LENGTH))
+            return
+        ok = public_key.verify_pss(message, signature, salt_length=AUTH_SALT_LENGTH)
+        self._pending = fingerprint
+        self._auth_checked(ok)
+
+    def _parse_auth(self, plaintext):
+        obj = _json_object(plaintext, AUTH_FAILED, "AUTH")
+        try:
+            der = _b64decode(obj.get("key"), "AUTH key")
+            signature = _b64decode(obj.get("signature"), "AUTH signature")
+            public_key = keys.public_key_from_der(der)
+        except (ProtocolError, ValueError):
+            raise ProtocolError(AUTH_FAILED, "malformed AUTH") from None
+        check_public_key(
+            public_key, AUTH_FAILED, self.client_key_max_bits, exponent=CLIENT_KEY_EXPONENT
+        )
+        fingerprint = keys.fingerprint(der)
+        if self.authorized_keys is not None and fingerprint not in self.authorized_keys:
+            raise ProtocolError(AUTH_FAILED, "client key is not authorized")
+        return public_key, signature, fingerprint
+
+    def auth_verified(self, ok):
+        """The answer to :class:`VerificationNeeded`.  Returns the events."""
+        if self.state is State.WORKING and isinstance(self._pending, str):
+            try:
+                self._auth_checked(ok)
+            except ProtocolError as error:
+                self._fail(error)
+            else:
+                self._replay_waiting()
+        return self._take_events()
+
+    def _auth_checked(self, ok):
+        fingerprint, self._pending = self._pending, None
+        if not ok:
+            raise ProtocolError(AUTH_FAILED, "bad AUTH signature")
+        self.client_fingerprint = fingerprint
+        if self.records_sent == 0:  # AUTH was required: confirm only now
+            self._confirm()
+        self._complete()
+
+    def _record_opened(self, verb):
+        # The client's first record, when it is not AUTH: it proves the
+        # client holds the keys (after RESUME, the resumption secret), so
+        # the application may start, before what the record carries.
+        if verb != "AUTH" and self.state in (State.AWAIT_FIRST, State.AWAIT_FIRST_RESUMED):
+            self._complete()
+
+    def _complete(self):
+        self._enter(State.OPEN)
+        self._event(HandshakeComplete(self.client_fingerprint, self.resumed))
+        if self._resumption_secret is not None:
+            # One TICKET per session, once the client is known (it names
+            # the client's key when there was an AUTH).
+            self._send_ticket()
+
+    # -- our records ---------------------------------------------------------------
+
+    def _confirm(self):
+        """Key confirmation (§5): our first record, as soon as the keys are
+        agreed (and AUTH checked, when required), before any application
+        exists; the client completes its handshake when it opens."""
+        self._seal("MSG", b"")
+
+    def _send_ticket(self):
+        secret, self._resumption_secret = self._resumption_secret, None
+        ticket, lifetime = self.tickets.issue(
+            secret, self.identity.fingerprint, self.client_fingerprint
+        )
+        plaintext = json.dumps(
+            {"ticket": base64.b64encode(ticket).decode("ascii"), "lifetime": lifetime}
+        ).encode("ascii")
+        super()._seal("TICKET", plaintext)
+
+    # -- the end -----------------------------------------------------------------------
+
+    def _release_ephemeral(self):
+        """This connection no longer waits for a KEY under its offered key."""
+        if self._holds_ephemeral:
+            self._holds_ephemeral = False
+            self.ephemeral.release()
+
+    def _release(self):
+        self._release_ephemeral()
+        self._resumption_secret = None
+        self._pending = None
+
+    _AUTH_REQUIRED = Refuse(AUTH_REQUIRED, "this server requires AUTH first")
+    _AUTH_NOT_FIRST = Refuse(UNEXPECTED_FRAME, "AUTH must be the first client record")
+
+    RULES: ClassVar[dict] = {
+        State.AWAIT_KEY: {"KEY": _on_key, "RESUME": _on_resume},
+        State.WORKING: {"AUTH": WAIT, "MSG": WAIT, "END": WAIT, "UPDATE": WAIT},
+        State.AWAIT_AUTH: {
+            "AUTH": _on_auth,
+            "MSG": _AUTH_REQUIRED,
+            "END": _AUTH_REQUIRED,
+            "UPDATE": _AUTH_REQUIRED,
+        },
+        State.AWAIT_FIRST: {
+            "AUTH": _on_auth,
+            "MSG": _Connection._on_msg,
+            "END": _Connection._on_end,
+            "UPDATE": _Connection._on_update,
+        },
+        State.AWAIT_FIRST_RESUMED: {
+            "AUTH": Refuse(UNEXPECTED_FRAME, "AUTH after RESUME: the ticket names the client"),
+            "MSG": _Connection._on_msg,
+            "END": _Connection._on_end,
+            "UPDATE": _Connection._on_update,
+        },
+        State.OPEN: {
+            "AUTH": _AUTH_NOT_FIRST,
+            "MSG": _Connection._on_msg,
+            "END": _Connection._on_end,
+            "UPDATE": _Connection._on_update,
+        },
+    }

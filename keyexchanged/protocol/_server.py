@@ -1,0 +1,340 @@
+"""The server side: the channel protocol with its timeouts, and the factory
+that wraps an application factory, admits connections and logs each end."""
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from keyexchanged import handshake
+from keyexchanged.admission import DEFAULT_IPV6_PREFIX, Admission
+from keyexchanged.framing import (
+    BUSY,
+    TIMEOUT,
+    encode_frame,
+)
+from keyexchanged.protocol._channel import ChannelProtocol
+from keyexchanged.protocol._exceptions import (
+    IdleTimeout,
+)
+from keyexchanged.protocol._idle import IdleSessions
+
+
+class ServerChannelProtocol(ChannelProtocol):
+    """Server side: HELLO at once, timeouts, private-key work elsewhere.
+
+    Built with all it needs by :class:`SecureChannelFactory`:
+    ``idle_sessions`` (an :class:`IdleSessions`) times it once established;
+    ``work`` does the private-key work the state machine hands out (a
+    :class:`~keyexchanged.workers.WorkerPool`), counted by ``admission``
+    (an :class:`~keyexchanged.admission.Admission`).
+    """
+
+    def __init__(
+        self,
+        connection,
+        reactor,
+        handshake_timeout,
+        idle_timeout,
+        build_application,
+        ended,
+        idle_sessions,
+        work=None,
+        admission=None,
+    ):
+        super().__init__(connection, reactor, build_application, ended)
+        self._handshake_timeout = handshake_timeout
+        self._idle_timeout = idle_timeout
+        self._idle_sessions = idle_sessions
+        self._work = work
+        self._admission = admission
+        self._handshake_timer = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.connection.start()
+        self._write_out()
+        if self._handshake_timeout:
+            self._handshake_timer = self.reactor.callLater(
+                self._handshake_timeout, self._handshake_expired
+            )
+
+    def _handshake_expired(self):
+        self._handshake_timer = None
+        self._handle_events(self.connection.fail(TIMEOUT, "handshake took too long"))
+
+    def handshake_complete(self, event):
+        self._cancel_handshake_timer()
+        if self._idle_timeout:
+            self._idle_sessions.add(self)
+        super().handshake_complete(event)
+
+    def event_DecryptionNeeded(self, event):
+        work = self._work
+        self._private_key_work(
+            lambda: work.decrypt(event.private_key, event.ciphertext, event.label),
+            self.connection.key_decrypted,
+            None,
+        )
+
+    def event_VerificationNeeded(self, event):
+        work = self._work
+        self._private_key_work(
+            lambda: work.verify(
+                event.public_key, event.signature, event.message, event.salt_length
+            ),
+            self.connection.auth_verified,
+            False,
+        )
+
+    def _private_key_work(self, submit, answer, failed):
+        """Work a stranger made us do: counted against max-handshakes, done
+        away from the reactor, and read nothing more until it is back."""
+        if not self._admission.start_work():
+            self._handle_events(self.connection.fail(BUSY, "too many handshakes in progress"))
+            return
+        # Read nothing more until the work is back (what was read waits in
+        # LineReceiver's buffer, at most one socket read).
+        self.pauseProducing()
+        working = defer.maybeDeferred(submit)
+
+        def failed_work(failure):
+            # Fail closed all the same: the client learns nothing new.
+            self.log.error("private-key work failed: {error}", error=failure.type.__name__)
+            return failed
+
+        working.addErrback(failed_work)
+        working.addCallback(self._work_done, answer)
+        working.addErrback(self._application_failed)
+
+    def _work_done(self, result, answer):
+        self._admission.end_work()
+        if self._closing:
+            return
+        # Undo our own pause only: the application that the events below may
+        # start (a forward, say) can pause reading for reasons of its own.
+        self.paused = False
+        self.transport.resumeProducing()
+        self._handle_events(answer(result))
+        if not self._closing:
+            self.dataReceived(b"")  # the frames LineReceiver kept meanwhile
+
+    def _application_failed(self, failure):
+        """The application raised while the session started: drop it."""
+        self.log.failure("application failed to start", failure)
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _touch(self):
+        self._idle_sessions.touch(self)
+
+    def write_application_data(self, data):
+        self._touch()
+        super().write_application_data(data)
+
+    def idle_expired(self):
+        """Called by :class:`IdleSessions` after ``idle_timeout`` of silence."""
+        if self._closing:
+            return
+        self._reason = Failure(IdleTimeout("idle session closed"))
+        self._outcome = "idle-timeout"
+        # An application still producing has more to send: no END, which
+        # would pass what went out for the whole; the close is a truncation.
+        if self.connection.can_send and not self._application_producing():
+            self.flush()
+            self.connection.send_end()
+            self._write_out()
+        self._close()
+
+    def shut_down(self):
+        """The daemon is stopping: finish cleanly if we can."""
+        if self.connection.handshake_done:
+            self._outcome = "shutdown"
+            if not self._application_producing():
+                self.close_write()
+            # else it sends END itself when done, within the grace period.
+        else:
+            self._handle_events(self.connection.fail(BUSY, "server is shutting down"))
+
+    def _application_producing(self):
+        """The application is the registered producer of this session (the
+        message application, a record at a time): it has more to send."""
+        producer = getattr(self.transport, "producer", None)
+        return producer is not None and producer is self.application
+
+    def _cancel_handshake_timer(self):
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+
+    def _cancel_timers(self):
+        super()._cancel_timers()
+        self._cancel_handshake_timer()
+        self._idle_sessions.remove(self)
+
+    def abort(self):
+        """Cut the connection now, without END."""
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+class SecureChannelFactory(Factory):
+    """Serve KX/1, wrapping ``wrapped_factory`` the way TLS wrappers do.
+
+    ``identity`` is a :class:`~keyexchanged.handshake.ServerIdentity`.
+    ``authorized_keys``: fingerprints allowed to AUTH (AUTH then required).
+    """
+
+    noisy = False  # one log line per connection is ours to write
+
+    protocol = ServerChannelProtocol
+    log = Logger()
+
+    def __init__(
+        self,
+        wrapped_factory,
+        identity,
+        reactor=None,
+        handshake_timeout=10.0,
+        idle_timeout=300.0,
+        max_connections=1024,
+        max_per_source=32,
+        authorized_keys=None,
+        record_limits=None,
+        work=None,
+        max_handshakes=64,
+        ephemeral_keys=None,
+        tickets=None,
+        client_key_max_bits=handshake.DEFAULT_CLIENT_KEY_MAX_BITS,
+        ipv6_source_prefix=DEFAULT_IPV6_PREFIX,
+    ):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.wrapped_factory = wrapped_factory
+        self.identity = identity
+        #: Where private-key work is done: a workers.WorkerPool (or
+        #: InlineWork), or ``None`` to do it in the state machine itself.
+        self.work = work
+        #: An ephemeral.EphemeralKeys whose current key every HELLO offers,
+        #: or ``None``: no forward secrecy, KEY under the long-term key.
+        self.ephemeral_keys = ephemeral_keys
+        #: A tickets.TicketIssuer, or ``None``: resumption off.
+        self.tickets = tickets
+        self.client_key_max_bits = client_key_max_bits
+        self.reactor = reactor
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.idle_sessions = IdleSessions(reactor, idle_timeout)
+        self.admission = Admission(
+            max_connections, max_per_source, max_handshakes, ipv6_source_prefix
+        )
+        self.authorized_keys = authorized_keys
+        self.record_limits = record_limits or {}
+        self.shutting_down = False
+        self._all_closed = None
+
+    def startFactory(self):
+        self.wrapped_factory.doStart()
+
+    def stopFactory(self):
+        self.wrapped_factory.doStop()
+
+    @property
+    def connections(self):
+        """The sessions open now."""
+        return self.admission.connections
+
+    def buildProtocol(self, addr):
+        source = self.admission.source(getattr(addr, "host", None))
+        refusal = "server is shutting down" if self.shutting_down else None
+        refusal = refusal or self.admission.refusal(source)
+        if refusal is not None:
+            return BusyProtocol(refusal)
+        protocol = self.protocol(
+            self.make_connection(),
+            self.reactor,
+            self.handshake_timeout,
+            self.idle_timeout,
+            build_application=self.build_application,
+            ended=self.connection_ended,
+            idle_sessions=self.idle_sessions,
+            work=self.work,
+            admission=self.admission,
+        )
+        self.admission.admit(protocol, source)
+        return protocol
+
+    def make_connection(self):
+        """The state machine for one new connection."""
+        ephemeral = self.ephemeral_keys.current if self.ephemeral_keys is not None else None
+        return handshake.ServerConnection(
+            self.identity,
+            authorized_keys=self.authorized_keys,
+            defer_work=self.work is not None,
+            ephemeral=ephemeral,
+            tickets=self.tickets,
+            client_key_max_bits=self.client_key_max_bits,
+            **self.record_limits,
+        )
+
+    def shutdown(self, grace_period):
+        """Stop serving: established sessions get END and ``grace_period``
+        seconds to finish; handshakes still under way are told ERROR busy.
+        Fires when every connection is closed."""
+        self.shutting_down = True
+        if not self.connections:
+            return defer.succeed(None)
+        self._all_closed = defer.Deferred()
+        for protocol in list(self.connections):
+            protocol.shut_down()
+        deadline = self.reactor.callLater(grace_period, self.abort_all)
+
+        def cancel_deadline(result):
+            if deadline.active():
+                deadline.cancel()
+            return result
+
+        self._all_closed.addBoth(cancel_deadline)
+        return self._all_closed
+
+    def abort_all(self):
+        """Cut every connection now (the grace period is over, or was refused)."""
+        for protocol in list(self.connections):
+            protocol.abort()
+
+    def build_application(self, address, peer_fingerprint):
+        application = self.wrapped_factory.buildProtocol(address)
+        if application is not None:
+            # What an application may want to know of its peer (and what
+            # the forwarding and message applications log).
+            application.peer_fingerprint = peer_fingerprint
+        return application
+
+    def connection_ended(self, protocol, summary):
+        """``protocol``'s connection is over; ``summary`` says how it went."""
+        self.admission.release(protocol)
+        if self._all_closed is not None and not self.connections:
+            self._all_closed, done = None, self._all_closed
+            done.callback(None)
+        self.log.info(
+            "connection from {peer} ended: {outcome}; {kind}; {bytes_in} bytes in, "
+            "{bytes_out} bytes out, {duration:.3f} s{client}",
+            peer=summary.peer,
+            outcome=summary.outcome,
+            kind=summary.kind,
+            bytes_in=summary.bytes_in,
+            bytes_out=summary.bytes_out,
+            duration=summary.duration,
+            client=(f"; client key {summary.peer_fingerprint}" if summary.peer_fingerprint else ""),
+        )
+
+
+class BusyProtocol(Protocol):
+    """Sends ERROR busy and closes, before any key work: serves nothing."""
+
+    def __init__(self, detail):
+        self.detail = detail
+
+    def connectionMade(self):
+        self.transport.write(encode_frame("ERROR", handshake.error_payload(BUSY, self.detail)))
+        self.transport.loseConnection()
