@@ -106,9 +106,20 @@ class Admission:
         """Count one more private-key operation a peer asked for; False
         when ``max_handshakes`` are under way already."""
         if self.working >= self.max_handshakes:
+            if self.on_refused is not None:
+                self.on_refused("max-handshakes")
             return False
         self.working += 1
+        if self.on_work is not None:
+            self.on_work(self.working)
         return True
 
     def end_work(self):
         self.working -= 1
+        if self.on_work is not None:
+            self.on_work(self.working)
+
+    #: Told the number of operations under way whenever it changes (a
+    #: metrics gauge), and the name of a limit that refused one.
+    on_work = None
+    on_refused = None

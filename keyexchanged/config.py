@@ -18,6 +18,11 @@ import re
 
 from keyexchanged import rsa
 from keyexchanged.errors import ConfigError
+from keyexchanged.proxyproto import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_TRUSTED_PROXIES,
+    parse_trusted_proxies,
+)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -231,6 +236,32 @@ SETTINGS = [
         4096,
         _client_key_bits,
         "largest client key accepted in AUTH (e must be 65537)",
+    ),
+    Setting(
+        "trusted-proxies",
+        parse_trusted_proxies(DEFAULT_TRUSTED_PROXIES),
+        parse_trusted_proxies,
+        "with --listen haproxy:...: the networks (comma-separated) whose connections "
+        "start with a PROXY header naming the client; others are dropped",
+    ),
+    Setting(
+        "proxy-header-timeout",
+        DEFAULT_HEADER_TIMEOUT,
+        seconds,
+        "with --listen haproxy:...: seconds a proxy has to send its PROXY header",
+    ),
+    Setting(
+        "metrics",
+        None,
+        _text,
+        "serve Prometheus metrics at /metrics on this endpoint (off by default; "
+        "e.g. tcp:9464:interface=127.0.0.1)",
+    ),
+    Setting(
+        "log-format",
+        "text",
+        _rule("text or json", str, lambda value: value in ("text", "json")),
+        "text, or json: one JSON object per line, with one event per session end",
     ),
 ]
 

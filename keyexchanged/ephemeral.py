@@ -95,6 +95,9 @@ class EphemeralKeys:
 
     log = Logger()
 
+    #: Called each time a new key is put in service (a metrics counter).
+    on_rotated = None
+
     #: Seconds before a failed rotation is tried again.
     RETRY_DELAY = 5.0
 
@@ -148,6 +151,18 @@ class EphemeralKeys:
         self.current = EphemeralKey(private_key, expires, signature)
         self.rotations += 1
         self._log_new(self.current)
+        if self.on_rotated is not None:
+            self.on_rotated()
+
+    def rekey(self, long_term):
+        """The long-term key changed (a reload): sign a new ephemeral key
+        with it at once; the current one retires as at a rotation."""
+        self.long_term = long_term
+        self._long_term_der = keys.public_key_to_der(long_term)
+        old, self.current = self.current, None
+        self.prime()
+        if old is not None:
+            self._retire(old)
 
     def start(self):
         """Rotate every ``interval`` from now on (after :meth:`prime`)."""
@@ -222,6 +237,8 @@ class EphemeralKeys:
             return
         old, self.current = self.current, new
         self.rotations += 1
+        if self.on_rotated is not None:
+            self.on_rotated()
         if old is not None:
             self._retire(old)
         self._log_new(new)

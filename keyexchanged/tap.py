@@ -21,7 +21,18 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from keyexchanged import ca, ephemeral, files, keys, tickets, trust
+from keyexchanged import (
+    ca,
+    ephemeral,
+    files,
+    keys,
+    logs,
+    metrics,
+    proxyproto,
+    systemd,
+    tickets,
+    trust,
+)
 from keyexchanged.applications import find_applications, get_application
 from keyexchanged.config import (
     SETTINGS,
@@ -126,6 +137,13 @@ class Options(usage.Options):
                 print(f"  {''.ljust(width)}    --{setting.name}: {setting.help}")
         sys.exit(0)
 
+    def parseOptions(self, options=None):
+        # Kept for a reload (SIGHUP), which reads the same options again.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    argv = ()
+
     def postOptions(self):
         try:
             self._check()
@@ -137,6 +155,10 @@ class Options(usage.Options):
         self.settings = self._collect()
         if self["no-forward-secrecy"]:
             self.settings["forward-secrecy"] = False
+        try:
+            proxyproto.parse_listen(self.settings["listen"], self.settings["trusted-proxies"])
+        except ValueError as error:
+            raise ConfigError(f"listen: {error}") from None
         self.settings["message"] = self._message()
         if self["message"] is not None:
             self.warnings.append(
@@ -254,8 +276,23 @@ class KeyexchangeService(service.Service):
 
     log = Logger()
 
-    def __init__(self, listen, factory, reactor, grace_period, handle_signals=False, timers=()):
+    def __init__(
+        self,
+        listen,
+        factory,
+        reactor,
+        grace_period,
+        handle_signals=False,
+        timers=(),
+        trusted_proxies=None,
+        proxy_header_timeout=proxyproto.DEFAULT_HEADER_TIMEOUT,
+        options=None,
+    ):
         self.listen = listen
+        self.trusted_proxies = trusted_proxies
+        self.proxy_header_timeout = proxy_header_timeout
+        #: The Options the service was made from: a reload compares with them.
+        self.options = options
         self.factory = factory
         #: What runs on the reactor's clock while serving (key rotations):
         #: objects with start() and stop().
@@ -283,8 +320,13 @@ class KeyexchangeService(service.Service):
             bits=identity.public_key.n.bit_length(),
             fingerprint=identity.fingerprint,
         )
-        endpoint = serverFromString(self.reactor, self.listen)
-        self.listening = endpoint.listen(self.factory)
+        # "haproxy:..." is ours to unwrap: HELLO waits for the PROXY header,
+        # and only trusted proxies may send one.
+        inner, wrap = proxyproto.parse_listen(
+            self.listen, self.trusted_proxies, self.reactor, self.proxy_header_timeout
+        )
+        endpoint = serverFromString(self.reactor, inner)
+        self.listening = endpoint.listen(wrap(self.factory))
         failed = []
         answered_now = True
 
@@ -332,6 +374,7 @@ class KeyexchangeService(service.Service):
                 self.reactor.callFromThread(self.factory.abort_all)
                 return
             stopping.append(number)
+            systemd.stopping()
             self.log.info(
                 "{signal}: no new connections; open sessions get {grace} s to finish",
                 signal=name,
@@ -341,6 +384,31 @@ class KeyexchangeService(service.Service):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        systemd.ReloadOnHangup(self.reactor, self.reload).install()
+        if self.listening is not None and self.listening.called:
+            systemd.ready()
+
+    def reload(self):
+        """SIGHUP: read the config and every file it names again; swap in
+        what changed for new sessions.  Open sessions keep what they began
+        with.  Anything wrong changes nothing and is logged."""
+        metrics_ = getattr(self.factory, "metrics", None)
+        old = self.options
+        if old is None:
+            self.log.warn("reload: nothing to reload from")
+            return
+        new = type(old)(environ=old.environ)
+        try:
+            new.parseOptions(old.argv)
+        except usage.UsageError as error:
+            self.log.error("reload failed, nothing changed: {reason}", reason=str(error))
+            if metrics_ is not None:
+                metrics_.reload("failed")
+            return
+        apply_reload(self, old, new, self.log)
+        self.options = new
+        if metrics_ is not None:
+            metrics_.reload("ok")
 
     def _listening(self, port):
         self.port = port
@@ -350,6 +418,10 @@ class KeyexchangeService(service.Service):
             host=getattr(address, "host", address),
             port=getattr(address, "port", ""),
         )
+        if not self.handle_signals:
+            systemd.ready()
+        # else: once SIGHUP has its handler (_handle_signals), or a reload
+        # that systemd asks for at once would end the daemon.
         return port
 
     def _cannot_listen(self, failure):
@@ -410,6 +482,8 @@ def makeService(options, reactor=None):
             "forward secrecy is OFF: every session's secret is encrypted to the "
             "long-term key, and whoever steals it later can decrypt recorded sessions"
         )
+    limits = logs.LimitWarnings(reactor)
+    timers.append(limits)
     issuer = None
     if settings["ticket-lifetime"]:
         issuer = tickets.TicketIssuer(
@@ -438,7 +512,13 @@ def makeService(options, reactor=None):
         ephemeral_keys=ephemeral_keys,
         tickets=issuer,
         client_key_max_bits=settings["client-key-max-bits"],
+        metrics=metrics.Metrics() if settings["metrics"] is not None else None,
+        limit_warnings=limits,
+        json_events=settings["log-format"] == "json",
     )
+    if factory.metrics is not None and ephemeral_keys is not None:
+        factory.metrics.ephemeral_rotated()  # the first key, made above
+        ephemeral_keys.on_rotated = factory.metrics.ephemeral_rotated
     log.info(
         "private-key work: {where}",
         where=f"{workers} worker process(es)" if workers else "in the reactor",
@@ -457,11 +537,79 @@ def makeService(options, reactor=None):
             count=len(options.authorized_keys),
             path=settings["authorized-keys"],
         )
-    return KeyexchangeService(
+    service_ = KeyexchangeService(
         settings["listen"],
         factory,
         reactor,
         settings["grace-period"],
         handle_signals=True,
         timers=timers,
+        trusted_proxies=settings["trusted-proxies"],
+        proxy_header_timeout=settings["proxy-header-timeout"],
+        options=options,
+    )
+    if settings["metrics"] is None and settings["log-format"] == "text":
+        return service_
+    top = service.MultiService()
+    service_.setServiceParent(top)
+    if settings["metrics"] is not None:
+        metrics.metrics_service(settings["metrics"], factory.metrics, reactor).setServiceParent(top)
+    if settings["log-format"] == "json":
+        return logs.use_json_logs(top, logs.twistd_log_file(options))
+    return top
+
+
+#: Settings a reload cannot change: they take a restart.
+RESTART_ONLY = (
+    "listen",
+    "workers",
+    "forward-secrecy",
+    "ticket-lifetime",
+    "metrics",
+    "log-format",
+    "trusted-proxies",
+    "proxy-header-timeout",
+)
+
+
+def apply_reload(service_, old, new, log):
+    """Swap what ``new`` (freshly parsed, all checked) changed into the
+    running factory; open sessions keep what they started with."""
+    for name in RESTART_ONLY:
+        if str(old.settings.get(name)) != str(new.settings.get(name)):
+            log.warn("reload: {name} changes only at a restart; still the old value", name=name)
+    factory = service_.factory
+    settings = new.settings
+    if new.identity.fingerprint != old.identity.fingerprint:
+        log.warn(
+            "reload: the long-term key changed from {old} to {new}",
+            old=old.identity.fingerprint,
+            new=new.identity.fingerprint,
+        )
+        if factory.ephemeral_keys is not None:
+            factory.ephemeral_keys.rekey(new.identity.private_key)
+    factory.identity = new.identity
+    factory.authorized_keys = new.authorized_keys
+    factory.client_key_max_bits = settings["client-key-max-bits"]
+    new.wrapped_factory.doStart()
+    previous, factory.wrapped_factory = factory.wrapped_factory, new.wrapped_factory
+    previous.doStop()
+    factory.handshake_timeout = settings["handshake-timeout"]
+    factory.idle_timeout = factory.idle_sessions.timeout = settings["idle-timeout"]
+    admission = factory.admission
+    admission.max_connections = settings["max-connections"]
+    admission.max_per_source = settings["max-per-source"]
+    admission.max_handshakes = settings["max-handshakes"]
+    if factory.ephemeral_keys is not None:
+        factory.ephemeral_keys.interval = settings["ephemeral-interval"]
+        factory.ephemeral_keys.bits = settings["ephemeral-bits"]
+        factory.ephemeral_keys.handshake_timeout = settings["handshake-timeout"]
+    if factory.tickets is not None and settings["ticket-lifetime"]:
+        factory.tickets.lifetime = settings["ticket-lifetime"]
+        if new.ticket_keys is not None:
+            factory.tickets.keys = new.ticket_keys
+    log.info(
+        "reload: done; new sessions serve key {fingerprint}, application {application}",
+        fingerprint=new.identity.fingerprint,
+        application=settings["application"],
     )

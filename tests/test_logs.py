@@ -430,4 +430,3 @@ class DaemonJSONLogTests(DaemonTestCase):
         self.assertGreater(end["bytes_in"], 256)
         self.assertTrue(end["peer"].startswith("127.0.0.1:"))
 
-    test_log_format_json_session_end.skip = "needs integration in tap.py (pending restructure)"

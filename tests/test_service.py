@@ -195,7 +195,7 @@ class NotifyTests(DaemonTestCase):
     """READY=1 once listening, RELOADING=1/READY=1 around a SIGHUP reload,
     STOPPING=1 on SIGTERM, from the real daemon."""
 
-    skip = PENDING
+
 
     def setUp(self):
         super().setUp()
@@ -271,7 +271,7 @@ class Raw(Protocol):
 class ProxiedDaemonTests(DaemonTestCase):
     """``--listen haproxy:tcp:...`` with ``--trusted-proxies``."""
 
-    skip = PENDING
+
 
     @defer.inlineCallbacks
     def start(self, trusted):

@@ -129,7 +129,7 @@ class ChannelProtocol(LineReceiver):
         self._reason = Failure(PeerError(event.code, event.detail))
 
     def event_ProtocolFailed(self, event):
-        self._outcome = event.code
+        self._outcome = self._error_sent = event.code
         self._reason = Failure(ProtocolFailure(event.code, event.detail))
 
     def event_DataReceived(self, event):
@@ -155,6 +155,7 @@ class ChannelProtocol(LineReceiver):
 
     def handshake_complete(self, event):
         """Build and connect the application; subclasses add to it."""
+        self._handshake_seconds = self.duration
         self.application = self._build_application(self.transport.getPeer(), self.peer_fingerprint)
         if self.application is None:
             self.close_write()
@@ -290,7 +291,12 @@ class ChannelProtocol(LineReceiver):
             bytes_out=connection.bytes_sent,
             duration=self.duration,
             peer_fingerprint=self.peer_fingerprint,
+            handshake_seconds=self._handshake_seconds,
+            error_sent=self._error_sent,
         )
+
+    _handshake_seconds = None
+    _error_sent = None
 
     @property
     def duration(self):
@@ -320,7 +326,9 @@ class SessionSummary:
         "bytes_in",
         "bytes_out",
         "duration",
+        "error_sent",
         "forward_secrecy",
+        "handshake_seconds",
         "outcome",
         "peer",
         "peer_fingerprint",
@@ -339,6 +347,8 @@ class SessionSummary:
         bytes_out,
         duration,
         peer_fingerprint,
+        handshake_seconds=None,
+        error_sent=None,
     ):
         self.peer = peer
         self.outcome = outcome
@@ -349,6 +359,14 @@ class SessionSummary:
         self.bytes_out = bytes_out
         self.duration = duration
         self.peer_fingerprint = peer_fingerprint
+        self.handshake_seconds = handshake_seconds
+        #: The code of the ERROR this side sent, if it sent one.
+        self.error_sent = error_sent
+
+    @property
+    def handshake_kind(self):
+        """``full`` or ``resumed``: the label metrics and JSON logs use."""
+        return "resumed" if self.resumed else "full"
 
     @property
     def kind(self):

@@ -207,6 +207,9 @@ class SecureChannelFactory(Factory):
         tickets=None,
         client_key_max_bits=handshake.DEFAULT_CLIENT_KEY_MAX_BITS,
         ipv6_source_prefix=DEFAULT_IPV6_PREFIX,
+        metrics=None,
+        limit_warnings=None,
+        json_events=False,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -232,6 +235,16 @@ class SecureChannelFactory(Factory):
         self.record_limits = record_limits or {}
         self.shutting_down = False
         self._all_closed = None
+        #: A metrics.Metrics to count in, or ``None``.
+        self.metrics = metrics
+        #: A logs.LimitWarnings told of every refusal a limit causes, or ``None``.
+        self.limit_warnings = limit_warnings
+        #: Also log each session's end as a structured event (--log-format json).
+        self.json_events = json_events
+        if metrics is not None:
+            self.admission.on_work = metrics.private_key_queue
+        if limit_warnings is not None:
+            self.admission.on_refused = limit_warnings.refused
 
     def startFactory(self):
         self.wrapped_factory.doStart()
@@ -249,6 +262,8 @@ class SecureChannelFactory(Factory):
         refusal = "server is shutting down" if self.shutting_down else None
         refusal = refusal or self.admission.refusal(source)
         if refusal is not None:
+            if not self.shutting_down:
+                self._refused(refusal)
             return BusyProtocol(refusal)
         protocol = self.protocol(
             self.make_connection(),
@@ -262,7 +277,17 @@ class SecureChannelFactory(Factory):
             admission=self.admission,
         )
         self.admission.admit(protocol, source)
+        if self.metrics is not None:
+            self.metrics.connection_opened()
         return protocol
+
+    def _refused(self, detail):
+        limit = "per-source" if "this address" in detail else "busy"
+        if self.limit_warnings is not None:
+            self.limit_warnings.refused(limit)
+        if self.metrics is not None:
+            self.metrics.handshake_done("full", "busy")
+            self.metrics.error_sent("busy")
 
     def make_connection(self):
         """The state machine for one new connection."""
@@ -313,6 +338,7 @@ class SecureChannelFactory(Factory):
     def connection_ended(self, protocol, summary):
         """``protocol``'s connection is over; ``summary`` says how it went."""
         self.admission.release(protocol)
+        self._observe(summary)
         if self._all_closed is not None and not self.connections:
             self._all_closed, done = None, self._all_closed
             done.callback(None)
@@ -327,6 +353,41 @@ class SecureChannelFactory(Factory):
             duration=summary.duration,
             client=(f"; client key {summary.peer_fingerprint}" if summary.peer_fingerprint else ""),
         )
+
+    def _observe(self, summary):
+        """Metrics and the structured session-end event, from the summary."""
+        if self.metrics is None and not self.json_events:
+            return
+        observed = _Observed(summary)
+        if self.metrics is not None:
+            metrics = self.metrics
+            metrics.connection_closed()
+            if summary.handshake_seconds is not None:
+                metrics.handshake_done(observed.kind, "ok", summary.handshake_seconds)
+            else:
+                metrics.handshake_done(observed.kind, summary.outcome)
+            if summary.error_sent is not None:
+                metrics.error_sent(summary.error_sent)
+            metrics.session_ended(observed)
+        if self.json_events:
+            from keyexchanged import logs
+
+            logs.log_session_end(observed)
+
+
+class _Observed:
+    """A SessionSummary as metrics and logs read it: kind full/resumed."""
+
+    def __init__(self, summary):
+        self.peer = summary.peer
+        self.outcome = summary.outcome
+        self.kind = summary.handshake_kind
+        self.resumed = summary.resumed
+        self.forward_secrecy = summary.forward_secrecy
+        self.bytes_in = summary.bytes_in
+        self.bytes_out = summary.bytes_out
+        self.duration = summary.duration
+        self.client_fingerprint = summary.peer_fingerprint
 
 
 class BusyProtocol(Protocol):
