@@ -532,8 +532,9 @@ class PeerErrorCoreTests(unittest.TestCase):
     def auth_with(self, plaintext):
         server = ServerConnection(IDENTITY)
         server.start()
+        # The connection has slots: patch the class for this one call.
+        self.patch(type(rev1_client()), "auth_plaintext", lambda _self: plaintext)
         client_core = rev1_client(identity=CLIENT_KEY)
-        client_core.auth_plaintext = lambda: plaintext
         client_core.receive_data(server.data_to_send())
         client_core.accept_key()
         return server.receive_data(client_core.data_to_send())

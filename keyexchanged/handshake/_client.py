@@ -58,6 +58,24 @@ class ClientConnection(_Connection):
     ``oaep_seed`` and ``pss_salt`` exist only to reproduce the vectors.
     """
 
+    __slots__ = (
+        "_clock",
+        "_nonce",
+        "_oaep_seed",
+        "_pss_salt",
+        "_random",
+        "_resumption_secret",
+        "certificates",
+        "ephemeral",
+        "hello_payload",
+        "identity",
+        "key_payload",
+        "require_forward_secrecy",
+        "server_fingerprint",
+        "server_key",
+        "ticket",
+    )
+
     def __init__(
         self,
         identity=None,

@@ -83,6 +83,28 @@ class _Connection:
     #: state -> {verb: handler(self, verb, payload) | Refuse | WAIT}; each side's.
     RULES: ClassVar[dict] = {}
 
+    # Thousands of idle sessions each keep one: slots, not a dict (a
+    # connection's dict was ~800 bytes, a fifth of an idle session).
+    __slots__ = (
+        "_decoder",
+        "_events",
+        "_max_bytes",
+        "_max_records",
+        "_opener",
+        "_outgoing",
+        "_sealer",
+        "_waiting",
+        "_was_open",
+        "bytes_received",
+        "bytes_sent",
+        "received_end",
+        "records_sent",
+        "resumed",
+        "sent_end",
+        "state",
+        "transcript_hash",
+    )
+
     #: Records that may wait while private-key work is away.  (The Twisted
     #: adapter stops reading meanwhile, so only users of ``receive_data`` —
     #: a whole buffer at once — ever need the queue.)
@@ -102,6 +124,7 @@ class _Connection:
         self._sealer = None
         self._opener = None
         self.state = None
+        self._was_open = False
         self.sent_end = False
         self.received_end = False
         self.transcript_hash = None
@@ -176,8 +199,6 @@ class _Connection:
     @property
     def handshake_done(self):
         return self.state is State.OPEN or (self.state is State.CLOSED and self._was_open)
-
-    _was_open = False
 
     @property
     def can_send(self):

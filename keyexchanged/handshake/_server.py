@@ -103,6 +103,23 @@ class ServerConnection(_Connection):
     tests replace it to replay the vectors.
     """
 
+    __slots__ = (
+        "_hello",
+        "_holds_ephemeral",
+        "_nonce",
+        "_pending",
+        "_random",
+        "_resumption_secret",
+        "authorized_keys",
+        "client_fingerprint",
+        "client_key_max_bits",
+        "defer_work",
+        "ephemeral",
+        "forward_secrecy",
+        "identity",
+        "tickets",
+    )
+
     def __init__(
         self,
         identity,
