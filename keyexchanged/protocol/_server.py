@@ -376,18 +376,16 @@ class SecureChannelFactory(Factory):
 
 
 class _Observed:
-    """A SessionSummary as metrics and logs read it: kind full/resumed."""
+    """A SessionSummary as metrics and logs read it: ``kind`` is full or
+    resumed (not the log line's words), the peer's key is the client's."""
 
     def __init__(self, summary):
-        self.peer = summary.peer
-        self.outcome = summary.outcome
+        self._summary = summary
         self.kind = summary.handshake_kind
-        self.resumed = summary.resumed
-        self.forward_secrecy = summary.forward_secrecy
-        self.bytes_in = summary.bytes_in
-        self.bytes_out = summary.bytes_out
-        self.duration = summary.duration
         self.client_fingerprint = summary.peer_fingerprint
+
+    def __getattr__(self, name):
+        return getattr(self._summary, name)
 
 
 class BusyProtocol(Protocol):
