@@ -202,7 +202,7 @@ class WeakSession:
         self.teller = None
 
 
-class WeakServer:
+class WeakServer(wire.Acceptor):
     """The exercise's server, one thread per connection, on 127.0.0.1.
 
     ``padding`` is ``"textbook"`` (the key is the low 16 bytes of c^d mod n)
@@ -225,39 +225,22 @@ class WeakServer:
         self.greeting = list(greeting)
         self.sessions = []
         self._lock = threading.Lock()
-        self._listener = wire.listen()
-        self.port = self._listener.getsockname()[1]
-        self._closing = False
         self._threads = []
         self._sockets = []
-        self._acceptor = threading.Thread(target=self._accept, name="lab-weak-server", daemon=True)
-        self._acceptor.start()
+        self.start_accepting()
 
-    def __enter__(self):
-        return self
+    thread_name = "lab-weak-server"
 
-    def __exit__(self, *exc_info):
-        self.close()
-
-    def _accept(self):
-        while True:
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._closing:
-                sock.close()
-                return
-            wire.tune(sock)
-            with self._lock:
-                session = WeakSession(len(self.sessions) + 1)
-                self.sessions.append(session)
-                self._sockets.append(sock)
-            thread = threading.Thread(
-                target=self._serve, args=(sock, session), name="lab-weak-session", daemon=True
-            )
-            self._threads.append(thread)
-            thread.start()
+    def accepted(self, sock):
+        with self._lock:
+            session = WeakSession(len(self.sessions) + 1)
+            self.sessions.append(session)
+            self._sockets.append(sock)
+        thread = threading.Thread(
+            target=self._serve, args=(sock, session), name="lab-weak-session", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
 
     def _decode_key(self, c, session):
         m = self.key.weak_decrypt_int(c)
@@ -335,13 +318,7 @@ class WeakServer:
             conn.send_line(b"DATA " + to_client.apply(reply.encode()).hex().encode())
 
     def close(self):
-        self._closing = True
-        try:
-            wire.connect(self.port).close()  # wake the accepting thread
-        except OSError:
-            pass
-        self._acceptor.join(wire.TIMEOUT)
-        self._listener.close()
+        self.stop_accepting()
         for sock in self._sockets:
             wire.hang_up(sock)
         for thread in self._threads:

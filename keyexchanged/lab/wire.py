@@ -273,7 +273,53 @@ class Relayed:
         self.server.close()
 
 
-class Relay:
+class Acceptor:
+    """A listening socket on 127.0.0.1 and a thread that accepts on it: each
+    connection, tuned, goes to :meth:`accepted`; :meth:`stop_accepting`
+    ends the thread.  The weak server and the relay both are one."""
+
+    thread_name = "lab-acceptor"
+
+    def start_accepting(self):
+        self._listener = listen()
+        self.port = self._listener.getsockname()[1]
+        self._closing = False
+        self._acceptor = threading.Thread(target=self._accept, name=self.thread_name, daemon=True)
+        self._acceptor.start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def _accept(self):
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._closing:
+                sock.close()
+                return
+            tune(sock)
+            self.accepted(sock)
+
+    def accepted(self, sock):
+        raise NotImplementedError
+
+    def stop_accepting(self):
+        self._closing = True
+        try:
+            # Wake the accepting thread (close() alone does not, on Linux).
+            socket.create_connection((LOOPBACK, self.port), timeout=TIMEOUT).close()
+        except OSError:
+            pass
+        self._acceptor.join(TIMEOUT)
+        self._listener.close()
+
+
+class Relay(Acceptor):
     """Listen on a second port and relay each connection to ``target_port``.
 
     ``kind`` is ``"lines"`` (the weak scheme) or ``"frames"`` (KX/1).
@@ -288,47 +334,30 @@ class Relay:
         self._splitter = LineSplitter if kind == "lines" else FrameSplitter
         self._hooks = {"client": to_server, "server": to_client}
         self.connections = []
-        self._listener = listen()
-        self.port = self._listener.getsockname()[1]
-        self._closing = False
-        self._acceptor = threading.Thread(target=self._accept, name="lab-relay", daemon=True)
-        self._acceptor.start()
+        self.start_accepting()
 
-    def __enter__(self):
-        return self
+    thread_name = "lab-relay"
 
-    def __exit__(self, *exc_info):
-        self.close()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._closing:
-                client.close()
-                return
-            tune(client)
-            try:
-                server = connect(self.target_port)
-            except OSError:
-                client.close()
-                continue
-            relayed = Relayed(client, server)
-            self.connections.append(relayed)
-            for source, sink, direction, log in (
-                (client, server, "client", relayed.to_server),
-                (server, client, "server", relayed.to_client),
-            ):
-                thread = threading.Thread(
-                    target=self._pump,
-                    args=(source, sink, self._hooks[direction], log, relayed),
-                    name=f"lab-relay-{direction}",
-                    daemon=True,
-                )
-                relayed._threads.append(thread)
-                thread.start()
+    def accepted(self, client):
+        try:
+            server = connect(self.target_port)
+        except OSError:
+            client.close()
+            return
+        relayed = Relayed(client, server)
+        self.connections.append(relayed)
+        for source, sink, direction, log in (
+            (client, server, "client", relayed.to_server),
+            (server, client, "server", relayed.to_client),
+        ):
+            thread = threading.Thread(
+                target=self._pump,
+                args=(source, sink, self._hooks[direction], log, relayed),
+                name=f"lab-relay-{direction}",
+                daemon=True,
+            )
+            relayed._threads.append(thread)
+            thread.start()
 
     def _pump(self, source, sink, hook, log, relayed):
         splitter = self._splitter()
@@ -364,14 +393,7 @@ class Relay:
         return relayed
 
     def close(self):
-        self._closing = True
-        try:
-            # Wake the accepting thread (close() alone does not, on Linux).
-            socket.create_connection((LOOPBACK, self.port), timeout=TIMEOUT).close()
-        except OSError:
-            pass
-        self._acceptor.join(TIMEOUT)
-        self._listener.close()
+        self.stop_accepting()
         for relayed in self.connections:
             relayed.cut = True
             hang_up(relayed.client)
