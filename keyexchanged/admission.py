@@ -81,10 +81,15 @@ class Admission:
         """Why a new connection from ``source`` must be refused now (the
         detail of its ERROR busy), or ``None`` when it may be admitted."""
         if len(self.connections) >= self.max_connections:
-            return "too many connections"
+            return self._refuse("busy", "too many connections")
         if self.per_source.get(source, 0) >= self.max_per_source:
-            return "too many connections from this address"
+            return self._refuse("per-source", "too many connections from this address")
         return None
+
+    def _refuse(self, limit, detail):
+        if self.on_refused is not None:
+            self.on_refused(limit)
+        return detail
 
     def admit(self, session, source):
         """Count ``session``, a connection from ``source``."""

@@ -606,8 +606,9 @@ def apply_reload(service_, old, new, log):
         factory.ephemeral_keys.handshake_timeout = settings["handshake-timeout"]
     if factory.tickets is not None and settings["ticket-lifetime"]:
         factory.tickets.lifetime = settings["ticket-lifetime"]
-        if new.ticket_keys is not None:
-            factory.tickets.keys = new.ticket_keys
+        for timer in service_.timers:
+            if isinstance(timer, tickets.TicketKeyRotation):
+                timer.use_file(settings["ticket-keys"], new.ticket_keys)
     log.info(
         "reload: done; new sessions serve key {fingerprint}, application {application}",
         fingerprint=new.identity.fingerprint,

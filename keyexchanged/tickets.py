@@ -190,6 +190,20 @@ class TicketKeyRotation:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
+    def use_file(self, path, ticket_keys):
+        """A reload named ``path`` (or no file: ``None``) for the ticket keys:
+        serve ``ticket_keys`` (read from it already), and watch that file
+        from now on — or rotate random keys, with no file."""
+        if path is not None:
+            self.issuer.keys = ticket_keys
+        was_watching = self.path is not None
+        self.path = path
+        self._stamp = self._file_stamp()
+        if self._call is not None and was_watching != (path is not None):
+            # The next tick is of the other kind: start over.
+            self.stop()
+            self.start()
+
     def start(self):
         delay = self.issuer.lifetime if self.path is None else self.check_interval
         self._call = self.reactor.callLater(delay, self._tick)

@@ -185,3 +185,35 @@ class OptionTests(unittest.TestCase):
                 f"--ipv6-source-prefix: ipv6-source-prefix = {value!r}: "
                 "must be a prefix length from 1 to 128",
             )
+
+
+class RefusalNamesTests(unittest.TestCase):
+    """Each refusal names the limit that made it, where the limit is
+    checked (what the rate-limited warnings count by)."""
+
+    def test_each_limit_is_named(self):
+        refused = []
+        admission = Admission(max_connections=2, max_per_source=1, max_handshakes=1)
+        admission.on_refused = refused.append
+        admission.admit(object(), "10.0.0.1")
+        self.assertEqual(admission.refusal("10.0.0.1"), "too many connections from this address")
+        admission.admit(object(), "10.0.0.2")
+        self.assertEqual(admission.refusal("10.0.0.3"), "too many connections")
+        self.assertTrue(admission.start_work())
+        self.assertFalse(admission.start_work())
+        self.assertIsNone(Admission().refusal("10.0.0.9"))
+        self.assertEqual(refused, ["per-source", "busy", "max-handshakes"])
+
+    def test_the_factory_tells_its_limit_warnings(self):
+        from keyexchanged.logs import LimitWarnings
+        from tests.fixtures import server_factory
+
+        clock = Clock()
+        warnings = LimitWarnings(clock)
+        told = []
+        self.patch(warnings, "refused", told.append)
+        factory = server_factory(clock=clock, max_per_source=1, limit_warnings=warnings)
+        factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1))
+        busy = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 2))
+        self.assertIsInstance(busy, protocol.BusyProtocol)
+        self.assertEqual(told, ["per-source"])

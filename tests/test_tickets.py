@@ -106,14 +106,12 @@ class RotationTests(unittest.TestCase):
         self.assertEqual(issuer.open(ticket, IDENTITY.fingerprint)[0], b"s" * 32)
         clock.advance(1)  # a rotation; the ticket expires at the same time
         self.assertEqual(len(issuer.keys), 2)
-        fresh, _ = issuer.issue(b"t" * 32, IDENTITY.fingerprint)
         clock.advance(100)  # a second rotation: the first key is destroyed
         error = self.assertRaises(tickets.StaleTicket, issuer.open, ticket, IDENTITY.fingerprint)
         self.assertEqual(str(error), "unknown or retired ticket key")
         self.assertEqual(issuer.keys.find(ticket[:16]), None)
         rotation.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
-        del fresh
 
     def test_the_file_is_read_again_when_it_changes(self):
         directory = os.path.abspath(self.mktemp())
@@ -237,3 +235,34 @@ class StoreTests(unittest.TestCase):
         store = tickets.TicketStore(path, clock=lambda: NOW)
         self.assertEqual(len(store), 0)
         self.flushLoggedErrors()
+
+
+class ReloadTests(unittest.TestCase):
+    """A reload that names a ticket-key file (or drops it) repoints the
+    rotation: the file's keys are served and random rotation stops."""
+
+    def test_from_random_keys_to_a_file_and_back(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "ticket.keys")
+        tickets.new_ticket_key_file(path)
+        clock = Clock()
+        issuer = tickets.TicketIssuer(
+            tickets.TicketKeys.random(), lifetime=100, clock=clock.seconds
+        )
+        rotation = tickets.TicketKeyRotation(issuer, clock)
+        rotation.start()
+        from_file = tickets.load_ticket_keys(path)
+        rotation.use_file(path, from_file)
+        self.assertIs(issuer.keys, from_file)
+        clock.advance(1000)  # ten lifetimes: no random rotation replaced them
+        self.assertIs(issuer.keys, from_file)
+        tickets.rotate_ticket_key_file(path)
+        clock.advance(30)  # the file is watched now
+        self.assertEqual(issuer.keys._keys[1], from_file.encrypting)
+        rotation.use_file(None, None)
+        kept = issuer.keys
+        clock.advance(100)  # without a file: random rotation again
+        self.assertEqual(issuer.keys._keys[1], kept.encrypting)
+        rotation.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -259,11 +259,13 @@ class SecureChannelFactory(Factory):
 
     def buildProtocol(self, addr):
         source = self.admission.source(getattr(addr, "host", None))
-        refusal = "server is shutting down" if self.shutting_down else None
-        refusal = refusal or self.admission.refusal(source)
+        if self.shutting_down:
+            return BusyProtocol("server is shutting down")
+        refusal = self.admission.refusal(source)
         if refusal is not None:
-            if not self.shutting_down:
-                self._refused(refusal)
+            if self.metrics is not None:
+                self.metrics.handshake_done("full", "busy")
+                self.metrics.error_sent("busy")
             return BusyProtocol(refusal)
         protocol = self.protocol(
             self.make_connection(),
@@ -280,14 +282,6 @@ class SecureChannelFactory(Factory):
         if self.metrics is not None:
             self.metrics.connection_opened()
         return protocol
-
-    def _refused(self, detail):
-        limit = "per-source" if "this address" in detail else "busy"
-        if self.limit_warnings is not None:
-            self.limit_warnings.refused(limit)
-        if self.metrics is not None:
-            self.metrics.handshake_done("full", "busy")
-            self.metrics.error_sent("busy")
 
     def make_connection(self):
         """The state machine for one new connection."""
