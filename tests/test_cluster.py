@@ -33,9 +33,10 @@ from tests.fixtures import IDENTITY
 from tests.haproxy import SKIP, HAProxy
 
 DAEMONS = 3
-#: The per-source limit of every daemon: below the clients' concurrency
-#: (CONCURRENCY), so the run below shows the limit counts the clients'
-#: addresses, not HAProxy's (every connection a daemon sees is HAProxy's).
+#: The per-source limit of every daemon: far below the clients'
+#: concurrency (CONCURRENCY), so the run below shows the limit counts the
+#: clients' addresses from the PROXY header, not the address every TCP
+#: connection to a daemon comes from (HAProxy's 127.0.0.1).
 MAX_PER_SOURCE = 2
 HANDSHAKES = 2000
 CONCURRENCY = 32
