@@ -20,6 +20,7 @@ the real reactor, a bounded number of times.
 """
 
 import os
+import re
 import shutil
 
 from twisted.internet import defer, endpoints, error, reactor, task
@@ -243,13 +244,13 @@ class ClusterTests(DaemonTestCase):
         self.assertNotIn(b"cluster/kx3 is DOWN", self.haproxy.output)
         self.assertEqual(killed, [KILL_AFTER])
         self.assertEqual(sorted(completed), list(range(HANDSHAKES)))
-        # Each daemon saw the clients' own addresses (HAProxy's 127.0.0.1
-        # is only its health checks, below): every one of the hundred
-        # sources reached kx1 and kx3, and kx2 served some before it went.
-        for daemon in (self.daemons[0], self.daemons[2]):
-            for index in range(1, SOURCES + 1):
-                self.assertIn(f"connection from 127.0.1.{index}:".encode(), daemon.output)
-        self.assertIn(b"connection from 127.0.1.", self.daemons[1].output)
+        # The daemons saw the clients' own addresses (HAProxy's 127.0.0.1
+        # is only its health checks, below): all hundred of them between
+        # them, and each daemon many (kx2 before it went).
+        seen = [_sources(daemon.output) for daemon in self.daemons]
+        self.assertEqual(set().union(*seen), {f"127.0.1.{index}" for index in range(1, 101)})
+        for sources in seen:
+            self.assertGreater(len(sources), SOURCES // 4)
         # So the per-source limit (2, with 32 at once through one HAProxy)
         # never refused anyone.
         outputs = self._outputs()
@@ -324,3 +325,11 @@ class ClusterTests(DaemonTestCase):
         yield self.daemons[2].wait_for(b"connection from 127.0.3.1:")
         yield self.daemons[2].wait_for(b"ended: ok; resumed")
         self.assertNotIn(b"resumed", self.daemons[0].output)
+
+
+_SESSION_END = re.compile(rb"connection from (127\.0\.1\.\d+):\d+ ended: ok")
+
+
+def _sources(output):
+    """The client addresses of the sessions a daemon logged as ended ok."""
+    return {match.decode() for match in _SESSION_END.findall(output)}
