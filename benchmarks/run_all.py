@@ -42,6 +42,7 @@ SCRIPTS = [
     ("bench_memory.py", 180),
     ("bench_responsiveness.py", 180),
     ("bench_auth_flood.py", 120),
+    ("bench_cluster.py", 120),
 ]
 
 #: Issue 14: server CPU per full handshake beyond one private-key

@@ -1,33 +1,22 @@
 """A real HAProxy (TCP mode, ``send-proxy-v2``) in front of a KX/1 server
 built here and wrapped by ProxyProtocolFactory; all on 127.0.0.1.
 
-HAProxy's listening socket is made here and handed to it as a file
-descriptor (``bind fd@3``): it is listening before HAProxy starts, so the
-client connects at once and its connection waits in the queue; there is
-nothing to poll and no port to guess.  If HAProxy fails to start, it exits
-and the test fails with its output.
+HAProxy is run by ``tests.haproxy``: its listening socket is made there and
+handed to it, so the client connects at once; if HAProxy fails to start, it
+exits and the test fails with its output.
 """
 
-import os
-import shutil
-import socket
-
-from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet import defer, endpoints, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from keyexchanged.protocol import SecureChannelFactory, connect
 from keyexchanged.proxyproto import ProxyProtocolFactory, parse_trusted_proxies
 from keyexchanged.trust import PinnedKey
 from tests.fixtures import IDENTITY, ended_sessions
+from tests.haproxy import SKIP, HAProxy
 from tests.rev2 import StaticEphemeralKeys
-
-HAPROXY = shutil.which(
-    "haproxy", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-)
-SKIP = None if HAPROXY else "haproxy is not installed (apt-get install -y haproxy)"
 
 CONFIG = """\
 global
@@ -43,20 +32,6 @@ frontend kx
 backend kxd
     server kxd 127.0.0.1:{port} send-proxy-v2{check}
 """
-
-
-class HAProxy(protocol.ProcessProtocol):
-    def __init__(self):
-        self.output = b""
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        self.ended.callback(reason.value.exitCode)
 
 
 class Reporter(Protocol):
@@ -116,56 +91,8 @@ class HAProxyTests(unittest.TestCase):
             self.proxied
         )
         self.addCleanup(port.stopListening)
-
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        config = os.path.join(directory, "haproxy.cfg")
-        with open(config, "w") as f:
-            f.write(CONFIG.format(port=port.getHost().port, check=check))
-        front = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        front.bind(("127.0.0.1", 0))
-        front.listen(16)
-        self.haproxy = HAProxy()
-        reactor.spawnProcess(
-            self.haproxy,
-            HAPROXY,
-            [HAPROXY, "-db", "-f", config],
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-            childFDs={0: "w", 1: "r", 2: "r", 3: front.fileno()},
-        )
-        front_port = front.getsockname()[1]
-        # HAProxy holds the socket now: if it dies, connections are refused
-        # instead of waiting in a queue nobody reads.
-        front.close()
-        self.addCleanup(self.stop_haproxy)
-        return front_port
-
-    @defer.inlineCallbacks
-    def stop_haproxy(self):
-        if not self.haproxy.ended.called:
-            self.haproxy.transport.signalProcess("TERM")
-        yield self.haproxy.ended
-
-    def unless_haproxy_dies(self, d):
-        """``d``'s result, or a failure with HAProxy's output if it exits first."""
-        result = defer.Deferred()
-
-        def died(code):
-            if not result.called:
-                output = self.haproxy.output.decode(errors="replace")
-                result.errback(RuntimeError(f"haproxy exited ({code}):\n{output}"))
-            return code
-
-        def done(outcome):
-            if not result.called:
-                if isinstance(outcome, Failure):
-                    result.errback(outcome)
-                else:
-                    result.callback(outcome)
-
-        self.haproxy.ended.addCallback(died)
-        d.addBoth(done)
-        return result
+        self.haproxy = HAProxy.start(self, CONFIG.format(port=port.getHost().port, check=check))
+        return self.haproxy.ports[0]
 
     @defer.inlineCallbacks
     def test_client_address_reaches_the_server_through_haproxy(self):
@@ -175,7 +102,7 @@ class HAProxyTests(unittest.TestCase):
         endpoint = endpoints.TCP4ClientEndpoint(
             reactor, "127.0.0.1", front_port, bindAddress=("127.0.0.2", 0)
         )
-        yield self.unless_haproxy_dies(
+        yield self.haproxy.unless_dies(
             connect(
                 reactor,
                 endpoint,
@@ -211,7 +138,7 @@ class HAProxyTests(unittest.TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         # check-send-proxy: the health check carries a LOCAL header.
         yield self.start(check=" check check-send-proxy inter 200")
-        proxy = yield self.unless_haproxy_dies(local)
+        proxy = yield self.haproxy.unless_dies(local)
         self.assertTrue(proxy.startswith("127.0.0.1:"), proxy)
         self.assertEqual(self.seen, [])  # no session, no application
 
