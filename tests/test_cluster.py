@@ -25,6 +25,7 @@ import shutil
 
 from twisted.internet import defer, endpoints, error, reactor, task
 from twisted.internet.protocol import Factory, Protocol
+from twisted.python import log
 
 from keyexchanged import protocol, tickets
 from keyexchanged.framing import BUSY
@@ -269,8 +270,9 @@ class ClusterTests(DaemonTestCase):
         self.assertNotIn(b"Traceback", outputs)
         self.assertNotIn(b"Unhandled", outputs)
         kinds = sorted({type(cause).__name__ for cause in errors})
-        print(
-            f"\n{len(completed)} handshakes; kx2 killed after {KILL_AFTER}; "
+        # In _trial_temp/test.log: how many sessions the kill cost.
+        log.msg(
+            f"{len(completed)} handshakes; kx2 killed after {KILL_AFTER}; "
             f"{len(retries)} retries for {len(set(retries))} handshakes ({', '.join(kinds)})"
         )
 
