@@ -34,9 +34,7 @@ LOCAL = "tcp:0:interface=127.0.0.1"
 LIGHT = ["--workers", "0", "--ephemeral-bits", "2048"]
 
 _STARTED = re.compile(rb"child (\d) \(pid (\d+)\) started")
-_SESSION = re.compile(
-    rb"child (\d) pid (\d+)\] connection from \S+ ended: ok; (\w+)"
-)
+_SESSION = re.compile(rb"child (\d) pid (\d+)\] connection from \S+ ended: ok; (\w+)")
 _METRICS = re.compile(rb"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 _SERVES_AGAIN = re.compile(rb"child (\d) \(pid (\d+)\) serves again")
 
@@ -185,6 +183,23 @@ class ProcessesSystemTests(DaemonTestCase):
         code = yield daemon.stop()
         self.assertEqual(code, 0, daemon.output.decode())
         self.assertFalse(alive(new_pid))
+
+    @defer.inlineCallbacks
+    def test_children_read_the_proxy_header_with_haproxy_listen(self):
+        daemon, port, _pids = yield self.start(
+            "--listen", "haproxy:" + LOCAL, "--private-key", self.key
+        )
+        held = Held()
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        yield endpoint.connect(Factory.forProtocol(lambda: held))
+        held.transport.write(b"PROXY TCP4 192.0.2.7 127.0.0.1 4242 51424\r\n")
+        hello = yield held.greeted
+        self.assertTrue(hello.startswith(b"HELLO "), hello)
+        held.transport.loseConnection()
+        yield held.ended
+        # The child saw the client the header named, not the proxy.
+        output = yield daemon.wait_for(b"connection from 192.0.2.7:4242 ended")
+        self.assertRegex(output.decode(), r"child \d pid \d+\] connection from 192\.0\.2\.7:4242")
 
     def write(self, body):
         with open(self.conf, "w") as f:
