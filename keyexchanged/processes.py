@@ -33,7 +33,8 @@ it watches: the parent gone (even by SIGKILL), the child stops.
 
 Signals to the parent: SIGTERM and SIGINT stop every child (SIGTERM to
 each, the grace period, then SIGKILL for one that outlives it by
-:data:`KILL_AFTER` s) and then the parent; SIGHUP checks the config again
+:data:`KILL_AFTER` s; a second SIGTERM or SIGINT sends :data:`CUT_SIGNAL`,
+which cuts the open sessions) and then the parent; SIGHUP checks the config again
 in the parent (the same parse as a single daemon's reload), and only if it
 is good sends SIGHUP to every child, which reloads as a single daemon
 does.  A child that dies unexpectedly is logged and started again after a
@@ -101,6 +102,10 @@ SYSTEMD_VARIABLES = (
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
 )
+#: The parent's second SIGTERM or SIGINT, to its children: cut the open
+#: sessions now.  Not SIGTERM, which a child may get from systemd as well
+#: as from its parent, for one and the same stop.
+CUT_SIGNAL = signal.SIGUSR1
 #: Seconds past the grace period after which a child still running on
 #: stop is killed: it has had its grace and ignored it.
 KILL_AFTER = 10.0
@@ -578,7 +583,7 @@ class ProcessesService(service.Service):
         children cut their open sessions at once."""
         if self.stopping:
             self.log.info("{signal} again: the children cut their open sessions", signal=name)
-            self._signal_children("TERM")
+            self._signal_children(CUT_SIGNAL)
             return
         systemd.stopping()
         self.log.info(

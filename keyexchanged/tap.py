@@ -391,6 +391,11 @@ class KeyexchangeService(service.Service):
 
         def stop(number, frame):
             name = signal.Signals(number).name
+            if stopping and self.child is not None and number == signal.SIGTERM:
+                # A child gets SIGTERM from its parent and, under systemd's
+                # default KillMode=control-group, from systemd as well: one
+                # stop.  Its parent's second signal is CUT_SIGNAL.
+                return
             if stopping:
                 # A second signal: the operator will not wait for the grace.
                 self.log.info("{signal} again: cutting the open sessions now", signal=name)
@@ -410,8 +415,15 @@ class KeyexchangeService(service.Service):
             signal.signal(signal.SIGINT, stop)
         else:
             # ^C in a terminal reaches the whole process group: the parent
-            # forwards it as SIGTERM, once.
+            # forwards it as SIGTERM, and a second one as CUT_SIGNAL.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+            def cut(number, frame):
+                if not stopping:
+                    stop(signal.SIGTERM, frame)
+                stop(number, frame)
+
+            signal.signal(processes.CUT_SIGNAL, cut)
             processes.watch_parent(self.reactor, self._parent_gone)
         systemd.ReloadOnHangup(self.reactor, self.reload).install()
         if self.listening is not None and self.listening.called:

@@ -17,13 +17,16 @@ import signal
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, endpoints, reactor, task
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel, eventAsJSON, formatEvent
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
+from zope.interface import implementer
 
-from keyexchanged import processes, tickets
+from keyexchanged import processes, protocol, tickets
 from keyexchanged.config import ConfigError
+from keyexchanged.trust import PinnedKey
 from tests.daemon import Daemon, DaemonTestCase, run_client
 from tests.vectors import RAW
 
@@ -37,6 +40,29 @@ _STARTED = re.compile(rb"child (\d) \(pid (\d+)\) started")
 _SESSION = re.compile(rb"child (\d) pid (\d+)\] connection from \S+ ended: ok; (\w+)")
 _METRICS = re.compile(rb"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 _SERVES_AGAIN = re.compile(rb"child (\d) \(pid (\d+)\) serves again")
+
+
+@implementer(IHalfCloseableProtocol)
+class Open(Protocol):
+    """A client application that answers the server's END with nothing:
+    its session stays open until the server cuts it."""
+
+    def __init__(self):
+        self.received = defer.Deferred()
+        self.ended = defer.Deferred()
+
+    def dataReceived(self, data):
+        if not self.received.called:
+            self.received.callback(data)
+
+    def readConnectionLost(self):
+        pass
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self.ended.callback(None)
 
 
 def alive(pid):
@@ -183,6 +209,35 @@ class ProcessesSystemTests(DaemonTestCase):
         code = yield daemon.stop()
         self.assertEqual(code, 0, daemon.output.decode())
         self.assertFalse(alive(new_pid))
+
+    @defer.inlineCallbacks
+    def test_sigterm_from_parent_and_systemd_is_one_stop_a_second_one_cuts(self):
+        daemon, port, pids = yield self.start(
+            "--listen", LOCAL, "--private-key", self.key, "--application", "echo"
+        )
+        # An established session whose client never ends it.
+        session = Open()
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        yield protocol.connect(
+            reactor, endpoint, PinnedKey(FINGERPRINT), Factory.forProtocol(lambda: session)
+        )
+        session.transport.write(b"ping")
+        self.assertEqual((yield session.received), b"ping")
+        daemon.signal("TERM")
+        yield daemon.wait_for(b"SIGTERM: no new connections", count=2)
+        # systemd's KillMode=control-group sends SIGTERM to every process:
+        # still one stop, with its grace period.
+        for pid in pids.values():
+            if alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        self.assertFalse(session.ended.called)
+        # The operator's second signal, to the parent: the session is cut.
+        daemon.signal("TERM")
+        yield session.ended
+        code = yield daemon.ended
+        self.assertEqual(code, 0, daemon.output.decode())
+        self.assertIn(b"SIGUSR1 again: cutting the open sessions now", daemon.output)
+        self.assertNotIn(b"SIGTERM again: cutting", daemon.output)
 
     @defer.inlineCallbacks
     def test_children_read_the_proxy_header_with_haproxy_listen(self):
