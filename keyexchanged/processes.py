@@ -501,7 +501,10 @@ class ProcessesService(service.Service):
             except (ValueError, TypeError):
                 event = None
         if not isinstance(event, dict):
-            self.log.info(
+            # Standard error: what a child says before its logging starts,
+            # such as why its options were refused.
+            emit = self.log.info if fd == 1 else self.log.warn
+            emit(
                 "child {child_index} (pid {child_pid}): {line}",
                 child_index=child.index,
                 child_pid=child.pid,
