@@ -476,6 +476,78 @@ class RelayTests(unittest.TestCase):
         self.assertEqual(first.transport.signals, [])
 
 
+class StoppableClock(task.Clock):
+    stopped = False
+
+    def stop(self):
+        self.stopped = True
+
+
+class NotifyTests(unittest.TestCase):
+    """READY=1 once every child serves, STOPPING=1 on SIGTERM: from the
+    parent, to the socket in $NOTIFY_SOCKET; the children never see it."""
+
+    def setUp(self):
+        import socket
+
+        # An abstract name: a path under trial's temporary directory is
+        # longer than AF_UNIX allows.
+        name = f"kx-test-notify-{os.getpid()}-{id(self)}"
+        self.path = "@" + name
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + name)
+        self.sock.setblocking(False)
+        self.addCleanup(self.sock.close)
+        self.patch(os, "environ", {**os.environ, "NOTIFY_SOCKET": self.path, "LISTEN_FDS": "1"})
+
+    def notices(self):
+        found = []
+        while True:
+            try:
+                found.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return found
+
+    def test_ready_when_all_serve_stopping_on_sigterm(self):
+        supervised = Supervised(count=2)
+        supervised.clock = supervised.service.reactor = StoppableClock()
+        supervised.start()
+        ready = json.dumps({"log_format": "child serves", processes.READY_FIELD: True}).encode()
+        supervised.service.children[1].childDataReceived(1, ready + b"\n")
+        self.assertEqual(self.notices(), [])
+        supervised.service.children[2].childDataReceived(1, ready + b"\n")
+        self.assertEqual(self.notices(), ["READY=1\nSTATUS=serving with 2 processes"])
+        supervised.service.stop_requested("SIGTERM")
+        self.assertEqual(self.notices(), ["STOPPING=1"])
+        self.assertTrue(supervised.clock.stopped)
+
+    def test_children_get_no_systemd_variables_and_no_secret(self):
+        supervised = Supervised(count=2)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        shared = processes.SharedTicketKeys(
+            os.path.join(directory, "ticket.keys"), 100, supervised.clock
+        )
+        supervised.service.shared_ticket_keys = shared
+        shared.start()
+        self.addCleanup(shared.stop)
+        env = supervised.service.child_environment(2)
+        # The ticket keys' file is named, never a key.
+        self.assertEqual(env[processes.TICKET_KEYS_VARIABLE], shared.path)
+        with open(shared.path) as f:
+            key_lines = [line for line in f.read().splitlines() if not line.startswith("#")]
+        self.assertEqual(len(key_lines), 1)
+        for value in [*env.values(), *supervised.service.child_argv()]:
+            self.assertNotIn(key_lines[0], value)
+        for name in ("NOTIFY_SOCKET", "LISTEN_FDS"):
+            self.assertNotIn(name, env)
+        self.assertEqual(env[processes.CHILD_VARIABLE], "2")
+        self.assertEqual(env[processes.FD_VARIABLE], str(processes.CHILD_FD))
+        # The command line is the parent's own, after twistd's options.
+        argv = supervised.service.child_argv()
+        self.assertEqual(argv[-2:], ["--processes", "2"])
+
+
 class ChildSettingsTests(unittest.TestCase):
     def test_no_child(self):
         self.assertIsNone(processes.child_settings({}))
