@@ -413,6 +413,9 @@ class ProcessesService(service.Service):
             self.log.critical(
                 "cannot listen on {listen}: {reason}", listen=self.listen, reason=reason
             )
+            # The process ends here: stopService will not clean up.
+            if self.runtime is not None:
+                shutil.rmtree(self.runtime, ignore_errors=True)
             raise ConfigError(f"cannot listen on {self.listen}: {reason}")
         self.port = result[0]
         # The children accept; the parent never does.

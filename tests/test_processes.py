@@ -27,7 +27,7 @@ from zope.interface import implementer
 from keyexchanged import processes, protocol, tickets
 from keyexchanged.config import ConfigError
 from keyexchanged.trust import PinnedKey
-from tests.daemon import Daemon, DaemonTestCase, run_client
+from tests.daemon import Daemon, DaemonTestCase, environment, run_client
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]
@@ -290,6 +290,31 @@ class ProcessesSystemTests(DaemonTestCase):
         for _ in range(2):
             out, err, code = yield self.connect(port)
             self.assertEqual((out, code), (b"second", 0), err)
+
+    @defer.inlineCallbacks
+    def test_a_port_in_use_stops_the_parent_and_leaves_no_runtime_directory(self):
+        import socket
+
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        runtime = os.path.join(self.dir, "run")
+        os.makedirs(runtime)
+        daemon = Daemon.start(
+            [
+                "--processes=2",
+                "--private-key",
+                self.key,
+                "--listen",
+                f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1",
+            ],
+            env=environment(RUNTIME_DIRECTORY=runtime),
+        )
+        code = yield daemon.refused()
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"cannot listen on tcp:", daemon.output)
+        self.assertEqual(os.listdir(runtime), [])
 
     @defer.inlineCallbacks
     def test_processes_must_be_auto_or_at_least_one(self):
