@@ -54,6 +54,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 
@@ -162,8 +163,6 @@ def child_settings(environ):
 def adopt_listening_socket(reactor, fd, factory):
     """Listen on the socket at ``fd`` (inherited from the parent), of
     whatever family it is; the fd itself is closed (the port has its own)."""
-    import socket
-
     sock = socket.socket(fileno=fd)
     try:
         return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)

@@ -15,7 +15,7 @@ import re
 import signal
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet import abstract, defer, endpoints, reactor, task
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -62,6 +62,25 @@ class Open(Protocol):
         pass
 
     def connectionLost(self, reason):
+        self.ended.callback(None)
+
+
+class ProcessExit(abstract.FileDescriptor):
+    """``ended`` fires when process ``pid`` (not ours to wait for) exits:
+    its pidfd becomes readable."""
+
+    def __init__(self, pid):
+        super().__init__(reactor)
+        self.fd = os.pidfd_open(pid)
+        self.ended = defer.Deferred()
+        self.startReading()
+
+    def fileno(self):
+        return self.fd
+
+    def doRead(self):
+        self.stopReading()
+        os.close(self.fd)
         self.ended.callback(None)
 
 
@@ -238,6 +257,24 @@ class ProcessesSystemTests(DaemonTestCase):
         self.assertEqual(code, 0, daemon.output.decode())
         self.assertIn(b"SIGUSR1 again: cutting the open sessions now", daemon.output)
         self.assertNotIn(b"SIGTERM again: cutting", daemon.output)
+
+    @defer.inlineCallbacks
+    def test_children_stop_when_the_parent_is_killed(self):
+        runtime = os.path.join(self.dir, "run")
+        os.makedirs(runtime)
+        daemon = Daemon.start(
+            ["--processes", "2", *LIGHT, "--listen", LOCAL, "--private-key", self.key],
+            env=environment(RUNTIME_DIRECTORY=runtime),
+        )
+        self.addCleanup(daemon.stop)
+        yield daemon.listening
+        output = yield daemon.wait_for(b"all 2 child processes serve")
+        pids = [int(pid) for _, pid in _STARTED.findall(output)]
+        exits = [ProcessExit(pid) for pid in pids]
+        daemon.signal("KILL")
+        yield daemon.ended
+        # No parent to stop them: each sees its stdin close, and stops.
+        yield defer.gatherResults([e.ended for e in exits])
 
     @defer.inlineCallbacks
     def test_children_read_the_proxy_header_with_haproxy_listen(self):
