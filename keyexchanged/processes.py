@@ -353,7 +353,8 @@ class ProcessesService(service.Service):
 
     ``spawn(child, index, fd)`` starts a child process for the
     :class:`_Child` protocol ``child`` and returns its transport (tests give
-    their own); ``reactor`` also provides ``callLater`` and ``seconds``.
+    their own); ``reactor`` also provides ``callLater`` and ``seconds``;
+    ``backoff()`` makes a :class:`Backoff` for each child.
     """
 
     log = Logger()
@@ -368,7 +369,7 @@ class ProcessesService(service.Service):
         shared_ticket_keys=None,
         spawn=None,
         observer=None,
-        backoff=None,
+        backoff=Backoff,
         handle_signals=True,
     ):
         self.options = options
@@ -379,7 +380,9 @@ class ProcessesService(service.Service):
         self.shared_ticket_keys = shared_ticket_keys
         self.spawn = spawn if spawn is not None else self._spawn_twistd
         self.observer = observer if observer is not None else globalLogPublisher
-        self.backoff = {index: backoff or Backoff() for index in range(1, count + 1)}
+        #: Each child's own delays: one child's crash loop does not slow
+        #: the restart of another.
+        self.backoff = {index: backoff() for index in range(1, count + 1)}
         self.handle_signals = handle_signals
         self.children = {}
         self.port = None
@@ -482,8 +485,15 @@ class ProcessesService(service.Service):
         try:
             transport = self.spawn(child, index, self.port.fileno())
         except OSError as error_:
-            self.log.error("cannot start child {index}: {reason}", index=index, reason=str(error_))
-            self._schedule_restart(index, 0.0)
+            # Out of processes or descriptors, say: not at once again.
+            delay = self.backoff[index].delay(0.0)
+            self.log.error(
+                "cannot start child {index}: {reason}; trying again in {delay:g} s",
+                index=index,
+                reason=str(error_),
+                delay=delay,
+            )
+            self._schedule_restart(index, delay)
             return
         child.pid = transport.pid
         child.started = self.reactor.seconds()

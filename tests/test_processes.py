@@ -475,6 +475,26 @@ class BackoffTests(unittest.TestCase):
         (call,) = supervised.clock.getDelayedCalls()
         self.assertEqual(call.getTime() - supervised.clock.seconds(), 1)
 
+    def test_a_child_that_cannot_be_started_is_tried_again_later(self):
+        supervised = Supervised(count=1)
+        failures = [OSError(11, "Resource temporarily unavailable")] * 2
+        spawn = supervised.spawn
+
+        def failing(child, index, fd):
+            if failures:
+                raise failures.pop()
+            return spawn(child, index, fd)
+
+        supervised.service.spawn = failing
+        supervised.start()
+        self.assertEqual(supervised.service.children, {})
+        supervised.clock.advance(1)
+        self.assertEqual(supervised.service.children, {})
+        supervised.clock.advance(2)
+        self.assertIn(1, supervised.service.children)
+        tried = [e for e in supervised.logged if "cannot start child" in e["log_format"]]
+        self.assertEqual([e["delay"] for e in tried], [1, 2])
+
     def test_no_restart_while_stopping(self):
         supervised = Supervised(count=2)
         supervised.start()
