@@ -36,6 +36,7 @@ SCRIPTS = [
     ("bench_rsa.py", 240),
     ("bench_records.py", 60),
     ("bench_handshakes.py", 420),
+    ("bench_processes.py", 180),
     ("bench_throughput.py", 120),
     ("bench_tunnel.py", 180),
     ("bench_tunnel_setup.py", 120),

@@ -74,6 +74,11 @@ workers = _rule(
     lambda text: text if text == "auto" else int(text),
     lambda value: value == "auto" or value >= 0,
 )
+processes = _rule(
+    "auto, or a whole number of at least 1",
+    lambda text: text if text == "auto" else int(text),
+    lambda value: value == "auto" or value >= 1,
+)
 ipv6_prefix = ranged_int(1, 128, "a prefix length from 1 to 128")
 #: What rsa generates: the daemon's first key and its ephemeral keys, keygen, ca init.
 key_bits = _rule(rsa.GENERATE_BITS_RULE, int, rsa.generate_bits_ok)
@@ -186,6 +191,14 @@ SETTINGS = [
         "auto",
         workers,
         "processes doing the private-key work (auto: one per CPU; 0: in the reactor)",
+    ),
+    Setting(
+        "processes",
+        1,
+        processes,
+        "daemon processes serving one listening socket, each with its own reactor "
+        "(auto: one per CPU).  max-connections, max-per-source and max-handshakes "
+        "are limits per process; workers = auto gives each CPUs/N workers (at least 1)",
     ),
     Setting(
         "max-per-source",

@@ -18,6 +18,7 @@ from typing import ClassVar
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -28,6 +29,7 @@ from keyexchanged import (
     keys,
     logs,
     metrics,
+    processes,
     proxyproto,
     systemd,
     tickets,
@@ -125,6 +127,10 @@ class Options(usage.Options):
         self.reactor = None
         #: The ticket keys from ``ticket-keys``, or None (random keys).
         self.ticket_keys = None
+        #: How often the ticket-key file is read again when it changed.
+        self.ticket_keys_check = 30.0
+        #: A child of ``--processes N``: what its parent gave it, else None.
+        self.child = None
 
     def opt_help_applications(self):
         """List the installed applications (for --application) and exit."""
@@ -180,6 +186,13 @@ class Options(usage.Options):
         private_key, self.generated_key = load_or_create_key(key_path, self.settings["key-bits"])
         self.identity = ServerIdentity(private_key, self._certificates(private_key))
         self._check_hello_size()
+        self.child = processes.child_settings(self.environ)
+        if self.child is not None and self.child.ticket_keys and self.settings["ticket-lifetime"]:
+            if self.settings["ticket-keys"] is None:
+                # The parent's file, as if it were --ticket-keys: a ticket
+                # one child issues opens on every other.
+                self.settings["ticket-keys"] = self.child.ticket_keys
+                self.ticket_keys_check = processes.SHARED_TICKET_KEYS_CHECK
         path = self.settings["ticket-keys"]
         if path is not None:
             self.ticket_keys = tickets.load_ticket_keys(path)
@@ -287,8 +300,13 @@ class KeyexchangeService(service.Service):
         trusted_proxies=None,
         proxy_header_timeout=proxyproto.DEFAULT_HEADER_TIMEOUT,
         options=None,
+        child=None,
     ):
         self.listen = listen
+        #: A child of ``--processes N`` (:class:`processes.ChildSettings`):
+        #: it adopts its parent's socket, tells its parent (not systemd)
+        #: that it serves, and leaves SIGINT to its parent.
+        self.child = child
         self.trusted_proxies = trusted_proxies
         self.proxy_header_timeout = proxy_header_timeout
         #: The Options the service was made from: a reload compares with them.
@@ -325,8 +343,13 @@ class KeyexchangeService(service.Service):
         inner, wrap = proxyproto.parse_listen(
             self.listen, self.trusted_proxies, self.reactor, self.proxy_header_timeout
         )
-        endpoint = serverFromString(self.reactor, inner)
-        self.listening = endpoint.listen(wrap(self.factory))
+        if self.child is not None:
+            self.listening = defer.maybeDeferred(
+                processes.adopt_listening_socket, self.reactor, self.child.fd, wrap(self.factory)
+            )
+        else:
+            endpoint = serverFromString(self.reactor, inner)
+            self.listening = endpoint.listen(wrap(self.factory))
         failed = []
         answered_now = True
 
@@ -368,6 +391,11 @@ class KeyexchangeService(service.Service):
 
         def stop(number, frame):
             name = signal.Signals(number).name
+            if stopping and self.child is not None and number == signal.SIGTERM:
+                # A child gets SIGTERM from its parent and, under systemd's
+                # default KillMode=control-group, from systemd as well: one
+                # stop.  Its parent's second signal is CUT_SIGNAL.
+                return
             if stopping:
                 # A second signal: the operator will not wait for the grace.
                 self.log.info("{signal} again: cutting the open sessions now", signal=name)
@@ -383,16 +411,47 @@ class KeyexchangeService(service.Service):
             self.reactor.callFromThread(self.reactor.stop)
 
         signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        if self.child is None:
+            signal.signal(signal.SIGINT, stop)
+        else:
+            # ^C in a terminal reaches the whole process group: the parent
+            # forwards it as SIGTERM, and a second one as CUT_SIGNAL.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+            def cut(number, frame):
+                if not stopping:
+                    stop(signal.SIGTERM, frame)
+                stop(number, frame)
+
+            signal.signal(processes.CUT_SIGNAL, cut)
+            processes.watch_parent(self.reactor, self._parent_gone)
         systemd.ReloadOnHangup(self.reactor, self.reload).install()
         if self.listening is not None and self.listening.called:
+            self._ready()
+
+    def _ready(self):
+        if self.child is None:
             systemd.ready()
+            return
+        self.log.info(
+            "child {index} serves",
+            index=self.child.index,
+            **{processes.READY_FIELD: True},
+        )
+
+    def _parent_gone(self):
+        self.log.warn("the parent process is gone: stopping")
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass  # stopping already
 
     def reload(self):
         """SIGHUP: read the config and every file it names again; swap in
         what changed for new sessions.  Open sessions keep what they began
         with.  Anything wrong changes nothing and is logged."""
-        metrics_ = getattr(self.factory, "metrics", None)
+        # A child's reloads are its parent's, which counts them.
+        metrics_ = None if self.child else getattr(self.factory, "metrics", None)
         old = self.options
         if old is None:
             self.log.warn("reload: nothing to reload from")
@@ -419,7 +478,7 @@ class KeyexchangeService(service.Service):
             port=getattr(address, "port", ""),
         )
         if not self.handle_signals:
-            systemd.ready()
+            self._ready()
         # else: once SIGHUP has its handler (_handle_signals), or a reload
         # that systemd asks for at once would end the daemon.
         return port
@@ -448,6 +507,10 @@ class KeyexchangeService(service.Service):
 def makeService(options, reactor=None):
     settings = options.settings
     reactor = options.reactor if reactor is None else reactor
+    count = processes.resolve_processes(settings.get("processes", 1))
+    child = getattr(options, "child", None)
+    if count > 1 and child is None:
+        return make_parent_service(options, count, reactor)
     wrapped = options.wrapped_factory
     if reactor is not options.reactor:
         # A reactor of the caller's (a test's Clock): the application must
@@ -456,7 +519,7 @@ def makeService(options, reactor=None):
     log = Logger(namespace=__name__)
     workers = settings["workers"]
     if workers == "auto":
-        workers = default_workers()
+        workers = processes.workers_per_process(default_workers(), count)
     work = WorkerPool(workers, reactor) if workers else None
     timers = []
     ephemeral_keys = None
@@ -491,7 +554,14 @@ def makeService(options, reactor=None):
             lifetime=settings["ticket-lifetime"],
             clock=reactor.seconds,
         )
-        timers.append(tickets.TicketKeyRotation(issuer, reactor, path=settings["ticket-keys"]))
+        timers.append(
+            tickets.TicketKeyRotation(
+                issuer,
+                reactor,
+                path=settings["ticket-keys"],
+                check_interval=getattr(options, "ticket_keys_check", 30.0),
+            )
+        )
         log.info(
             "resumption: tickets valid {lifetime} s, keys {source}",
             lifetime=settings["ticket-lifetime"],
@@ -547,7 +617,12 @@ def makeService(options, reactor=None):
         trusted_proxies=settings["trusted-proxies"],
         proxy_header_timeout=settings["proxy-header-timeout"],
         options=options,
+        child=child,
     )
+    if child is not None:
+        # The parent serves the metrics (this child's are in its files)
+        # and writes the log in the format asked for.
+        return service_
     if settings["metrics"] is None and settings["log-format"] == "text":
         return service_
     top = service.MultiService()
@@ -559,8 +634,45 @@ def makeService(options, reactor=None):
     return top
 
 
+def make_parent_service(options, count, reactor):
+    """``--processes N``: the parent, which listens and runs N children."""
+    settings = options.settings
+    log = Logger(namespace=__name__)
+    runtime = processes.runtime_directory(options.environ)
+    shared = None
+    if settings["ticket-lifetime"] and settings["ticket-keys"] is None:
+        shared = processes.SharedTicketKeys(
+            os.path.join(runtime, "ticket.keys"),
+            max(settings["ticket-lifetime"], processes.MIN_ROTATION_INTERVAL),
+            reactor,
+        )
+    metrics_ = None
+    if settings["metrics"] is not None:
+        directory = metrics.prepare_process_directory(os.path.join(runtime, "metrics"))
+        metrics_ = metrics.Metrics(process_directory=directory)
+    parent = processes.ProcessesService(
+        options, count, reactor, runtime=runtime, metrics=metrics_, shared_ticket_keys=shared
+    )
+    log.info(
+        "{count} processes on {listen}; ticket keys {keys}",
+        count=count,
+        listen=settings["listen"],
+        keys=settings["ticket-keys"] or ("shared by the parent" if shared else "off"),
+    )
+    for warning in options.warnings:
+        log.warn("{warning}", warning=warning)
+    top = service.MultiService()
+    parent.setServiceParent(top)
+    if metrics_ is not None:
+        metrics.metrics_service(settings["metrics"], metrics_, reactor).setServiceParent(top)
+    if settings["log-format"] == "json":
+        return logs.use_json_logs(top, logs.twistd_log_file(options))
+    return top
+
+
 #: Settings a reload cannot change: they take a restart.
 RESTART_ONLY = (
+    "processes",
     "listen",
     "workers",
     "forward-secrecy",

@@ -42,6 +42,7 @@ __all__ = [
     "load_ticket_keys",
     "new_ticket_key_file",
     "rotate_ticket_key_file",
+    "write_ticket_key_file",
 ]
 
 TICKET_KEY_LENGTH = 32
@@ -284,6 +285,11 @@ def _key_file_text(ticket_keys):
     lines = ["# keyexchanged ticket keys: the first encrypts, every one decrypts."]
     lines += [base64.b64encode(k).decode("ascii") for k in ticket_keys._keys]
     return ("\n".join(lines) + "\n").encode("ascii")
+
+
+def write_ticket_key_file(path, ticket_keys):
+    """Write (or replace) a ticket-key file holding ``ticket_keys`` (0600)."""
+    files.write_atomically(path, _key_file_text(ticket_keys), PRIVATE_FILE_MODE, True)
 
 
 def new_ticket_key_file(path):

@@ -61,20 +61,21 @@ class Daemon(protocol.ProcessProtocol):
                 self.port = int(match.group(2))
                 self.listening.callback(self.port)
         for waiter in list(self._waiters):
-            pattern, d = waiter
-            if pattern in self.output:
+            pattern, count, d = waiter
+            if self.output.count(pattern) >= count:
                 self._waiters.remove(waiter)
                 d.callback(self.output)
 
     errReceived = outReceived
 
-    def wait_for(self, pattern):
-        """Fires when ``pattern`` (bytes) has appeared in the output."""
+    def wait_for(self, pattern, count=1):
+        """Fires when ``pattern`` (bytes) has appeared in the output
+        (``count`` times)."""
         d = defer.Deferred()
-        if pattern in self.output:
+        if self.output.count(pattern) >= count:
             d.callback(self.output)
         else:
-            self._waiters.append((pattern, d))
+            self._waiters.append((pattern, count, d))
         return d
 
     def processEnded(self, reason):
