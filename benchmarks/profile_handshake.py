@@ -179,7 +179,7 @@ def pieces(identity, count):
 #: Where a function's own time is counted, by its file (first match wins).
 AREAS = [
     ("RSA: gmpy2 (powmod_sec, powmod, …)", ("gmpy2",)),
-    ("RSA: keyexchanged/rsa.py itself", ("keyexchanged/rsa.py",)),
+    ("RSA: keyexchanged/rsa/ itself", ("keyexchanged/rsa/",)),
     ("pycryptodome: GCM objects, HKDF, hashes", ("/Crypto/",)),
     ("cffi (pycryptodome's calls into C)", ("/cffi/", "_cffi_backend")),
     ("keyexchanged/handshake/", ("keyexchanged/handshake/",)),

@@ -17,6 +17,7 @@ import tempfile
 from twisted.trial.unittest import SkipTest
 
 from keyexchanged import cli, keys
+from keyexchanged.cli import _session
 from tests.fixtures import (
     PASSPHRASE,
     CommandTestCase,
@@ -394,13 +395,13 @@ class SessionCommandTests(CommandTestCase):
     def test_tunnel_never_asks_about_unknown_hosts(self):
         """A relay serves connections in the background: no yes/no prompt,
         even on a terminal (connect would ask)."""
-        self.patch(cli, "_isatty", lambda stream: True)
+        self.patch(_session, "isatty", lambda stream: True)
         args = cli.build_parser().parse_args(
             ["tunnel", "--listen", "tcp:0", "--server", "h", "--known-hosts", self.dir + "/kh"]
         )
-        self.assertIsNone(cli._trust_policy(args, 51424, interactive=False).ask)
+        self.assertIsNone(_session._trust_policy(args, 51424, interactive=False).ask)
         args = cli.build_parser().parse_args(["connect", "h", "--known-hosts", self.dir + "/kh"])
-        self.assertIsNotNone(cli._trust_policy(args, 51424).ask)
+        self.assertIsNotNone(_session._trust_policy(args, 51424).ask)
 
 
 class SendFileTests(CommandTestCase):
@@ -472,7 +473,7 @@ class SendFileTests(CommandTestCase):
         )
 
     def test_too_large(self):
-        self.patch(cli, "_MAX_SEND_FILE", 10)
+        self.patch(_session, "_MAX_SEND_FILE", 10)
         path = self.write("big", b"x" * 11)
         self.assertFails(
             ["connect", "h", "--insecure", "--known-hosts", self.path("kh"), "--send-file", path],

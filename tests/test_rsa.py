@@ -25,7 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, TestCase
 
+import keyexchanged
 from keyexchanged import rsa
+from keyexchanged.rsa import _backends, _keys, _primes
 
 HAVE_GMPY2 = "gmpy2" in rsa.AVAILABLE_BACKENDS
 NO_GMPY2 = None if HAVE_GMPY2 else "gmpy2 is not installed"
@@ -608,7 +610,7 @@ class _FaultAndBlindingTests(_BackendMixin):
         key = self._copy(_shared_key())
         ciphertext = key.public_key().encrypt_oaep(b"payload")
         self.assertEqual(key.decrypt_oaep(ciphertext), b"payload")
-        backend = rsa._BACKENDS[self.backend]
+        backend = _backends.BACKENDS[self.backend]
         numbers = list(key._numbers(backend))
         numbers[4] = backend.number(int(numbers[4]) ^ 2)  # dp
         key._cache[self.backend] = tuple(numbers)
@@ -620,7 +622,7 @@ class _FaultAndBlindingTests(_BackendMixin):
         """A glitch in the mod-p exponentiation: the output would reveal q."""
         key = self._copy(_shared_key())
         c = 0x1234567890ABCDEF
-        backend = rsa._BACKENDS[self.backend]
+        backend = _backends.BACKENDS[self.backend]
         original = backend.powmod_secret
         injected = []
 
@@ -645,7 +647,7 @@ class _FaultAndBlindingTests(_BackendMixin):
         """From now on, reducing the input ``target`` mod p (``c % p`` in
         ``_private_op``) comes out one too high: a glitch in that one step.
         Returns the list each injected fault is appended to."""
-        backend = rsa._BACKENDS[self.backend]
+        backend = _backends.BACKENDS[self.backend]
         key._numbers(backend)  # n, p, q... converted before the patch, untouched
         original = backend.number
         injected = []
@@ -712,7 +714,7 @@ class _FaultAndBlindingTests(_BackendMixin):
     def _record_blinding(self, key):
         """Record r's draws and the values the mod-p exponentiation sees;
         returns (draws, bases)."""
-        backend = rsa._BACKENDS[self.backend]
+        backend = _backends.BACKENDS[self.backend]
         original = backend.powmod_secret
         bases, draws = [], []
 
@@ -721,7 +723,7 @@ class _FaultAndBlindingTests(_BackendMixin):
                 bases.append(int(base))
             return original(base, exponent, modulus)
 
-        real_randbelow = rsa._randbelow
+        real_randbelow = _keys._randbelow
 
         def recording_randbelow(bound):
             value = real_randbelow(bound)
@@ -729,7 +731,7 @@ class _FaultAndBlindingTests(_BackendMixin):
             return value
 
         self.patch(backend, "powmod_secret", recording)
-        self.patch(rsa, "_randbelow", recording_randbelow)
+        self.patch(_keys, "_randbelow", recording_randbelow)
         return draws, bases
 
     def test_blinding_differs_every_operation(self):
@@ -755,7 +757,7 @@ class _FaultAndBlindingTests(_BackendMixin):
         # Control: with r forced to 1 (1² = 1) the same assertions would
         # fail, so the test above can fail.
         bases.clear()
-        self.patch(rsa, "_randbelow", lambda bound: 0)
+        self.patch(_keys, "_randbelow", lambda bound: 0)
         fresh = self._copy(key)
         fresh.decrypt_oaep(ciphertext)
         fresh.decrypt_oaep(ciphertext)
@@ -763,7 +765,7 @@ class _FaultAndBlindingTests(_BackendMixin):
 
     def test_blinding_is_drawn_afresh_after_its_uses(self):
         key = self._copy(_shared_key())
-        self.patch(rsa, "_BLINDING_USES", 3)
+        self.patch(_keys, "_BLINDING_USES", 3)
         draws, bases = self._record_blinding(key)
         for _ in range(7):
             signature = key.sign_pss(b"message")
@@ -810,7 +812,7 @@ class _FaultAndBlindingTests(_BackendMixin):
         c = 0x1234567890ABCDEF
         key._private_op(c)  # a stored pair, to be squared next
         _, bases = self._record_blinding(key)
-        backend = rsa._BACKENDS[self.backend]
+        backend = _backends.BACKENDS[self.backend]
         recording = backend.powmod_secret
         inner = []
 
@@ -879,8 +881,8 @@ class _KeyGenerationTests(_BackendMixin):
         # The random-base Miller–Rabin rounds of FIPS 186-5 Table B.1 ran on
         # both primes (composites almost never get past the base-2 screen).
         rounds = {2048: 5, 3072: 4}[bits]
-        self.assertGreaterEqual(rsa._miller_rabin_rounds(bits), rounds)
-        self.assertEqual(secret_pows, 2 * rsa._miller_rabin_rounds(bits))
+        self.assertGreaterEqual(_primes.miller_rabin_rounds(bits), rounds)
+        self.assertEqual(secret_pows, 2 * _primes.miller_rabin_rounds(bits))
         # Progress: candidates counted up, then p, then q, each once.
         names = [name for name, _ in events]
         self.assertEqual([x for x in names if x != "candidate"], ["p", "q"])
@@ -958,20 +960,20 @@ class KeyGenerationArgumentTests(TestCase):
 
     def test_lower_bound_is_exact(self):
         for bits in (8, 9, 64, 1024, 1536, 2048, 4096):
-            bound = rsa._prime_lower_bound(bits)
+            bound = _primes.prime_lower_bound(bits)
             self.assertGreater(bound * bound, 2 ** (2 * bits - 1))
             self.assertLess((bound - 1) ** 2, 2 ** (2 * bits - 1))
         # Spot check against a known value: ⌈√2 · 2^7⌉ = ⌈181.02⌉ = 182.
-        self.assertEqual(rsa._prime_lower_bound(8), 182)
+        self.assertEqual(_primes.prime_lower_bound(8), 182)
 
     def test_sieve_keeps_only_plausible_candidates(self):
         base = 2 * (getPrime(1024) // 2)
         e = rsa.PUBLIC_EXPONENT
-        survivors = rsa._sieve_window(base, e, 1 << 16)
+        survivors = _primes.sieve_window(base, e, 1 << 16)
         self.assertTrue(survivors)
         survivor_set = set(survivors)
         primes_below = (3, 5, 7, 11, 13, 65521)
-        for j in range(1, rsa._WINDOW, 2):
+        for j in range(1, _primes.WINDOW, 2):
             c = base + j
             plausible = all(c % p for p in primes_below) and c % e != 1
             if j in survivor_set:
@@ -982,16 +984,16 @@ class KeyGenerationArgumentTests(TestCase):
 
     def test_sieve_drops_candidates_one_mod_e(self):
         e = rsa.PUBLIC_EXPONENT
-        small_primes = math.prod(rsa._odd_primes_below(1 << 16))
+        small_primes = math.prod(_primes.odd_primes_below(1 << 16))
         # base ≡ 0 (mod e) and even, so base + 1 ≡ 1 (mod e); pick one where
         # base + 1 has no small factor, so only the e rule can remove it.
         base = 2 * e * (getPrime(1000) // 2)
         while math.gcd(base + 1, small_primes) != 1:
             base += 2 * e
-        survivors = rsa._sieve_window(base, e, 1 << 16)
+        survivors = _primes.sieve_window(base, e, 1 << 16)
         self.assertNotIn(1, survivors)
         # Control: with a different e the same offset survives.
-        self.assertIn(1, rsa._sieve_window(base, 65539, 1 << 16))
+        self.assertIn(1, _primes.sieve_window(base, 65539, 1 << 16))
 
     def test_close_q_is_replaced(self):
         """FIPS 186-5 A.1.3 step 5.4: q too close to p is drawn again."""
@@ -1006,30 +1008,30 @@ class KeyGenerationArgumentTests(TestCase):
         close_q = usable_prime_after(p + 2)
         far_q = usable_prime_after(getPrime(1024) | 1)
         drawn = iter([p, close_q, far_q])
-        self.patch(rsa, "_generate_prime", lambda *args: next(drawn))
+        self.patch(_primes, "generate_prime", lambda *args: next(drawn))
         key = rsa.generate_private_key(2048)
         self.assertEqual((key.p, key.q), (p, far_q))
 
     def test_miller_rabin_rounds_follow_fips_table(self):
-        self.assertEqual(rsa._miller_rabin_rounds(2048), 5)
-        self.assertEqual(rsa._miller_rabin_rounds(3072), 4)
-        self.assertEqual(rsa._miller_rabin_rounds(4096), 4)
+        self.assertEqual(_primes.miller_rabin_rounds(2048), 5)
+        self.assertEqual(_primes.miller_rabin_rounds(3072), 4)
+        self.assertEqual(_primes.miller_rabin_rounds(4096), 4)
 
     def test_primality_check(self):
         # 149491 · 747451 · 34233211: no factor below 1000 and a strong
         # pseudoprime to every prime base up to 23, so only the random-base
         # rounds can reject it (each passes with probability ≤ 1/4).
         strong_pseudoprime = 3825123056546413051
-        self.assertTrue(rsa._strong_probable_prime(strong_pseudoprime, 2, pow))
+        self.assertTrue(_primes.strong_probable_prime(strong_pseudoprime, 2, pow))
         carmichael = 41 * 61 * 101  # 252601, a Carmichael number
         for backend in rsa.AVAILABLE_BACKENDS:
-            be = rsa._BACKENDS[backend]
-            self.assertTrue(rsa._is_probable_prime(getPrime(512), 5, be))
-            self.assertFalse(rsa._is_probable_prime(getPrime(512) * getPrime(512), 5, be))
-            self.assertFalse(rsa._is_probable_prime(strong_pseudoprime, 30, be))
-            self.assertFalse(rsa._is_probable_prime(carmichael, 10, be))
-            self.assertTrue(rsa._is_probable_prime(997, 5, be))
-            self.assertFalse(rsa._is_probable_prime(1, 5, be))
+            be = _backends.BACKENDS[backend]
+            self.assertTrue(_primes.is_probable_prime(getPrime(512), 5, be))
+            self.assertFalse(_primes.is_probable_prime(getPrime(512) * getPrime(512), 5, be))
+            self.assertFalse(_primes.is_probable_prime(strong_pseudoprime, 30, be))
+            self.assertFalse(_primes.is_probable_prime(carmichael, 10, be))
+            self.assertTrue(_primes.is_probable_prime(997, 5, be))
+            self.assertFalse(_primes.is_probable_prime(1, 5, be))
 
 
 # ---------------------------------------------------------------------------
@@ -1157,7 +1159,7 @@ class BackendTests(TestCase):
         self.assertEqual(rsa.BACKEND, before)
 
     def test_environment_forces_pure_python(self):
-        root = os.path.dirname(os.path.dirname(os.path.abspath(rsa.__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.abspath(keyexchanged.__file__)))
         env = dict(os.environ, KEYEXCHANGE_PURE_PYTHON="1", PYTHONPATH=root)
         result = subprocess.run(
             [sys.executable, "-c", "from keyexchanged import rsa; print(rsa.BACKEND)"],
