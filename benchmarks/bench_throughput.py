@@ -1,16 +1,20 @@
-"""Channel throughput: 256 MiB through one KX/1 session, Twisted TLS, spiped.
+"""Channel throughput: 256 MiB through one KX/1 session, Twisted TLS, spiped,
+in both directions.
 
 - ``kx``: the daemon's service (``servers.py kx``: tap options and
   ``makeService``) with a source application that writes 256 MiB as fast
-  as the transport takes it; the KX/1 client is the project's own.
-- ``tls1.3``: the same source application behind Twisted's TLS
-  (pyOpenSSL, TLS_AES_256_GCM_SHA384, the same AES-256-GCM as KX/1).
-- ``spiped``: the same bytes from a plain TCP source through a pair of
-  spiped processes (``-d`` in front of the server, ``-e`` in front of the
-  client), when spiped is installed.
+  as the transport takes it (download), or a sink that reads them (upload);
+  the KX/1 client is the project's own.
+- ``tls1.3``: the same applications behind Twisted's TLS (pyOpenSSL,
+  TLS_AES_256_GCM_SHA384, the same AES-256-GCM as KX/1).
+- ``spiped``: the same bytes from a plain TCP source, or into a plain TCP
+  sink, through a pair of spiped processes (``-d`` in front of the server,
+  ``-e`` in front of the client), when spiped is installed.
 
-The load generator reads to the end and times from connect to the last
-byte (the handshake is under 0.1 % of that).  MB are 10^6 bytes.
+Download: the load generator reads to the end and times from connect to
+the last byte.  Upload: it writes as fast as its transport takes the bytes
+and times from connect to the sink's answer after the last byte.  The
+handshake is under 0.1 % of either.  MB are 10^6 bytes.
 """
 
 import os
@@ -31,9 +35,10 @@ def add_options(parser):
     parser.add_argument("daemon_args", nargs="*", help="extra daemon options, after --")
 
 
-def read_all(proto, port, nbytes, fingerprint="", cert=""):
+def transfer(mode, proto, port, nbytes, fingerprint="", cert=""):
+    """MB/s of one ``throughput`` (download) or ``upload`` of ``nbytes``."""
     generator = harness.LoadGenerator.run(
-        "throughput",
+        mode,
         proto=proto,
         port=port,
         bytes=nbytes,
@@ -101,15 +106,19 @@ class SpipedPair:
 
 
 class Spiped(SpipedPair):
-    """source ← spiped -d ← spiped -e ← client, all on 127.0.0.1."""
+    """source (or sink) ← spiped -d ← spiped -e ← client, all on 127.0.0.1."""
 
-    def __init__(self, directory, nbytes):
-        self.source = harness.start_server(directory, "tcp", "source", nbytes=nbytes)
-        super().__init__(directory, self.source.port)
+    def __init__(self, directory, nbytes, app="source"):
+        self.server = harness.start_server(directory, "tcp", app, nbytes=nbytes)
+        super().__init__(directory, self.server.port)
 
     def stop(self):
         super().stop()
-        self.source.stop()
+        self.server.stop()
+
+
+#: direction → (the load generator's mode, the server's application)
+DIRECTIONS = {"download": ("throughput", "source"), "upload": ("upload", "sink")}
 
 
 def main():
@@ -119,38 +128,59 @@ def main():
     nbytes = args.mib * MIB
     report = harness.Report(f"channel throughput, {args.mib} MiB per session", args.summary)
     directory = harness.workdir()
-    contestants = ["kx", "tls1.3"]
-    spiped = None
+    servers, spipeds = {}, {}
     try:
         key, cert, fingerprint = harness.key_material(directory, args.bits)
-        servers = {
-            "kx": harness.start_server(
-                directory, "kx", "source", key, extra=args.daemon_args, nbytes=nbytes
-            ),
-            "tls1.3": harness.start_server(directory, "tls1.3", "source", key, cert, nbytes=nbytes),
-        }
-        if shutil.which("spiped"):
-            spiped = Spiped(directory, nbytes)
-            contestants.append("spiped")
-        else:
+        for direction, (_, app) in DIRECTIONS.items():
+            servers[direction, "kx"] = harness.start_server(
+                directory, "kx", app, key, extra=args.daemon_args, nbytes=nbytes
+            )
+            servers[direction, "tls1.3"] = harness.start_server(
+                directory, "tls1.3", app, key, cert, nbytes=nbytes
+            )
+            if shutil.which("spiped"):
+                spipeds[direction] = Spiped(directory, nbytes, app)
+        if not spipeds:
             report.note("spiped: skipped, not installed (apt-get install spiped)")
-        rates = {name: [] for name in contestants}
-        for _, name in harness.interleave(contestants, args.rounds):
+        contestants = [
+            (direction, name)
+            for direction in DIRECTIONS
+            for name in ("kx", "tls1.3", "spiped")
+            if name != "spiped" or direction in spipeds
+        ]
+        rates = {contestant: [] for contestant in contestants}
+        for _, (direction, name) in harness.interleave(contestants, args.rounds):
+            mode = DIRECTIONS[direction][0]
             if name == "spiped":
-                rates[name].append(read_all("tcp", spiped.port, nbytes))
+                rate = transfer(mode, "tcp", spipeds[direction].port, nbytes)
             else:
-                rates[name].append(read_all(name, servers[name].port, nbytes, fingerprint, cert))
+                port = servers[direction, name].port
+                rate = transfer(mode, name, port, nbytes, fingerprint, cert)
+            rates[direction, name].append(rate)
             time.sleep(0.2)
     finally:
-        for server in locals().get("servers", {}).values():
+        for server in servers.values():
             server.stop()
-        if spiped is not None:
-            spiped.stop()
+        for pair in spipeds.values():
+            pair.stop()
         shutil.rmtree(directory, ignore_errors=True)
-    figures = {name: report.figure("throughput", name, rates[name], "MB/s") for name in rates}
-    report.ratio("throughput kx / tls1.3", figures["kx"], figures["tls1.3"], 1.0, "higher")
-    if "spiped" in figures:
-        report.ratio("throughput kx / spiped", figures["kx"], figures["spiped"], 2.0, "higher")
+    for direction in DIRECTIONS:
+        figures = {
+            name: report.figure(f"throughput {direction}", name, rates[direction, name], "MB/s")
+            for (way, name) in rates
+            if way == direction
+        }
+        report.ratio(
+            f"throughput {direction} kx / tls1.3", figures["kx"], figures["tls1.3"], 0.75, "higher"
+        )
+        if "spiped" in figures:
+            report.ratio(
+                f"throughput {direction} kx / spiped",
+                figures["kx"],
+                figures["spiped"],
+                2.0,
+                "higher",
+            )
     report.save()
 
 

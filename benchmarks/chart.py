@@ -46,13 +46,16 @@ HANDSHAKE_ORDER = [
 ]
 #: (script, contestant, label, colour) of the throughput bars.
 THROUGHPUT_ORDER = [
-    ("bench_throughput.py", "kx", "KX/1 session", "#1f5fa8"),
-    ("bench_throughput.py", "tls1.3", "TLS 1.3 session", "#c2571a"),
-    ("bench_throughput.py", "spiped", "spiped pair", "#e89a4f"),
-    ("bench_tunnel.py", "tunnel", "KX/1 tunnel\n→ sink", "#4f8fd0"),
-    ("bench_tunnel.py", "spiped", "spiped pair\n→ sink", "#e89a4f"),
-    ("bench_tunnel.py", "tls1.3", "TLS 1.3 pair\n→ sink", "#c2571a"),
-    ("bench_tunnel.py", "direct", "direct TCP\n→ sink", "#999999"),
+    ("bench_throughput.py", "throughput download", "kx", "KX/1 session\n↓", "#1f5fa8"),
+    ("bench_throughput.py", "throughput download", "tls1.3", "TLS 1.3\nsession ↓", "#c2571a"),
+    ("bench_throughput.py", "throughput download", "spiped", "spiped\npair ↓", "#e89a4f"),
+    ("bench_throughput.py", "throughput upload", "kx", "KX/1 session\n↑", "#1f5fa8"),
+    ("bench_throughput.py", "throughput upload", "tls1.3", "TLS 1.3\nsession ↑", "#c2571a"),
+    ("bench_throughput.py", "throughput upload", "spiped", "spiped\npair ↑", "#e89a4f"),
+    ("bench_tunnel.py", "throughput", "tunnel", "KX/1 tunnel\n→ sink", "#4f8fd0"),
+    ("bench_tunnel.py", "throughput", "spiped", "spiped pair\n→ sink", "#e89a4f"),
+    ("bench_tunnel.py", "throughput", "tls1.3", "TLS 1.3 pair\n→ sink", "#c2571a"),
+    ("bench_tunnel.py", "throughput", "direct", "direct TCP\n→ sink", "#999999"),
 ]
 #: (contestant, label, colour) of the tunnel setup bars.
 SETUP_ORDER = [
@@ -122,9 +125,9 @@ def handshake_contestants(series):
 def throughput_bars(results):
     """[(label, row, colour)] for the throughput contestants that ran."""
     bars = []
-    for script, contestant, label, colour in THROUGHPUT_ORDER:
+    for script, name, contestant, label, colour in THROUGHPUT_ORDER:
         for row in _figures(results, script):
-            if row["name"] == "throughput" and row["contestant"] == contestant:
+            if row["name"] == name and row["contestant"] == contestant:
                 bars.append((label, row, colour))
     return bars
 

@@ -355,12 +355,16 @@ def run_throughput(args, client):
     client.open(session)
 
 
+@implementer(IHandshakeListener)
 class Upload(Protocol):
     """Write ``nbytes`` as fast as the transport takes them; ``answered``
-    fires with the seconds from ``begun`` to the sink's first byte back.
+    fires with ``(ok, seconds, detail)``, the seconds from ``begun`` to the
+    sink's first byte back.
 
     A streaming producer, as the source application in servers.py is: it
-    writes until the transport pauses it and goes on when it resumes.
+    writes until the transport pauses it and goes on when it resumes.  It
+    has what :meth:`Client.open` expects of a session (``ready``, ``ended``,
+    ``secure``), so it runs over TCP, TLS and KX/1 alike.
     """
 
     CHUNK = bytes(range(256)) * (1024 * 1024 // 256)
@@ -369,11 +373,26 @@ class Upload(Protocol):
         self.remaining = nbytes
         self.begun = begun
         self.paused = False
+        self.secure = False
         self.answered = defer.Deferred()
+        self.ready = defer.Deferred()
+        #: ``(ok, detail)`` when the connection failed before the answer.
+        self.ended = defer.Deferred()
+        self.ended.addCallback(self._ended)
+
+    def _ended(self, result):
+        _, detail = result
+        if not self.answered.called:
+            self.answered.callback((False, time.perf_counter() - self.begun, detail))
 
     def connectionMade(self):
+        if not self.ready.called:
+            self.ready.callback(self)
         self.transport.registerProducer(self, True)
         self.resumeProducing()
+
+    def handshakeCompleted(self):
+        pass  # TLS: writes made before the handshake wait in its buffer
 
     def resumeProducing(self):
         self.paused = False
@@ -399,10 +418,8 @@ class Upload(Protocol):
             self.transport.loseConnection()
 
     def connectionLost(self, reason=None):
-        if not self.answered.called:
-            self.answered.callback(
-                (False, time.perf_counter() - self.begun, f"closed: {reason.getErrorMessage()}")
-            )
+        if not self.ended.called:
+            self.ended.callback((False, f"closed: {reason.getErrorMessage()}"))
 
 
 def run_upload(args, client):
@@ -414,12 +431,8 @@ def run_upload(args, client):
         emit(event="done", ok=ok, detail=detail, bytes=args.bytes, seconds=seconds)
         reactor.stop()
 
-    def failed(failure):
-        if not upload.answered.called:
-            upload.answered.callback((False, 0.0, f"connect: {failure.getErrorMessage()}"))
-
     upload.answered.addCallback(answered)
-    client.endpoint.connect(Factory.forProtocol(lambda: upload)).addErrback(failed)
+    client.open(upload)
 
     def expire():
         if not upload.answered.called:

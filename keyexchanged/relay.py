@@ -27,12 +27,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["PENDING_LIMIT", "End", "Splice"]
+__all__ = ["PENDING_LIMIT", "READ_SIZE", "End", "Splice"]
+
+#: The most a plain TCP end reads at once, and what it buffers for writing
+#: before it pauses its partner (Twisted uses one number for both).  Four
+#: KX/1 records: a tunnel that reads 64 KiB at a time gets whatever arrived
+#: by then, often less, and every record costs the same ~25 µs of GCM setup
+#: whatever its size; reading more at once seals mostly full records
+#: (``make bench``: a third fewer records, a quarter less CPU at the
+#: encrypting end of ``keyexchange tunnel``).
+READ_SIZE = 256 * 1024
 
 #: Bytes an end may receive before its partner is connected.  Reading is
 #: paused at once, so this only covers what was already read from the
-#: socket (one read is at most 64 KiB; a KX/1 record at most 64 KiB).
-PENDING_LIMIT = 256 * 1024
+#: socket (one read is at most READ_SIZE; a KX/1 record at most 64 KiB).
+PENDING_LIMIT = 2 * READ_SIZE
 
 
 def _clean(reason):
@@ -49,6 +58,9 @@ class End(Protocol):
         self.lost = False
 
     def connectionMade(self):
+        if hasattr(self.transport, "bufferSize"):
+            # A plain TCP connection (not a KX/1 session's transport).
+            self.transport.bufferSize = READ_SIZE
         self.splice.end_connected(self)
 
     def dataReceived(self, data):

@@ -58,3 +58,29 @@ class SpliceBeforeJoinTests(unittest.TestCase):
         connecting.errback(error.ConnectionRefusedError())
         self.assertTrue(first.disconnecting)
         self.flushLoggedErrors()
+
+
+class TCPLikeTransport(StringTransport):
+    """Twisted's TCP transports read and buffer ``bufferSize`` bytes."""
+
+    bufferSize = 65536
+
+
+class ReadSizeTests(unittest.TestCase):
+    """Plain TCP ends read four records' worth at once, so a tunnel seals
+    mostly full 64 KiB records instead of one per (often short) read."""
+
+    def test_a_tcp_end_reads_four_records_at_once(self):
+        splice = relay.Splice("test")
+        transport = TCPLikeTransport()
+        splice.first.makeConnection(transport)
+        self.assertEqual(transport.bufferSize, 4 * 65536)
+        self.assertEqual(relay.READ_SIZE, 4 * 65536)
+
+    def test_a_session_end_is_left_alone(self):
+        # A KX/1 session's SecureTransport has no bufferSize: its reads are
+        # whole records already, and its buffering is the channel's own.
+        splice = relay.Splice("test")
+        transport = StringTransport()
+        splice.first.makeConnection(transport)
+        self.assertFalse(hasattr(transport, "bufferSize"))

@@ -181,10 +181,14 @@ class _Connection:
 
     def data_to_send(self):
         """Bytes queued for the wire since the last call."""
-        data = b"".join(self._outgoing)
-        self._outgoing = ()
-        self.bytes_sent += len(data)
-        return data
+        return b"".join(self.frames_to_send())
+
+    def frames_to_send(self):
+        """The frames queued for the wire since the last call, as a list."""
+        frames, self._outgoing = self._outgoing, ()
+        for frame in frames:
+            self.bytes_sent += len(frame)
+        return frames
 
     @property
     def closed(self):

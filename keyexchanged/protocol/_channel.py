@@ -120,9 +120,11 @@ class ChannelProtocol(LineReceiver):
             self._close()
 
     def _write_out(self):
-        data = self.connection.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
+        # One write per frame: joining them here would copy every byte
+        # once more before Twisted joins its send buffer anyway.
+        frames = self.connection.frames_to_send()
+        if frames and self.transport is not None:
+            self.transport.writeSequence(frames)
 
     def event_ErrorReceived(self, event):
         self._outcome = event.code
