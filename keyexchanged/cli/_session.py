@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from keyexchanged import files, keys
+from keyexchanged import allocator, files, keys
 from keyexchanged.cli._common import (
     CommandError,
     add_command,
@@ -222,6 +222,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
         running.addCallback(codes.append)
         return running
 
+    allocator.tune()  # a session may move a lot: see allocator.py
     try:
         task.react(session)
     except SystemExit as exc:
@@ -320,6 +321,7 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
         listening.addCallback(lambda _: None if failures else forever)
         return listening
 
+    allocator.tune()  # a tunnel moves bulk data: see allocator.py
     try:
         task.react(serve)
     except SystemExit as exc:
