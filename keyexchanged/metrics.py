@@ -215,6 +215,12 @@ class Metrics:
             "Ephemeral keys put in service (forward secrecy).",
             registry=registry,
         )
+        self._health_checks = Counter(
+            "keyexchanged_health_checks",
+            "A proxy's health checks (PROXY protocol LOCAL connections that sent "
+            "nothing): not counted as handshakes or sessions.",
+            registry=registry,
+        )
         self._reloads = Counter(
             "keyexchanged_reloads",
             "Reloads of the configuration and keys (SIGHUP), by result.",
@@ -271,6 +277,12 @@ class Metrics:
     def ephemeral_rotated(self):
         """A new ephemeral key is in service."""
         self._ephemeral_rotations.inc()
+
+    def health_check(self):
+        """A proxy's health check came and went: a PROXY-protocol LOCAL
+        connection that sent nothing.  Its connection is counted closed."""
+        self._connections_open.dec()
+        self._health_checks.inc()
 
     def reload(self, result):
         """A reload ended: "ok" or "failed"."""

@@ -426,10 +426,15 @@ class ProxyProtocolWrapper(policies.ProtocolWrapper):
             self._reader = None
             self._header_read(header, rest)
 
+    #: True for a LOCAL connection: the proxy's own, a health check.  The
+    #: server logs and counts such a connection apart when it sends nothing.
+    health_check = False
+
     def _header_read(self, header, rest):
         self._cancel_timer()
         self._header = header
         if header.local:
+            self.health_check = True
             log.debug(
                 "PROXY protocol: LOCAL connection from {proxy} (a health check)",
                 proxy=_describe(self.transport.getPeer()),

@@ -88,9 +88,10 @@ class ScrapeTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_counts_what_was_done(self):
         m = self.metrics
-        for _ in range(3):
+        for _ in range(4):
             m.connection_opened()
         m.connection_closed()
+        m.health_check()  # its connection is closed too
         m.handshake_done("full", "ok", 0.004)
         m.handshake_done("full", "ok", 0.2)
         m.handshake_done("resumed", "ok", 0.0005)
@@ -137,6 +138,7 @@ class ScrapeTests(unittest.TestCase):
         self.assertEqual(value(samples, "keyexchanged_ephemeral_rotations_total"), 2)
         self.assertEqual(value(samples, "keyexchanged_reloads_total", result="ok"), 1)
         self.assertEqual(value(samples, "keyexchanged_reloads_total", result="failed"), 1)
+        self.assertEqual(value(samples, "keyexchanged_health_checks_total"), 1)
         sessions = "keyexchanged_sessions_total"
         self.assertEqual(value(samples, sessions, kind="full", outcome="ok"), 1)
         self.assertEqual(value(samples, sessions, kind="resumed", outcome="idle-timeout"), 1)
@@ -149,6 +151,7 @@ class ScrapeTests(unittest.TestCase):
                 "keyexchanged_errors_sent": "counter",
                 "keyexchanged_handshake_seconds": "histogram",
                 "keyexchanged_handshakes": "counter",
+                "keyexchanged_health_checks": "counter",
                 "keyexchanged_private_key_queue": "gauge",
                 "keyexchanged_reloads": "counter",
                 "keyexchanged_sessions": "counter",

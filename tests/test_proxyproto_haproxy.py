@@ -6,11 +6,13 @@ handed to it, so the client connects at once; if HAProxy fails to start, it
 exits and the test fails with its output.
 """
 
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
+from keyexchanged.metrics import Metrics
 from keyexchanged.protocol import SecureChannelFactory, connect
 from keyexchanged.proxyproto import ProxyProtocolFactory, parse_trusted_proxies
 from keyexchanged.trust import PinnedKey
@@ -79,12 +81,16 @@ class HAProxyTests(unittest.TestCase):
     timeout = 30
 
     @defer.inlineCallbacks
-    def start(self, check=""):
+    def start(self, check="", metrics=None):
         """The server, and HAProxy in front of it; returns HAProxy's port."""
         application = Factory.forProtocol(Reporter)
         application.seen = self.seen = []
         server = Server(
-            application, IDENTITY, reactor=reactor, ephemeral_keys=StaticEphemeralKeys()
+            application,
+            IDENTITY,
+            reactor=reactor,
+            ephemeral_keys=StaticEphemeralKeys(),
+            metrics=metrics,
         )
         self.proxied = ProxyProtocolFactory(server, parse_trusted_proxies("127.0.0.1/32"), reactor)
         port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
@@ -128,19 +134,37 @@ class HAProxyTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_health_check_is_a_local_connection(self):
-        local = defer.Deferred()
+        local, checked = defer.Deferred(), defer.Deferred()
 
         def observe(event):
-            if event.get("log_format", "").startswith("PROXY protocol: LOCAL") and not local.called:
+            text = event.get("log_format", "")
+            if text.startswith("PROXY protocol: LOCAL") and not local.called:
                 local.callback(event["proxy"])
+            if text.startswith("health check from") and not checked.called:
+                checked.callback(event["peer"])
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
+        ended = ended_sessions(self)
         # check-send-proxy: the health check carries a LOCAL header.
-        yield self.start(check=" check check-send-proxy inter 200")
+        metrics = Metrics()
+        yield self.start(check=" check check-send-proxy inter 200", metrics=metrics)
         proxy = yield self.haproxy.unless_dies(local)
         self.assertTrue(proxy.startswith("127.0.0.1:"), proxy)
+        peer = yield self.haproxy.unless_dies(checked)
+        self.assertTrue(peer.startswith("127.0.0.1:"), peer)
         self.assertEqual(self.seen, [])  # no session, no application
+        # Logged and counted apart: not a session, not a failed handshake.
+        self.assertNotIn(peer, ended)
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(metrics.render().decode("utf-8"))
+            for sample in family.samples
+        }
+        self.assertGreaterEqual(samples["keyexchanged_health_checks_total", ()], 1)
+        closed = ("keyexchanged_handshakes_total", (("kind", "full"), ("outcome", "closed")))
+        self.assertNotIn(closed, samples)
+        self.assertEqual(samples["keyexchanged_connections_open", ()], 0)
 
 
 def _until(condition):

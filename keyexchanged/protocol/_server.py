@@ -332,10 +332,17 @@ class SecureChannelFactory(Factory):
     def connection_ended(self, protocol, summary):
         """``protocol``'s connection is over; ``summary`` says how it went."""
         self.admission.release(protocol)
-        self._observe(summary)
         if self._all_closed is not None and not self.connections:
             self._all_closed, done = None, self._all_closed
             done.callback(None)
+        if _health_check(protocol, summary):
+            # A balancer's probe every few seconds is neither a session nor
+            # a failed handshake: a debug line and its own counter.
+            if self.metrics is not None:
+                self.metrics.health_check()
+            self.log.debug("health check from {peer}", peer=summary.peer)
+            return
+        self._observe(summary)
         self.log.info(
             "connection from {peer} ended: {outcome}; {kind}; {bytes_in} bytes in, "
             "{bytes_out} bytes out, {duration:.3f} s{client}",
@@ -367,6 +374,15 @@ class SecureChannelFactory(Factory):
             from keyexchanged import logs
 
             logs.log_session_end(observed)
+
+
+def _health_check(protocol, summary):
+    """A PROXY-protocol LOCAL connection (the proxy's own) that sent nothing."""
+    return (
+        getattr(protocol.transport, "health_check", False)
+        and summary.outcome == "closed"
+        and summary.bytes_in == 0
+    )
 
 
 class _Observed:
