@@ -16,6 +16,11 @@ every Python call, so it inflates pycryptodome's many small ones)::
     python benchmarks/profile_handshake.py --bits 3072 --count 200
     python benchmarks/profile_handshake.py --output server.prof   # for pstats
 
+Sessions are the daemon's defaults: HELLO offers an ephemeral key (forward
+secrecy) and the server sends a ticket in each; ``--resume`` makes every
+session resume with the ticket of the one before (no RSA), and
+``--no-forward-secrecy`` offers no ephemeral key (revision 1).
+
 ``--daemon`` profiles the real ``twistd keyexchange`` instead (``--workers
 0``, so the decryption is in the profiled process) while ``loadgen.py``
 drives it as bench_handshakes.py does, and sorts the daemon's own time
@@ -37,25 +42,59 @@ import time
 
 import harness
 
-from keyexchanged import handshake, rsa
+from keyexchanged import handshake, keys, rsa
 
 MESSAGE = b"bench"
 
 
+class Server:
+    """What the daemon shares between its connections, by default: its
+    identity, the ephemeral key every HELLO offers (forward secrecy) and
+    the ticket issuer (a ticket per session)."""
+
+    def __init__(self, private_key, forward_secrecy=True):
+        from keyexchanged import ephemeral, tickets
+
+        self.identity = handshake.ServerIdentity(private_key)
+        self.ephemeral = None
+        if forward_secrecy:
+            # One key for the whole run: a rotation every 60 s is not a
+            # handshake's cost (bench_handshakes.py counts it apart).
+            ephemeral_private = rsa.generate_private_key(private_key.n.bit_length())
+            expires = int(time.time()) + 3600
+            der = keys.public_key_to_der(ephemeral_private.public_key())
+            signature = ephemeral.sign_ephemeral(private_key, der, expires)
+            self.ephemeral = ephemeral.EphemeralKey(ephemeral_private, expires, signature)
+        self.tickets = tickets.TicketIssuer(tickets.TicketKeys.random())
+
+    @property
+    def decrypting_key(self):
+        """The key a KEY is decrypted with: the ephemeral one, if offered."""
+        return (self.ephemeral or self.identity).private_key
+
+
 class Session:
     """One client and one server, run step by step; ``server_steps`` are the
-    server's calls, so they can be timed or profiled apart from the client."""
+    server's calls, so they can be timed or profiled apart from the client.
+    With ``ticket`` (a StoredTicket of an earlier session) the client
+    resumes; ``ticket`` afterwards is the one this session received."""
 
-    def __init__(self, identity):
-        self.identity = identity
+    def __init__(self, server, ticket=None):
+        self.shared = server
+        self.ticket = ticket
 
     def server_start(self):
-        self.server = handshake.ServerConnection(self.identity)
+        shared = self.shared
+        self.server = handshake.ServerConnection(
+            shared.identity, ephemeral=shared.ephemeral, tickets=shared.tickets
+        )
         self.server.start()
         return self.server.data_to_send()
 
     def client_key(self, hello):
-        self.client = handshake.ClientConnection()
+        self.client = handshake.ClientConnection(
+            require_forward_secrecy=self.shared.ephemeral is not None, ticket=self.ticket
+        )
         events = self.client.receive_data(hello)
         if not isinstance(events[0], handshake.ServerKeyReceived):
             raise RuntimeError(f"client: {events}")
@@ -72,10 +111,22 @@ class Session:
         return self.server.data_to_send()
 
     def client_end(self, records):
+        from keyexchanged.tickets import StoredTicket
+
         events = self.client.receive_data(records)
         data = b"".join(e.data for e in events if isinstance(e, handshake.DataReceived))
-        if data != MESSAGE:
+        if data != MESSAGE or self.client.resumed != (self.ticket is not None):
             raise RuntimeError(f"client: {events}")
+        for event in events:
+            if isinstance(event, handshake.TicketReceived):
+                self.ticket = StoredTicket(
+                    "bench",
+                    0,
+                    event.server_fingerprint,
+                    event.secret,
+                    event.ticket,
+                    time.time() + event.lifetime,
+                )
         self.client.send_end()
         return self.client.data_to_send()
 
@@ -85,14 +136,21 @@ class Session:
             raise RuntimeError("server: session not finished")
 
 
-def run(identity, count, profiler=None):
-    """``count`` sessions; returns the server's seconds per session."""
+def run(server, count, profiler=None, resume=False):
+    """``count`` sessions; returns the server's seconds per session.  With
+    ``resume`` each session resumes with the previous one's ticket (the
+    first of all is a full handshake, not timed)."""
     spent = 0.0
     enable = profiler.enable if profiler else (lambda: None)
     disable = profiler.disable if profiler else (lambda: None)
     clock = time.process_time
+    ticket = None
+    if resume:
+        first = Session(server)
+        first.server_end(first.client_end(first.server_key(first.client_key(first.server_start()))))
+        ticket = first.ticket
     for _ in range(count):
-        session = Session(identity)
+        session = Session(server, ticket)
         started = clock()
         enable()
         hello = session.server_start()
@@ -110,6 +168,8 @@ def run(identity, count, profiler=None):
         session.server_end(end)
         disable()
         spent += clock() - started
+        if resume:
+            ticket = session.ticket
     return spent / count
 
 
@@ -122,28 +182,38 @@ def _per_call(function, count):
     return (clock() - started) / count
 
 
-def pieces(identity, count):
+def pieces(server, count):
     """[(label, µs per session)]: each piece of the server's session timed
-    alone, with the arguments a session gives it, without the profiler."""
-    from keyexchanged import framing, records
+    alone, with the arguments a full session gives it, without the profiler."""
+    from keyexchanged import framing, records, schedule
 
-    session = Session(identity)
+    session = Session(server)
     hello = session.server_start()
     key = session.client_key(hello)
     hello_payload = session.client.hello_payload
     ciphertext = session.client.key_payload
     nonce, th = session.client._nonce, session.client.transcript_hash
-    private_key = identity.private_key
+    private_key = server.decrypting_key
+    identity = server.identity
     secret = private_key.decrypt_oaep(ciphertext, label=hello_payload)
     client_key, server_key = handshake.derive_keys(secret, nonce, th)
     sealed_end = records.RecordSealer(client_key).seal("END")
 
-    def seal_two():
+    def seal_four():
+        # The key confirmation, the TICKET, the message, END.
         sealer = records.RecordSealer(server_key)
+        sealer.seal("MSG")
+        sealer.seal("TICKET", b"x" * 130)
         sealer.seal("MSG", MESSAGE)
         sealer.seal("END")
 
-    def open_one():
+    def open_two():
+        # The client's first record (an empty MSG) and its END.
+        opener = records.RecordOpener(client_key)
+        try:
+            opener.open("MSG", sealed_end)
+        except records.BadRecord:
+            pass
         records.RecordOpener(client_key).open("END", sealed_end)
 
     def decode_key_frame():
@@ -154,21 +224,26 @@ def pieces(identity, count):
         framing.encode_frame("MSG", sealed_end)
         framing.encode_frame("END", sealed_end)
 
+    def key_schedule():
+        handshake.derive_keys(secret, nonce, th)
+        schedule.resumption_secret(secret, nonce, th)
+
     table = [
         (
             "RSA: OAEP decryption (decrypt_oaep)",
             lambda: private_key.decrypt_oaep(ciphertext, label=hello_payload),
         ),
-        (
-            "key schedule: HKDF via pycryptodome (derive_keys)",
-            lambda: handshake.derive_keys(secret, nonce, th),
-        ),
+        ("key schedule: keys and resumption secret (HKDF)", key_schedule),
         ("transcript hash", lambda: handshake.transcript_hash(hello_payload, ciphertext)),
-        ("records: two sealers' worth (MSG + END sealed)", seal_two),
-        ("records: the client's END opened", open_one),
+        ("records: four sealed (MSG, TICKET, MSG, END)", seal_four),
+        ("records: two opened (the client's MSG and END)", open_two),
+        (
+            "ticket: issued (TicketIssuer.issue)",
+            lambda: server.tickets.issue(secret, identity.fingerprint, None),
+        ),
         (
             "HELLO: connection object, nonce, payload (start)",
-            lambda: Session(identity).server_start(),
+            lambda: Session(server).server_start(),
         ),
         ("framing: decoding the KEY frame", decode_key_frame),
         ("framing: encoding three frames", encode_three),
@@ -303,6 +378,14 @@ def main():
     parser.add_argument("--top", type=int, default=20, help="cProfile lines to print")
     parser.add_argument("--output", help="also save the cProfile statistics here")
     parser.add_argument(
+        "--resume", action="store_true", help="resumed sessions (RESUME with a ticket) instead"
+    )
+    parser.add_argument(
+        "--no-forward-secrecy",
+        action="store_true",
+        help="HELLO offers no ephemeral key: KEY under the long-term key (revision 1)",
+    )
+    parser.add_argument(
         "--daemon", action="store_true", help="profile the real daemon under load instead"
     )
     parser.add_argument("--duration", type=float, default=10.0, help="--daemon: seconds of load")
@@ -314,34 +397,51 @@ def main():
     if not 1 <= args.count <= 5000:
         parser.error("--count must be between 1 and 5000")
 
-    print(f"RSA backend {rsa.BACKEND}; generating an RSA-{args.bits} key …", flush=True)
-    identity = handshake.ServerIdentity(rsa.generate_private_key(args.bits))
-    run(identity, min(20, args.count))  # warm-up: caches, imports, the blinding pair
+    kind = "resumed" if args.resume else "full"
+    secrecy = "without" if args.no_forward_secrecy else "with"
+    print(f"RSA backend {rsa.BACKEND}; generating RSA-{args.bits} keys …", flush=True)
+    server = Server(rsa.generate_private_key(args.bits), not args.no_forward_secrecy)
+    # Warm-up: caches, imports, the blinding pair.
+    run(server, min(20, args.count), resume=args.resume)
 
-    plain = run(identity, args.count)
-    timed = pieces(identity, args.count)
+    plain = run(server, args.count, resume=args.resume)
+    timed = [] if args.resume else pieces(server, args.count)
     # CPU time for the profiler too, so that its figures add up with ours
     # on a machine shared with other work.
     profiler = cProfile.Profile(time.process_time)
-    profiled = run(identity, args.count, profiler)
+    profiled = run(server, args.count, profiler, resume=args.resume)
     stats = pstats.Stats(profiler)
     if args.output:
         stats.dump_stats(args.output)
 
+    print(f"\n{kind} sessions, {secrecy} forward secrecy, a ticket each:")
     print(f"\nserver CPU per session, RSA-{args.bits}, {args.count} sessions:")
     print(f"   without the profiler   {plain * 1e6:9.0f} µs")
     print(f"   under cProfile         {profiled * 1e6:9.0f} µs")
-    print("\neach piece timed alone, without the profiler (µs per session):")
+    if timed:
+        print("\neach piece timed alone, without the profiler (µs per session):")
     for label, micros in timed:
         print(f"   {label:<52} {micros:8.1f} µs  {micros / (plain * 1e6):6.1%}")
-    rest = plain * 1e6 - sum(micros for _, micros in timed)
-    label = "the rest: state machine, events, glue"
-    print(f"   {label:<52} {rest:8.1f} µs  {rest / (plain * 1e6):6.1%}")
+    if timed:
+        rest = plain * 1e6 - sum(micros for _, micros in timed)
+        label = "the rest: state machine, events, glue"
+        print(f"   {label:<52} {rest:8.1f} µs  {rest / (plain * 1e6):6.1%}")
     out = io.StringIO()
     stats.stream = out
     stats.sort_stats("tottime").print_stats(args.top)
     print("\ncProfile, by own time (CPU seconds over all sessions):")
     print(out.getvalue().split("\n", 4)[-1].rstrip())
+    print("\nour own functions (keyexchanged/), by own time (µs per session, under cProfile):")
+    ours = [
+        (tottime, cumtime, calls, f"{filename.rsplit('keyexchanged/', 1)[-1]}:{line}({name})")
+        for (filename, line, name), (_, calls, tottime, cumtime, _) in stats.stats.items()
+        if "/keyexchanged/" in filename
+    ]
+    for tottime, cumtime, calls, where in sorted(ours, reverse=True)[: args.top]:
+        print(
+            f"   {tottime / args.count * 1e6:7.1f} own {cumtime / args.count * 1e6:8.1f} cum "
+            f"{calls / args.count:5.1f} calls  {where}"
+        )
     return 0
 
 

@@ -69,6 +69,7 @@ class CoreTests(unittest.TestCase):
         )
         # The AUTH signature, on a key the client chose, is work for elsewhere too.
         (event,) = server.key_decrypted(secret)
+        self.assertEqual(server.transcript_hash, hexbytes("transcript_hash"))
         self.assertIsInstance(event, VerificationNeeded)
         self.assertEqual(event.message, schedule.auth_message(hexbytes("transcript_hash")))
         self.assertTrue(event.public_key.verify_pss(event.message, event.signature, salt_length=32))
@@ -80,7 +81,8 @@ class CoreTests(unittest.TestCase):
                 DataReceived(hexbytes("client_message")),
             ],
         )
-        self.assertEqual(server.transcript_hash, hexbytes("transcript_hash"))
+        # Once complete, the server keeps only what its records need.
+        self.assertIsNone(server.transcript_hash)
 
     def test_a_failed_verification_is_auth_failed(self):
         server = deferred_server()

@@ -101,6 +101,11 @@ class ServerConnection(_Connection):
     verification) is handed out as events instead of done here.
     ``random`` draws bytes (the nonce and the implicit-rejection secret);
     tests replace it to replay the vectors.
+
+    An established session keeps only what its records need: ``ephemeral``
+    is ``None`` once the KEY or RESUME has arrived (or the connection
+    ended), and ``transcript_hash`` (AUTH signs it) is ``None`` once the
+    handshake is complete.
     """
 
     __slots__ = (
@@ -320,6 +325,9 @@ class ServerConnection(_Connection):
             # One TICKET per session, once the client is known (it names
             # the client's key when there was an AUTH).
             self._send_ticket()
+        # The handshake is over: what only it needed goes.  (The record
+        # keys stay; the HELLO, nonce and secrets went as they were used.)
+        self.transcript_hash = None
 
     # -- our records ---------------------------------------------------------------
 
@@ -342,10 +350,13 @@ class ServerConnection(_Connection):
     # -- the end -----------------------------------------------------------------------
 
     def _release_ephemeral(self):
-        """This connection no longer waits for a KEY under its offered key."""
+        """This connection no longer waits for a KEY under its offered key:
+        it lets go of the key (``ephemeral`` becomes ``None``), so that an
+        established session holds no reference to a key that has retired."""
+        ephemeral, self.ephemeral = self.ephemeral, None
         if self._holds_ephemeral:
             self._holds_ephemeral = False
-            self.ephemeral.release()
+            ephemeral.release()
 
     def _release(self):
         self._release_ephemeral()

@@ -34,14 +34,51 @@ class ChannelProtocol(LineReceiver):
 
     log = Logger()
 
-    def __init__(self, connection, reactor, build_application, ended):
+    # Thousands of idle sessions each keep one: their state in slots, not
+    # in an instance dict.  Twisted's own per-connection attributes
+    # (Protocol's transport and connected, LineReceiver's _buffer,
+    # _busyReceiving, line_mode and paused) are slots here too, set in
+    # __init__.  (In the daemon an instance dict had outgrown the class's
+    # shared keys: a table of its own, 1.5 KB a session, a quarter of an
+    # idle session.)
+    __slots__ = (
+        "_abort_call",
+        "_buffer",
+        "_busyReceiving",
+        "_closing",
+        "_error_sent",
+        "_handshake_seconds",
+        "_length",
+        "_outcome",
+        "_payload",
+        "_reason",
+        "_started",
+        "_verb",
+        "_writes",
+        "application",
+        "connected",
+        "connection",
+        "line_mode",
+        "paused",
+        "peer_fingerprint",
+        "transport",
+    )
+
+    # Each side provides, as it likes (attributes, or properties that read
+    # a shared factory): ``reactor``; ``_build_application(address,
+    # peer_fingerprint)``, the application protocol for this session, or
+    # None to end it at once; ``_ended(protocol, summary)``, called once,
+    # when the connection is lost.
+
+    def __init__(self, connection):
         self.connection = connection
-        self.reactor = reactor
-        #: ``build_application(address, peer_fingerprint)``: the application
-        #: protocol for this session, or None to end it at once.
-        self._build_application = build_application
-        #: ``ended(protocol, summary)``, once, when the connection is lost.
-        self._ended = ended
+        # What Twisted's Protocol and LineReceiver keep as class defaults.
+        self.transport = None
+        self.connected = 0
+        self.line_mode = 1
+        self._buffer = b""
+        self._busyReceiving = False
+        self.paused = False
         self.application = None
         self.peer_fingerprint = None
         self._verb = None
@@ -54,6 +91,10 @@ class ChannelProtocol(LineReceiver):
         self._closing = False
         self._outcome = None
         self._started = None
+        self._reason = None
+        self._error_sent = None
+        self._handshake_seconds = None
+        self._abort_call = None
 
     # -- LineReceiver -----------------------------------------------------------
 
@@ -207,8 +248,6 @@ class ChannelProtocol(LineReceiver):
     #: Without the bound such a peer would hold its connection slot forever.
     CLOSE_TIMEOUT = 10.0
 
-    _abort_call = None
-
     def _close(self):
         if not self._closing:
             self._closing = True
@@ -236,8 +275,6 @@ class ChannelProtocol(LineReceiver):
             self._writes.cancel()
 
     # -- the end ---------------------------------------------------------------------
-
-    _reason = None
 
     def connectionLost(self, reason=connectionDone):
         try:
@@ -296,9 +333,6 @@ class ChannelProtocol(LineReceiver):
             handshake_seconds=self._handshake_seconds,
             error_sent=self._error_sent,
         )
-
-    _handshake_seconds = None
-    _error_sent = None
 
     @property
     def duration(self):

@@ -45,7 +45,13 @@ class ClientChannelProtocol(ChannelProtocol):
         handshake_timeout=30.0,
         idle_timeout=None,
     ):
-        super().__init__(connection, reactor, build_application, ended)
+        super().__init__(connection)
+        self.reactor = reactor
+        #: ``build_application(address, peer_fingerprint)``: the application
+        #: protocol for this session, or None to end it at once.
+        self._build_application = build_application
+        #: ``ended(protocol, summary)``, once, when the connection is lost.
+        self._ended = ended
         self._trust = trust
         self._server_name = server_name
         self._listener = listener

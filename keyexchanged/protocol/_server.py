@@ -23,41 +23,42 @@ from keyexchanged.protocol._idle import IdleSessions
 class ServerChannelProtocol(ChannelProtocol):
     """Server side: HELLO at once, timeouts, private-key work elsewhere.
 
-    Built with all it needs by :class:`SecureChannelFactory`:
-    ``idle_sessions`` (an :class:`IdleSessions`) times it once established;
-    ``work`` does the private-key work the state machine hands out (a
+    Built by its :class:`SecureChannelFactory`, which it keeps as its one
+    reference to everything that is the same for every connection: the
+    reactor, the timeouts, ``idle_sessions`` (an :class:`IdleSessions`)
+    that times it once established, ``work`` that does the private-key
+    work the state machine hands out (a
     :class:`~keyexchanged.workers.WorkerPool`), counted by ``admission``
-    (an :class:`~keyexchanged.admission.Admission`).
+    (an :class:`~keyexchanged.admission.Admission`), the application
+    factory and the end-of-session bookkeeping.
     """
 
-    def __init__(
-        self,
-        connection,
-        reactor,
-        handshake_timeout,
-        idle_timeout,
-        build_application,
-        ended,
-        idle_sessions,
-        work=None,
-        admission=None,
-    ):
-        super().__init__(connection, reactor, build_application, ended)
-        self._handshake_timeout = handshake_timeout
-        self._idle_timeout = idle_timeout
-        self._idle_sessions = idle_sessions
-        self._work = work
-        self._admission = admission
+    # Per connection: the state machine, the factory, the handshake timer
+    # (ChannelProtocol's slots hold the rest).
+    __slots__ = ("_factory", "_handshake_timer")
+
+    def __init__(self, connection, factory):
+        super().__init__(connection)
+        self._factory = factory
         self._handshake_timer = None
+
+    @property
+    def reactor(self):
+        return self._factory.reactor
+
+    def _build_application(self, address, peer_fingerprint):
+        return self._factory.build_application(address, peer_fingerprint)
+
+    def _ended(self, protocol, summary):
+        self._factory.connection_ended(protocol, summary)
 
     def connectionMade(self):
         super().connectionMade()
         self.connection.start()
         self._write_out()
-        if self._handshake_timeout:
-            self._handshake_timer = self.reactor.callLater(
-                self._handshake_timeout, self._handshake_expired
-            )
+        timeout = self._factory.handshake_timeout
+        if timeout:
+            self._handshake_timer = self.reactor.callLater(timeout, self._handshake_expired)
 
     def _handshake_expired(self):
         self._handshake_timer = None
@@ -65,12 +66,12 @@ class ServerChannelProtocol(ChannelProtocol):
 
     def handshake_complete(self, event):
         self._cancel_handshake_timer()
-        if self._idle_timeout:
-            self._idle_sessions.add(self)
+        if self._factory.idle_timeout:
+            self._factory.idle_sessions.add(self)
         super().handshake_complete(event)
 
     def event_DecryptionNeeded(self, event):
-        work = self._work
+        work = self._factory.work
         self._private_key_work(
             lambda: work.decrypt(event.private_key, event.ciphertext, event.label),
             self.connection.key_decrypted,
@@ -78,7 +79,7 @@ class ServerChannelProtocol(ChannelProtocol):
         )
 
     def event_VerificationNeeded(self, event):
-        work = self._work
+        work = self._factory.work
         self._private_key_work(
             lambda: work.verify(
                 event.public_key, event.signature, event.message, event.salt_length
@@ -90,7 +91,7 @@ class ServerChannelProtocol(ChannelProtocol):
     def _private_key_work(self, submit, answer, failed):
         """Work a stranger made us do: counted against max-handshakes, done
         away from the reactor, and read nothing more until it is back."""
-        if not self._admission.start_work():
+        if not self._factory.admission.start_work():
             self._handle_events(self.connection.fail(BUSY, "too many handshakes in progress"))
             return
         # Read nothing more until the work is back (what was read waits in
@@ -108,7 +109,7 @@ class ServerChannelProtocol(ChannelProtocol):
         working.addErrback(self._application_failed)
 
     def _work_done(self, result, answer):
-        self._admission.end_work()
+        self._factory.admission.end_work()
         if self._closing:
             return
         # Undo our own pause only: the application that the events below may
@@ -126,7 +127,7 @@ class ServerChannelProtocol(ChannelProtocol):
             self.transport.abortConnection()
 
     def _touch(self):
-        self._idle_sessions.touch(self)
+        self._factory.idle_sessions.touch(self)
 
     def write_application_data(self, data):
         self._touch()
@@ -170,7 +171,7 @@ class ServerChannelProtocol(ChannelProtocol):
     def _cancel_timers(self):
         super()._cancel_timers()
         self._cancel_handshake_timer()
-        self._idle_sessions.remove(self)
+        self._factory.idle_sessions.remove(self)
 
     def abort(self):
         """Cut the connection now, without END."""
@@ -267,17 +268,7 @@ class SecureChannelFactory(Factory):
                 self.metrics.handshake_done("full", "busy")
                 self.metrics.error_sent("busy")
             return BusyProtocol(refusal)
-        protocol = self.protocol(
-            self.make_connection(),
-            self.reactor,
-            self.handshake_timeout,
-            self.idle_timeout,
-            build_application=self.build_application,
-            ended=self.connection_ended,
-            idle_sessions=self.idle_sessions,
-            work=self.work,
-            admission=self.admission,
-        )
+        protocol = self.protocol(self.make_connection(), self)
         self.admission.admit(protocol, source)
         if self.metrics is not None:
             self.metrics.connection_opened()
