@@ -28,7 +28,7 @@ import harness
 
 DAEMON_LIMITS = bench_handshakes.DAEMON_LIMITS
 SINGLE = "processes=1"
-#: What the parent logs once every child serves (keyexchanged/processes.py).
+#: What the parent logs once every child serves (keyexchanged/processes/_parent.py).
 ALL_SERVE = "child processes serve"
 
 

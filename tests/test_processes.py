@@ -633,6 +633,15 @@ class NotifyTests(unittest.TestCase):
         argv = supervised.service.child_argv()
         self.assertEqual(argv[-2:], ["--processes", "2"])
 
+    def test_children_import_this_keyexchanged(self):
+        """A child's PYTHONPATH starts with the directory that holds the
+        parent's keyexchanged package, so that a child runs the same code."""
+        import keyexchanged
+
+        env = Supervised(count=1).service.child_environment(1)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(keyexchanged.__file__)))
+        self.assertEqual(env["PYTHONPATH"].split(os.pathsep)[0], root)
+
 
 class ChildSettingsTests(unittest.TestCase):
     def test_no_child(self):
