@@ -196,9 +196,8 @@ class KeyexchangeService(Service):
         if old is None:
             self.log.warn("reload: nothing to reload from")
             return
-        new = type(old)(environ=old.environ)
         try:
-            new.parseOptions(old.argv)
+            new = old.reread()
         except usage.UsageError as error:
             self.log.error("reload failed, nothing changed: {reason}", reason=str(error))
             if metrics_ is not None:

@@ -149,6 +149,15 @@ class Options(usage.Options):
 
     argv = ()
 
+    def reread(self):
+        """New options from the same command line and environment: the
+        config file and every file it names read and checked again, as at
+        start.  For a reload (SIGHUP), a single daemon's or the parent's of
+        ``--processes N``.  Raises :class:`usage.UsageError`."""
+        new = type(self)(environ=self.environ)
+        new.parseOptions(self.argv)
+        return new
+
     def postOptions(self):
         try:
             self._check()

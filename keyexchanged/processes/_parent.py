@@ -303,9 +303,8 @@ class ProcessesService(service.Service):
         child, which reloads it (a child still starting does once it
         serves); if not, nothing changes anywhere."""
         old = self.options
-        new = type(old)(environ=old.environ)
         try:
-            new.parseOptions(old.argv)
+            new = old.reread()
         except usage.UsageError as error_:
             self.log.error(
                 "reload failed, nothing changed (no child told): {reason}", reason=str(error_)
