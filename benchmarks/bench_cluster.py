@@ -61,15 +61,6 @@ backend kxd
 SERVER = "    server kx{number} 127.0.0.1:{port} send-proxy-v2 check"
 
 
-def add_options(parser):
-    parser.add_argument("--bits", type=int, default=3072)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=4.0)
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("daemon_args", nargs="*", help="extra daemon options, after --")
-
-
 def start_haproxy(directory, name, ports):
     """HAProxy in front of the daemons at ``ports``; its frontend's socket
     is bound and listening here (``bind fd@3``), so it is ready at once."""
@@ -131,7 +122,7 @@ def measure(daemons, proxy, port, args, fingerprint):
 
 
 def main():
-    args = harness.arguments(__doc__.split("\n\n")[0], add_options)
+    args = harness.arguments(__doc__.split("\n\n")[0], harness.add_load_options)
     if args.quick:
         args.rounds, args.duration = 1, 2.0
     report = harness.Report("HAProxy in front", args.summary)

@@ -28,17 +28,8 @@ import harness
 
 DAEMON_LIMITS = bench_handshakes.DAEMON_LIMITS
 SINGLE = "processes=1"
-#: What the parent logs once every child serves (keyexchanged/processes.py).
+#: What the parent logs once every child serves (keyexchanged/processes/_parent.py).
 ALL_SERVE = "child processes serve"
-
-
-def add_options(parser):
-    parser.add_argument("--bits", type=int, default=3072)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=4.0)
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("daemon_args", nargs="*", help="extra daemon options, after --")
 
 
 def start(directory, key, processes, extra):
@@ -50,7 +41,7 @@ def start(directory, key, processes, extra):
 
 
 def main():
-    args = harness.arguments(__doc__.split("\n\n")[0], add_options)
+    args = harness.arguments(__doc__.split("\n\n")[0], harness.add_load_options)
     if args.quick:
         args.rounds, args.duration = 1, 2.0
     harness.raise_fd_limit()

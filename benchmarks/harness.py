@@ -163,6 +163,18 @@ def arguments(description, add=None):
     return parser.parse_args()
 
 
+def add_load_options(parser):
+    """The options of a script that loads one kind of daemon with full
+    handshakes (bench_processes.py, bench_cluster.py): the key's size, the
+    load and its timing, and extra daemon options after ``--``."""
+    parser.add_argument("--bits", type=int, default=3072)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("daemon_args", nargs="*", help="extra daemon options, after --")
+
+
 def interleave(contestants, rounds):
     """Yield (round, contestant) in the order A B C A B C …"""
     for number in range(rounds):

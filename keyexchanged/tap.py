@@ -1,4 +1,4 @@
-"""``twistd keyexchange``: options, settings and the service.
+"""``twistd keyexchange``: options, settings, and the service made from them.
 
 Settings come from three places, later ones winning: built-in defaults, the
 config file (``--config``, else ``$KEYEXCHANGED_CONFIG``, else
@@ -8,17 +8,16 @@ value or an unusable key file is one clear line and a non-zero exit.
 
 On first start with no key the daemon generates one (0600) where the
 settings say and serves it, as sshd does with its host keys.
+
+:func:`makeService` builds the service from checked options; the service
+itself (listening, signals, reload) is in :mod:`keyexchanged.service`.
 """
 
 import os
-import signal
 import sys
 from typing import ClassVar
 
 from twisted.application import service
-from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -31,7 +30,6 @@ from keyexchanged import (
     metrics,
     processes,
     proxyproto,
-    systemd,
     tickets,
     trust,
 )
@@ -48,6 +46,7 @@ from keyexchanged.errors import KeyexchangedError
 from keyexchanged.framing import MAX_PAYLOAD
 from keyexchanged.handshake import ServerIdentity
 from keyexchanged.protocol import SecureChannelFactory
+from keyexchanged.service import KeyexchangeService
 from keyexchanged.workers import InlineWork, WorkerPool, default_workers
 
 __all__ = ["KeyexchangeService", "Options", "load_or_create_key", "makeService"]
@@ -149,6 +148,15 @@ class Options(usage.Options):
         super().parseOptions(options)
 
     argv = ()
+
+    def reread(self):
+        """New options from the same command line and environment: the
+        config file and every file it names read and checked again, as at
+        start.  For a reload (SIGHUP), a single daemon's or the parent's of
+        ``--processes N``.  Raises :class:`usage.UsageError`."""
+        new = type(self)(environ=self.environ)
+        new.parseOptions(self.argv)
+        return new
 
     def postOptions(self):
         try:
@@ -278,230 +286,6 @@ def load_or_create_key(path, bits, report=None):
             f"{path}: cannot create the key directory: {error.strerror}"
         ) from None
     return keys.create_key_pair(path, bits, replace_public=True), True
-
-
-class CannotListen(Exception):
-    """The listening endpoint could not be had (a port in use, say)."""
-
-
-class KeyexchangeService(service.Service):
-    """Listens, serves, and on stop lets open sessions finish (grace period)."""
-
-    log = Logger()
-
-    def __init__(
-        self,
-        listen,
-        factory,
-        reactor,
-        grace_period,
-        handle_signals=False,
-        timers=(),
-        trusted_proxies=None,
-        proxy_header_timeout=proxyproto.DEFAULT_HEADER_TIMEOUT,
-        options=None,
-        child=None,
-    ):
-        self.listen = listen
-        #: A child of ``--processes N`` (:class:`processes.ChildSettings`):
-        #: it adopts its parent's socket, tells its parent (not systemd)
-        #: that it serves, and leaves SIGINT to its parent.
-        self.child = child
-        self.trusted_proxies = trusted_proxies
-        self.proxy_header_timeout = proxy_header_timeout
-        #: The Options the service was made from: a reload compares with them.
-        self.options = options
-        self.factory = factory
-        #: What runs on the reactor's clock while serving (key rotations):
-        #: objects with start() and stop().
-        self.timers = timers
-        self.reactor = reactor
-        self.grace_period = grace_period
-        self.handle_signals = handle_signals
-        self.port = None
-        self.listening = None
-
-    def privilegedStartService(self):
-        """Listen now, before twistd drops privileges (a port below 1024)
-        and before the reactor runs: a port that cannot be had stops the
-        daemon with a non-zero exit and the reason, not a running process
-        that serves nothing."""
-        super().privilegedStartService()
-        self._listen()
-
-    def _listen(self):
-        if self.listening is not None:
-            return
-        identity = self.factory.identity
-        self.log.info(
-            "serving RSA-{bits} key {fingerprint}",
-            bits=identity.public_key.n.bit_length(),
-            fingerprint=identity.fingerprint,
-        )
-        # "haproxy:..." is ours to unwrap: HELLO waits for the PROXY header,
-        # and only trusted proxies may send one.
-        inner, wrap = proxyproto.parse_listen(
-            self.listen, self.trusted_proxies, self.reactor, self.proxy_header_timeout
-        )
-        if self.child is not None:
-            self.listening = defer.maybeDeferred(
-                processes.adopt_listening_socket, self.reactor, self.child.fd, wrap(self.factory)
-            )
-        else:
-            endpoint = serverFromString(self.reactor, inner)
-            self.listening = endpoint.listen(wrap(self.factory))
-        failed = []
-        answered_now = True
-
-        def cannot_listen(failure):
-            if answered_now:
-                failed.append(failure)  # raised below, before twistd goes on
-            else:
-                self._cannot_listen(failure)
-
-        self.listening.addCallbacks(self._listening, cannot_listen)
-        answered_now = False
-        if failed:
-            # TCP and UNIX endpoints answer at once.
-            reason = failed[0].getErrorMessage()
-            self.log.critical(
-                "cannot listen on {listen}: {reason}", listen=self.listen, reason=reason
-            )
-            raise CannotListen(f"cannot listen on {self.listen}: {reason}")
-
-    def startService(self):
-        super().startService()
-        for timer in self.timers:
-            timer.start()
-        if self.handle_signals:
-            # After the reactor's own handlers are in place, replace them.
-            self.reactor.callWhenRunning(self._handle_signals)
-        self._listen()  # when not started by twistd
-
-    def _handle_signals(self):
-        """SIGTERM and SIGINT: a graceful stop that exits 0.
-
-        twistd's own handlers make the process re-kill itself with the
-        signal after shutdown, so the exit status would say "killed"; for a
-        daemon whose stop is the ordinary, orderly way to end, 0 is the
-        honest status (and what init systems and scripts expect).
-        """
-
-        stopping = []
-
-        def stop(number, frame):
-            name = signal.Signals(number).name
-            if stopping and self.child is not None and number == signal.SIGTERM:
-                # A child gets SIGTERM from its parent and, under systemd's
-                # default KillMode=control-group, from systemd as well: one
-                # stop.  Its parent's second signal is CUT_SIGNAL.
-                return
-            if stopping:
-                # A second signal: the operator will not wait for the grace.
-                self.log.info("{signal} again: cutting the open sessions now", signal=name)
-                self.reactor.callFromThread(self.factory.abort_all)
-                return
-            stopping.append(number)
-            systemd.stopping()
-            self.log.info(
-                "{signal}: no new connections; open sessions get {grace} s to finish",
-                signal=name,
-                grace=self.grace_period,
-            )
-            self.reactor.callFromThread(self.reactor.stop)
-
-        signal.signal(signal.SIGTERM, stop)
-        if self.child is None:
-            signal.signal(signal.SIGINT, stop)
-        else:
-            # ^C in a terminal reaches the whole process group: the parent
-            # forwards it as SIGTERM, and a second one as CUT_SIGNAL.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-            def cut(number, frame):
-                if not stopping:
-                    stop(signal.SIGTERM, frame)
-                stop(number, frame)
-
-            signal.signal(processes.CUT_SIGNAL, cut)
-            processes.watch_parent(self.reactor, self._parent_gone)
-        systemd.ReloadOnHangup(self.reactor, self.reload).install()
-        if self.listening is not None and self.listening.called:
-            self._ready()
-
-    def _ready(self):
-        if self.child is None:
-            systemd.ready()
-            return
-        self.log.info(
-            "child {index} serves",
-            index=self.child.index,
-            **{processes.READY_FIELD: True},
-        )
-
-    def _parent_gone(self):
-        self.log.warn("the parent process is gone: stopping")
-        try:
-            self.reactor.stop()
-        except ReactorNotRunning:
-            pass  # stopping already
-
-    def reload(self):
-        """SIGHUP: read the config and every file it names again; swap in
-        what changed for new sessions.  Open sessions keep what they began
-        with.  Anything wrong changes nothing and is logged."""
-        # A child's reloads are its parent's, which counts them.
-        metrics_ = None if self.child else getattr(self.factory, "metrics", None)
-        old = self.options
-        if old is None:
-            self.log.warn("reload: nothing to reload from")
-            return
-        new = type(old)(environ=old.environ)
-        try:
-            new.parseOptions(old.argv)
-        except usage.UsageError as error:
-            self.log.error("reload failed, nothing changed: {reason}", reason=str(error))
-            if metrics_ is not None:
-                metrics_.reload("failed")
-            return
-        apply_reload(self, old, new, self.log)
-        self.options = new
-        if metrics_ is not None:
-            metrics_.reload("ok")
-
-    def _listening(self, port):
-        self.port = port
-        address = port.getHost()
-        self.log.info(
-            "listening on {host}:{port}",
-            host=getattr(address, "host", address),
-            port=getattr(address, "port", ""),
-        )
-        if not self.handle_signals:
-            self._ready()
-        # else: once SIGHUP has its handler (_handle_signals), or a reload
-        # that systemd asks for at once would end the daemon.
-        return port
-
-    def _cannot_listen(self, failure):
-        self.log.critical(
-            "cannot listen on {listen}: {reason}",
-            listen=self.listen,
-            reason=failure.getErrorMessage(),
-        )
-        self.reactor.stop()
-
-    @defer.inlineCallbacks
-    def stopService(self):
-        super().stopService()
-        if self.port is not None:
-            yield self.port.stopListening()
-            self.port = None
-        yield self.factory.shutdown(self.grace_period)
-        for timer in self.timers:
-            timer.stop()
-        if self.factory.work is not None:
-            self.factory.work.close()
 
 
 def makeService(options, reactor=None):
@@ -668,61 +452,3 @@ def make_parent_service(options, count, reactor):
     if settings["log-format"] == "json":
         return logs.use_json_logs(top, logs.twistd_log_file(options))
     return top
-
-
-#: Settings a reload cannot change: they take a restart.
-RESTART_ONLY = (
-    "processes",
-    "listen",
-    "workers",
-    "forward-secrecy",
-    "ticket-lifetime",
-    "metrics",
-    "log-format",
-    "trusted-proxies",
-    "proxy-header-timeout",
-)
-
-
-def apply_reload(service_, old, new, log):
-    """Swap what ``new`` (freshly parsed, all checked) changed into the
-    running factory; open sessions keep what they started with."""
-    for name in RESTART_ONLY:
-        if str(old.settings.get(name)) != str(new.settings.get(name)):
-            log.warn("reload: {name} changes only at a restart; still the old value", name=name)
-    factory = service_.factory
-    settings = new.settings
-    if new.identity.fingerprint != old.identity.fingerprint:
-        log.warn(
-            "reload: the long-term key changed from {old} to {new}",
-            old=old.identity.fingerprint,
-            new=new.identity.fingerprint,
-        )
-        if factory.ephemeral_keys is not None:
-            factory.ephemeral_keys.rekey(new.identity.private_key)
-    factory.identity = new.identity
-    factory.authorized_keys = new.authorized_keys
-    factory.client_key_max_bits = settings["client-key-max-bits"]
-    new.wrapped_factory.doStart()
-    previous, factory.wrapped_factory = factory.wrapped_factory, new.wrapped_factory
-    previous.doStop()
-    factory.handshake_timeout = settings["handshake-timeout"]
-    factory.idle_timeout = factory.idle_sessions.timeout = settings["idle-timeout"]
-    admission = factory.admission
-    admission.max_connections = settings["max-connections"]
-    admission.max_per_source = settings["max-per-source"]
-    admission.max_handshakes = settings["max-handshakes"]
-    if factory.ephemeral_keys is not None:
-        factory.ephemeral_keys.interval = settings["ephemeral-interval"]
-        factory.ephemeral_keys.bits = settings["ephemeral-bits"]
-        factory.ephemeral_keys.handshake_timeout = settings["handshake-timeout"]
-    if factory.tickets is not None and settings["ticket-lifetime"]:
-        factory.tickets.lifetime = settings["ticket-lifetime"]
-        for timer in service_.timers:
-            if isinstance(timer, tickets.TicketKeyRotation):
-                timer.use_file(settings["ticket-keys"], new.ticket_keys)
-    log.info(
-        "reload: done; new sessions serve key {fingerprint}, application {application}",
-        fingerprint=new.identity.fingerprint,
-        application=settings["application"],
-    )

@@ -147,3 +147,20 @@ class DaemonTestCase(unittest.TestCase):
         self.key = os.path.join(self.dir, "server.key")
         keys.save_private_key(SERVER_KEY, self.key)
         self.conf = os.path.join(self.dir, "keyexchanged.conf")
+
+    def write_config(self, body):
+        """Write ``self.conf``: listening on 127.0.0.1, ``self.key``, and ``body``."""
+        with open(self.conf, "w") as f:
+            f.write(
+                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\n"
+                f"private-key = {self.key}\n{body}"
+            )
+
+    @defer.inlineCallbacks
+    def assert_reload_refused(self, daemon, body):
+        """Write ``body`` and a broken line to the config, send SIGHUP: the
+        daemon refuses the reload and says which setting and why."""
+        self.write_config(body + "max-connections = many\n")
+        daemon.signal("HUP")
+        output = yield daemon.wait_for(b"reload failed, nothing changed")
+        self.assertIn(b"max-connections = 'many': must be a whole number of at least 1", output)

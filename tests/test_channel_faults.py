@@ -11,7 +11,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from keyexchanged import handshake, tap, workers
+from keyexchanged import handshake, workers
+from keyexchanged import service as kx_service
 from keyexchanged.applications import EchoFactory, MessageFactory
 from keyexchanged.protocol import (
     ChannelClientFactory,
@@ -269,10 +270,10 @@ class ListenTests(unittest.TestCase):
             def stop(self):
                 self.stopped = True
 
-        self.patch(tap, "serverFromString", lambda reactor, description: Endpoint())
+        self.patch(kx_service, "serverFromString", lambda reactor, description: Endpoint())
         reactor = Reactor()
         factory = SecureChannelFactory(MessageFactory(b"m"), IDENTITY, reactor=Clock())
-        service = tap.KeyexchangeService("somewhere:1", factory, reactor, 1.0)
+        service = kx_service.KeyexchangeService("somewhere:1", factory, reactor, 1.0)
         service.privilegedStartService()  # nothing yet: no error, no stop
         self.assertFalse(reactor.stopped)
         listening.errback(error.CannotListenError("somewhere", 1, OSError("taken")))
