@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from keyexchanged import (
+    allocator,
     ca,
     ephemeral,
     files,
@@ -295,6 +296,8 @@ def makeService(options, reactor=None):
     child = getattr(options, "child", None)
     if count > 1 and child is None:
         return make_parent_service(options, count, reactor)
+    # This process serves sessions, which move data fast: see allocator.py.
+    allocator.tune()
     wrapped = options.wrapped_factory
     if reactor is not options.reactor:
         # A reactor of the caller's (a test's Clock): the application must
