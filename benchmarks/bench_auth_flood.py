@@ -132,6 +132,7 @@ def flood_main(argv):
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
     args.proto, args.cert, args.expect, args.count = "kx", None, "", 0
+    args.resume = False  # a flood of full handshakes
 
     import loadgen
     from twisted.internet import reactor

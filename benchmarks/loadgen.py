@@ -61,7 +61,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
-from keyexchanged import protocol, trust
+from keyexchanged import allocator, protocol, trust
 from keyexchanged.tickets import TicketStore
 
 HOST = "127.0.0.1"
@@ -678,6 +678,10 @@ def main():
         help="KX/1: accept a server that offers no ephemeral key",
     )
     args = parser.parse_args()
+    if args.proto == "kx":
+        # What ``keyexchange connect`` and ``tunnel`` do before they run
+        # (keyexchanged/allocator.py); the TLS and TCP clients run as before.
+        allocator.tune()
     client = Client(args)
     modes = {
         "handshakes": run_handshakes,

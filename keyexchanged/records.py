@@ -160,8 +160,9 @@ class RecordOpener(_Direction):
         ):
             raise BadRecord()
         cipher = self._cipher(verb)
+        view = memoryview(payload)  # slices without copying a 64 KiB record
         try:
-            plaintext = cipher.decrypt_and_verify(payload[:-TAG_LENGTH], payload[-TAG_LENGTH:])
+            plaintext = cipher.decrypt_and_verify(view[:-TAG_LENGTH], view[-TAG_LENGTH:])
         except ValueError:
             raise BadRecord() from None
         self._advance(len(plaintext))
