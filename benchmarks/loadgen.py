@@ -53,9 +53,10 @@ import os
 import sys
 import time
 
+from tlscontexts import ClientCreator, client_context
 from twisted.internet import defer, error, reactor, stdio
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -141,7 +142,7 @@ class Client:
         self.endpoint = TCP4ClientEndpoint(reactor, HOST, args.port, timeout=args.timeout)
         self.tls_context = None
         if args.proto.startswith("tls"):
-            self.tls_context = _client_context(args.proto, args.cert)
+            self.tls_context = client_context(args.proto, args.cert)
         self.trust = trust.PinnedKey(args.fingerprint) if args.proto == "kx" else None
 
     def open(self, session, tickets=None):
@@ -173,7 +174,7 @@ class Client:
         elif self.tls_context is not None:
             session.secure = True
             connecting = self.endpoint.connect(
-                TLSMemoryBIOFactory(_Context(self.tls_context), True, factory)
+                TLSMemoryBIOFactory(ClientCreator(self.tls_context), True, factory)
             )
         else:
             connecting = self.endpoint.connect(factory)
@@ -184,39 +185,6 @@ class Client:
 
         connecting.addErrback(failed)
         return connecting
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _Context:
-    """One OpenSSL context for every session, as ``optionsForClientTLS`` does."""
-
-    def __init__(self, context):
-        self.context = context
-
-    def clientConnectionForTLS(self, tls_protocol):
-        from OpenSSL import SSL
-
-        connection = SSL.Connection(self.context, None)
-        connection.set_app_data(tls_protocol)
-        return connection
-
-
-def _client_context(kind, cert_path):
-    from OpenSSL import SSL
-
-    context = SSL.Context(SSL.TLS_METHOD)
-    version = SSL.TLS1_3_VERSION if kind == "tls1.3" else SSL.TLS1_2_VERSION
-    context.set_min_proto_version(version)
-    context.set_max_proto_version(version)
-    if kind == "tls1.2":
-        context.set_cipher_list(b"AES256-GCM-SHA384")
-    context.set_options(SSL.OP_NO_TICKET)
-    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    # The server's self-signed certificate is the trust root: the TLS client
-    # checks the key as the KX/1 client checks its pinned fingerprint.
-    context.load_verify_locations(cert_path)
-    context.set_verify(SSL.VERIFY_PEER, lambda connection, x509, errno, depth, ok: bool(ok))
-    return context
 
 
 # -- modes ------------------------------------------------------------------------------

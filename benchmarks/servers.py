@@ -34,10 +34,10 @@ close).  Each server prints ``listening on HOST:PORT``.
 import argparse
 import sys
 
+from tlscontexts import ClientCreator, client_context
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
 from twisted.internet.interfaces import (
-    IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
     IProtocol,
 )
@@ -155,34 +155,6 @@ def tls_context(version, key_path, cert_path):
     return context
 
 
-def tls_client_context(cert_path):
-    """TLS 1.3 only, verifying the server against its self-signed certificate
-    (as loadgen.py's TLS client does), no tickets and no session cache."""
-    from OpenSSL import SSL
-
-    context = SSL.Context(SSL.TLS_METHOD)
-    context.set_min_proto_version(SSL.TLS1_3_VERSION)
-    context.set_max_proto_version(SSL.TLS1_3_VERSION)
-    context.set_options(SSL.OP_NO_TICKET)
-    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    context.load_verify_locations(cert_path)
-    context.set_verify(SSL.VERIFY_PEER, lambda connection, x509, errno, depth, ok: bool(ok))
-    return context
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _ClientContext:
-    def __init__(self, context):
-        self.context = context
-
-    def clientConnectionForTLS(self, tls_protocol):
-        from OpenSSL import SSL
-
-        connection = SSL.Connection(self.context, None)
-        connection.set_app_data(tls_protocol)
-        return connection
-
-
 class SpliceFactory(Factory):
     """Accept a connection and splice it to a new one made by ``dial(end)``
     (a Deferred), with the relay the KX/1 tunnel and forward application use.
@@ -223,7 +195,7 @@ def tls_pair_end(kind, key_path, cert_path, to_port):
     if kind == "tls-decrypt":
         context = tls_context("tls1.3", key_path, cert_path)
         return TLSMemoryBIOFactory(_Context(context), False, SpliceFactory(plain, "second"))
-    client = _ClientContext(tls_client_context(cert_path))
+    client = ClientCreator(client_context("tls1.3", cert_path))
 
     def secure(end):
         return target.connect(TLSMemoryBIOFactory(client, True, Factory.forProtocol(lambda: end)))

@@ -186,8 +186,7 @@ class _Connection:
     def frames_to_send(self):
         """The frames queued for the wire since the last call, as a list."""
         frames, self._outgoing = self._outgoing, ()
-        for frame in frames:
-            self.bytes_sent += len(frame)
+        self.bytes_sent += sum(map(len, frames))
         return frames
 
     @property
