@@ -10,6 +10,7 @@ import struct
 
 from twisted.internet import endpoints
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -526,3 +527,50 @@ class ErrorTests(unittest.SynchronousTestCase):
             v2(family=UNIX, block=b"short"),
         ):
             self.assertRaises(ProxyHeaderError, HeaderReader().feed, data)
+
+
+class HealthCheckTests(unittest.SynchronousTestCase):
+    """The server logs and counts a proxy's health check apart: a LOCAL
+    connection that closes without sending a byte, and nothing else."""
+
+    def run_connection(self, header, data=b""):
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from keyexchanged.metrics import Metrics
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        metrics = Metrics()
+        connection = Connection(wrapped=server_factory(metrics=metrics))
+        connection.feed(header + data)
+        connection.protocol.connectionLost(ConnectionDone())
+        texts = [event.get("log_format", "") for event in events]
+        samples = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(metrics.render().decode("utf-8"))
+            for sample in family.samples
+            if not sample.labels
+        }
+        return texts, samples
+
+    def test_a_silent_local_connection_is_a_health_check(self):
+        texts, samples = self.run_connection(V2_LOCAL)
+        self.assertIn("health check from {peer}", texts)
+        self.assertFalse([t for t in texts if t.startswith("connection from {peer} ended")])
+        self.assertEqual(samples["keyexchanged_health_checks_total"], 1)
+        self.assertEqual(samples["keyexchanged_connections_open"], 0)
+
+    def test_a_local_connection_that_talks_is_a_session(self):
+        # A KEY header for the test ephemeral key (2048 bits), then the
+        # connection closes: "closed", as a silent
+        # check would be, but with bytes in.
+        texts, samples = self.run_connection(V2_LOCAL, b"KEY 256\r\n")
+        self.assertNotIn("health check from {peer}", texts)
+        self.assertTrue([t for t in texts if t.startswith("connection from {peer} ended")])
+        self.assertEqual(samples["keyexchanged_health_checks_total"], 0)
+
+    def test_a_silent_proxied_client_is_a_session(self):
+        texts, samples = self.run_connection(V1_TCP4)
+        self.assertNotIn("health check from {peer}", texts)
+        self.assertEqual(samples["keyexchanged_health_checks_total"], 0)
