@@ -37,7 +37,7 @@ nitpicky = True
 # Other projects' names in signatures and docstrings: not ours to check.
 nitpick_ignore_regex = [
     (r"py:.*", r"(twisted|zope|Crypto|cryptography|OpenSSL|prometheus_client)\..*"),
-    (r"py:.*", r"(os|typing|collections\.abc|argparse|pathlib|ipaddress|enum)\..*"),
+    (r"py:.*", r"(os|time|typing|collections\.abc|argparse|pathlib|ipaddress|enum)\..*"),
     (
         r"py:class",
         r"(bytes|str|int|float|bool|None|dict|list|tuple|set|frozenset|object|"
@@ -50,7 +50,7 @@ nitpick_ignore_regex = [
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True}
+
 
 html_theme = "alabaster"
 html_title = "keyexchanged"
