@@ -41,6 +41,7 @@ def escape(text: str) -> str:
     """Plain help text as reStructuredText that shows the same characters."""
     text = text.replace("\\", "\\\\")
     text = re.sub(r"([*`|])", r"\\\1", text)
+    text = re.sub(r"(\w):(?=\S)", r"\1\\:", text)  # "tcp:51424" is no URI
     return re.sub(r"_(?=\W|$)", r"\\_", text)
 
 
