@@ -1,4 +1,4 @@
-"""The documentation's runnable examples keep running."""
+"""The documentation's runnable example keeps running."""
 
 import importlib.util
 import os
@@ -9,12 +9,11 @@ from twisted.trial import unittest
 
 from keyexchanged import keys
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "examples")
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "examples", "lines.py")
 
 
-def load_example(name):
-    path = os.path.join(EXAMPLES, name + ".py")
-    spec = importlib.util.spec_from_file_location(f"{name}_example", path)
+def load_example():
+    spec = importlib.util.spec_from_file_location("lines_example", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -26,7 +25,7 @@ class LinesExampleTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_conversation(self):
         lines = []
-        yield load_example("lines").conversation(reactor, ("ping", "bye"), lines.append)
+        yield load_example().conversation(reactor, ("ping", "bye"), lines.append)
         self.assertEqual(
             lines,
             [
@@ -40,6 +39,16 @@ class LinesExampleTests(unittest.TestCase):
         )
 
 
+EMBEDDING = os.path.join(os.path.dirname(EXAMPLE), "embedding.py")
+
+
+def load_embedding():
+    spec = importlib.util.spec_from_file_location("embedding_example", EMBEDDING)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class EmbeddingExampleTests(unittest.TestCase):
     """docs/examples/embedding.py: the README's Python API section."""
 
@@ -49,7 +58,7 @@ class EmbeddingExampleTests(unittest.TestCase):
     def test_greeting(self):
         """The server's key comes from the file, and the client reaches the
         server pinned to the fingerprint of the public key file."""
-        example = load_example("embedding")
+        example = load_embedding()
         directory = self.mktemp()
         os.mkdir(directory)
         key_file = example.key_files(directory)
@@ -66,7 +75,7 @@ class EmbeddingExampleTests(unittest.TestCase):
 
     def test_key_files_kept(self):
         """A second run uses the key pair the first one made."""
-        example = load_example("embedding")
+        example = load_embedding()
         directory = self.mktemp()
         os.mkdir(directory)
         first = keys.load_private_key(example.key_files(directory))
@@ -77,7 +86,7 @@ class EmbeddingExampleTests(unittest.TestCase):
     def test_runs_as_a_program(self):
         """``python docs/examples/embedding.py``, as the page says."""
         out, err, code = yield utils.getProcessOutputAndValue(
-            sys.executable, [os.path.join(EXAMPLES, "embedding.py")], env=os.environ
+            sys.executable, [EMBEDDING], env=os.environ
         )
         self.assertEqual((code, err), (0, b""))
         lines = out.decode().splitlines()
