@@ -42,5 +42,26 @@ fuzz: $(STAMP)
 	$(BIN)/python -m pip install -q 'atheris>=2.3'
 	$(BIN)/python tests/fuzz/fuzz_server.py -max_total_time=$(SECONDS) tests/fuzz/corpus
 
+# The documentation: HTML and the man pages, from docs/ (Sphinx, the "docs"
+# extra).  Warnings are errors and every cross-reference must resolve; -E
+# reads every page afresh, so that a warning is never hidden by a cache.
+DOCS_STAMP := $(VENV)/.docs-installed
+SPHINX     := $(BIN)/sphinx-build -E -W --keep-going -q
+
+.PHONY: docs man
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(DOCS_STAMP)
+	$(SPHINX) -b html docs docs/_build/html
+	$(SPHINX) -b man docs docs/_build/man
+	@echo "docs: docs/_build/html/index.html, man pages in docs/_build/man"
+
+man: $(DOCS_STAMP)
+	$(SPHINX) -b man docs docs/_build/man
+
 clean:
 	rm -rf _trial_temp* build dist *.egg-info twisted/plugins/dropin.cache
+	rm -rf docs/_build

@@ -48,9 +48,18 @@ _NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 @implementer(IPlugin, IApplication)
 class Application:
-    """A plugin made of its parts: what most plugin modules need.
+    """A plugin made of its parts: what most plugin modules need.  It
+    provides :class:`~keyexchanged.interfaces.IApplication`.
 
-    ``make_factory(settings, reactor)`` returns the protocol factory.
+    :param name: what ``--application NAME`` chooses: lowercase letters,
+        digits and hyphens, up to 32.
+    :param description: one line for ``--help-applications``.
+    :param make_factory: ``make_factory(settings, reactor)`` returns the
+        protocol factory (see
+        :meth:`~keyexchanged.interfaces.IApplication.makeFactory`).
+    :param settings: the application's own
+        :class:`~keyexchanged.config.Setting` objects.
+    :raises ValueError: for a malformed ``name``.
     """
 
     def __init__(self, name, description, make_factory, settings=()):
@@ -62,6 +71,7 @@ class Application:
         self._make_factory = make_factory
 
     def makeFactory(self, settings, reactor):
+        """``make_factory(settings, reactor)``."""
         return self._make_factory(settings, reactor)
 
     def __repr__(self):
@@ -69,10 +79,13 @@ class Application:
 
 
 def find_applications():
-    """``{name: application}`` for every installed application plugin.
+    """Every installed application plugin: the built-in ones and those in
+    any ``keyexchanged/plugins`` directory on ``sys.path``.
 
     A plugin whose name is taken by one found earlier, or that is not
     well-formed, is left out rather than allowed to shadow a built-in.
+
+    :returns: ``{name: application}``.
     """
     found = {}
     for application in getPlugins(IApplication, plugins):
@@ -83,6 +96,13 @@ def find_applications():
 
 
 def get_application(name, applications=None):
+    """The application plugin called ``name``.
+
+    :param applications: ``{name: application}`` to look in (default:
+        :func:`find_applications`).
+    :raises ~keyexchanged.errors.UnknownApplication: when there is none,
+        naming those installed.
+    """
     applications = find_applications() if applications is None else applications
     try:
         return applications[name]

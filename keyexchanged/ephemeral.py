@@ -86,11 +86,25 @@ class EphemeralKey:
 class EphemeralKeys:
     """Make, sign, offer, rotate and destroy ephemeral keys.
 
-    ``work`` generates keys and signs off the reactor (a
-    :class:`~keyexchanged.workers.WorkerPool` or
-    :class:`~keyexchanged.workers.InlineWork`); ``long_term`` is the
-    long-term private key, which signs once per ephemeral key and does
-    nothing else while forward secrecy is on.
+    Give it to :class:`~keyexchanged.protocol.SecureChannelFactory` as
+    ``ephemeral_keys``, :meth:`start` it before listening and :meth:`stop`
+    it when done (which destroys every key it holds).
+
+    :param long_term: the server's long-term
+        :class:`~keyexchanged.rsa.PrivateKey`, which signs once per
+        ephemeral key and does nothing else while forward secrecy is on.
+    :param work: generates keys and signs off the reactor: a
+        :class:`~keyexchanged.workers.WorkerPool` or
+        :class:`~keyexchanged.workers.InlineWork` (the default, a thread).
+    :param reactor: the reactor whose clock rotates the keys (default: the
+        global reactor).
+    :param interval: seconds between rotations, 10 to 86 400.
+    :param bits: size of the ephemeral keys, at least 2048.
+    :param handshake_timeout: the server's handshake timeout: how long a
+        retired key may still be needed by a connection offered it.
+    :param clock: wall-clock seconds for the signed ``expires`` (default:
+        the reactor's clock).
+    :raises ValueError: for an ``interval`` or ``bits`` out of range.
     """
 
     log = Logger()
@@ -141,7 +155,8 @@ class EphemeralKeys:
 
     def prime(self):
         """Make the first key here and now, before the daemon listens (a
-        fraction of a second with gmpy2): there is always a key to offer."""
+        fraction of a second with gmpy2): there is always a key to offer.
+        :meth:`start` does it when nobody did."""
         from keyexchanged.rsa import generate_private_key
 
         private_key = generate_private_key(self.bits)
@@ -165,7 +180,8 @@ class EphemeralKeys:
             self._retire(old)
 
     def start(self):
-        """Rotate every ``interval`` from now on (after :meth:`prime`)."""
+        """Offer a key from now on (making the first with :meth:`prime` if
+        there is none) and replace it every ``interval`` seconds."""
         if self.current is None:
             self.prime()
         self._stopped = False
@@ -173,6 +189,8 @@ class EphemeralKeys:
             self._call = self.reactor.callLater(self.interval, self._rotate)
 
     def stop(self):
+        """Stop rotating and destroy every key held: no connection can use
+        one any more."""
         self._stopped = True
         if self._call is not None and self._call.active():
             self._call.cancel()

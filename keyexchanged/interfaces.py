@@ -1,7 +1,7 @@
 """What an application that runs inside a KX/1 session provides.
 
 The daemon is a host for applications, found as plugins (see
-:mod:`keyexchanged.applications`).  An application is an object that
+:func:`keyexchanged.applications.find_applications`).  An application is an object that
 provides both :class:`twisted.plugin.IPlugin` and :class:`IApplication`,
 placed in a module of the ``keyexchanged.plugins`` package — or of any
 directory named ``keyexchanged/plugins`` on ``sys.path``, so another

@@ -17,14 +17,14 @@ Read, as PEM or DER:
 Written: private keys as PKCS#8 PEM (encrypted with PBES2, PBKDF2-HMAC-SHA256
 and AES-256-CBC when there is a passphrase), public keys as
 SubjectPublicKeyInfo PEM.  Files are written atomically
-(:func:`keyexchanged.files.write_atomically`): a reader sees the old file, the
+(``keyexchanged.files.write_atomically``): a reader sees the old file, the
 complete new one, or nothing.
 
 A private key file that the group or others may access is refused, as
 OpenSSH does, and so is one owned by a user other than the one we run as
-(or root).  Every private key read must pass :meth:`PrivateKey.validate`
+(or root).  Every private key read must pass ``PrivateKey.validate``
 (primes, sizes from 2048 bits: it is about to be used); a public key only
-needs the right shape (:class:`PublicKey` checks), as the policy for peers'
+needs the right shape (:meth:`PublicKey.validate` checks), as the policy for peers'
 keys (sizes, exponents) belongs to the protocol code.
 
 Every failure a user can cause with a file raises :class:`KeyFileError`, with
@@ -247,7 +247,11 @@ def _decode(data: bytes | str, passphrase: Passphrase) -> PublicKey | PrivateKey
 
 def private_key_from_bytes(data: bytes | str, passphrase: Passphrase = None) -> PrivateKey:
     """The private key in ``data``: PEM (bytes or str) or DER, PKCS#1 or
-    PKCS#8, possibly encrypted.  Raises :class:`KeyFormatError`."""
+    PKCS#8, possibly encrypted with ``passphrase``.
+
+    :raises ~keyexchanged.errors.KeyFormatError: for anything else, a
+        missing or wrong passphrase, or a key that fails validation.
+    """
     key = _decode(data, passphrase)
     if not isinstance(key, PrivateKey):
         raise KeyFormatError("holds a public key, not a private key")
@@ -258,7 +262,9 @@ def public_key_from_bytes(data: bytes | str, passphrase: Passphrase = None) -> P
     """The public key in ``data`` (PEM, bytes or str, or DER; SubjectPublicKeyInfo
     or PKCS#1),
     or the public half of a private key (which may need its ``passphrase``).
-    Raises :class:`KeyFormatError`."""
+
+    :raises ~keyexchanged.errors.KeyFormatError: for anything else.
+    """
     return _public_half(_decode(data, passphrase))
 
 
@@ -266,12 +272,14 @@ def public_key_from_der(der: bytes) -> PublicKey:
     """The public key of a DER SubjectPublicKeyInfo, as sent on the wire.
 
     Strict: exactly one canonical rsaEncryption SubjectPublicKeyInfo, nothing
-    before or after it.  Raises :class:`KeyFormatError`.
+    before or after it.
 
     The same server key arrives in every HELLO, and the same client key in
     every AUTH: parsed keys are remembered by their exact bytes (a pure
     function of them; refusals are not remembered), which spares a client
     or server about half a millisecond of ASN.1 per handshake.
+
+    :raises ~keyexchanged.errors.KeyFormatError: for anything else.
     """
     return _parse_public_der(bytes(der))
 
@@ -298,7 +306,10 @@ def _parse_public_der(der: bytes) -> PublicKey:
 
 
 def public_key_to_der(key: PublicKey | PrivateKey) -> bytes:
-    """DER SubjectPublicKeyInfo of a public key (or of a private key's public half)."""
+    """DER SubjectPublicKeyInfo of a public key (or of a private key's public half).
+
+    :raises TypeError: when ``key`` is not an RSA key of ours.
+    """
     return _to_crypto_public(key).export_key("DER")
 
 
@@ -307,7 +318,10 @@ def _public_key_to_pem(key: PublicKey | PrivateKey) -> bytes:
 
 
 def private_key_to_pem(key: PrivateKey, passphrase: Passphrase = None) -> bytes:
-    """PKCS#8 PEM of ``key``; ``ENCRYPTED PRIVATE KEY`` if there is a passphrase."""
+    """PKCS#8 PEM of ``key``; ``ENCRYPTED PRIVATE KEY`` if there is a passphrase.
+
+    :raises ValueError: for an empty passphrase.
+    """
     passphrase = _passphrase_bytes(passphrase)
     rsa_key = _to_crypto_private(key)
     if passphrase is None:
@@ -328,8 +342,11 @@ def fingerprint(key: PublicKey | PrivateKey | bytes) -> str:
     """``SHA256:`` and the unpadded base64 of SHA-256 over the DER
     SubjectPublicKeyInfo, as OpenSSH prints fingerprints.
 
-    ``key`` is a public key, a private key (its public half counts) or the
-    DER SubjectPublicKeyInfo itself (checked by :func:`public_key_from_der`).
+    :param key: a public key, a private key (its public half counts) or
+        the DER SubjectPublicKeyInfo itself.
+    :returns: ``SHA256:`` and 43 base64 characters.
+    :raises ~keyexchanged.errors.KeyFormatError: for DER that
+        :func:`public_key_from_der` refuses.
     """
     if isinstance(key, (bytes, bytearray, memoryview)):
         der = bytes(key)
@@ -345,7 +362,10 @@ _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]")
 
 
 def check_fingerprint_syntax(text: str) -> str:
-    """Return ``text`` if it is a well-formed fingerprint, else raise ValueError."""
+    """``text``, if it is a well-formed fingerprint.
+
+    :raises ValueError: when it is not, saying what one looks like.
+    """
     if not _FINGERPRINT.fullmatch(text):
         raise ValueError(f"{text!r} is not a key fingerprint (SHA256: and 43 base64 characters)")
     return text
@@ -408,7 +428,11 @@ def _check_private_mode(name: str, st: os.stat_result) -> None:
 def read_passphrase_file(path: StrPath) -> bytes:
     """The first line of ``path``, without its line ending, as bytes (so
     that a UTF-8 passphrase means the same to us as to ``openssl -passin``).
-    A pipe will do (``<(pass show key)``).  Raises :class:`KeyFileError`."""
+    A pipe will do (``<(pass show key)``).
+
+    :raises ~keyexchanged.errors.KeyFileError: when it cannot be read, or
+        its first line is empty or too long.
+    """
     line = files.read_file(
         path,
         MAX_PASSPHRASE_LINE,
@@ -425,7 +449,11 @@ def read_passphrase_file(path: StrPath) -> bytes:
 
 def read_private_file(path: StrPath) -> bytes:
     """The content of a file that must be private to its owner, as a
-    private key file must (a ticket-key file, say); raises :class:`KeyFileError`."""
+    private key file must (a ticket-key file, say).
+
+    :raises ~keyexchanged.errors.KeyFileError: when it cannot be read, or
+        is not private to its owner.
+    """
     name = os.fsdecode(path)
     data, st = _read_key_file(name)
     _check_private_mode(name, st)
@@ -438,8 +466,15 @@ def load_private_key(path: StrPath, passphrase: Passphrase = None) -> PrivateKey
 
     The file must be private to its owner (no permission bits for group or
     others), and that owner the user we run as or root, as checked on the
-    file actually opened.  Raises
-    :class:`KeyFileError`.
+    file actually opened.
+
+    :param path: the key file.
+    :param passphrase: for an encrypted key (a ``str`` is UTF-8).
+    :returns: the key, validated (primes, sizes from 2048 bits).
+    :raises ~keyexchanged.errors.KeyFileError: when the file cannot be
+        read, is open to others or owned by another user, needs another
+        passphrase, or does not hold a private key; the message names the
+        file and what to do, never the key or the passphrase.
     """
     name = os.fsdecode(path)
     data, st = _read_key_file(name)
@@ -454,7 +489,10 @@ def load_private_key(path: StrPath, passphrase: Passphrase = None) -> PrivateKey
 def load_public_key(path: StrPath, passphrase: Passphrase = None) -> PublicKey:
     """The public key in the file ``path`` (PEM or DER, SubjectPublicKeyInfo
     or PKCS#1), or the public half of a private key file, which must then be
-    private to its owner and may need ``passphrase``.  Raises :class:`KeyFileError`.
+    private to its owner and may need ``passphrase``.
+
+    :raises ~keyexchanged.errors.KeyFileError: when the file cannot be
+        read or does not hold an RSA key, naming the file.
     """
     name = os.fsdecode(path)
     data, st = _read_key_file(name)
@@ -475,14 +513,24 @@ def save_private_key(
 ) -> None:
     """Write ``key`` to ``path`` as PKCS#8 PEM, mode 0600, encrypted if a
     ``passphrase`` is given; atomically, and only over an existing file if
-    ``force``.  Raises :class:`KeyFileError` (:class:`KeyFileExistsError`)."""
+    ``force``.
+
+    :raises ~keyexchanged.errors.KeyFileExistsError: when ``path`` exists
+        and ``force`` is false.
+    :raises ~keyexchanged.errors.KeyFileError: when it cannot be written.
+    """
     files.write_atomically(path, private_key_to_pem(key, passphrase), PRIVATE_FILE_MODE, force)
 
 
 def save_public_key(key: PublicKey | PrivateKey, path: StrPath, force: bool = False) -> None:
     """Write ``key`` (or a private key's public half) to ``path`` as
     SubjectPublicKeyInfo PEM, mode 0644; atomically, and only over an
-    existing file if ``force``.  Raises :class:`KeyFileError`."""
+    existing file if ``force``.
+
+    :raises ~keyexchanged.errors.KeyFileExistsError: when ``path`` exists
+        and ``force`` is false.
+    :raises ~keyexchanged.errors.KeyFileError: when it cannot be written.
+    """
     files.write_atomically(path, _public_key_to_pem(key), PUBLIC_FILE_MODE, force)
 
 
@@ -504,7 +552,14 @@ def create_key_pair(
     ``force`` writes over existing files; ``replace_public`` (default:
     ``force``) over an existing ``.pub`` only, which a daemon making its
     first key does to a stale one.  ``progress`` is passed to
-    :func:`keyexchanged.rsa.generate_private_key`.  Raises :class:`KeyFileError`.
+    ``keyexchanged.rsa.generate_private_key``.
+
+    :returns: the private key.
+    :raises ~keyexchanged.errors.KeyFileExistsError: when either file
+        exists and may not be overwritten.
+    :raises ~keyexchanged.errors.KeyFileError: when a file cannot be
+        written.
+    :raises ValueError: for a size ``keyexchanged.rsa`` does not make.
     """
     key = rsa.generate_private_key(bits, progress=progress)
     name = os.fsdecode(path)

@@ -73,7 +73,11 @@ class HostKeyRecorded(Exception):
 
 
 def default_path(environ=None):
-    """``$XDG_CONFIG_HOME/keyexchange/known_hosts``, else under ``~/.config``."""
+    """``$XDG_CONFIG_HOME/keyexchange/known_hosts``, else under ``~/.config``.
+
+    :param environ: the environment (default: :data:`os.environ`).
+    :returns: the path.
+    """
     environ = os.environ if environ is None else environ
     base = environ.get("XDG_CONFIG_HOME")
     if not base or not os.path.isabs(base):
@@ -115,7 +119,7 @@ class Entry:
 
 
 class KnownHosts:
-    """The parsed file.  :meth:`load` it; a missing file is an empty one."""
+    """The parsed file, its lines as ``entries``.  :meth:`load` it."""
 
     def __init__(self, path, entries=()):
         self.path = path
@@ -123,6 +127,12 @@ class KnownHosts:
 
     @classmethod
     def load(cls, path):
+        """The known hosts in the file ``path``; a missing file is an empty
+        one.
+
+        :raises ~keyexchanged.errors.KnownHostsError: when the file cannot
+            be read, or naming a line it does not understand.
+        """
         text = _read(path)
         if text is None:
             return cls(path)
@@ -153,7 +163,7 @@ class KnownHosts:
         return cls(path, entries)
 
     def revoked(self, fingerprint):
-        """The ``@revoked`` line of ``fingerprint``, or None."""
+        """The ``@revoked`` line of ``fingerprint``, or ``None``."""
         for entry in self.entries:
             if entry.host is None and same_fingerprint(entry.fingerprint, fingerprint):
                 return entry
@@ -175,6 +185,12 @@ class KnownHosts:
         :class:`HostKeyRecorded` is raised and nothing is written, so a host
         never gets a second key.  The directory is created 0700 and a new
         file 0600; an existing file keeps its mode.
+
+        :returns: the line number of the host's line.
+        :raises HostKeyRecorded: when the host is listed by then with
+            another key.
+        :raises ~keyexchanged.errors.KnownHostsError: when the file cannot
+            be written.
         """
         path = os.path.realpath(self.path)  # a symlinked file is updated, not replaced
         directory = os.path.dirname(path)
@@ -240,11 +256,14 @@ def _bits(offer):
 class KnownHostsTrust:
     """Trust on first use for one server port (docs/spec/kx1.rst §7.2).
 
-    ``ask(question, fingerprint) -> bool`` puts a yes/no question to the
-    user (:func:`ask_yes_no` on a terminal), or is
-    ``None`` when there is nobody to ask (no terminal).  ``accept_new``
-    adds unknown hosts without asking.  ``report(text)`` tells the user what
-    was done (a host added to the file).
+    :param path: the known-hosts file (:func:`default_path`).
+    :param port: the server's port: hosts are known as ``host:port``.
+    :param ask: ``ask(question, fingerprint) -> bool`` puts a yes/no
+        question to the user (:func:`ask_yes_no` on a terminal), or is
+        ``None`` when there is nobody to ask (no terminal).
+    :param accept_new: add unknown hosts without asking.
+    :param report: ``report(text)`` tells the user what was done (a host
+        added to the file).
     """
 
     def __init__(self, path, port, ask=None, accept_new=False, report=None):
@@ -255,6 +274,16 @@ class KnownHostsTrust:
         self.report = report or (lambda text: None)
 
     def verify(self, server_name, offer):
+        """Accept a known host's key, or a new host's when the user (or
+        ``accept_new``) says so, recording it.
+
+        :param server_name: the host name or address that was dialled.
+        :param offer: the server's HELLO, a
+            :class:`~keyexchanged.handshake.ServerKeyReceived`.
+        :raises ~keyexchanged.errors.UntrustedKey: for a revoked key, a
+            changed key, a new host nobody accepted, or a file that cannot
+            be used; its explanation names the file and lines.
+        """
         known = _load_not_revoked(self.path, offer)
         entries = known.lookup(server_name, self.port)
         name = host_entry(server_name, self.port)
@@ -370,13 +399,22 @@ def _load_not_revoked(path, offer):
 
 
 class NotRevoked:
-    """Another policy, after the ``@revoked`` lines of a known-hosts file."""
+    """Another policy, after the ``@revoked`` lines of a known-hosts file.
+
+    :param path: the known-hosts file.
+    :param policy: the policy asked once the key is not revoked.
+    """
 
     def __init__(self, path, policy):
         self.path = path
         self.policy = policy
 
     def verify(self, server_name, offer):
+        """Refuse a revoked key, then ask ``policy``.
+
+        :raises ~keyexchanged.errors.UntrustedKey: for a revoked key, or
+            from ``policy``.
+        """
         _load_not_revoked(self.path, offer)
         return self.policy.verify(server_name, offer)
 
@@ -384,7 +422,12 @@ class NotRevoked:
 def ask_yes_no(question, fingerprint, input_stream, output_stream):
     """Ask on a terminal as ssh does: ``yes``, ``no``, or the fingerprint
     itself (which means yes, checked by the user against theirs).  End of
-    input, or no clear answer after a few tries, is no."""
+    input, or no clear answer after a few tries, is no.
+
+    :param question: what is asked, written to ``output_stream``.
+    :param fingerprint: the key's fingerprint, an answer that means yes.
+    :returns: whether the answer was yes.
+    """
     output_stream.write(question)
     for _ in range(PROMPT_TRIES):
         output_stream.flush()

@@ -62,7 +62,11 @@ def key_id(key):
 
 
 class TicketKeys:
-    """Ticket keys, newest first: the first encrypts, every one decrypts."""
+    """Ticket keys, newest first: the first encrypts, every one decrypts.
+
+    :param keys_: the 32-byte keys, newest first.
+    :raises ValueError: for no key, or a key of another length.
+    """
 
     def __init__(self, keys_):
         keys_ = [bytes(k) for k in keys_]
@@ -76,6 +80,8 @@ class TicketKeys:
 
     @classmethod
     def random(cls):
+        """One fresh random key: what a daemon without a ticket-key file
+        uses."""
         return cls([secrets.token_bytes(TICKET_KEY_LENGTH)])
 
     def rotated(self):
@@ -95,11 +101,16 @@ class TicketKeys:
 
 
 class TicketIssuer:
-    """Makes and opens this server's tickets.
+    """Makes and opens this server's tickets.  Give it to
+    :class:`~keyexchanged.protocol.SecureChannelFactory` as ``tickets``.
 
-    ``clock`` returns the time in seconds (the reactor's ``seconds``);
-    ``lifetime`` is how long a ticket may resume, at most one day;
-    ``random`` draws the GCM nonces (tests make it repeatable).
+    :param ticket_keys: the :class:`TicketKeys` (:func:`load_ticket_keys`
+        reads a file of them, :meth:`TicketKeys.random` makes one).
+    :param lifetime: seconds a ticket may resume, 1 to 86 400.
+    :param clock: the time in seconds (default: :func:`time.time`; the
+        reactor's ``seconds`` in the daemon).
+    :param random: draws the GCM nonces (tests make it repeatable).
+    :raises ValueError: for a ``lifetime`` out of range.
     """
 
     def __init__(
@@ -117,7 +128,15 @@ class TicketIssuer:
         self._clock = clock
 
     def issue(self, secret, server_fingerprint, client_fingerprint=None):
-        """Return ``(ticket, lifetime)`` for a session with ``secret``."""
+        """A ticket for a session.
+
+        :param secret: the session's resumption secret.
+        :param server_fingerprint: the long-term key's fingerprint, which
+            the ticket will only resume under.
+        :param client_fingerprint: the client's, when it authenticated.
+        :returns: ``(ticket, lifetime)``: the ticket's bytes and its
+            lifetime in seconds.
+        """
         expires = int(self._clock()) + self.lifetime
         state = json.dumps(
             {
@@ -138,7 +157,16 @@ class TicketIssuer:
         return ticket, self.lifetime
 
     def open(self, ticket, server_fingerprint):
-        """Return ``(secret, client_fingerprint)``, or raise :class:`StaleTicket`."""
+        """What a ticket this server issued holds.
+
+        :param ticket: the ticket's bytes, from RESUME.
+        :param server_fingerprint: the long-term key's fingerprint now.
+        :returns: ``(secret, client_fingerprint)``; the second is ``None``
+            when the client did not authenticate.
+        :raises ~keyexchanged.errors.StaleTicket: when the ticket does not
+            open with any of the keys, has expired, or was issued under
+            another server key.
+        """
         if len(ticket) < KEY_ID_LENGTH + NONCE_LENGTH + TAG_LENGTH:
             raise StaleTicket("ticket too short")
         kid = ticket[:KEY_ID_LENGTH]
@@ -250,8 +278,11 @@ _MAX_TICKET_KEY_FILE = 64 * 1024
 def load_ticket_keys(path):
     """Read a ticket-key file: one base64 32-byte key per line, ``#`` comments.
 
-    The file must be private to its owner, like a private key.  Raises
-    :class:`TicketKeyFileError` naming the file and the line.
+    :param path: the file, which must be private to its owner, like a
+        private key.
+    :returns: its :class:`TicketKeys`, in the file's order.
+    :raises ~keyexchanged.errors.TicketKeyFileError: naming the file and
+        the line.
     """
     name = os.fsdecode(path)
     try:
@@ -288,17 +319,32 @@ def _key_file_text(ticket_keys):
 
 
 def write_ticket_key_file(path, ticket_keys):
-    """Write (or replace) a ticket-key file holding ``ticket_keys`` (0600)."""
+    """Write (or replace) a ticket-key file holding ``ticket_keys``
+    (:class:`TicketKeys`), mode 0600, atomically.
+
+    :raises ~keyexchanged.errors.KeyFileError: when it cannot be written.
+    """
     files.write_atomically(path, _key_file_text(ticket_keys), PRIVATE_FILE_MODE, True)
 
 
 def new_ticket_key_file(path):
-    """Make a ticket-key file with one fresh key (0600; never overwrites)."""
+    """Make a ticket-key file at ``path`` with one fresh key (0600).
+
+    :raises ~keyexchanged.errors.KeyFileExistsError: when there is a file
+        there already (it is never overwritten).
+    :raises ~keyexchanged.errors.KeyFileError: when it cannot be written.
+    """
     files.write_atomically(path, _key_file_text(TicketKeys.random()), PRIVATE_FILE_MODE, False)
 
 
 def rotate_ticket_key_file(path):
-    """Put a fresh key first and keep the current first key after it."""
+    """Put a fresh key first in the ticket-key file ``path`` and keep the
+    current first key after it (older ones are dropped); atomically.
+
+    :raises ~keyexchanged.errors.TicketKeyFileError: when the file cannot
+        be read.
+    :raises ~keyexchanged.errors.KeyFileError: when it cannot be written.
+    """
     current = load_ticket_keys(path)
     files.write_atomically(path, _key_file_text(current.rotated()), PRIVATE_FILE_MODE, True)
 
@@ -307,7 +353,9 @@ def rotate_ticket_key_file(path):
 
 
 class StoredTicket:
-    """What a client keeps of a ticket (§11.2)."""
+    """What a client keeps of a ticket (§11.2): the ``host`` and ``port``
+    it was received from, the ``server_fingerprint``, the resumption
+    ``secret``, the opaque ``ticket`` and when it ``expires`` (Unix time)."""
 
     __slots__ = ("expires", "host", "port", "secret", "server_fingerprint", "ticket")
 
@@ -342,11 +390,19 @@ class StoredTicket:
 
 
 class TicketStore:
-    """Tickets by the host and port dialled, each used once.
+    """The client's resumption tickets, by the host and port dialled, each
+    used once.  Give it to :func:`~keyexchanged.protocol.connect` as
+    ``tickets``.
 
-    In memory unless ``path`` names a file (mode 0600, written atomically,
-    expired tickets pruned on every write).  ``per_server`` bounds how many
-    are kept for one server (a tunnel keeps a small pool).
+    :param path: a file to keep them in between runs (mode 0600, written
+        atomically, expired tickets pruned on every write), or ``None`` to
+        keep them in memory.  A missing file is an empty store, and so is
+        one whose content cannot be parsed (with a warning in the log).
+    :param per_server: how many are kept for one server (a tunnel keeps a
+        small pool).
+    :param clock: wall-clock seconds (default: :func:`time.time`).
+    :raises ~keyexchanged.errors.TicketKeyFileError: when ``path`` exists
+        and cannot be read, or others may read it.
     """
 
     log = Logger()
@@ -368,7 +424,10 @@ class TicketStore:
 
     def take(self, host, port):
         """A ticket for ``host:port`` that has not expired, removed from the
-        store (a ticket is used once), or ``None``."""
+        store (a ticket is used once).
+
+        :returns: a :class:`StoredTicket`, or ``None`` when there is none.
+        """
         now = self._clock()
         found = None
         kept = [t for t in self._tickets.get((host, port), ()) if t.expires > now]
@@ -380,6 +439,9 @@ class TicketStore:
         return found
 
     def add(self, ticket):
+        """Keep ``ticket``, a :class:`StoredTicket`, for its host and port.
+        Tickets under another server key for that place are dropped, and
+        only the newest ``per_server`` kept."""
         entry = [t for t in self._tickets.get((ticket.host, ticket.port), ()) if t is not ticket]
         # Never mix server keys: a ticket under a new key replaces the old.
         entry = [t for t in entry if t.server_fingerprint == ticket.server_fingerprint]
@@ -388,7 +450,11 @@ class TicketStore:
         self._save()
 
     def add_received(self, host, port, event):
-        """Keep the ticket of a :class:`~keyexchanged.handshake.TicketReceived`."""
+        """Keep the ticket the server sent to ``host:port``.
+
+        :param event: the :class:`~keyexchanged.handshake.TicketReceived`
+            that brought it.
+        """
         expires = int(self._clock()) + event.lifetime
         self.add(
             StoredTicket(host, port, event.server_fingerprint, event.secret, event.ticket, expires)

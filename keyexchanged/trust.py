@@ -47,12 +47,24 @@ __all__ = [
 
 
 class PinnedKey:
-    """Trust exactly one key, named by its fingerprint."""
+    """Trust exactly one key, named by its fingerprint.
+
+    :param fingerprint: ``SHA256:`` and 43 base64 characters, as
+        ``keyexchange fingerprint`` and the daemon's log print it.
+    :raises ValueError: for a malformed fingerprint.
+    """
 
     def __init__(self, fingerprint):
         self.fingerprint = check_fingerprint_syntax(fingerprint)
 
     def verify(self, server_name, offer):
+        """Accept the server's key, or refuse it.
+
+        :param server_name: the host name or address that was dialled.
+        :param offer: the server's HELLO, a
+            :class:`~keyexchanged.handshake.ServerKeyReceived`.
+        :raises ~keyexchanged.errors.UntrustedKey: when the key is another.
+        """
         if not same_fingerprint(offer.fingerprint, self.fingerprint):
             raise UntrustedKey(
                 f"the server's key {offer.fingerprint} does not match the pinned "
@@ -61,12 +73,16 @@ class PinnedKey:
 
 
 class Insecure:
-    """Trust any key.  Only by an explicit choice, and never silently."""
+    """Trust any key.  Only by an explicit choice, and never silently.
+
+    :param warn: called with a warning (one line of text) at every check.
+    """
 
     def __init__(self, warn):
         self.warn = warn
 
     def verify(self, server_name, offer):
+        """Accept any key, with the warning."""
         self.warn(
             f"WARNING: not verifying the server's key ({offer.fingerprint}); anyone "
             "on the path can read this session"
@@ -100,13 +116,24 @@ def policy_for(
     ``report``), or by default the known hosts.  Whatever the choice, a key
     revoked in the known-hosts file is refused.
 
-    ``known_hosts`` is its path (default: :func:`knownhosts.default_path`);
-    ``accept_new``, ``ask`` and ``report`` are :class:`KnownHostsTrust`'s.
-    Raises ``ValueError`` for a choice that makes no sense (a malformed
-    fingerprint, ``accept_new`` without known hosts), and
-    :class:`~keyexchanged.errors.KnownHostsError` or
-    :class:`~keyexchanged.errors.CertificateFileError` for a file that
-    cannot be used.
+    :param port: the server's port (known hosts are ``host:port``).
+    :param fingerprint: a fingerprint to pin, or ``None``.
+    :param ca_file: a PEM file of CA certificates, or ``None``.
+    :param insecure: trust any key.
+    :param known_hosts: the known-hosts file (default:
+        :func:`keyexchanged.knownhosts.default_path`).
+    :param accept_new: add unknown hosts without asking.
+    :param ask: puts a yes/no question to the user (see
+        :class:`~keyexchanged.knownhosts.KnownHostsTrust`).
+    :param report: tells the user what was done, and the ``insecure``
+        warning.
+    :returns: the policy, for :func:`keyexchanged.protocol.connect`.
+    :raises ValueError: for a choice that makes no sense (a malformed
+        fingerprint, ``accept_new`` without known hosts).
+    :raises ~keyexchanged.errors.KnownHostsError: when the known-hosts file
+        cannot be used.
+    :raises ~keyexchanged.errors.CertificateFileError: when ``ca_file``
+        cannot be used.
     """
     known_hosts = known_hosts or knownhosts.default_path()
     if accept_new and (fingerprint or ca_file or insecure):
@@ -178,8 +205,10 @@ class CertificateAuthority:
     ``X509Store`` has no way to set OpenSSL's verification purpose, and that
     purpose would not refuse a CA:TRUE leaf anyway.
 
-    ``now`` fixes the time of the check (tests); by default it is the
-    current time.
+    :param anchors: the CA certificates trusted (pyOpenSSL ``X509``).
+    :param now: fixes the time of the check (tests); by default it is the
+        current time.
+    :raises ValueError: for no anchor.
     """
 
     def __init__(self, anchors, now=None):
@@ -190,11 +219,23 @@ class CertificateAuthority:
 
     @classmethod
     def from_file(cls, path, now=None):
-        """The CA certificates of the PEM bundle ``path``; raises
-        :class:`keyexchanged.ca.CertificateFileError`."""
+        """The policy that trusts the CA certificates of the PEM bundle
+        ``path``.
+
+        :raises ~keyexchanged.errors.CertificateFileError: when the file
+            cannot be read or holds no certificate.
+        """
         return cls(ca.read_certificates(path), now=now)
 
     def verify(self, server_name, offer):
+        """Accept the server's key, or refuse it.
+
+        :param server_name: the host name or address that was dialled.
+        :param offer: the server's HELLO, a
+            :class:`~keyexchanged.handshake.ServerKeyReceived`.
+        :raises ~keyexchanged.errors.UntrustedKey: when the chain fails any
+            of the checks above, saying which.
+        """
         if not offer.certificates:
             raise UntrustedKey("the server sent no certificate, and a CA was required")
         chain = []
@@ -329,13 +370,20 @@ _PEM_BEGIN = re.compile(r"-----BEGIN (PUBLIC KEY|RSA PUBLIC KEY)-----")
 
 
 def parse_authorized_keys(text, path="authorized keys"):
-    """The fingerprints of an authorized-keys text, as a frozenset.
+    """The fingerprints of an authorized-keys text.
 
     One key per entry: a fingerprint (``SHA256:...``) on its own line, or a
     PEM public key block (``PUBLIC KEY`` or ``RSA PUBLIC KEY``).  ``#``
     starts a comment, on its own line or after a fingerprint; blank lines
     are skipped.  Anything else is an error naming the line: a typo in the
     list of who may log in should not pass unnoticed.
+
+    :param text: the content.
+    :param path: what the error messages call it.
+    :returns: a frozenset of fingerprints, for
+        :class:`~keyexchanged.protocol.SecureChannelFactory`'s
+        ``authorized_keys``.
+    :raises ~keyexchanged.errors.AuthorizedKeysError: naming the line.
     """
     fingerprints = set()
     lines = text.splitlines()
@@ -375,8 +423,12 @@ def parse_authorized_keys(text, path="authorized keys"):
 
 
 def load_authorized_keys(path):
-    """The fingerprints authorized by the file ``path`` (see
-    :func:`parse_authorized_keys`); raises :class:`AuthorizedKeysError`."""
+    """The fingerprints authorized by the file ``path``, as
+    :func:`parse_authorized_keys` returns them.
+
+    :raises ~keyexchanged.errors.AuthorizedKeysError: when the file cannot
+        be read, or naming the line that is wrong.
+    """
     data = files.read_file(
         path, MAX_AUTHORIZED_KEYS_FILE, AuthorizedKeysError, "too large for an authorized-keys file"
     )

@@ -81,7 +81,12 @@ def default_workers():
 class InlineWork:
     """Private-key work in the reactor (``--workers 0``); key generation,
     a second or so of pure Python, in a thread unless ``threaded`` is false
-    (tests driven by a Clock have no thread pool)."""
+    (tests driven by a Clock have no thread pool).
+
+    :param reactor: the reactor whose thread pool generates keys (default:
+        the global reactor's).
+    :param threaded: generate keys in a thread.
+    """
 
     pending = 0
 
@@ -122,6 +127,10 @@ class WorkerPool:
     down) fails closed: a decryption answers ``None`` (implicit rejection),
     a verification ``False``, generation and signing fail their Deferred.
     A broken pool is replaced for the next request.
+
+    :param workers: how many processes (:func:`default_workers`: one per
+        CPU).
+    :param reactor: the reactor the answers are delivered on.
     """
 
     log = Logger()

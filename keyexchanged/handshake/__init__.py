@@ -30,7 +30,7 @@ record has opened: then it knows who the client is (AUTH or not), and,
 after RESUME, that the client holds the resumption secret.  The session's
 TICKET follows at that moment.
 
-Errors are :class:`~keyexchanged.framing.ProtocolError`; a connection that
+Errors are ``keyexchanged.framing.ProtocolError``; a connection that
 raises one sends ERROR and is over.  Details in ERROR frames and in events
 are public text: no secret is ever put in one.
 

@@ -45,7 +45,19 @@ CLIENT_KEY_EXPONENT = 65537
 class ServerIdentity:
     """Everything about the server's long-term key that is the same for
     every connection: its DER, fingerprint, certificate chain, and the HELLO
-    around the nonce (made once per ephemeral key, not per connection)."""
+    around the nonce (made once per ephemeral key, not per connection).
+
+    :param private_key: the server's long-term
+        :class:`~keyexchanged.rsa.PrivateKey`
+        (:func:`keyexchanged.keys.load_private_key` reads one).
+    :param certificates: the DER certificate chain HELLO carries, leaf
+        first, for clients that check with a CA
+        (``keyexchanged.ca.load_server_chain`` reads and checks one);
+        empty by default.
+
+    ``fingerprint`` is the key's ``SHA256:...`` fingerprint, what clients
+    pin.
+    """
 
     def __init__(self, private_key, certificates=()):
         self.private_key = private_key

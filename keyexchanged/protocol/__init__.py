@@ -11,7 +11,7 @@ only after key confirmation, and it is told how the connection ended:
   we did (a bad record, a timeout);
 - :class:`IdleTimeout` when the server closed an idle session.
 
-:class:`ChannelProtocol` is the thin adapter: a ``LineReceiver`` that reads
+``ChannelProtocol`` is the thin adapter: a ``LineReceiver`` that reads
 one header line, switches to raw mode for exactly the announced payload, and
 hands both to the I/O-free state machine of keyexchanged.handshake.  Everything it
 reads is bounded by what the header announced, and the header is refused

@@ -154,17 +154,34 @@ class ClientChannelProtocol(ChannelProtocol):
 class ChannelClientFactory(ClientFactory):
     """Connect to a KX/1 server and run ``wrapped_factory``'s protocol over it.
 
-    ``trust`` has ``verify(server_name, ServerKeyReceived)`` returning (or
-    firing with) anything to accept and raising :class:`UntrustedKey` to
-    refuse.  ``handshake`` fires with the application protocol once the
-    server has proved it holds the key; it fails with
-    :class:`HandshakeFailed` (its ``reason`` says why) otherwise.
+    :func:`connect` is the way in; this factory is for a connection made by
+    other means (``reactor.connectTCP``, say).  Its ``handshake`` Deferred
+    fires with the application protocol once the server has proved it holds
+    the key, and fails with :class:`HandshakeFailed` (its ``reason`` says
+    why) otherwise; ``done`` fires with the exception that ended the
+    connection.
 
-    ``tickets`` is a :class:`~keyexchanged.tickets.TicketStore`: a ticket
-    for ``server_address`` is used to resume, and the server's new ticket is
-    kept there.  ``require_forward_secrecy`` refuses a server without
-    ephemeral keys.  ``idle_timeout`` ends a session in which the server has
-    sent nothing for that long (``None``: never).
+    :param wrapped_factory: the application's protocol factory.
+    :param trust: has ``verify(server_name, offer)`` returning (or firing
+        with) anything to accept the key and raising
+        :exc:`~keyexchanged.errors.UntrustedKey` to refuse it; ``offer`` is
+        a :class:`~keyexchanged.handshake.ServerKeyReceived`.
+    :param server_name: the host name or address dialled, for ``trust``.
+    :param identity: a client :class:`~keyexchanged.rsa.PrivateKey` to AUTH
+        with, or ``None``.
+    :param reactor: the reactor for timers (default: the global reactor).
+    :param observer: told ``key_accepted(connection)``, or ``None``.
+    :param record_limits: keyword arguments for
+        :class:`~keyexchanged.handshake.ClientConnection` bounding records.
+    :param handshake_timeout: seconds the server gets for HELLO, and again
+        for key confirmation after KEY.
+    :param require_forward_secrecy: refuse a server without ephemeral keys.
+    :param tickets: a :class:`~keyexchanged.tickets.TicketStore`: a ticket
+        for ``server_address`` is used to resume, and the server's new
+        ticket is kept there.
+    :param server_address: ``(host, port)``, the key into ``tickets``.
+    :param idle_timeout: end a session in which the server has sent nothing
+        for this many seconds (``None``: never).
     """
 
     noisy = False  # one log line per connection is ours to write
@@ -275,17 +292,42 @@ def connect(
 ):
     """Open a KX/1 session through ``endpoint`` running ``application_factory``.
 
-    Returns a Deferred that fires with the application protocol once the
-    handshake is complete (the server has proved it holds its key), or
-    fails with :class:`HandshakeFailed`.  With ``tickets`` (a TicketStore)
-    and ``server_address`` (the host and port it files tickets under), a
-    stored ticket resumes the session; when the server calls it stale, the
-    tickets for that server are forgotten and one full handshake follows on
-    a new connection (``observer.stale_ticket()`` is told).  The other
-    options are :class:`ChannelClientFactory`'s: ``server_name`` (the host
-    name or address that was dialled, which the known-hosts and certificate
-    checks use), ``identity``, ``record_limits``, ``handshake_timeout``,
-    ``require_forward_secrecy``, ``idle_timeout``.
+    The trust policy decides on the server's key before anything is sent.
+    The application protocol is connected (``connectionMade``) once the
+    server has proved it holds the key, and its ``connectionLost`` says how
+    the session ended (see :mod:`keyexchanged.protocol`).  With ``tickets``
+    and ``server_address``, a stored ticket resumes the session; when the
+    server calls it stale, the tickets for that server are forgotten and
+    one full handshake follows on a new connection.
+
+    :param reactor: the reactor for timers.
+    :param endpoint: where the server is: any client endpoint
+        (``TCP4ClientEndpoint``, ``HostnameEndpoint``, ...).
+    :param trust: the trust policy: :class:`~keyexchanged.trust.PinnedKey`,
+        :class:`~keyexchanged.knownhosts.KnownHostsTrust`,
+        :class:`~keyexchanged.trust.CertificateAuthority` or any object
+        with their ``verify(server_name, offer)``.
+    :param application_factory: the factory of the application protocol.
+    :param observer: told of the steps, or ``None``: ``key_accepted(connection)``
+        and, when a stale ticket costs a second connection,
+        ``stale_ticket()``.
+    :param tickets: a :class:`~keyexchanged.tickets.TicketStore` to resume
+        from and keep new tickets in, or ``None``.
+    :param server_address: ``(host, port)``, what ``tickets`` files the
+        server's tickets under.
+    :param options: :class:`ChannelClientFactory`'s: ``server_name`` (the
+        host name or address dialled, which the known-hosts and certificate
+        checks use), ``identity`` (a client
+        :class:`~keyexchanged.rsa.PrivateKey` to AUTH with),
+        ``record_limits``, ``handshake_timeout`` (seconds, default 30),
+        ``require_forward_secrecy`` (default true),
+        ``idle_timeout`` (seconds, default ``None``: never).
+    :returns: a Deferred that fires with the application protocol once the
+        handshake is complete, or fails with :class:`HandshakeFailed`, whose
+        ``reason`` (:func:`cause_of`) is the failure:
+        :exc:`~keyexchanged.errors.UntrustedKey`, :class:`PeerError`,
+        :class:`ProtocolFailure`, :class:`Truncated` or the endpoint's
+        connection error.
     """
 
     def attempt():
@@ -321,14 +363,19 @@ def connect(
 
 class SessionOpener:
     """Opens KX/1 sessions to one server, each with what they all share:
-    the trust policy, the timeouts, and :func:`connect`'s other ``options``
-    (``identity``, ``tickets``, ``require_forward_secrecy``,
-    ``idle_timeout``, ``observer``).
+    the trust policy, the timeouts and :func:`connect`'s other options
+    (what ``keyexchange tunnel`` does for each local connection).
 
-    ``host`` and ``port`` are dialled (giving up after ``timeout`` seconds)
-    unless an ``endpoint`` is given; ``host`` is the name the trust checks
-    use, and ``(host, port)`` where tickets are kept.  ``timeout`` also
-    bounds the handshake.
+    :param reactor: the reactor.
+    :param host: the server's host name or address: dialled, checked by
+        the trust policy, and with ``port`` where tickets are kept.
+    :param port: the server's port.
+    :param trust: the trust policy (see :func:`connect`).
+    :param timeout: seconds to connect, and again for the handshake.
+    :param endpoint: where to connect instead of dialling ``host`` and
+        ``port`` (a test's, say), or ``None``.
+    :param options: :func:`connect`'s: ``identity``, ``tickets``,
+        ``require_forward_secrecy``, ``idle_timeout``, ``observer``.
     """
 
     def __init__(self, reactor, host, port, trust, timeout=30.0, endpoint=None, **options):
@@ -345,7 +392,10 @@ class SessionOpener:
         self.options = options
 
     def open(self, application_factory):
-        """A new session running ``application_factory``: see :func:`connect`."""
+        """A new session running ``application_factory``.
+
+        :returns: :func:`connect`'s Deferred.
+        """
         return connect(
             self.reactor,
             self.endpoint,

@@ -9,7 +9,8 @@ class Truncated(error.ConnectionLost):
 
 
 class PeerError(error.ConnectionLost):
-    """The peer ended the connection with ERROR."""
+    """The peer ended the connection with ERROR: ``code`` (``busy``,
+    ``untrusted-key``, ...) and ``detail``, the peer's text."""
 
     def __init__(self, code, detail):
         super().__init__(f"peer sent ERROR {code}: {detail}")
@@ -18,7 +19,8 @@ class PeerError(error.ConnectionLost):
 
 
 class ProtocolFailure(error.ConnectionLost):
-    """We ended the connection with ERROR."""
+    """We ended the connection with ERROR: ``code`` and ``detail``, as sent
+    (a record that did not open, a timeout)."""
 
     def __init__(self, code, detail):
         super().__init__(f"sent ERROR {code}: {detail}")
@@ -31,7 +33,11 @@ class IdleTimeout(error.ConnectionLost):
 
 
 class HandshakeFailed(Exception):
-    """The connection ended before the handshake completed."""
+    """The connection ended before the handshake completed.
+
+    ``reason`` is what ended it (an exception, or a Failure holding one):
+    :func:`cause_of` unwraps it.
+    """
 
     def __init__(self, reason):
         super().__init__(str(reason))
@@ -39,8 +45,13 @@ class HandshakeFailed(Exception):
 
 
 def cause_of(value):
-    """The exception that ended a session, out of its :class:`HandshakeFailed`
-    and :class:`~twisted.python.failure.Failure` wrappers."""
+    """The exception that ended a session, out of its wrappers.
+
+    :param value: an exception, a :class:`HandshakeFailed` or a
+        :class:`~twisted.python.failure.Failure`, wrapped any number of
+        times.
+    :returns: the innermost exception.
+    """
     while True:
         if isinstance(value, Failure):
             value = value.value

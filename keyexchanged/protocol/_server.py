@@ -182,8 +182,51 @@ class ServerChannelProtocol(ChannelProtocol):
 class SecureChannelFactory(Factory):
     """Serve KX/1, wrapping ``wrapped_factory`` the way TLS wrappers do.
 
-    ``identity`` is a :class:`~keyexchanged.handshake.ServerIdentity`.
-    ``authorized_keys``: fingerprints allowed to AUTH (AUTH then required).
+    Listen with it as with any factory (``endpoint.listen(factory)``).  Each
+    connection gets HELLO at once; once the client's first record has
+    opened, ``wrapped_factory.buildProtocol(address)`` makes the
+    application protocol, which sees a :class:`SecureTransport` and plain
+    bytes.  Its ``peer_fingerprint`` attribute is the client's key
+    fingerprint after AUTH, else ``None``.  A connection over a limit gets
+    ``ERROR busy`` and is closed.
+
+    :param wrapped_factory: the application's protocol factory; it may
+        return ``None`` from ``buildProtocol`` to end the session at once.
+    :param identity: the server's long-term key, a
+        :class:`~keyexchanged.handshake.ServerIdentity`.
+    :param reactor: the reactor for timers (default: the global reactor).
+    :param handshake_timeout: seconds from accept to a complete handshake
+        (``None`` or 0: no limit).
+    :param idle_timeout: seconds of silence either way after which an
+        established session is ended (``None`` or 0: never).
+    :param max_connections: connections open at once; more get ``busy``.
+    :param max_per_source: connections open at once from one source (an
+        IPv4 address, an IPv6 network of ``ipv6_source_prefix`` bits).
+    :param authorized_keys: a container of client key fingerprints allowed
+        to AUTH, which is then required; ``None``: AUTH optional.
+    :param record_limits: keyword arguments for
+        :class:`~keyexchanged.handshake.ServerConnection` bounding records.
+    :param work: where private-key work is done: a
+        :class:`~keyexchanged.workers.WorkerPool` or
+        :class:`~keyexchanged.workers.InlineWork`; ``None`` does it in the
+        state machine, on the reactor.
+    :param max_handshakes: private-key operations under way at once;
+        more get ``busy``.
+    :param ephemeral_keys: the
+        :class:`~keyexchanged.ephemeral.EphemeralKeys` whose current key
+        every HELLO offers (forward secrecy), or ``None``: KEY under the
+        long-term key, which clients refuse by default.
+    :param tickets: a :class:`~keyexchanged.tickets.TicketIssuer` to send
+        and accept resumption tickets, or ``None``: resumption off.
+    :param client_key_max_bits: the largest client key AUTH accepts.
+    :param ipv6_source_prefix: how many leading bits of an IPv6 address
+        make one source for ``max_per_source``.
+    :param metrics: a ``keyexchanged.metrics.Metrics`` to count in, or
+        ``None``.
+    :param limit_warnings: a ``keyexchanged.logs.LimitWarnings`` told of
+        every refusal a limit causes, or ``None``.
+    :param json_events: also log each session's end as one structured
+        event.
     """
 
     noisy = False  # one log line per connection is ours to write
@@ -255,7 +298,7 @@ class SecureChannelFactory(Factory):
 
     @property
     def connections(self):
-        """The sessions open now."""
+        """The connections open now (a collection of their protocols)."""
         return self.admission.connections
 
     def buildProtocol(self, addr):
@@ -289,8 +332,13 @@ class SecureChannelFactory(Factory):
 
     def shutdown(self, grace_period):
         """Stop serving: established sessions get END and ``grace_period``
-        seconds to finish; handshakes still under way are told ERROR busy.
-        Fires when every connection is closed."""
+        seconds to finish, then are cut; handshakes still under way are told
+        ERROR busy, and new connections too.
+
+        :param grace_period: seconds the sessions get.
+        :returns: a Deferred that fires (with ``None``) when every
+            connection is closed.
+        """
         self.shutting_down = True
         if not self.connections:
             return defer.succeed(None)
