@@ -7,7 +7,8 @@ signature on a key the client chose) and for making ephemeral keys.
 
 Two ways to do it, with one interface — ``decrypt``, ``verify``,
 ``generate`` and ``sign``, each returning a Deferred that fires in the
-reactor thread:
+reactor thread (``generate(bits, primes)`` answers a new key's numbers
+``(n, e, d, primes)``, which ``rsa.PrivateKey.from_primes`` rebuilds):
 
 - :class:`WorkerPool`: processes of a ``concurrent.futures`` pool, started
   with ``spawn`` (no copy of the daemon's reactor, sockets or threads);
@@ -39,13 +40,13 @@ SECRET_LENGTH = 32
 
 
 def _numbers(key):
-    return (key.n, key.e, key.d, key.p, key.q)
+    return (key.n, key.e, key.d, key.primes)
 
 
 def _decrypt(numbers, ciphertext, label):
     """Flag byte ``1`` and the secret, or ``0`` and random bytes."""
     try:
-        secret = rsa.PrivateKey(*numbers).decrypt_oaep(ciphertext, label=label)
+        secret = rsa.PrivateKey.from_primes(*numbers).decrypt_oaep(ciphertext, label=label)
         ok = len(secret) == SECRET_LENGTH
     except (rsa.DecryptionError, rsa.FaultError):
         secret, ok = None, False
@@ -58,12 +59,14 @@ def _verify(n, e, signature, message, salt_length):
     return rsa.PublicKey(n, e).verify_pss(message, signature, salt_length=salt_length)
 
 
-def _generate(bits):
-    return _numbers(rsa.generate_private_key(bits))
+def _generate(bits, primes=2):
+    if primes == 2:
+        return _numbers(rsa.generate_private_key(bits))
+    return _numbers(rsa.generate_multi_prime_key(bits, primes))
 
 
 def _sign(numbers, message, salt_length):
-    return rsa.PrivateKey(*numbers).sign_pss(message, salt_length=salt_length)
+    return rsa.PrivateKey.from_primes(*numbers).sign_pss(message, salt_length=salt_length)
 
 
 def _decrypted(answer):
@@ -99,14 +102,14 @@ class InlineWork:
             public_key.verify_pss, message, signature, salt_length=salt_length
         )
 
-    def generate(self, bits):
+    def generate(self, bits, primes=2):
         if self.threaded:
             if self.reactor is None:
-                return threads.deferToThread(_generate, bits)
+                return threads.deferToThread(_generate, bits, primes)
             return threads.deferToThreadPool(
-                self.reactor, self.reactor.getThreadPool(), _generate, bits
+                self.reactor, self.reactor.getThreadPool(), _generate, bits, primes
             )
-        return defer.maybeDeferred(_generate, bits)
+        return defer.maybeDeferred(_generate, bits, primes)
 
     def sign(self, private_key, message, salt_length):
         return defer.maybeDeferred(private_key.sign_pss, message, salt_length=salt_length)
@@ -151,8 +154,8 @@ class WorkerPool:
         )
         return working.addCallback(bool)
 
-    def generate(self, bits):
-        return self._submit(_RAISE, _generate, bits)
+    def generate(self, bits, primes=2):
+        return self._submit(_RAISE, _generate, bits, primes)
 
     def sign(self, private_key, message, salt_length):
         return self._submit(_RAISE, _sign, _numbers(private_key), message, salt_length)

@@ -253,9 +253,25 @@ class PoolTests(unittest.TestCase):
         bad = yield self.pool.verify(SERVER_KEY.public_key(), signature, message + b"!", 32)
         self.assertIs(bad, False)
         numbers = yield self.pool.generate(2048)
-        key = rsa.PrivateKey(*numbers)
+        key = rsa.PrivateKey.from_primes(*numbers)
+        self.assertIs(type(key), rsa.PrivateKey)
         self.assertEqual(key.n.bit_length(), 2048)
         key.validate()
+
+    @defer.inlineCallbacks
+    def test_generates_and_decrypts_with_a_three_prime_key(self):
+        """An ephemeral key's numbers go to a worker and back with all
+        three primes, and a worker decrypts with them."""
+        numbers = yield self.pool.generate(3072, 3)
+        key = rsa.PrivateKey.from_primes(*numbers)
+        self.assertIs(type(key), rsa.MultiPrimePrivateKey)
+        self.assertEqual(len(key.primes), 3)
+        key.validate()
+        ciphertext = key.public_key().encrypt_oaep(b"s" * 32, label=b"hello")
+        secret = yield self.pool.decrypt(key, ciphertext, b"hello")
+        self.assertEqual(secret, b"s" * 32)
+        signature = yield self.pool.sign(key, b"message", 32)
+        self.assertTrue(key.public_key().verify_pss(b"message", signature, salt_length=32))
 
     @defer.inlineCallbacks
     def test_workers_keep_no_key(self):
