@@ -14,9 +14,7 @@ Operations are timed in batches; a figure is the median over rounds of the
 per-operation time of a batch, rounds interleaved across contestants.
 """
 
-import gc
 import sys
-import time
 
 import harness
 
@@ -31,17 +29,6 @@ def add_options(parser):
     parser.add_argument(
         "--no-keygen", action="store_true", help="only the operations, no key generation"
     )
-
-
-def timed(function, repeat):
-    gc.disable()
-    try:
-        started = time.perf_counter()
-        for _ in range(repeat):
-            function()
-        return (time.perf_counter() - started) / repeat
-    finally:
-        gc.enable()
 
 
 def contestants_for(key):
@@ -138,7 +125,7 @@ def operations(report, bits, rounds):
     for _, (name, operation) in harness.interleave(order, rounds):
         repeat = BATCH.get(name, 40)
         samples.setdefault((operation, name), []).append(
-            timed(table[name][operation], repeat) * 1000
+            harness.per_call(table[name][operation], repeat) * 1000
         )
     figures = {}
     for (operation, name), values in sorted(samples.items()):
@@ -208,7 +195,7 @@ def key_generation(report, bits, rounds, python_rsa_rounds):
     for number, name in harness.interleave(list(table), rounds):
         if name == "python-rsa" and number >= python_rsa_rounds:
             continue
-        samples[name].append(timed(table[name], 1))
+        samples[name].append(harness.per_call(table[name], 1))
     figures = {
         name: report.figure(f"key generation {bits}", name, values, "s")
         for name, values in samples.items()

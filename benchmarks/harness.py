@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -180,6 +181,13 @@ def interleave(contestants, rounds):
     for number in range(rounds):
         for contestant in contestants:
             yield number, contestant
+
+
+def per_call(function, repeat):
+    """Seconds per call of ``function()``, over one batch of ``repeat`` calls:
+    ``timeit``, which times with ``perf_counter`` and keeps the garbage
+    collector out of the batch."""
+    return timeit.Timer(function).timeit(repeat) / repeat
 
 
 def percentile(values, fraction):
