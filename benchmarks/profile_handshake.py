@@ -60,7 +60,7 @@ class Server:
         if forward_secrecy:
             # One key for the whole run: a rotation every 60 s is not a
             # handshake's cost (bench_handshakes.py counts it apart).
-            ephemeral_private = rsa.generate_private_key(private_key.n.bit_length())
+            ephemeral_private = rsa.generate_multi_prime_key(private_key.n.bit_length())
             expires = int(time.time()) + 3600
             der = keys.public_key_to_der(ephemeral_private.public_key())
             signature = ephemeral.sign_ephemeral(private_key, der, expires)
