@@ -66,6 +66,9 @@ class EphemeralKey:
         self.waiting = 0
         self.retired = False
         self._on_released = None
+        #: Called with the private half when it is dropped: the workers
+        #: holding it drop it too (``WorkerPool.forget``).
+        self.forget = None
 
     def acquire(self):
         """A connection was offered this key."""
@@ -79,8 +82,11 @@ class EphemeralKey:
             self._on_released(self)
 
     def destroy(self):
-        """Let go of the private half: nothing here can decrypt any more."""
-        self.private_key = None
+        """Let go of the private half, here and in the workers: nothing
+        the daemon runs can decrypt with it any more."""
+        private_key, self.private_key = self.private_key, None
+        if private_key is not None and self.forget is not None:
+            self.forget(private_key)
 
 
 class EphemeralKeys:
@@ -156,6 +162,7 @@ class EphemeralKeys:
         message = self._message(private_key, expires)
         signature = self.long_term.sign_pss(message, salt_length=schedule.PSS_SALT_LENGTH)
         self.current = EphemeralKey(private_key, expires, signature)
+        self.current.forget = getattr(self.work, "forget", None)
         self.rotations += 1
         self._log_new(self.current)
         if self.on_rotated is not None:
@@ -220,7 +227,9 @@ class EphemeralKeys:
         signature = yield self.work.sign(
             self.long_term, self._message(private_key, expires), schedule.PSS_SALT_LENGTH
         )
-        return EphemeralKey(private_key, expires, signature)
+        key = EphemeralKey(private_key, expires, signature)
+        key.forget = getattr(self.work, "forget", None)
+        return key
 
     @defer.inlineCallbacks
     def _rotate(self):

@@ -240,7 +240,8 @@ class KeyexchangeService(Service):
         for timer in self.timers:
             timer.stop()
         if self.factory.work is not None:
-            self.factory.work.close()
+            # The workers end once they have answered what they were asked.
+            yield self.factory.work.close()
 
 
 #: Settings a reload cannot change: they take a restart.

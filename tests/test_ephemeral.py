@@ -30,6 +30,7 @@ class KeyMill:
         self.made = 0
         self.fail_next = 0
         self.asked = []
+        self.forgotten = []
 
     def generate(self, bits, primes):
         self.asked.append((bits, primes))
@@ -42,6 +43,9 @@ class KeyMill:
 
     def sign(self, private_key, message, salt_length):
         return defer.succeed(private_key.sign_pss(message, salt_length=salt_length))
+
+    def forget(self, private_key):
+        self.forgotten.append(private_key)
 
 
 def manager(clock, work=None, interval=INTERVAL):
@@ -85,6 +89,18 @@ class RotationTests(unittest.TestCase):
         self.assertEqual(mill.asked, [(2048, 3), (2048, 3)])
         self.assertIs(type(keys_.current.private_key), rsa.MultiPrimePrivateKey)
         self.assertEqual(len(keys_.current.private_key.primes), 3)
+
+    def test_a_dropped_key_is_forgotten_by_the_workers(self):
+        """Whenever the daemon drops an ephemeral key (retired with nobody
+        waiting, or at stop), the work that holds keys is told to drop it."""
+        clock, mill = Clock(), KeyMill()
+        keys_ = manager(clock, work=mill)
+        first = keys_.current.private_key
+        clock.advance(INTERVAL)
+        self.assertEqual(mill.forgotten, [first])
+        second = keys_.current.private_key
+        keys_.stop()
+        self.assertEqual(mill.forgotten, [first, second])
 
     def test_the_first_key_has_three_primes_and_an_ordinary_public_half(self):
         """``prime`` (the key made before listening) is multi-prime too, and
