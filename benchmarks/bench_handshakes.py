@@ -41,7 +41,7 @@ adds the rotation's share per handshake at the measured rate.
 One load generator program (``loadgen.py``) drives them all from its own
 process with the same concurrency: connect, handshake, read the server's
 message, close.  Each run has a warm-up, then a measuring window; the
-server's CPU time over the window (``/proc/PID/stat``, the server and every
+server's CPU time over the window (psutil: the server and every
 process it started) divided by the handshakes completed in it is the server
 CPU time per handshake.  On a 2-core machine the load generator needs one
 core, so two workers compete with it: read handshakes/s and handshakes per

@@ -9,8 +9,8 @@ Conventions, so the figures of different scripts read the same way:
 - Servers and load generators are separate processes, talk over 127.0.0.1
   only, and every wait has a deadline.
 
-Linux only: CPU time and resident size come from ``/proc/PID/stat`` and
-``/proc/PID/status``.
+CPU time, resident size and a process's children come from psutil (the
+``bench`` extra: ``pip install '.[bench]'``).
 """
 
 import argparse
@@ -27,6 +27,11 @@ import tempfile
 import time
 import timeit
 
+try:
+    import psutil
+except ImportError:  # pragma: no cover - depends on the installation
+    sys.exit("the benchmarks need psutil: pip install -e '.[bench]' (make bench does)")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PYTHON = sys.executable
@@ -35,9 +40,6 @@ SERVERS = [PYTHON, os.path.join(HERE, "servers.py")]
 LOADGEN = [PYTHON, os.path.join(HERE, "loadgen.py")]
 
 _LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
-# Clock ticks per second for /proc/PID/stat's utime and stime.
-_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # -- statistics and the report --------------------------------------------------
@@ -296,13 +298,6 @@ class Server:
         return self.process.returncode
 
 
-def _stat_fields(pid):
-    """The fields of ``/proc/PID/stat`` after the command name."""
-    with open(f"/proc/{pid}/stat") as f:
-        # The command name may hold spaces; the fields after ")" are fixed.
-        return f.read().rsplit(")", 1)[1].split()
-
-
 def settle(server):
     """Resident size once it stops moving (the server may still be freeing)."""
     previous = server.rss()
@@ -316,40 +311,28 @@ def settle(server):
 
 
 def cpu_seconds(pid):
-    """User + system CPU time of a process so far (``/proc/PID/stat``).
+    """User + system CPU time of a process so far.
 
     A process that ended in between counts as 0.
     """
     try:
-        fields = _stat_fields(pid)
-    except (FileNotFoundError, ProcessLookupError):
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return times.user + times.system
 
 
 def descendants(pid):
     """The pids of every live process below ``pid`` (children, theirs, ...)."""
-    children = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            parent = int(_stat_fields(name)[1])
-        except (OSError, IndexError, ValueError):
-            continue  # gone while we looked
-        children.setdefault(parent, []).append(int(name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), ()):
-            found.append(child)
-            stack.append(child)
-    return found
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def rss_bytes(pid):
-    """Resident set size of a process (``/proc/PID/statm``)."""
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
+    """Resident set size of a process."""
+    return psutil.Process(pid).memory_info().rss
 
 
 class LoadGenerator:
