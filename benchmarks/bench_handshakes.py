@@ -7,9 +7,9 @@ Contestants, each holding the very same RSA key (2048 and 3072 bits):
 - ``kx workers=auto``: the same daemon with its default, one decryption
   worker process per CPU (``--workers auto``); its CPU time includes the
   workers';
-- ``kx ×2``: two ``--workers 0`` daemon processes sharing one listening
-  socket, handed over the way systemd socket activation does
-  (``--listen systemd:...``);
+- ``kx ×2``: the daemon with ``--processes 2 --workers 0``: its parent
+  listens and two children serve the socket, each decrypting in its own
+  reactor (the CPU counts the parent and both children);
 - ``tls1.3``: a Twisted TLS server on pyOpenSSL, TLS 1.3 (ECDHE, RSA-PSS
   signature by the server);
 - ``tls1.2``: the same with TLS 1.2 and the static-RSA suite

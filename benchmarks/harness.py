@@ -479,45 +479,29 @@ def daemon_argv(key_path, extra=(), message="bench", listen=LOCAL):
     ]
 
 
+#: What a ``--processes`` parent logs once every child serves
+#: (keyexchanged/processes/_parent.py).
+ALL_SERVE = "child processes serve"
+
+
 def start_daemons(directory, key_path, extra=(), message="bench", processes=1, listen=LOCAL):
-    """One or several real ``twistd keyexchange`` processes on one port.
+    """A real ``twistd keyexchange``, as a list of its one server.
 
-    Several processes share one listening socket the way systemd socket
-    activation hands it over (``--listen systemd:domain=INET:index=0``,
-    LISTEN_FDS/LISTEN_PID), so the daemon needs no change to run N-wide.
+    With ``processes`` other than 1 (a number or "auto") the daemon runs
+    with ``--processes``: its parent listens and its children serve the
+    one socket; the server in the list is the parent, whose CPU time
+    counts its children and their workers.  Returns once every child
+    serves.
     """
-    if processes == 1:
-        server = Server(daemon_argv(key_path, extra, message, listen), directory, "kx")
-        server.wait_listening()
-        return [server]
-    import socket
-
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1024)
-    port = listener.getsockname()[1]
-    servers = []
-    fd = listener.fileno()
-
-    argv = daemon_argv(key_path, extra, message, listen="systemd:domain=INET:index=0")
-    # systemd's convention: the socket is fd 3 and LISTEN_PID is the
-    # daemon's pid, which is the shell's once it execs.
-    shell = ["/bin/sh", "-c", f'LISTEN_PID=$$ exec "$@" 3<&{fd} {fd}<&-', "sh", *argv]
-    for number in range(processes):
-        server = Server(
-            shell,
-            directory,
-            f"kx{number}",
-            env=environment(LISTEN_FDS=1, LISTEN_FDNAMES="keyexchanged"),
-            pass_fds=(fd,),
-        )
-        servers.append(server)
-    for server in servers:
-        server.wait_listening()
-        server.port = port
-    listener.close()
-    return servers
+    wide = str(processes) != "1"
+    if wide:
+        extra = [*extra, "--processes", str(processes)]
+    server = Server(daemon_argv(key_path, extra, message, listen), directory, "kx")
+    server.wait_listening()
+    if wide and not server.wait_for(ALL_SERVE, 120):
+        server.stop()
+        raise RuntimeError(f"--processes {processes}: the children did not all serve")
+    return [server]
 
 
 def server_argv(kind, app, key_path=None, cert_path=None, extra=(), nbytes=None):
