@@ -13,8 +13,9 @@ CRT`` the same with gmpy2's constant-time ``powmod_sec``, the least our
 gmpy2 decryption can cost, and python-rsa (``rsa`` on PyPI, a pure-Python
 peer) for key generation at 3072 bits.
 
-Operations are timed in batches; a figure is the median over rounds of the
-per-operation time of a batch, rounds interleaved across contestants.
+Operations are timed in batches, in CPU time (``harness.per_call``); a
+figure is the median over rounds of the per-operation time of a batch,
+rounds interleaved across contestants.
 """
 
 import sys

@@ -186,10 +186,11 @@ def interleave(contestants, rounds):
 
 
 def per_call(function, repeat):
-    """Seconds per call of ``function()``, over one batch of ``repeat`` calls:
-    ``timeit``, which times with ``perf_counter`` and keeps the garbage
-    collector out of the batch."""
-    return timeit.Timer(function).timeit(repeat) / repeat
+    """CPU seconds per call of ``function()``, over one batch of ``repeat``
+    calls: ``timeit``, which keeps the garbage collector out of the batch,
+    on this process's CPU clock (a busy machine's other work does not
+    count, and the figure compares with the servers' CPU per handshake)."""
+    return timeit.Timer(function, timer=time.process_time).timeit(repeat) / repeat
 
 
 def percentile(values, fraction):

@@ -477,6 +477,13 @@ class _InteropTests(_BackendMixin):
         self.assertNotEqual(result.returncode, 0)
         self.assertNotIn(b"Key is valid", result.stdout)
 
+    def test_key_files_refuse_a_multi_prime_key(self):
+        """A multi-prime key is never written to disk: the key-file writer
+        (keys.py, PKCS #8 through pycryptodome) refuses it."""
+        from keyexchanged import keys
+
+        self.assertRaises(ValueError, keys.private_key_to_pem, self.key())
+
     def test_export_refuses_two_prime_keys(self):
         two = rsa.PrivateKey(*(_copy_numbers()))
         self.assertRaises(TypeError, rsa.multi_prime_key_to_pem, two)
