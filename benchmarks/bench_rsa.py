@@ -33,6 +33,9 @@ def add_options(parser):
     parser.add_argument(
         "--no-keygen", action="store_true", help="only the operations, no key generation"
     )
+    parser.add_argument(
+        "--keygen-only", action="store_true", help="only key generation, no operations"
+    )
 
 
 def contestants_for(key, multi_prime_key=None):
@@ -310,7 +313,7 @@ def main():
     except ImportError:
         have_python_rsa = False
         report.note("python-rsa: skipped, not installed (pip install '.[bench]')")
-    for bits in (2048, 3072):
+    for bits in () if args.keygen_only else (2048, 3072):
         operations(report, bits, rounds)
     if args.no_keygen:
         report.save()
