@@ -36,6 +36,7 @@ import pickle
 import sys
 
 from twisted.internet import defer, protocol, threads
+from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 
 from keyexchanged import rsa, workerloop
@@ -159,8 +160,11 @@ class _Worker(protocol.ProcessProtocol):
             (length,) = workerloop.LENGTH.unpack_from(buffer)
             if length > workerloop.MAX_FRAME or not self.waiting:
                 # Not a worker of ours any more: end it; its requests fail closed.
-                self.transport.signalProcess("KILL")
                 del buffer[:]
+                try:
+                    self.transport.signalProcess("KILL")
+                except ProcessExitedAlready:
+                    pass
                 return
             if len(buffer) < header + length:
                 return
@@ -168,7 +172,7 @@ class _Worker(protocol.ProcessProtocol):
             answer = pickle.loads(bytes(buffer[header : header + length]))  # noqa: S301
             del buffer[: header + length]
             result, failed = self.waiting.popleft()
-            self.pool._answered(result, failed, answer)
+            self.pool._answered(self, result, failed, answer)
 
     def processEnded(self, reason):
         waiting, self.waiting = self.waiting, collections.deque()
@@ -265,7 +269,7 @@ class WorkerPool:
         self.pending += 1
         return result
 
-    def _answered(self, result, failed, answer):
+    def _answered(self, worker, result, failed, answer):
         self.pending -= 1
         status, value = answer
         if status == "ok":
@@ -273,8 +277,16 @@ class WorkerPool:
         elif status == "fault":  # a signature failed its check: nothing out
             self._fail(result, failed, rsa.FaultError())
         else:
+            # Nothing a peer sends makes a worker fail: this is a bug, and
+            # the keys the worker holds may no longer be the ones we think.
+            # End it (what it was still asked fails closed); the next
+            # request starts a new one.
             self.log.error("private-key work failed in a worker ({error})", error=value)
             self._fail(result, failed, WorkerError(value))
+            try:
+                worker.transport.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
 
     def _ended(self, worker, waiting, reason):
         if worker in self._running:

@@ -375,6 +375,27 @@ class PoolTests(unittest.TestCase):
         self.assertIn("worker failed", event["log_format"])
 
     @defer.inlineCallbacks
+    def test_a_worker_that_fails_a_request_is_replaced(self):
+        """An answer other than a result or a fault is a bug: that request
+        fails closed, and the worker (whose keys may no longer be the ones
+        the daemon thinks) is ended and replaced."""
+        yield self.decrypt(hexbytes("key_payload"), hexbytes("hello_payload"))
+        (worker,) = self.pool._running
+        pid = worker.transport.pid
+        ended = defer.Deferred()
+        original = worker.processEnded
+        self.patch(worker, "processEnded", lambda reason: (original(reason), ended.callback(None)))
+        logged = []
+        self.patch(WorkerPool, "log", Logger(observer=logged.append))
+        answer = self.pool._submit(None, lambda worker: ("no such request",))
+        self.assertIsNone((yield answer))
+        yield ended
+        self.assertIn("failed in a worker", logged[0]["log_format"])
+        secret = yield self.decrypt(hexbytes("key_payload"), hexbytes("hello_payload"))
+        self.assertEqual(secret, hexbytes("secret"))
+        self.assertNotEqual(self.pool._running[0].transport.pid, pid)
+
+    @defer.inlineCallbacks
     def test_a_dead_worker_spares_the_others(self):
         pool = WorkerPool(2, self.pool.reactor)
         self.addCleanup(pool.close)
