@@ -28,6 +28,8 @@ import harness
 
 DAEMON_LIMITS = bench_handshakes.DAEMON_LIMITS
 SINGLE = "processes=1"
+
+
 def start(directory, key, processes, extra):
     (server,) = harness.start_daemons(directory, key, extra, processes=processes)
     return server
