@@ -18,9 +18,7 @@ Record sizes 0 B (END, UPDATE), 1 KiB and 64 KiB (the largest MSG).
 Each figure is the median over rounds of a batch's time per record.
 """
 
-import gc
 import sys
-import time
 
 import harness
 
@@ -33,17 +31,6 @@ VERB = "MSG"
 
 def add_options(parser):
     parser.add_argument("--rounds", type=int, default=9)
-
-
-def timed(function, repeat):
-    gc.disable()
-    try:
-        started = time.perf_counter()
-        for _ in range(repeat):
-            function()
-        return (time.perf_counter() - started) / repeat
-    finally:
-        gc.enable()
 
 
 def _before():
@@ -146,7 +133,9 @@ def main():
             def run(open_=open_, payload=payload):
                 open_(payload)
 
-        samples.setdefault((operation, size, name), []).append(timed(run, batch_for(size)) * 1e6)
+        samples.setdefault((operation, size, name), []).append(
+            harness.per_call(run, batch_for(size)) * 1e6
+        )
     figures = {}
     for operation in ("seal", "open"):
         for size in SIZES:

@@ -3,20 +3,22 @@
 Operations, each on the same key for every contestant: OAEP decryption and
 encryption (SHA-256, a 32-byte message, a 200-byte label as KX/1 uses the
 HELLO), PSS signing (SHA-256, salt 32), and key generation at 2048, 3072
-and 4096 bits (4096 with fewer runs).  Three yardsticks: ``bare pow CRT``
+and 4096 bits (4096 with fewer runs).  Ours also decrypts, signs and
+generates with a multi-prime key of the same size ("3-prime", the
+ephemeral keys: three primes below 4096 bits, four at 4096), and each is
+divided by the two-prime figure of the same run.  Three yardsticks: ``bare pow CRT``
 is the two half-size ``pow`` calls and Garner's step with nothing else —
 what the pure-Python decryption costs at the least —, ``bare powmod_sec
 CRT`` the same with gmpy2's constant-time ``powmod_sec``, the least our
 gmpy2 decryption can cost, and python-rsa (``rsa`` on PyPI, a pure-Python
 peer) for key generation at 3072 bits.
 
-Operations are timed in batches; a figure is the median over rounds of the
-per-operation time of a batch, rounds interleaved across contestants.
+Operations are timed in batches, in CPU time (``harness.per_call``); a
+figure is the median over rounds of the per-operation time of a batch,
+rounds interleaved across contestants.
 """
 
-import gc
 import sys
-import time
 
 import harness
 
@@ -31,21 +33,14 @@ def add_options(parser):
     parser.add_argument(
         "--no-keygen", action="store_true", help="only the operations, no key generation"
     )
+    parser.add_argument(
+        "--keygen-only", action="store_true", help="only key generation, no operations"
+    )
 
 
-def timed(function, repeat):
-    gc.disable()
-    try:
-        started = time.perf_counter()
-        for _ in range(repeat):
-            function()
-        return (time.perf_counter() - started) / repeat
-    finally:
-        gc.enable()
-
-
-def contestants_for(key):
-    """{name: {operation: callable}} for one key."""
+def contestants_for(key, multi_prime_key=None):
+    """{name: {operation: callable}} for one key; ``multi_prime_key`` (of the
+    same size) adds ours with it, as "ours gmpy2 3-prime" and so on."""
     from Crypto.Cipher import PKCS1_OAEP
     from Crypto.Hash import SHA256
     from Crypto.PublicKey import RSA as CryptoRSA
@@ -57,6 +52,16 @@ def contestants_for(key):
     public = key.public_key()
     ciphertext = public.encrypt_oaep(MESSAGE, label=LABEL)
     table = {}
+    if multi_prime_key is not None:
+        multi_name = f"{len(multi_prime_key.primes)}-prime"
+        multi_ciphertext = multi_prime_key.public_key().encrypt_oaep(MESSAGE, label=LABEL)
+
+        def multi_decrypt():
+            return multi_prime_key.decrypt_oaep(multi_ciphertext, label=LABEL)
+
+        def multi_sign():
+            return multi_prime_key.sign_pss(MESSAGE, salt_length=32)
+
     for backend in ours.AVAILABLE_BACKENDS:
         name = "ours gmpy2" if backend == "gmpy2" else "ours pure Python"
 
@@ -72,6 +77,11 @@ def contestants_for(key):
             "OAEP encrypt": within(lambda: public.encrypt_oaep(MESSAGE, label=LABEL)),
             "PSS sign": within(lambda: key.sign_pss(MESSAGE, salt_length=32)),
         }
+        if multi_prime_key is not None:
+            table[f"{name} {multi_name}"] = {
+                "OAEP decrypt": within(multi_decrypt),
+                "PSS sign": within(multi_sign),
+            }
 
     dome = CryptoRSA.construct((key.n, key.e, key.d, key.p, key.q))
     oaep = PKCS1_OAEP.new(dome, hashAlgo=SHA256, label=LABEL)
@@ -123,6 +133,29 @@ def contestants_for(key):
             return m_q + (m_p - m_q) * qinv_ % p_ * q_
 
         table["bare powmod_sec CRT"] = {"OAEP decrypt": bare_sec}
+
+        if multi_prime_key is not None:
+            # The same floor for the multi-prime key: one powmod_sec per
+            # prime and Garner's steps.
+            (r1, d1, _), (r2, d2, t2), *rest = (
+                tuple(map(gmpy2.mpz, values)) for values in multi_prime_key.crt_values()
+            )
+            c_multi = gmpy2.mpz(int.from_bytes(multi_ciphertext, "big"))
+            products, product = [], r1 * r2
+            for r, _, _ in rest:
+                products.append(product)
+                product *= r
+
+            def bare_sec_multi():
+                m_1 = secret_power(c_multi % r1, d1, r1)
+                m_2 = secret_power(c_multi % r2, d2, r2)
+                m = m_2 + (m_1 - m_2) * t2 % r1 * r2
+                for (r, d_i, t), prod in zip(rest, products):
+                    m_i = secret_power(c_multi % r, d_i, r)
+                    m = m + (m_i - m) * t % r * prod
+                return m
+
+            table[f"bare powmod_sec CRT {multi_name}"] = {"OAEP decrypt": bare_sec_multi}
     return table
 
 
@@ -132,13 +165,15 @@ BATCH = {"ours pure Python": 5, "bare pow CRT": 5}
 
 def operations(report, bits, rounds):
     key = ours.generate_private_key(bits)
-    table = contestants_for(key)
+    multi_prime_key = ours.generate_multi_prime_key(bits)
+    table = contestants_for(key, multi_prime_key)
+    multi = f"{len(multi_prime_key.primes)}-prime"
     samples = {}
     order = [(name, operation) for name in table for operation in table[name]]
     for _, (name, operation) in harness.interleave(order, rounds):
-        repeat = BATCH.get(name, 40)
+        repeat = BATCH.get(name.removesuffix(f" {multi}"), 40)
         samples.setdefault((operation, name), []).append(
-            timed(table[name][operation], repeat) * 1000
+            harness.per_call(table[name][operation], repeat) * 1000
         )
     figures = {}
     for (operation, name), values in sorted(samples.items()):
@@ -171,6 +206,24 @@ def operations(report, bits, rounds):
             figures["OAEP decrypt", "bare powmod_sec CRT"],
             figures["OAEP decrypt", "pycryptodome"],
         )
+    # Issue 20: the ephemeral key's decryption against the long-term key's,
+    # the same size, side by side in this run.
+    if ("OAEP decrypt", f"bare powmod_sec CRT {multi}") in figures:
+        report.ratio(
+            f"OAEP decrypt {bits} bare powmod_sec CRT {multi} / 2-prime",
+            figures["OAEP decrypt", f"bare powmod_sec CRT {multi}"],
+            figures["OAEP decrypt", "bare powmod_sec CRT"],
+        )
+    for backend in ("ours gmpy2", "ours pure Python"):
+        if ("OAEP decrypt", f"{backend} {multi}") not in figures:
+            continue
+        for operation in ("OAEP decrypt", "PSS sign"):
+            report.ratio(
+                f"{operation} {bits} {backend} {multi} / 2-prime",
+                figures[operation, f"{backend} {multi}"],
+                figures[operation, backend],
+                0.55 if (operation, backend) == ("OAEP decrypt", "ours gmpy2") else None,
+            )
     report.ratio(
         f"OAEP decrypt {bits} ours pure Python / bare pow CRT",
         figures["OAEP decrypt", "ours pure Python"],
@@ -183,16 +236,20 @@ def keygen_contestants(bits, with_python_rsa):
     from Crypto.PublicKey import RSA as CryptoRSA
     from cryptography.hazmat.primitives.asymmetric import rsa as openssl_rsa
 
-    def ours_with(backend):
+    def ours_with(backend, generate):
         def run():
             with ours._use_backend(backend):
-                ours.generate_private_key(bits)
+                generate(bits)
 
         return run
 
+    multi = f"{ours.multi_prime_count(bits)}-prime"
     table = {}
     for backend in ours.AVAILABLE_BACKENDS:
-        table["ours gmpy2" if backend == "gmpy2" else "ours pure Python"] = ours_with(backend)
+        name = "ours gmpy2" if backend == "gmpy2" else "ours pure Python"
+        table[name] = ours_with(backend, ours.generate_private_key)
+        # The ephemeral keys' generation (a rotation's cost).
+        table[f"{name} {multi}"] = ours_with(backend, ours.generate_multi_prime_key)
     table["pycryptodome"] = lambda: CryptoRSA.generate(bits)
     table["cryptography (OpenSSL)"] = lambda: openssl_rsa.generate_private_key(65537, bits)
     if with_python_rsa:
@@ -208,11 +265,19 @@ def key_generation(report, bits, rounds, python_rsa_rounds):
     for number, name in harness.interleave(list(table), rounds):
         if name == "python-rsa" and number >= python_rsa_rounds:
             continue
-        samples[name].append(timed(table[name], 1))
+        samples[name].append(harness.per_call(table[name], 1))
     figures = {
         name: report.figure(f"key generation {bits}", name, values, "s")
         for name, values in samples.items()
     }
+    multi = f"{ours.multi_prime_count(bits)}-prime"
+    for backend in ("ours gmpy2", "ours pure Python"):
+        if f"{backend} {multi}" in figures:
+            report.ratio(
+                f"key generation {bits} {backend} {multi} / 2-prime",
+                figures[f"{backend} {multi}"],
+                figures[backend],
+            )
     target = 1.0 if bits == 3072 else None
     report.ratio(
         f"key generation {bits} ours gmpy2 / pycryptodome",
@@ -248,7 +313,7 @@ def main():
     except ImportError:
         have_python_rsa = False
         report.note("python-rsa: skipped, not installed (pip install '.[bench]')")
-    for bits in (2048, 3072):
+    for bits in () if args.keygen_only else (2048, 3072):
         operations(report, bits, rounds)
     if args.no_keygen:
         report.save()

@@ -16,19 +16,33 @@ sink``, which answers once it has every byte), all on 127.0.0.1:
   spliced with the same relay code as the KX/1 tunnel and its forward
   application.
 
-One load generator program writes (``loadgen.py upload``), the
-contestants interleaved; a figure is the bytes divided by the time from
-connect to the sink's answer, MB = 10^6 bytes.  Each tunnel carries every
-connection over a new session or TLS connection, so the time includes one
-handshake (a few ms of a transfer of seconds).
+The sender and the sink are ``blast.py``: blocking sockets and one
+preallocated buffer, so that on two cores they take as little CPU as
+Python can (the kernel's copies, mostly) and the ratio measures the
+tunnels rather than their load.  The contestants take turns; a figure is
+the bytes divided by the time from connect to the sink's answer, MB =
+10^6 bytes.  Each tunnel carries every connection over a new session or
+TLS connection, so the time includes one handshake (a few ms of a
+transfer of seconds).
+
+Beside each throughput, every process's **CPU share** over the transfer
+(its CPU seconds over the transfer's seconds: 100 % is one core busy for
+all of it): the sender, the encrypting end, the decrypting end (with its
+worker processes) and the sink.  On a 2-core machine, two ends near 100 %
+each mean the cores, not the tunnel, set the figure.
 """
 
+import json
+import os
 import shutil
+import subprocess
 import sys
 import time
 
 import harness
 from bench_throughput import MIB, SpipedPair
+
+BLAST = [harness.PYTHON, os.path.join(harness.HERE, "blast.py")]
 
 
 def add_options(parser):
@@ -38,18 +52,31 @@ def add_options(parser):
     parser.add_argument("daemon_args", nargs="*", help="extra daemon options, after --")
 
 
-def write_all(name, port, nbytes):
-    """MB/s of one upload of ``nbytes`` to ``port``, answered by the sink."""
-    generator = harness.LoadGenerator.run(
-        "upload", proto="tcp", port=port, bytes=nbytes, timeout=120
+def process_cpu(pid):
+    """CPU seconds so far of a process and every process under it."""
+    return sum(harness.cpu_seconds(each) for each in [pid, *harness.descendants(pid)])
+
+
+def write_all(name, port, nbytes, roles):
+    """One transfer of ``nbytes`` to ``port``, answered by the sink:
+    (MB/s, {role: CPU share}) for the sender and every pid in ``roles``."""
+    before = {role: process_cpu(pid) for role, pid in roles.items()}
+    result = subprocess.run(
+        [*BLAST, "send", "--port", str(port), "--bytes", str(nbytes)],
+        capture_output=True,
+        timeout=180,
+        check=False,
+        env=harness.environment(),
     )
-    try:
-        result = generator.read(180)
-    finally:
-        generator.finish()
-    if not result["ok"]:
-        raise RuntimeError(f"{name}: upload to {port}: {result['detail']}")
-    return nbytes / result["seconds"] / 1e6
+    after = {role: process_cpu(pid) for role, pid in roles.items()}
+    if result.returncode:
+        raise RuntimeError(f"{name}: sending to {port} failed: {result.stderr[-2000:]!r}")
+    sent = json.loads(result.stdout)
+    seconds = sent["seconds"]
+    shares = {"sender": sent["cpu"] / seconds * 100}
+    for role in roles:
+        shares[role] = (after[role] - before[role]) / seconds * 100
+    return nbytes / seconds / 1e6, shares
 
 
 def start_tunnel(directory, daemon, fingerprint, name="tunnel"):
@@ -105,8 +132,9 @@ def main():
     spiped = None
     try:
         key, cert, fingerprint = harness.key_material(directory, args.bits)
-        sink = harness.start_server(directory, "tcp", "sink", nbytes=nbytes)
+        sink = harness.Server([*BLAST, "sink", "--bytes", str(nbytes)], directory, "sink")
         processes.append(sink)
+        sink.wait_listening()
         (daemon,) = harness.start_daemons(
             directory,
             key,
@@ -124,20 +152,34 @@ def main():
         tls_encrypt, tls_decrypt = start_tls_pair(directory, key, cert, sink.port)
         processes += [tls_decrypt, tls_encrypt]
         ports = {"direct": sink.port, "tunnel": tunnel.port}
+        # Whose CPU counts for each contestant, beside the sender's.
+        ends = {
+            "direct": {},
+            "tunnel": {"encrypting end": tunnel.pid, "decrypting end": daemon.pid},
+        }
         if shutil.which("spiped"):
             spiped = SpipedPair(directory, sink.port)
             ports["spiped"] = spiped.port
+            ends["spiped"] = {
+                "encrypting end": spiped.encrypt.pid,
+                "decrypting end": spiped.decrypt.pid,
+            }
         else:
             report.note("spiped: skipped, not installed (apt-get install spiped)")
         ports["tls1.3"] = tls_encrypt.port
+        ends["tls1.3"] = {"encrypting end": tls_encrypt.pid, "decrypting end": tls_decrypt.pid}
         report.note(
             "encrypting end → decrypting end → the sink, all on 127.0.0.1: "
             + ", ".join(ports)
             + f"; RSA-{args.bits}; the KX/1 daemon with its defaults (forward secrecy on)"
         )
         rates = {name: [] for name in ports}
+        shares = {name: {} for name in ports}
         for _, name in harness.interleave(list(ports), args.rounds):
-            rates[name].append(write_all(name, ports[name], nbytes))
+            rate, share = write_all(name, ports[name], nbytes, {**ends[name], "sink": sink.pid})
+            rates[name].append(rate)
+            for role, value in share.items():
+                shares[name].setdefault(role, []).append(value)
             time.sleep(0.2)
     finally:
         if spiped is not None:
@@ -146,6 +188,9 @@ def main():
             process.stop()
         shutil.rmtree(directory, ignore_errors=True)
     figures = {name: report.figure("throughput", name, rates[name], "MB/s") for name in rates}
+    for name in rates:
+        for role, values in shares[name].items():
+            report.figure(f"CPU share: {role}", name, values, "% of a core")
     if "spiped" in figures:
         # Issue 14: the KX/1 tunnel at least twice spiped's, same topology.
         report.ratio(

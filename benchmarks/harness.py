@@ -9,8 +9,8 @@ Conventions, so the figures of different scripts read the same way:
 - Servers and load generators are separate processes, talk over 127.0.0.1
   only, and every wait has a deadline.
 
-Linux only: CPU time and resident size come from ``/proc/PID/stat`` and
-``/proc/PID/status``.
+CPU time, resident size and a process's children come from psutil (the
+``bench`` extra: ``pip install '.[bench]'``).
 """
 
 import argparse
@@ -25,6 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - depends on the installation
+    sys.exit("the benchmarks need psutil: pip install -e '.[bench]' (make bench does)")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -34,9 +40,6 @@ SERVERS = [PYTHON, os.path.join(HERE, "servers.py")]
 LOADGEN = [PYTHON, os.path.join(HERE, "loadgen.py")]
 
 _LISTENING = re.compile(r"listening on ([0-9.]+):(\d+)")
-# Clock ticks per second for /proc/PID/stat's utime and stime.
-_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # -- statistics and the report --------------------------------------------------
@@ -182,6 +185,14 @@ def interleave(contestants, rounds):
             yield number, contestant
 
 
+def per_call(function, repeat):
+    """CPU seconds per call of ``function()``, over one batch of ``repeat``
+    calls: ``timeit``, which keeps the garbage collector out of the batch,
+    on this process's CPU clock (a busy machine's other work does not
+    count, and the figure compares with the servers' CPU per handshake)."""
+    return timeit.Timer(function, timer=time.process_time).timeit(repeat) / repeat
+
+
 def percentile(values, fraction):
     """Nearest-rank percentile of a non-empty list."""
     ordered = sorted(values)
@@ -288,13 +299,6 @@ class Server:
         return self.process.returncode
 
 
-def _stat_fields(pid):
-    """The fields of ``/proc/PID/stat`` after the command name."""
-    with open(f"/proc/{pid}/stat") as f:
-        # The command name may hold spaces; the fields after ")" are fixed.
-        return f.read().rsplit(")", 1)[1].split()
-
-
 def settle(server):
     """Resident size once it stops moving (the server may still be freeing)."""
     previous = server.rss()
@@ -308,40 +312,28 @@ def settle(server):
 
 
 def cpu_seconds(pid):
-    """User + system CPU time of a process so far (``/proc/PID/stat``).
+    """User + system CPU time of a process so far.
 
     A process that ended in between counts as 0.
     """
     try:
-        fields = _stat_fields(pid)
-    except (FileNotFoundError, ProcessLookupError):
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return times.user + times.system
 
 
 def descendants(pid):
     """The pids of every live process below ``pid`` (children, theirs, ...)."""
-    children = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            parent = int(_stat_fields(name)[1])
-        except (OSError, IndexError, ValueError):
-            continue  # gone while we looked
-        children.setdefault(parent, []).append(int(name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), ()):
-            found.append(child)
-            stack.append(child)
-    return found
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def rss_bytes(pid):
-    """Resident set size of a process (``/proc/PID/statm``)."""
-    with open(f"/proc/{pid}/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
+    """Resident set size of a process."""
+    return psutil.Process(pid).memory_info().rss
 
 
 class LoadGenerator:
@@ -488,45 +480,29 @@ def daemon_argv(key_path, extra=(), message="bench", listen=LOCAL):
     ]
 
 
+#: What a ``--processes`` parent logs once every child serves
+#: (keyexchanged/processes/_parent.py).
+ALL_SERVE = "child processes serve"
+
+
 def start_daemons(directory, key_path, extra=(), message="bench", processes=1, listen=LOCAL):
-    """One or several real ``twistd keyexchange`` processes on one port.
+    """A real ``twistd keyexchange``, as a list of its one server.
 
-    Several processes share one listening socket the way systemd socket
-    activation hands it over (``--listen systemd:domain=INET:index=0``,
-    LISTEN_FDS/LISTEN_PID), so the daemon needs no change to run N-wide.
+    With ``processes`` other than 1 (a number or "auto") the daemon runs
+    with ``--processes``: its parent listens and its children serve the
+    one socket; the server in the list is the parent, whose CPU time
+    counts its children and their workers.  Returns once every child
+    serves.
     """
-    if processes == 1:
-        server = Server(daemon_argv(key_path, extra, message, listen), directory, "kx")
-        server.wait_listening()
-        return [server]
-    import socket
-
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1024)
-    port = listener.getsockname()[1]
-    servers = []
-    fd = listener.fileno()
-
-    argv = daemon_argv(key_path, extra, message, listen="systemd:domain=INET:index=0")
-    # systemd's convention: the socket is fd 3 and LISTEN_PID is the
-    # daemon's pid, which is the shell's once it execs.
-    shell = ["/bin/sh", "-c", f'LISTEN_PID=$$ exec "$@" 3<&{fd} {fd}<&-', "sh", *argv]
-    for number in range(processes):
-        server = Server(
-            shell,
-            directory,
-            f"kx{number}",
-            env=environment(LISTEN_FDS=1, LISTEN_FDNAMES="keyexchanged"),
-            pass_fds=(fd,),
-        )
-        servers.append(server)
-    for server in servers:
-        server.wait_listening()
-        server.port = port
-    listener.close()
-    return servers
+    wide = str(processes) != "1"
+    if wide:
+        extra = [*extra, "--processes", str(processes)]
+    server = Server(daemon_argv(key_path, extra, message, listen), directory, "kx")
+    server.wait_listening()
+    if wide and not server.wait_for(ALL_SERVE, 120):
+        server.stop()
+        raise RuntimeError(f"--processes {processes}: the children did not all serve")
+    return [server]
 
 
 def server_argv(kind, app, key_path=None, cert_path=None, extra=(), nbytes=None):

@@ -240,7 +240,8 @@ class KeyexchangeService(Service):
         for timer in self.timers:
             timer.stop()
         if self.factory.work is not None:
-            self.factory.work.close()
+            # The workers end once they have answered what they were asked.
+            yield self.factory.work.close()
 
 
 #: Settings a reload cannot change: they take a restart.
@@ -273,6 +274,11 @@ def apply_reload(service_, old, new, log):
         )
         if factory.ephemeral_keys is not None:
             factory.ephemeral_keys.rekey(new.identity.private_key)
+        forget = getattr(factory.work, "forget", None)
+        if forget is not None:
+            # Worker processes keep the keys they were sent: they let go of
+            # the old long-term key when the daemon does (workers.py).
+            forget(old.identity.private_key)
     factory.identity = new.identity
     factory.authorized_keys = new.authorized_keys
     factory.client_key_max_bits = settings["client-key-max-bits"]

@@ -1,69 +1,67 @@
 """Private-key work away from the reactor, so the reactor never waits for it.
 
-An RSA-3072 decryption costs the server about 2.5 ms of CPU; done in the
+An RSA-3072 decryption costs the server about 1.3 ms of CPU with the
+three-prime ephemeral key (2.6 ms with a two-prime one); done in the
 reactor, a burst of KEYs freezes every established session for as long.
 The same goes for anything of that size a stranger can trigger (an AUTH
 signature on a key the client chose) and for making ephemeral keys.
 
 Two ways to do it, with one interface — ``decrypt``, ``verify``,
-``generate`` and ``sign``, each returning a Deferred that fires in the
-reactor thread:
+``generate``, ``sign`` and ``forget``, the first four returning a Deferred
+that fires in the reactor thread (``generate(bits, primes)`` answers a new
+key's numbers ``(n, e, d, primes)``, which ``rsa.PrivateKey.from_primes``
+rebuilds):
 
-- :class:`WorkerPool`: processes of a ``concurrent.futures`` pool, started
-  with ``spawn`` (no copy of the daemon's reactor, sockets or threads);
+- :class:`WorkerPool`: worker processes (``workerloop.py``) that the
+  reactor talks to over their stdin and stdout, one pipe pair each, with
+  no thread in between;
 - :class:`InlineWork`: in the reactor itself (``--workers 0``), except key
   generation, which runs in a thread.
 
-The worker processes keep no key.  Every request carries the numbers of the
-key it needs, so that an ephemeral key the daemon has dropped exists in no
-process at all (docs/spec/kx1.rst §10.2); rebuilding the key costs about
-20 µs against 2.5 ms for the decryption.  A decryption's answer is always 33
-bytes (a flag and a 32-byte secret, random when decoding failed), so that a
-failure neither takes a different path back nor a different size (implicit
-rejection, §3).
+Keys in the workers: a worker keeps the keys it was sent (at most
+``workerloop.KEPT_KEYS``), so a request carries a key's numbers only the
+first time that worker sees the key; later ones name it by n.  ``forget``
+drops a key in every worker that holds it, and ``EphemeralKey.destroy``
+calls it when the daemon drops an ephemeral key, so the key leaves the
+workers when it leaves the daemon (docs/deployment.rst weighs this against
+rebuilding the key for every request).  A decryption's answer is always 33
+bytes (a flag and a 32-byte secret, random when decoding failed), so that
+a failure neither takes a different path back nor a different size
+(implicit rejection, §3).
 """
 
-import concurrent.futures
-import multiprocessing
+import collections
 import os
-import secrets
+import pickle
+import sys
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, protocol, threads
+from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 
-from keyexchanged import rsa
+from keyexchanged import rsa, workerloop
 
-__all__ = ["InlineWork", "WorkerPool", "default_workers"]
+__all__ = ["InlineWork", "WorkerError", "WorkerPool", "default_workers"]
 
-SECRET_LENGTH = 32
+SECRET_LENGTH = workerloop.SECRET_LENGTH
 
-
-def _numbers(key):
-    return (key.n, key.e, key.d, key.p, key.q)
-
-
-def _decrypt(numbers, ciphertext, label):
-    """Flag byte ``1`` and the secret, or ``0`` and random bytes."""
-    try:
-        secret = rsa.PrivateKey(*numbers).decrypt_oaep(ciphertext, label=label)
-        ok = len(secret) == SECRET_LENGTH
-    except (rsa.DecryptionError, rsa.FaultError):
-        secret, ok = None, False
-    if not ok:
-        secret = secrets.token_bytes(SECRET_LENGTH)
-    return (b"\1" if ok else b"\0") + secret
+#: How a worker starts.  ``-I`` (isolated): neither the current directory
+#: nor the script's is on its sys.path and no PYTHON* variable applies, so
+#: a file in the daemon's working directory cannot be imported in place of
+#: a module of ours; the daemon's own sys.path (without "", the current
+#: directory) is put in place before anything but ``sys`` is imported.
+_BOOTSTRAP = (
+    "import sys; sys.path[:] = sys.argv[1:]; "
+    "from keyexchanged.workerloop import main; sys.exit(main())"
+)
 
 
-def _verify(n, e, signature, message, salt_length):
-    return rsa.PublicKey(n, e).verify_pss(message, signature, salt_length=salt_length)
+def _worker_argv():
+    return [sys.executable, "-I", "-c", _BOOTSTRAP, *(entry for entry in sys.path if entry)]
 
 
-def _generate(bits):
-    return _numbers(rsa.generate_private_key(bits))
-
-
-def _sign(numbers, message, salt_length):
-    return rsa.PrivateKey(*numbers).sign_pss(message, salt_length=salt_length)
+class WorkerError(RuntimeError):
+    """A worker could not answer a request (it names the exception type)."""
 
 
 def _decrypted(answer):
@@ -96,7 +94,7 @@ class InlineWork:
 
     def decrypt(self, private_key, ciphertext, label):
         return defer.maybeDeferred(
-            lambda: _decrypted(_decrypt(_numbers(private_key), ciphertext, label))
+            lambda: _decrypted(workerloop.decrypt(private_key, ciphertext, label))
         )
 
     def verify(self, public_key, signature, message, salt_length):
@@ -104,29 +102,97 @@ class InlineWork:
             public_key.verify_pss, message, signature, salt_length=salt_length
         )
 
-    def generate(self, bits):
+    def generate(self, bits, primes=2):
+        generate = workerloop.generate
         if self.threaded:
             if self.reactor is None:
-                return threads.deferToThread(_generate, bits)
+                return threads.deferToThread(generate, bits, primes)
             return threads.deferToThreadPool(
-                self.reactor, self.reactor.getThreadPool(), _generate, bits
+                self.reactor, self.reactor.getThreadPool(), generate, bits, primes
             )
-        return defer.maybeDeferred(_generate, bits)
+        return defer.maybeDeferred(generate, bits, primes)
 
     def sign(self, private_key, message, salt_length):
         return defer.maybeDeferred(private_key.sign_pss, message, salt_length=salt_length)
+
+    def forget(self, private_key):
+        """Nothing to do: the reactor's process holds only the daemon's keys."""
 
     def close(self):
         pass
 
 
-class WorkerPool:
-    """Private-key work in worker processes.
+class _Worker(protocol.ProcessProtocol):
+    """One worker process, seen from the reactor.
 
-    A request that cannot be answered (a worker died, the pool is shutting
-    down) fails closed: a decryption answers ``None`` (implicit rejection),
-    a verification ``False``, generation and signing fail their Deferred.
-    A broken pool is replaced for the next request.
+    @ivar waiting: (Deferred, what a failure answers) per request sent and
+        not yet answered, in order: a worker answers in the order it was asked.
+    @ivar kept: the keys (by n) the worker holds, least recently used first,
+        kept exactly as ``workerloop.KeptKeys`` keeps them.
+    """
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.waiting = collections.deque()
+        self.kept = collections.OrderedDict()
+        self._buffer = bytearray()
+
+    def key(self, private_key):
+        """(n, numbers) for a request with ``private_key``; numbers is None
+        when the worker holds the key already."""
+        n = private_key.n
+        if n in self.kept:
+            self.kept.move_to_end(n)
+            return n, None
+        self.kept[n] = None
+        while len(self.kept) > workerloop.KEPT_KEYS:
+            self.kept.popitem(last=False)
+        return n, workerloop.numbers(private_key)
+
+    def request(self, message, result=None, failed=None):
+        frame = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self.transport.writeSequence((workerloop.LENGTH.pack(len(frame)), frame))
+        if result is not None:
+            self.waiting.append((result, failed))
+
+    def childDataReceived(self, fd, data):
+        if fd != 1:
+            return
+        buffer = self._buffer
+        buffer += data
+        header = workerloop.LENGTH.size
+        while len(buffer) >= header:
+            (length,) = workerloop.LENGTH.unpack_from(buffer)
+            if length > workerloop.MAX_FRAME or not self.waiting:
+                # Not a worker of ours any more: end it; its requests fail closed.
+                del buffer[:]
+                try:
+                    self.transport.signalProcess("KILL")
+                except ProcessExitedAlready:
+                    pass
+                return
+            if len(buffer) < header + length:
+                return
+            # From the process we started, over a pipe only it holds.
+            answer = pickle.loads(bytes(buffer[header : header + length]))  # noqa: S301
+            del buffer[: header + length]
+            result, failed = self.waiting.popleft()
+            self.pool._answered(self, result, failed, answer)
+
+    def processEnded(self, reason):
+        waiting, self.waiting = self.waiting, collections.deque()
+        self.pool._ended(self, waiting, reason)
+
+
+class WorkerPool:
+    """Private-key work in ``workers`` worker processes, started on first use.
+
+    A request goes to an idle worker, or to a new one while fewer than
+    ``workers`` run, else to the least busy.  A request that cannot be
+    answered (its worker died, the pool is stopping) fails closed: a
+    decryption answers ``None`` (implicit rejection), a verification
+    ``False``, generation and signing fail their Deferred.  A dead worker
+    is replaced by the next request that needs one.
 
     :param workers: how many processes (:func:`default_workers`: one per
         CPU).
@@ -138,69 +204,114 @@ class WorkerPool:
     def __init__(self, workers, reactor):
         self.workers = workers
         self.reactor = reactor
-        self._executor = None
         #: Requests sent and not yet answered.
         self.pending = 0
-
-    def _pool(self):
-        if self._executor is None:
-            self._executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-            )
-        return self._executor
+        self._running = []
+        self._closing = None
 
     def decrypt(self, private_key, ciphertext, label):
-        working = self._submit(None, _decrypt, _numbers(private_key), ciphertext, label)
+        def request(worker):
+            n, key_numbers = worker.key(private_key)
+            return ("decrypt", n, key_numbers, ciphertext, label)
+
+        working = self._submit(None, request)
         return working.addCallback(lambda answer: None if answer is None else _decrypted(answer))
 
     def verify(self, public_key, signature, message, salt_length):
-        working = self._submit(
-            False, _verify, public_key.n, public_key.e, signature, message, salt_length
-        )
-        return working.addCallback(bool)
+        request = ("verify", public_key.n, public_key.e, signature, message, salt_length)
+        return self._submit(False, lambda worker: request).addCallback(bool)
 
-    def generate(self, bits):
-        return self._submit(_RAISE, _generate, bits)
+    def generate(self, bits, primes=2):
+        return self._submit(_RAISE, lambda worker: ("generate", bits, primes))
 
     def sign(self, private_key, message, salt_length):
-        return self._submit(_RAISE, _sign, _numbers(private_key), message, salt_length)
+        def request(worker):
+            n, key_numbers = worker.key(private_key)
+            return ("sign", n, key_numbers, message, salt_length)
 
-    def _submit(self, failed, function, *args):
+        return self._submit(_RAISE, request)
+
+    def forget(self, private_key):
+        """Drop ``private_key`` in every worker that holds it."""
+        n = private_key.n
+        for worker in self._running:
+            if n in worker.kept:
+                del worker.kept[n]
+                worker.request(("forget", n))
+
+    def _worker(self):
+        best = None
+        for worker in self._running:
+            if best is None or len(worker.waiting) < len(best.waiting):
+                best = worker
+        if (best is None or best.waiting) and len(self._running) < self.workers:
+            best = self._start()
+        return best
+
+    def _start(self):
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        worker = _Worker(self)
+        reactor.spawnProcess(
+            worker,
+            sys.executable,
+            _worker_argv(),
+            env=dict(os.environ),
+            childFDs={0: "w", 1: "r", 2: 2},
+        )
+        self._running.append(worker)
+        return worker
+
+    def _submit(self, failed, make_request):
         result = defer.Deferred()
+        if self._closing is not None:
+            self._fail(result, failed, WorkerError("the workers are stopping"))
+            return result
         try:
-            executor = self._pool()
-            future = executor.submit(function, *args)
-        except Exception as error:  # a broken or shut-down pool, no processes left (EMFILE)
-            if self._executor is None:
-                self.log.error("cannot start workers ({error})", error=type(error).__name__)
-            self._broken(self._executor, error)
+            worker = self._worker()
+            worker.request(make_request(worker), result, failed)
+        except Exception as error:  # no process could start (EMFILE, EAGAIN)
+            self.log.error("cannot start workers ({error})", error=type(error).__name__)
             self._fail(result, failed, error)
             return result
         self.pending += 1
-
-        def done(future):
-            # In the pool's thread: hand the outcome to the reactor thread.
-            self.reactor.callFromThread(self._answer, executor, future, result, failed)
-
-        future.add_done_callback(done)
         return result
 
-    def _answer(self, executor, future, result, failed):
+    def _answered(self, worker, result, failed, answer):
         self.pending -= 1
-        try:
-            answer = future.result()
-        except concurrent.futures.CancelledError as error:  # the daemon is stopping
-            self._fail(result, failed, error)
-            return
-        except rsa.FaultError as error:  # a signature failed its check: nothing out
-            self._fail(result, failed, error)
-            return
-        except Exception as error:  # a worker died: fail closed, and say so
-            self._broken(executor, error)
-            self._fail(result, failed, error)
-            return
-        result.callback(answer)
+        status, value = answer
+        if status == "ok":
+            result.callback(value)
+        elif status == "fault":  # a signature failed its check: nothing out
+            self._fail(result, failed, rsa.FaultError())
+        else:
+            # Nothing a peer sends makes a worker fail: this is a bug, and
+            # the keys the worker holds may no longer be the ones we think.
+            # End it (what it was still asked fails closed); the next
+            # request starts a new one.
+            self.log.error("private-key work failed in a worker ({error})", error=value)
+            self._fail(result, failed, WorkerError(value))
+            try:
+                worker.transport.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+
+    def _ended(self, worker, waiting, reason):
+        if worker in self._running:
+            self._running.remove(worker)
+        if self._closing is None:
+            self.log.error(
+                "worker failed ({error}); the next request starts a new one",
+                error=reason.type.__name__,
+            )
+        for result, failed in waiting:
+            self.pending -= 1
+            self._fail(result, failed, WorkerError("the worker ended"))
+        if self._closing is not None and not self._running:
+            closing, self._closing = self._closing, []
+            for done in closing:
+                done.callback(None)
 
     @staticmethod
     def _fail(result, failed, error):
@@ -209,20 +320,18 @@ class WorkerPool:
         else:
             result.callback(failed)
 
-    def _broken(self, executor, error):
-        """``executor`` failed: replace it, unless that was done already (the
-        late answers of a dead pool must not shut down the new one)."""
-        if executor is None or executor is not self._executor:
-            return
-        self.log.error("worker failed ({error}); starting new workers", error=type(error).__name__)
-        self._executor = None
-        executor.shutdown(wait=False, cancel_futures=True)
-
     def close(self):
-        """Stop the workers (the daemon is stopping)."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the workers (the daemon is stopping): each ends once it has
+        answered what it was asked.  The Deferred fires when all have."""
+        if self._closing is None:
+            self._closing = []
+        if not self._running:
+            return defer.succeed(None)
+        done = defer.Deferred()
+        self._closing.append(done)
+        for worker in self._running:
+            worker.transport.closeStdin()
+        return done
 
 
 #: For ``_submit``: a request whose failure fails its Deferred.

@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from keyexchanged import handshake, workers
+from keyexchanged import handshake
 from keyexchanged import service as kx_service
 from keyexchanged.applications import EchoFactory, MessageFactory
 from keyexchanged.protocol import (
@@ -182,26 +182,6 @@ class DecryptionFaultTests(unittest.TestCase):
         self.assertEqual(
             (server.factory.connections, server.factory.admission.per_source), (set(), {})
         )
-
-
-class StalePoolTests(unittest.TestCase):
-    def test_late_failures_of_a_dead_pool_spare_the_new_one(self):
-        class Executor:
-            shut = False
-
-            def shutdown(self, wait, cancel_futures):
-                self.shut = True
-
-        pool = workers.WorkerPool(1, None)
-        old, new = Executor(), Executor()
-        pool._executor = old
-        pool._broken(old, RuntimeError())
-        self.assertTrue(old.shut)
-        pool._executor = new
-        pool._broken(old, RuntimeError())  # a second answer from the dead pool
-        self.assertFalse(new.shut)
-        self.assertIs(pool._executor, new)
-        self.flushLoggedErrors()
 
 
 class EndingTests(unittest.TestCase):

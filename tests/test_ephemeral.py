@@ -26,20 +26,26 @@ class KeyMill:
 
     def __init__(self):
         if KeyMill._keys is None:
-            KeyMill._keys = [rsa.generate_private_key(2048) for _ in range(4)]
+            KeyMill._keys = [rsa.generate_multi_prime_key(2048) for _ in range(4)]
         self.made = 0
         self.fail_next = 0
+        self.asked = []
+        self.forgotten = []
 
-    def generate(self, bits):
+    def generate(self, bits, primes):
+        self.asked.append((bits, primes))
         if self.fail_next:
             self.fail_next -= 1
             return defer.fail(RuntimeError("worker died"))
         key = self._keys[self.made % len(self._keys)]
         self.made += 1
-        return defer.succeed((key.n, key.e, key.d, key.p, key.q))
+        return defer.succeed((key.n, key.e, key.d, key.primes))
 
     def sign(self, private_key, message, salt_length):
         return defer.succeed(private_key.sign_pss(message, salt_length=salt_length))
+
+    def forget(self, private_key):
+        self.forgotten.append(private_key)
 
 
 def manager(clock, work=None, interval=INTERVAL):
@@ -74,6 +80,42 @@ class RotationTests(unittest.TestCase):
         # Nobody was offered the first: it is gone at once.
         self.assertIsNone(first.private_key)
         self.assertEqual(keys_.held(), [keys_.current])
+
+    def test_rotation_asks_for_a_three_prime_key(self):
+        clock = Clock()
+        mill = KeyMill()
+        keys_ = manager(clock, work=mill)
+        clock.advance(INTERVAL)
+        self.assertEqual(mill.asked, [(2048, 3), (2048, 3)])
+        self.assertIs(type(keys_.current.private_key), rsa.MultiPrimePrivateKey)
+        self.assertEqual(len(keys_.current.private_key.primes), 3)
+
+    def test_a_dropped_key_is_forgotten_by_the_workers(self):
+        """Whenever the daemon drops an ephemeral key (retired with nobody
+        waiting, or at stop), the work that holds keys is told to drop it."""
+        clock, mill = Clock(), KeyMill()
+        keys_ = manager(clock, work=mill)
+        first = keys_.current.private_key
+        clock.advance(INTERVAL)
+        self.assertEqual(mill.forgotten, [first])
+        second = keys_.current.private_key
+        keys_.stop()
+        self.assertEqual(mill.forgotten, [first, second])
+
+    def test_the_first_key_has_three_primes_and_an_ordinary_public_half(self):
+        """``prime`` (the key made before listening) is multi-prime too, and
+        what HELLO offers of it is a plain (n, e) public key."""
+        keys_ = ephemeral.EphemeralKeys(
+            SERVER_KEY, work=KeyMill(), reactor=Clock(), bits=2048, handshake_timeout=TIMEOUT
+        )
+        keys_.prime()
+        key = keys_.current
+        self.assertEqual(len(key.private_key.primes), 3)
+        self.assertEqual(key.bits, 2048)
+        offered = keys.public_key_from_der(key.der)
+        self.assertEqual((offered.n, offered.e), (key.private_key.n, key.private_key.e))
+        secret = key.private_key.decrypt_oaep(offered.encrypt_oaep(b"k" * 32))
+        self.assertEqual(secret, b"k" * 32)
 
     def test_expires_is_never_more_than_a_day_ahead(self):
         clock = Clock()
@@ -239,6 +281,7 @@ class RetirementTests(unittest.TestCase):
 class InlineWorkTests(unittest.TestCase):
     def test_generate_without_threads_for_a_clock(self):
         numbers = InlineWork(threaded=False).generate(2048).result
-        key = rsa.PrivateKey(*numbers)
+        key = rsa.PrivateKey.from_primes(*numbers)
+        self.assertIs(type(key), rsa.PrivateKey)
         self.assertEqual(key.n.bit_length(), 2048)
         self.assertEqual(keys.fingerprint(key)[:7], "SHA256:")

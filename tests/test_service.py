@@ -325,3 +325,45 @@ class ProxiedDaemonTests(DaemonTestCase):
         code = yield daemon.refused()
         self.assertNotEqual(code, 0)
         self.assertIn(b"has host bits set (the network is 10.0.0.0/8)", daemon.output)
+
+
+class ReloadForgetTests(unittest.TestCase):
+    """A reload that changes the long-term key tells the workers, which
+    keep the keys they were sent, to drop the old one."""
+
+    def test_the_workers_forget_the_old_long_term_key(self):
+        from twisted.internet.task import Clock
+
+        from keyexchanged import keys, rsa, tap
+        from tests.fixtures import SERVER_KEY
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        key_path = os.path.join(directory, "server.key")
+        keys.save_private_key(SERVER_KEY, key_path)
+        conf = os.path.join(directory, "k.conf")
+        with open(conf, "w") as f:
+            f.write("[keyexchanged]\nprivate-key = server.key\nworkers = 0\n")
+        options = tap.Options(environ={})
+        options.parseOptions(["--config", conf])
+        service = tap.makeService(options, reactor=Clock())
+        service.options = options
+
+        forgotten = []
+
+        class Work:
+            def forget(self, private_key):
+                forgotten.append(private_key)
+
+        service.factory.work = Work()
+        # The same key again: nothing to forget.
+        service.reload()
+        self.assertEqual(forgotten, [])
+        os.remove(key_path)
+        keys.save_private_key(rsa.generate_private_key(2048), key_path)
+        service.reload()
+        self.assertEqual([key.n for key in forgotten], [SERVER_KEY.n])
+        self.assertNotEqual(service.factory.identity.private_key.n, SERVER_KEY.n)
+        if service.factory.ephemeral_keys is not None:
+            service.factory.ephemeral_keys.stop()
+

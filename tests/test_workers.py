@@ -7,6 +7,7 @@ import signal
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel
 from twisted.trial import unittest
 
 from keyexchanged import rsa, schedule
@@ -253,43 +254,178 @@ class PoolTests(unittest.TestCase):
         bad = yield self.pool.verify(SERVER_KEY.public_key(), signature, message + b"!", 32)
         self.assertIs(bad, False)
         numbers = yield self.pool.generate(2048)
-        key = rsa.PrivateKey(*numbers)
+        key = rsa.PrivateKey.from_primes(*numbers)
+        self.assertIs(type(key), rsa.PrivateKey)
         self.assertEqual(key.n.bit_length(), 2048)
         key.validate()
 
     @defer.inlineCallbacks
-    def test_workers_keep_no_key(self):
-        """Every request carries its key: a worker holds none between
-        requests, so a dropped ephemeral key is in no process at all."""
-        from keyexchanged import workers
-
-        yield self.decrypt(hexbytes("key_payload"), hexbytes("hello_payload"))
-        held = yield self.pool._submit(None, _module_keys, workers.__name__)
-        self.assertEqual(held, [])
+    def test_generates_and_decrypts_with_a_three_prime_key(self):
+        """An ephemeral key's numbers go to a worker and back with all
+        three primes, and a worker decrypts with them."""
+        numbers = yield self.pool.generate(3072, 3)
+        key = rsa.PrivateKey.from_primes(*numbers)
+        self.assertIs(type(key), rsa.MultiPrimePrivateKey)
+        self.assertEqual(len(key.primes), 3)
+        key.validate()
+        ciphertext = key.public_key().encrypt_oaep(b"s" * 32, label=b"hello")
+        secret = yield self.pool.decrypt(key, ciphertext, b"hello")
+        self.assertEqual(secret, b"s" * 32)
+        signature = yield self.pool.sign(key, b"message", 32)
+        self.assertTrue(key.public_key().verify_pss(b"message", signature, salt_length=32))
 
     @defer.inlineCallbacks
-    def test_a_dead_worker_is_replaced(self):
+    def held(self, worker):
+        """The keys (by n) ``worker`` holds, as the worker itself says."""
+        answer = defer.Deferred()
+        worker.request(("held",), answer, None)
+        self.pool.pending += 1
+        held = yield answer
+        return held
+
+    @defer.inlineCallbacks
+    def test_a_worker_is_sent_a_key_once_and_keeps_it(self):
+        sent = []
+        yield self.decrypt(hexbytes("key_payload"), hexbytes("hello_payload"))
+        (worker,) = self.pool._running
+        original = worker.request
+
+        def recording(message, *args):
+            sent.append(message)
+            return original(message, *args)
+
+        self.patch(worker, "request", recording)
+        secret = yield self.decrypt(hexbytes("key_payload"), hexbytes("hello_payload"))
+        self.assertEqual(secret, hexbytes("secret"))
+        # Named by n, without its numbers: the worker has it.
+        self.assertEqual(sent[0][:3], ("decrypt", SERVER_KEY.n, None))
+        self.assertEqual((yield self.held(worker)), [SERVER_KEY.n])
+        self.assertEqual(list(worker.kept), [SERVER_KEY.n])
+
+    @defer.inlineCallbacks
+    def test_forget_drops_the_key_in_the_worker(self):
+        """What ``EphemeralKey.destroy`` relies on: after ``forget`` no
+        worker holds the key, and the next request sends it again."""
+        key = rsa.generate_multi_prime_key(2048)
+        ciphertext = key.public_key().encrypt_oaep(b"s" * 32, label=b"hello")
+        self.assertEqual((yield self.pool.decrypt(key, ciphertext, b"hello")), b"s" * 32)
+        yield self.decrypt(hexbytes("key_payload"), hexbytes("hello_payload"))
+        (worker,) = self.pool._running
+        self.assertEqual(sorted((yield self.held(worker))), sorted([key.n, SERVER_KEY.n]))
+        self.pool.forget(key)
+        self.assertEqual((yield self.held(worker)), [SERVER_KEY.n])
+        self.assertEqual(list(worker.kept), [SERVER_KEY.n])
+        self.assertEqual((yield self.pool.decrypt(key, ciphertext, b"hello")), b"s" * 32)
+
+    @defer.inlineCallbacks
+    def test_a_worker_keeps_a_bounded_number_of_keys(self):
+        from keyexchanged import workerloop
+
+        made = [rsa.generate_multi_prime_key(2048) for _ in range(workerloop.KEPT_KEYS + 2)]
+        for key in made:
+            ciphertext = key.public_key().encrypt_oaep(b"k" * 32, label=b"")
+            self.assertEqual((yield self.pool.decrypt(key, ciphertext, b"")), b"k" * 32)
+        (worker,) = self.pool._running
+        newest = [key.n for key in made[-workerloop.KEPT_KEYS :]]
+        self.assertEqual((yield self.held(worker)), newest)
+        self.assertEqual(list(worker.kept), newest)
+
+    @defer.inlineCallbacks
+    def test_a_worker_imports_nothing_from_the_working_directory(self):
+        """A file in the daemon's working directory named like a module
+        the worker needs is not imported in its place."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        with open(os.path.join(directory, "secrets.py"), "w") as shadow:
+            shadow.write("raise SystemExit('imported from the working directory')\n")
+        here = os.getcwd()
+        os.chdir(directory)
+        self.addCleanup(os.chdir, here)
+        secret = yield self.decrypt(hexbytes("key_payload"), hexbytes("hello_payload"))
+        self.assertEqual(secret, hexbytes("secret"))
+
+    @defer.inlineCallbacks
+    def test_a_dead_worker_fails_its_requests_closed_and_is_replaced(self):
         label = hexbytes("hello_payload")
         yield self.decrypt(hexbytes("key_payload"), label)
-        (pid,) = list(self.pool._executor._processes)
+        (worker,) = self.pool._running
+        pid = worker.transport.pid
+        ended = defer.Deferred()
+        original = worker.processEnded
+
+        def process_ended(reason):
+            original(reason)
+            ended.callback(None)
+
+        self.patch(worker, "processEnded", process_ended)
+        logged = []
+        self.patch(WorkerPool, "log", Logger(observer=logged.append))
+        waiting = self.decrypt(hexbytes("key_payload"), label)
         os.kill(pid, signal.SIGKILL)
-        # The pool notices the death on its next use (or already has): that
-        # decryption fails closed (None: implicit rejection), and is logged.
-        answers = []
-        for _ in range(2):
-            answers.append((yield self.decrypt(hexbytes("key_payload"), label)))
-        self.assertIn(answers[0], (None, hexbytes("secret")))
-        self.assertEqual(answers[-1], hexbytes("secret"))
-        self.assertNotIn(pid, self.pool._executor._processes)
-        self.flushLoggedErrors()
+        yield ended
+        # Its request fails closed (None: implicit rejection), and is logged.
+        self.assertIsNone((yield waiting))
+        self.assertEqual(self.pool.pending, 0)
+        self.assertEqual(self.pool._running, [])
+        secret = yield self.decrypt(hexbytes("key_payload"), label)
+        self.assertEqual(secret, hexbytes("secret"))
+        self.assertNotEqual(self.pool._running[0].transport.pid, pid)
+        (event,) = logged
+        self.assertEqual(event["log_level"], LogLevel.error)
+        self.assertIn("worker failed", event["log_format"])
+
+    @defer.inlineCallbacks
+    def test_a_worker_that_fails_a_request_is_replaced(self):
+        """An answer other than a result or a fault is a bug: that request
+        fails closed, and the worker (whose keys may no longer be the ones
+        the daemon thinks) is ended and replaced."""
+        yield self.decrypt(hexbytes("key_payload"), hexbytes("hello_payload"))
+        (worker,) = self.pool._running
+        pid = worker.transport.pid
+        ended = defer.Deferred()
+        original = worker.processEnded
+        self.patch(worker, "processEnded", lambda reason: (original(reason), ended.callback(None)))
+        logged = []
+        self.patch(WorkerPool, "log", Logger(observer=logged.append))
+        answer = self.pool._submit(None, lambda worker: ("no such request",))
+        self.assertIsNone((yield answer))
+        yield ended
+        self.assertIn("failed in a worker", logged[0]["log_format"])
+        secret = yield self.decrypt(hexbytes("key_payload"), hexbytes("hello_payload"))
+        self.assertEqual(secret, hexbytes("secret"))
+        self.assertNotEqual(self.pool._running[0].transport.pid, pid)
+
+    @defer.inlineCallbacks
+    def test_a_dead_worker_spares_the_others(self):
+        pool = WorkerPool(2, self.pool.reactor)
+        self.addCleanup(pool.close)
+        label = hexbytes("hello_payload")
+        first = pool.decrypt(SERVER_KEY, hexbytes("key_payload"), label)
+        second = pool.decrypt(SERVER_KEY, hexbytes("key_payload"), label)
+        self.assertEqual(len(pool._running), 2)
+        yield defer.gatherResults([first, second])
+        doomed, spared = pool._running
+        ended = defer.Deferred()
+        original = doomed.processEnded
+        self.patch(doomed, "processEnded", lambda reason: (original(reason), ended.callback(None)))
+        os.kill(doomed.transport.pid, signal.SIGKILL)
+        yield ended
+        self.assertEqual(pool._running, [spared])
+        answers = yield defer.gatherResults(
+            [pool.decrypt(SERVER_KEY, hexbytes("key_payload"), label) for _ in range(3)]
+        )
+        self.assertEqual(answers, [hexbytes("secret")] * 3)
+        self.assertIs(pool._running[0], spared)
+
+    @defer.inlineCallbacks
+    def test_close_waits_for_every_worker_and_later_requests_fail_closed(self):
+        yield self.decrypt(hexbytes("key_payload"), hexbytes("hello_payload"))
+        (worker,) = self.pool._running
+        yield self.pool.close()
+        self.assertEqual(self.pool._running, [])
+        self.assertIsNotNone(worker.transport.status)
+        self.assertIsNone((yield self.decrypt(hexbytes("key_payload"), b"")))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_default_workers(self):
         self.assertGreaterEqual(default_workers(), 1)
-
-
-def _module_keys(name):
-    """In a worker: the RSA keys its workers module holds at module level."""
-    import sys
-
-    module = sys.modules[name]
-    return [n for n, v in vars(module).items() if isinstance(v, (rsa.PrivateKey, rsa.PublicKey))]

@@ -7,6 +7,10 @@ What is here
 ------------
 * ``generate_private_key`` — FIPS 186-5 appendix A.1.3 style key generation
   (probable primes, e = 65537, d = e⁻¹ mod λ(n)) for 2048 to 8192-bit moduli.
+* ``generate_multi_prime_key`` and ``MultiPrimePrivateKey`` — RFC 8017
+  §3.2 keys of three or more primes (three below 4096 bits, OpenSSL's cap),
+  whose private operation costs about half; for keys that live in memory
+  only (the server's ephemeral keys), since key files stay two-prime.
 * ``PublicKey`` / ``PrivateKey`` — plain holders of the integers, with the
   checks needed when a key is imported (``PrivateKey.validate`` and
   ``PublicKey.validate``).
@@ -17,6 +21,8 @@ What is here
 
 There is deliberately no PKCS #1 v1.5 encryption (its padding oracle cannot be
 closed in Python) and no ASN.1: serialising keys is the job of ``keys.py``.
+The one exception is ``multi_prime_key_to_pem``, for tests and the lab: the
+libraries ``keys.py`` uses cannot write a multi-prime key.
 
 Why write RSA at all
 --------------------
@@ -74,6 +80,8 @@ here and imported from here:
   the fault check;
 * ``_oaep.py`` and ``_pss.py`` — the two padding schemes;
 * ``_generate.py`` — ``generate_private_key`` and its size rule;
+* ``_multiprime.py`` — multi-prime keys: generation, the operation over
+  every prime, and their PKCS #1 export;
 * ``_errors.py`` — ``DecryptionError`` and ``FaultError``.
 
 Test-vector keywords
@@ -113,16 +121,23 @@ from keyexchanged.rsa._keys import MIN_IMPORT_BITS as MIN_IMPORT_BITS
 from keyexchanged.rsa._keys import MIN_VALIDATE_BITS as MIN_VALIDATE_BITS
 from keyexchanged.rsa._keys import PQ_DISTANCE_SLACK_BITS as PQ_DISTANCE_SLACK_BITS
 from keyexchanged.rsa._keys import PrivateKey, PublicKey
+from keyexchanged.rsa._multiprime import MultiPrimePrivateKey, generate_multi_prime_key
+from keyexchanged.rsa._multiprime import prime_count as multi_prime_count
+from keyexchanged.rsa._multiprime import private_key_to_pem as multi_prime_key_to_pem
 
 __all__ = [
     "AVAILABLE_BACKENDS",
     "BACKEND",
     "DecryptionError",
     "FaultError",
+    "MultiPrimePrivateKey",
     "PrivateKey",
     "PublicKey",
     "generate_bits_ok",
+    "generate_multi_prime_key",
     "generate_private_key",
+    "multi_prime_count",
+    "multi_prime_key_to_pem",
 ]
 
 #: Tests and benchmarks: ``with _use_backend("python"): ...``.

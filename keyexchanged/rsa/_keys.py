@@ -233,6 +233,22 @@ class PrivateKey:
         # another process, which would then blind with the same values.
         return (PrivateKey, (self.n, self.e, self.d, self.p, self.q))
 
+    @property
+    def primes(self) -> tuple[int, ...]:
+        """The primes of n in RFC 8017's order: (p, q) for this key."""
+        return (self.p, self.q)
+
+    @classmethod
+    def from_primes(cls, n: int, e: int, d: int, primes) -> PrivateKey:
+        """The key of these numbers: a ``PrivateKey`` for two primes, a
+        ``MultiPrimePrivateKey`` for more; ``(key.n, key.e, key.d,
+        key.primes)`` rebuilds any key."""
+        if len(primes) == 2:
+            return PrivateKey(n, e, d, *primes)
+        from keyexchanged.rsa._multiprime import MultiPrimePrivateKey
+
+        return MultiPrimePrivateKey(n, e, d, primes)
+
     def _numbers(self, backend):
         """(n, e, p, q, dp, dq, qinv, n − 1) in backend form, cached.
 

@@ -187,17 +187,38 @@ def sieve_window(base, e, bound):
     return list(compress(range(WINDOW), window))
 
 
-def prime_lower_bound(bits):
-    """The least integer ≥ √2 · 2^(bits−1), computed exactly.
+def integer_root(x, k):
+    """⌊x^(1/k)⌋ for an int x ≥ 0 (Newton's method on integers)."""
+    if k == 2:
+        return math.isqrt(x)
+    if x < 2:
+        return x
+    # Start above the root: 2^⌈bits/k⌉ > x^(1/k); Newton then falls to it.
+    y = 1 << -(-x.bit_length() // k)
+    while True:
+        z = ((k - 1) * y + x // y ** (k - 1)) // k
+        if z >= y:
+            return y
+        y = z
 
-    x ≥ √2·2^(bits−1) ⇔ x² ≥ 2^(2·bits−1); that power of two is not a
-    square, so the least such x is isqrt(2^(2·bits−1)) + 1.
+
+def prime_lower_bound(bits, count=2):
+    """The least integer ≥ 2^((count−1)/count) · 2^(bits−1), computed exactly.
+
+    ``count`` primes of ``bits`` bits at or above it multiply to a modulus of
+    exactly count·bits bits: their product is at least 2^(count·bits − 1).
+    For two primes this is FIPS 186-5's √2 · 2^(bits−1).  x reaches the bound
+    exactly when x^count ≥ 2^(count·bits − 1); that power of two is not a
+    count-th power, so the least such x is its integer root plus one.
     """
-    return math.isqrt(1 << (2 * bits - 1)) + 1
+    return integer_root(1 << (count * bits - 1), count) + 1
 
 
-def generate_prime(bits, e, backend, rounds, progress, tested):
+def generate_prime(bits, e, backend, rounds, progress, tested, lower=None):
     """A random prime p, √2·2^(bits−1) ≤ p < 2^bits, with gcd(p − 1, e) = 1.
+
+    ``lower`` replaces the √2·2^(bits−1) bound (multi-prime keys, whose
+    primes have a higher one: see :func:`prime_lower_bound`).
 
     FIPS 186-5 A.1.3 draws a fresh random odd candidate each time; doing that
     in Python would spend most of the time on candidates with tiny factors.
@@ -208,7 +229,8 @@ def generate_prime(bits, e, backend, rounds, progress, tested):
 
     ``tested`` is a one-element list counting Miller–Rabin candidates.
     """
-    lower = prime_lower_bound(bits)
+    if lower is None:
+        lower = prime_lower_bound(bits)
     upper = 1 << bits
     bound = SIEVE_BOUND[backend.name]
     power = backend.powmod_public
