@@ -21,9 +21,17 @@ process at all (docs/spec/kx1.rst §10.2); rebuilding the key costs about
 bytes (a flag and a 32-byte secret, random when decoding failed), so that a
 failure neither takes a different path back nor a different size (implicit
 rejection, §3).
+
+A worker is a new Python, started by ``multiprocessing`` as ``python -c
+...`` in the daemon's working directory, which would put that directory
+first on its import path: a ``multiprocessing.py`` left there by another
+user would run in a process that is handed private keys.  Workers are
+started with ``PYTHONSAFEPATH=1`` (Python 3.11 and later), which leaves the
+working directory off the path.
 """
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import secrets
@@ -64,6 +72,22 @@ def _generate(bits):
 
 def _sign(numbers, message, salt_length):
     return rsa.PrivateKey(*numbers).sign_pss(message, salt_length=salt_length)
+
+
+@contextlib.contextmanager
+def safe_path():
+    """While in it, a Python started by this process (a worker spawned by
+    ``submit``) does not import from its working directory; the variable is
+    ours only while we start workers."""
+    saved = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = saved
 
 
 def _decrypted(answer):
@@ -161,7 +185,9 @@ class WorkerPool:
         result = defer.Deferred()
         try:
             executor = self._pool()
-            future = executor.submit(function, *args)
+            # submit starts the workers it needs, in this thread.
+            with safe_path():
+                future = executor.submit(function, *args)
         except Exception as error:  # a broken or shut-down pool, no processes left (EMFILE)
             if self._executor is None:
                 self.log.error("cannot start workers ({error})", error=type(error).__name__)

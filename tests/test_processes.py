@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import abstract, defer, endpoints, reactor, task
@@ -27,7 +28,8 @@ from zope.interface import implementer
 from keyexchanged import processes, protocol, tickets
 from keyexchanged.config import ConfigError
 from keyexchanged.trust import PinnedKey
-from tests.daemon import Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import ROOT, TWISTD, Daemon, DaemonTestCase, environment, run_client
+from tests.fixtures import plant_module
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]
@@ -265,6 +267,36 @@ class ProcessesSystemTests(DaemonTestCase):
         yield daemon.ended
         # No parent to stop them: each sees its stdin close, and stops.
         yield defer.gatherResults([e.ended for e in exits])
+
+    @defer.inlineCallbacks
+    def test_children_import_nothing_from_the_working_directory(self):
+        """A module planted in the directory the daemon runs in (one another
+        user may write) does not run in the children, which hold the keys."""
+        directory = os.path.join(self.dir, "shared")
+        os.makedirs(directory)
+        marker = os.path.join(self.dir, "ran")
+        plant_module(directory, "socket", marker)
+        # The parent itself is started safely here: only the children are tested.
+        argv = [sys.executable, "-P", *TWISTD[1:], "-n", "--pidfile=", "--logfile=-"]
+        daemon = Daemon.spawn(
+            [
+                *argv,
+                "keyexchange",
+                "--processes",
+                "2",
+                *LIGHT,
+                "--listen",
+                LOCAL,
+                "--private-key",
+                self.key,
+            ],
+            env=environment(PYTHONPATH=ROOT),  # no empty entry: that, too, is the directory
+            cwd=directory,
+        )
+        self.addCleanup(daemon.stop)
+        yield daemon.listening
+        yield daemon.wait_for(b"all 2 child processes serve")
+        self.assertFalse(os.path.exists(marker), "the planted module ran in a child")
 
     @defer.inlineCallbacks
     def test_children_read_the_proxy_header_with_haproxy_listen(self):

@@ -28,6 +28,7 @@ from tests.fixtures import (
     SERVER_KEY,
     FakePool,
     Pair,
+    plant_module,
     replay,
     server_factory,
 )
@@ -285,6 +286,31 @@ class PoolTests(unittest.TestCase):
 
     def test_default_workers(self):
         self.assertGreaterEqual(default_workers(), 1)
+
+
+class WorkingDirectoryTests(unittest.TestCase):
+    """A worker imports nothing from the daemon's working directory, which
+    someone else may be able to write (a shared checkout, /tmp)."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_a_module_planted_in_the_working_directory_does_not_run(self):
+        from twisted.internet import reactor
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        marker = os.path.join(directory, "ran")
+        # What a spawned worker imports first, before anything of ours.
+        plant_module(directory, "multiprocessing", marker)
+        here = os.getcwd()
+        os.chdir(directory)
+        self.addCleanup(os.chdir, here)
+        pool = WorkerPool(1, reactor)
+        self.addCleanup(pool.close)
+        secret = yield pool.decrypt(SERVER_KEY, hexbytes("key_payload"), hexbytes("hello_payload"))
+        self.assertEqual(secret, hexbytes("secret"))
+        self.assertFalse(os.path.exists(marker), "the planted module ran in a worker")
 
 
 def _module_keys(name):
