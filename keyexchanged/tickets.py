@@ -20,6 +20,8 @@ host and port dialled, in memory or in a 0600 file.
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -307,23 +309,37 @@ def rotate_ticket_key_file(path):
 
 
 class StoredTicket:
-    """What a client keeps of a ticket (§11.2)."""
+    """What a client keeps of a ticket (§11.2), and the fingerprint of the
+    client key of the session that earned it (``None``: no AUTH), since the
+    ticket carries that identity: it resumes only under the same one."""
 
-    __slots__ = ("expires", "host", "port", "secret", "server_fingerprint", "ticket")
+    __slots__ = (
+        "client_fingerprint",
+        "expires",
+        "host",
+        "port",
+        "secret",
+        "server_fingerprint",
+        "ticket",
+    )
 
-    def __init__(self, host, port, server_fingerprint, secret, ticket, expires):
+    def __init__(
+        self, host, port, server_fingerprint, secret, ticket, expires, client_fingerprint=None
+    ):
         self.host = host
         self.port = port
         self.server_fingerprint = server_fingerprint
         self.secret = secret
         self.ticket = ticket
         self.expires = expires
+        self.client_fingerprint = client_fingerprint
 
     def as_json(self):
         return {
             "host": self.host,
             "port": self.port,
             "server": self.server_fingerprint,
+            "client": self.client_fingerprint,
             "secret": base64.b64encode(self.secret).decode("ascii"),
             "ticket": base64.b64encode(self.ticket).decode("ascii"),
             "expires": self.expires,
@@ -331,73 +347,131 @@ class StoredTicket:
 
     @classmethod
     def from_json(cls, obj):
+        """The ticket ``obj`` describes; :class:`ValueError` saying what is
+        wrong when it is not one we could have written."""
+        if not isinstance(obj, dict):
+            raise ValueError("an entry is not an object")
+        for name, kinds in _STORED_FIELDS.items():
+            if name not in obj:
+                raise ValueError(f"an entry has no {name!r}")
+            value = obj[name]
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ValueError(f"an entry's {name!r} is not what it should be")
+        if not 0 < obj["port"] < 65536:
+            raise ValueError("an entry's port is not one")
+        try:
+            secret = base64.b64decode(obj["secret"], validate=True)
+            ticket = base64.b64decode(obj["ticket"], validate=True)
+        except binascii.Error:
+            raise ValueError("an entry's secret or ticket is not base64") from None
+        if len(secret) != 32 or not 1 <= len(ticket) <= MAX_TICKET_LENGTH:
+            raise ValueError("an entry's secret or ticket has the wrong length")
         return cls(
-            obj["host"],
-            obj["port"],
-            obj["server"],
-            base64.b64decode(obj["secret"], validate=True),
-            base64.b64decode(obj["ticket"], validate=True),
-            obj["expires"],
+            obj["host"], obj["port"], obj["server"], secret, ticket, obj["expires"], obj["client"]
         )
 
 
+#: The members of a stored ticket and their JSON types.
+_STORED_FIELDS = {
+    "host": str,
+    "port": int,
+    "server": str,
+    "client": (str, type(None)),
+    "secret": str,
+    "ticket": str,
+    "expires": int,
+}
+
+
 class TicketStore:
-    """Tickets by the host and port dialled, each used once.
+    """Tickets by the host and port dialled and the client key used, each
+    used once.
 
     In memory unless ``path`` names a file (mode 0600, written atomically,
-    expired tickets pruned on every write).  ``per_server`` bounds how many
-    are kept for one server (a tunnel keeps a small pool).
+    expired tickets pruned on every write).  Several clients may share the
+    file: every change is made under a lock (``path`` + ``.lock``), on what
+    the file holds at that moment, so that two of them never take the same
+    ticket.  The file is only a cache: one that is damaged is replaced, and
+    one that cannot be written (its directory does not exist) leaves the
+    tickets in memory; either is said once through ``warn`` (a callable
+    taking one line that begins with the path; a logged warning by
+    default).  ``per_server`` bounds how many are kept for one server (a
+    tunnel keeps a small pool).
     """
 
     log = Logger()
 
-    def __init__(self, path=None, per_server=4, clock=None):
+    def __init__(self, path=None, per_server=4, clock=None, warn=None):
         if clock is None:
             import time
 
             clock = time.time
         self._clock = clock
+        self._warn = warn or (lambda text: self.log.warn("ticket cache {text}", text=text))
+        self._warned = set()
         self.path = path
         self.per_server = per_server
         self._tickets = {}
         if path is not None:
-            self._load()
+            directory = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(directory):
+                self._give_up_file(f"the directory {directory} does not exist")
+            else:
+                # Refused now (readable by others) rather than mid-session.
+                self._load(at_start=True)
 
     def __len__(self):
         return sum(len(v) for v in self._tickets.values())
 
-    def take(self, host, port):
-        """A ticket for ``host:port`` that has not expired, removed from the
-        store (a ticket is used once), or ``None``."""
-        now = self._clock()
-        found = None
-        kept = [t for t in self._tickets.get((host, port), ()) if t.expires > now]
-        if kept:
-            found = kept.pop()
-        self._set((host, port), kept)
-        if found is not None:
-            self._save()
+    def take(self, host, port, client_fingerprint=None):
+        """A ticket for ``host:port``, issued to a session with the client
+        key ``client_fingerprint`` (``None``: without AUTH), that has not
+        expired, removed from the store (a ticket is used once); or ``None``."""
+        with self._shared() as changed:
+            now = self._clock()
+            tickets_ = [t for t in self._tickets.get((host, port), ()) if t.expires > now]
+            found = None
+            for ticket in reversed(tickets_):
+                if ticket.client_fingerprint == client_fingerprint:
+                    found = ticket
+                    break
+            if found is not None:
+                tickets_.remove(found)
+                changed.append(True)
+            self._set((host, port), tickets_)
         return found
 
     def add(self, ticket):
-        entry = [t for t in self._tickets.get((ticket.host, ticket.port), ()) if t is not ticket]
-        # Never mix server keys: a ticket under a new key replaces the old.
-        entry = [t for t in entry if t.server_fingerprint == ticket.server_fingerprint]
-        entry.append(ticket)
-        self._set((ticket.host, ticket.port), entry[-self.per_server :])
-        self._save()
+        with self._shared() as changed:
+            where = (ticket.host, ticket.port)
+            entry = [t for t in self._tickets.get(where, ()) if t is not ticket]
+            # Never mix server keys: a ticket under a new key replaces the old.
+            entry = [t for t in entry if t.server_fingerprint == ticket.server_fingerprint]
+            entry.append(ticket)
+            self._set(where, entry[-self.per_server :])
+            changed.append(True)
 
-    def add_received(self, host, port, event):
-        """Keep the ticket of a :class:`~keyexchanged.handshake.TicketReceived`."""
+    def add_received(self, host, port, event, client_fingerprint=None):
+        """Keep the ticket of a :class:`~keyexchanged.handshake.TicketReceived`
+        of a session with the client key ``client_fingerprint``."""
         expires = int(self._clock()) + event.lifetime
         self.add(
-            StoredTicket(host, port, event.server_fingerprint, event.secret, event.ticket, expires)
+            StoredTicket(
+                host,
+                port,
+                event.server_fingerprint,
+                event.secret,
+                event.ticket,
+                expires,
+                client_fingerprint,
+            )
         )
 
     def forget(self, host, port):
         """Drop every ticket for ``host:port`` (the server said stale-ticket)."""
-        if self._tickets.pop((host, port), None) is not None:
-            self._save()
+        with self._shared() as changed:
+            if self._tickets.pop((host, port), None) is not None:
+                changed.append(True)
 
     def _set(self, where, entry):
         if entry:
@@ -405,30 +479,70 @@ class TicketStore:
         else:
             self._tickets.pop(where, None)
 
-    def _load(self):
+    @contextlib.contextmanager
+    def _shared(self):
+        """Hold the file's lock, with the tickets read from the file; write
+        them back if the body appended to the list it was given."""
+        changed = []
+        if self.path is None:
+            yield changed
+            return
+        try:
+            lock = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            self._give_up_file(f"cannot be locked: {error.strerror or error}")
+            yield changed
+            return
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._load()
+            yield changed
+            if changed:
+                self._save()
+        finally:
+            os.close(lock)  # and with it the lock
+
+    def _give_up_file(self, reason):
+        self._say(f"{reason}; tickets are kept in memory only")
+        self.path = None
+
+    def _say(self, text):
+        if text not in self._warned:
+            self._warned.add(text)
+            self._warn(f"{self.path}: {text}")
+
+    def _load(self, at_start=False):
+        self._tickets = {}
         try:
             data = keys.read_private_file(self.path)
         except keys.KeyFileError as error:
             if not os.path.lexists(self.path):
                 return
-            raise TicketKeyFileError(str(error).replace("private key", "ticket cache")) from None
+            message = str(error).replace("private key", "ticket cache")
+            if at_start:
+                raise TicketKeyFileError(message) from None
+            self._give_up_file(message)
+            return
         try:
-            entries = json.loads(data.decode("utf-8"))["tickets"]
-            tickets = [StoredTicket.from_json(e) for e in entries]
-        except (ValueError, KeyError, TypeError, binascii.Error):
+            document = json.loads(data.decode("utf-8"))
+            entries = document["tickets"] if isinstance(document, dict) else None
+            if not isinstance(entries, list):
+                raise ValueError("no list of tickets")
+            tickets_ = [StoredTicket.from_json(e) for e in entries]
+        except (ValueError, KeyError) as error:
             # A cache is only a cache: start empty rather than refuse to run.
-            self.log.warn("ignoring unreadable ticket cache {path}", path=self.path)
+            self._say(f"is damaged ({error}); starting with no tickets")
             return
         now = self._clock()
-        for ticket in tickets:
+        for ticket in tickets_:
             if ticket.expires > now:
-                where = (ticket.host, ticket.port)
-                self._tickets.setdefault(where, []).append(ticket)
+                self._tickets.setdefault((ticket.host, ticket.port), []).append(ticket)
 
     def _save(self):
-        if self.path is None:
-            return
         now = self._clock()
         entries = [t.as_json() for v in self._tickets.values() for t in v if t.expires > now]
         data = json.dumps({"tickets": entries}).encode("utf-8")
-        files.write_atomically(self.path, data, PRIVATE_FILE_MODE, force=True)
+        try:
+            files.write_atomically(self.path, data, PRIVATE_FILE_MODE, force=True)
+        except keys.KeyFileError as error:
+            self._give_up_file(str(error).replace(f"{self.path}: ", "", 1))

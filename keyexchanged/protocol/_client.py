@@ -5,7 +5,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 
-from keyexchanged import handshake
+from keyexchanged import handshake, keys
 from keyexchanged.errors import UntrustedKey
 from keyexchanged.framing import (
     INTERNAL,
@@ -200,6 +200,9 @@ class ChannelClientFactory(ClientFactory):
         self.require_forward_secrecy = require_forward_secrecy
         self.tickets = tickets
         self.server_address = server_address
+        # A ticket carries the identity of the session that earned it: it
+        # is filed under that client key and resumed only with it.
+        self.client_fingerprint = None if identity is None else keys.fingerprint(identity)
         #: Whether this connection offered a ticket (RESUME) rather than KEY.
         self.offered_ticket = False
         self.handshake = defer.Deferred()
@@ -208,7 +211,7 @@ class ChannelClientFactory(ClientFactory):
     def buildProtocol(self, addr):
         ticket = None
         if self.tickets is not None and self.server_address is not None:
-            ticket = self.tickets.take(*self.server_address)
+            ticket = self.tickets.take(*self.server_address, self.client_fingerprint)
         self.offered_ticket = ticket is not None
         connection = handshake.ClientConnection(
             identity=self.identity,
@@ -237,7 +240,7 @@ class ChannelClientFactory(ClientFactory):
 
     def ticket_received(self, event):
         if self.tickets is not None and self.server_address is not None:
-            self.tickets.add_received(*self.server_address, event)
+            self.tickets.add_received(*self.server_address, event, self.client_fingerprint)
 
     def handshake_done(self, application):
         if not self.handshake.called:
