@@ -56,6 +56,15 @@ MAX_TICKET_LENGTH = 512
 MAX_LIFETIME = 86400
 DEFAULT_LIFETIME = 3600
 _KEY_ID_CONTEXT = b"kx/1 ticket key id\x00"
+#: A daemon remembers the tickets that resumed until they expire, so that
+#: each resumes once.  Each costs about 150 bytes (30 MB for all): past
+#: this many at once (some 55 resumptions a second for an hour-long
+#: lifetime), a ticket is refused, which costs a full handshake, rather
+#: than one forgotten.
+MAX_USED_TICKETS = 200_000
+#: Used tickets are filed by key id and by this many seconds of expiry, so
+#: that those that expired go a whole group at a time.
+USED_BUCKET_SECONDS = 60
 
 
 def key_id(key):
@@ -96,6 +105,36 @@ class TicketKeys:
         return self._by_id.get(kid)
 
 
+class _UsedTickets:
+    """The nonces of the tickets that resumed, by key id and expiry, until
+    they expire or their key is retired (docs/spec/kx1.rst §11.4)."""
+
+    def __init__(self):
+        self._groups = {}  # (key id, expiry // USED_BUCKET_SECONDS) -> {nonce}
+        self.count = 0
+        self._next_prune = None
+
+    def record(self, kid, nonce, expires, now, ticket_keys):
+        """Note a ticket's use; raise :class:`StaleTicket` if it was used
+        already, or if there is no room to remember it."""
+        group = self._groups.get((kid, expires // USED_BUCKET_SECONDS))
+        if group is not None and nonce in group:
+            raise StaleTicket("ticket already used")
+        if self._next_prune is None or now >= self._next_prune or self.count >= MAX_USED_TICKETS:
+            self._prune(now, ticket_keys)
+        if self.count >= MAX_USED_TICKETS:
+            raise StaleTicket("too many used tickets to remember another")
+        self._groups.setdefault((kid, expires // USED_BUCKET_SECONDS), set()).add(nonce)
+        self.count += 1
+
+    def _prune(self, now, ticket_keys):
+        self._next_prune = now + USED_BUCKET_SECONDS
+        for where in list(self._groups):
+            kid, group = where
+            if ticket_keys.find(kid) is None or (group + 1) * USED_BUCKET_SECONDS <= now:
+                self.count -= len(self._groups.pop(where))
+
+
 class TicketIssuer:
     """Makes and opens this server's tickets.
 
@@ -112,6 +151,7 @@ class TicketIssuer:
         self.keys = ticket_keys
         self.lifetime = lifetime
         self._random = random
+        self._used = _UsedTickets()
         if clock is None:
             import time
 
@@ -161,7 +201,13 @@ class TicketIssuer:
             raise StaleTicket("ticket expired")
         if server != server_fingerprint:
             raise StaleTicket("ticket issued under another server key")
+        self._used.record(kid, nonce, expires, self._clock(), self.keys)
         return secret, client
+
+    @property
+    def used_tickets(self):
+        """How many used tickets are remembered now."""
+        return self._used.count
 
 
 class TicketKeyRotation:

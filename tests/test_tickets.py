@@ -160,6 +160,56 @@ class IssuerTests(unittest.TestCase):
             )
 
 
+class SingleUseTests(unittest.TestCase):
+    """A daemon resumes each ticket once, remembering the used ones, in
+    bounded memory, until they expire."""
+
+    def setUp(self):
+        self.now = [NOW]
+        self.issuer = tickets.TicketIssuer(
+            tickets.TicketKeys.random(), lifetime=600, clock=lambda: self.now[0]
+        )
+
+    def issue(self):
+        return self.issuer.issue(b"s" * 32, IDENTITY.fingerprint)[0]
+
+    def test_a_ticket_opens_once(self):
+        ticket = self.issue()
+        self.assertEqual(self.issuer.open(ticket, IDENTITY.fingerprint), (b"s" * 32, None))
+        error = self.assertRaises(
+            tickets.StaleTicket, self.issuer.open, ticket, IDENTITY.fingerprint
+        )
+        self.assertEqual(str(error), "ticket already used")
+        self.assertIsNotNone(self.issuer.open(self.issue(), IDENTITY.fingerprint))
+
+    def test_a_used_ticket_is_forgotten_once_it_has_expired(self):
+        self.issuer.open(self.issue(), IDENTITY.fingerprint)
+        self.assertEqual(self.issuer.used_tickets, 1)
+        self.now[0] += 600 + tickets.USED_BUCKET_SECONDS
+        self.issuer.open(self.issue(), IDENTITY.fingerprint)
+        self.assertEqual(self.issuer.used_tickets, 1)
+
+    def test_a_full_memory_refuses_to_resume_rather_than_forget(self):
+        self.patch(tickets, "MAX_USED_TICKETS", 3)
+        for _ in range(3):
+            self.issuer.open(self.issue(), IDENTITY.fingerprint)
+        fresh = self.issue()
+        error = self.assertRaises(
+            tickets.StaleTicket, self.issuer.open, fresh, IDENTITY.fingerprint
+        )
+        self.assertEqual(str(error), "too many used tickets to remember another")
+        # Once the old ones have expired there is room again.
+        self.now[0] += 600 + tickets.USED_BUCKET_SECONDS
+        self.issuer.open(self.issue(), IDENTITY.fingerprint)
+
+    def test_tickets_of_a_retired_key_are_forgotten(self):
+        self.issuer.open(self.issue(), IDENTITY.fingerprint)
+        self.issuer.keys = tickets.TicketKeys.random()
+        self.now[0] += tickets.USED_BUCKET_SECONDS
+        self.issuer.open(self.issue(), IDENTITY.fingerprint)
+        self.assertEqual(self.issuer.used_tickets, 1)
+
+
 def received(ticket=b"T" * 40, lifetime=60, fingerprint=IDENTITY.fingerprint):
     return TicketReceived(ticket, lifetime, b"S" * 32, fingerprint)
 
