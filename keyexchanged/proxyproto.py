@@ -43,7 +43,6 @@ from zope.interface import directlyProvides, providedBy
 
 __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
-    "DEFAULT_TRUSTED_PROXIES",
     "MAX_HEADER",
     "HeaderReader",
     "ProxyHeader",
@@ -55,7 +54,6 @@ __all__ = [
 ]
 
 #: The balancer on this host, the usual place for one.
-DEFAULT_TRUSTED_PROXIES = "127.0.0.1/32,::1/128"
 
 #: Seconds a trusted proxy has to send its header.  It sends it at once on
 #: connecting; a connection still without one is not a proxy's.
@@ -315,6 +313,15 @@ def parse_listen(description, trusted_proxies, reactor=None, header_timeout=DEFA
         )
     if _prefix(rest)[0].lower() == "haproxy":
         raise ValueError("haproxy: given twice; a connection carries one PROXY header")
+    if trusted_proxies is None:
+        # No default: every local user would be a trusted proxy, and could
+        # name any client address, past --max-per-source.
+        raise ValueError(
+            "haproxy: trusts no proxy until told which: add --trusted-proxies "
+            "(trusted-proxies = in the config file) with HAProxy's addresses, such as "
+            "127.0.0.1/32 when it runs on this machine (then every local user may send "
+            "a PROXY header)"
+        )
 
     def wrap(factory):
         return ProxyProtocolFactory(factory, trusted_proxies, reactor, header_timeout)

@@ -301,7 +301,12 @@ class ProcessesSystemTests(DaemonTestCase):
     @defer.inlineCallbacks
     def test_children_read_the_proxy_header_with_haproxy_listen(self):
         daemon, port, _pids = yield self.start(
-            "--listen", "haproxy:" + LOCAL, "--private-key", self.key
+            "--listen",
+            "haproxy:" + LOCAL,
+            "--trusted-proxies",
+            "127.0.0.1/32",
+            "--private-key",
+            self.key,
         )
         held = Held()
         endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)

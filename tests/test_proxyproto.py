@@ -8,7 +8,7 @@ test_proxyproto_haproxy.py.
 
 import struct
 
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
@@ -26,6 +26,7 @@ from keyexchanged.proxyproto import (
     parse_listen,
     parse_trusted_proxies,
 )
+from tests.daemon import Daemon, DaemonTestCase
 from tests.fixtures import frames, server_factory
 
 # -- headers, from the spec ------------------------------------------------------
@@ -445,8 +446,8 @@ class SecureChannelTests(unittest.SynchronousTestCase):
 
 
 class TrustedProxiesTests(unittest.SynchronousTestCase):
-    def test_default(self):
-        trusted = parse_trusted_proxies(proxyproto.DEFAULT_TRUSTED_PROXIES)
+    def test_loopback(self):
+        trusted = parse_trusted_proxies("127.0.0.1/32,::1/128")
         self.assertEqual(str(trusted), "127.0.0.1/32,::1/128")
         self.assertTrue(trusted.allows(IPv4Address("TCP", "127.0.0.1", 1)))
         self.assertTrue(trusted.allows(IPv6Address("TCP", "::1", 1)))
@@ -515,6 +516,44 @@ class ListenTests(unittest.SynchronousTestCase):
             with self.assertRaises(ValueError) as raised:
                 parse_listen(description, self.trusted)
             self.assertEqual(str(raised.exception), reason)
+
+
+class NoDefaultProxyTests(unittest.SynchronousTestCase):
+    """Nobody is a trusted proxy unless the operator names them: by default
+    every local user would be one, and could name any client address."""
+
+    def test_haproxy_without_trusted_proxies_is_refused(self):
+        with self.assertRaises(ValueError) as raised:
+            parse_listen("haproxy:tcp:51424", None)
+        message = str(raised.exception)
+        self.assertIn("--trusted-proxies", message)
+        self.assertIn("127.0.0.1/32", message)
+
+    def test_no_trusted_proxies_needed_without_haproxy(self):
+        inner, _ = parse_listen("tcp:51424", None)
+        self.assertEqual(inner, "tcp:51424")
+
+    def test_there_is_no_default(self):
+        from keyexchanged.config import SETTINGS
+
+        (setting,) = [s for s in SETTINGS if s.name == "trusted-proxies"]
+        self.assertIsNone(setting.default)
+
+
+class ProxiedDaemonTests(DaemonTestCase):
+    @defer.inlineCallbacks
+    def test_haproxy_without_trusted_proxies_stops_the_daemon_saying_what_to_add(self):
+        daemon = Daemon.start(
+            ["--listen", "haproxy:tcp:0:interface=127.0.0.1", "--private-key", self.key]
+        )
+        self.addCleanup(daemon.stop)
+        _, first = yield defer.DeferredList(
+            [daemon.listening, daemon.ended], fireOnOneCallback=True, consumeErrors=True
+        )
+        self.assertEqual(first, 1, "the daemon listened")
+        self.assertNotEqual((yield daemon.ended), 0)
+        self.assertIn(b"--trusted-proxies", daemon.output)
+        self.assertNotIn(b"Traceback", daemon.output)
 
 
 class ErrorTests(unittest.SynchronousTestCase):
