@@ -200,9 +200,6 @@ class ChannelClientFactory(ClientFactory):
         self.require_forward_secrecy = require_forward_secrecy
         self.tickets = tickets
         self.server_address = server_address
-        # A ticket carries the identity of the session that earned it: it
-        # is filed under that client key and resumed only with it.
-        self.client_fingerprint = None if identity is None else keys.fingerprint(identity)
         #: Whether this connection offered a ticket (RESUME) rather than KEY.
         self.offered_ticket = False
         self.handshake = defer.Deferred()
@@ -211,7 +208,7 @@ class ChannelClientFactory(ClientFactory):
     def buildProtocol(self, addr):
         ticket = None
         if self.tickets is not None and self.server_address is not None:
-            ticket = self.tickets.take(*self.server_address, self.client_fingerprint)
+            ticket = self.tickets.take(*self.server_address, self._ticket_identity())
         self.offered_ticket = ticket is not None
         connection = handshake.ClientConnection(
             identity=self.identity,
@@ -231,6 +228,11 @@ class ChannelClientFactory(ClientFactory):
             idle_timeout=self.idle_timeout,
         )
 
+    def _ticket_identity(self):
+        """A ticket carries the identity of the session that earned it: it
+        is filed under that client key's fingerprint and resumed only with it."""
+        return None if self.identity is None else keys.fingerprint(self.identity)
+
     def build_application(self, address, peer_fingerprint):
         return self.wrapped_factory.buildProtocol(address)
 
@@ -240,7 +242,7 @@ class ChannelClientFactory(ClientFactory):
 
     def ticket_received(self, event):
         if self.tickets is not None and self.server_address is not None:
-            self.tickets.add_received(*self.server_address, event, self.client_fingerprint)
+            self.tickets.add_received(*self.server_address, event, self._ticket_identity())
 
     def handshake_done(self, application):
         if not self.handshake.called:
