@@ -21,6 +21,7 @@ host and port dialled, in memory or in a 0600 file.
 import base64
 import binascii
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -40,6 +41,7 @@ __all__ = [
     "TicketIssuer",
     "TicketKeyFileError",
     "TicketKeys",
+    "TicketState",
     "TicketStore",
     "load_ticket_keys",
     "new_ticket_key_file",
@@ -55,6 +57,9 @@ TAG_LENGTH = 16
 MAX_TICKET_LENGTH = 512
 MAX_LIFETIME = 86400
 DEFAULT_LIFETIME = 3600
+#: The state is padded to this many bytes: it takes about 250 with a client
+#: key named (fingerprints are of one length), and a ticket 300.
+STATE_LENGTH = 256
 _KEY_ID_CONTEXT = b"kx/1 ticket key id\x00"
 #: A daemon remembers the tickets that resumed until they expire, so that
 #: each resumes once.  Each costs about 150 bytes (30 MB for all): past
@@ -103,6 +108,17 @@ class TicketKeys:
 
     def find(self, kid):
         return self._by_id.get(kid)
+
+
+@dataclasses.dataclass(frozen=True)
+class TicketState:
+    """What a ticket gives back to the server that issued it."""
+
+    secret: bytes
+    #: The client key's fingerprint, when the session's full handshake had AUTH.
+    client_fingerprint: "str | None"
+    #: When that full handshake took place (seconds since the epoch).
+    authenticated: int
 
 
 class _UsedTickets:
@@ -158,17 +174,33 @@ class TicketIssuer:
             clock = time.time
         self._clock = clock
 
-    def issue(self, secret, server_fingerprint, client_fingerprint=None):
-        """Return ``(ticket, lifetime)`` for a session with ``secret``."""
-        expires = int(self._clock()) + self.lifetime
+    def issue(self, secret, server_fingerprint, client_fingerprint=None, authenticated=None):
+        """Return ``(ticket, lifetime)`` for a session with ``secret``, or
+        ``None`` when its chain has run out.
+
+        ``authenticated`` is when the full handshake at the start of the
+        session's chain took place (``None``: now, for a full handshake); a
+        ticket never outlives it by more than one lifetime, however often
+        it is resumed and renewed.
+        """
+        now = int(self._clock())
+        if authenticated is None:
+            authenticated = now
+        expires = min(now + self.lifetime, authenticated + self.lifetime)
+        if expires <= now:
+            return None
         state = json.dumps(
             {
                 "secret": base64.b64encode(secret).decode("ascii"),
                 "expires": expires,
                 "server": server_fingerprint,
                 "client": client_fingerprint,
+                "authenticated": authenticated,
             }
         ).encode("utf-8")
+        # One length whether a client key is named or not: a RESUME's size
+        # must not tell an onlooker that the session was authenticated.
+        state = state.ljust(STATE_LENGTH)
         key = self.keys.encrypting
         kid = key_id(key)
         nonce = self._random(NONCE_LENGTH)
@@ -177,10 +209,16 @@ class TicketIssuer:
         body, tag = cipher.encrypt_and_digest(state)
         ticket = kid + nonce + body + tag
         assert len(ticket) <= MAX_TICKET_LENGTH  # fingerprints bound the state
-        return ticket, self.lifetime
+        return ticket, expires - now
 
     def open(self, ticket, server_fingerprint):
         """Return ``(secret, client_fingerprint)``, or raise :class:`StaleTicket`."""
+        state = self.open_state(ticket, server_fingerprint)
+        return state.secret, state.client_fingerprint
+
+    def open_state(self, ticket, server_fingerprint):
+        """Return the :class:`TicketState` in ``ticket``, or raise
+        :class:`StaleTicket`.  A ticket opens once (see :class:`_UsedTickets`)."""
         if len(ticket) < KEY_ID_LENGTH + NONCE_LENGTH + TAG_LENGTH:
             raise StaleTicket("ticket too short")
         kid = ticket[:KEY_ID_LENGTH]
@@ -195,14 +233,20 @@ class TicketIssuer:
             state = json.loads(cipher.decrypt_and_verify(body, ticket[-TAG_LENGTH:]))
             secret = base64.b64decode(state["secret"], validate=True)
             expires, server, client = state["expires"], state["server"], state["client"]
-        except (ValueError, KeyError, TypeError, binascii.Error):
+            # Tickets of earlier versions (and the spec's vector) have no
+            # authentication time: their chain ends one lifetime after they
+            # were issued.
+            authenticated = state.get("authenticated", expires - self.lifetime)
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             raise StaleTicket("ticket does not open") from None
         if not isinstance(expires, int) or expires <= self._clock():
             raise StaleTicket("ticket expired")
+        if not isinstance(authenticated, int):
+            raise StaleTicket("ticket does not open")
         if server != server_fingerprint:
             raise StaleTicket("ticket issued under another server key")
         self._used.record(kid, nonce, expires, self._clock(), self.keys)
-        return secret, client
+        return TicketState(secret, client, authenticated)
 
     @property
     def used_tickets(self):

@@ -6,12 +6,13 @@ import json
 import os
 import stat
 
+from Crypto.Cipher import AES
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from keyexchanged import cli, keys, tickets
-from keyexchanged.handshake import TicketReceived
+from keyexchanged.handshake import ClientConnection, ServerConnection, TicketReceived
 from tests.daemon import Daemon, DaemonTestCase, run_client
 from tests.fixtures import CLIENT_KEY, IDENTITY
 from tests.vectors import RAW
@@ -208,6 +209,84 @@ class SingleUseTests(unittest.TestCase):
         self.now[0] += tickets.USED_BUCKET_SECONDS
         self.issuer.open(self.issue(), IDENTITY.fingerprint)
         self.assertEqual(self.issuer.used_tickets, 1)
+
+
+class ChainTests(unittest.TestCase):
+    """Sessions resumed from sessions resumed from a full handshake: what the
+    tickets say stays that of the full handshake, for a bounded time."""
+
+    def setUp(self):
+        self.now = NOW
+        self.issuer = tickets.TicketIssuer(
+            tickets.TicketKeys.random(), lifetime=600, clock=lambda: self.now
+        )
+
+    def session(self, ticket=None, identity=None):
+        """A session, resumed with ``ticket`` (a TicketReceived) or full; the
+        TicketReceived it left, or None."""
+        server = ServerConnection(IDENTITY, tickets=self.issuer)
+        server.start()
+        stored = None
+        if ticket is not None:
+            stored = tickets.StoredTicket(
+                "h", 1, ticket.server_fingerprint, ticket.secret, ticket.ticket, NOW + 86400
+            )
+        client = ClientConnection(identity=identity, require_forward_secrecy=False, ticket=stored)
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        server.receive_data(client.data_to_send())
+        events = client.receive_data(server.data_to_send())
+        self.assertTrue(client.resumed if ticket is not None else not client.resumed)
+        found = [e for e in events if isinstance(e, TicketReceived)]
+        return found[0] if found else None
+
+    def test_a_chain_of_resumptions_ends_one_lifetime_after_its_full_handshake(self):
+        ticket = self.session()
+        self.assertEqual(ticket.lifetime, 600)
+        self.now += 400
+        ticket = self.session(ticket)
+        self.assertEqual(ticket.lifetime, 200)  # not 600 more
+        self.now += 150
+        ticket = self.session(ticket)
+        self.assertEqual(ticket.lifetime, 50)
+        self.now += 50
+        # The chain is over: that ticket has expired, a full handshake follows.
+        self.assertRaises(
+            tickets.StaleTicket, self.issuer.open, ticket.ticket, IDENTITY.fingerprint
+        )
+
+    def test_the_authenticated_identity_and_its_time_are_carried(self):
+        ticket = self.session(identity=CLIENT_KEY)
+        self.now += 100
+        ticket = self.session(ticket)
+        state = self.issuer.open_state(ticket.ticket, IDENTITY.fingerprint)
+        self.assertEqual(state.client_fingerprint, CLIENT_FINGERPRINT)
+        self.assertEqual(state.authenticated, NOW)
+
+    def test_a_ticket_says_nothing_of_the_client_by_its_length(self):
+        anonymous, _ = self.issuer.issue(b"s" * 32, IDENTITY.fingerprint)
+        authenticated, _ = self.issuer.issue(b"s" * 32, IDENTITY.fingerprint, CLIENT_FINGERPRINT)
+        self.assertEqual(len(anonymous), len(authenticated))
+        self.assertLessEqual(len(authenticated), tickets.MAX_TICKET_LENGTH)
+
+    def test_a_ticket_without_the_authentication_time_still_opens(self):
+        """As the spec's vector ticket, and tickets of an earlier version:
+        their chain ends one lifetime after they were issued."""
+        state = json.dumps(
+            {
+                "secret": base64.b64encode(b"s" * 32).decode(),
+                "expires": NOW + 600,
+                "server": IDENTITY.fingerprint,
+                "client": None,
+            }
+        ).encode()
+        key = self.issuer.keys.encrypting
+        kid = tickets.key_id(key)
+        cipher = AES.new(key, AES.MODE_GCM, nonce=b"n" * 12)
+        cipher.update(kid)
+        body, tag = cipher.encrypt_and_digest(state)
+        opened = self.issuer.open_state(kid + b"n" * 12 + body + tag, IDENTITY.fingerprint)
+        self.assertEqual((opened.secret, opened.authenticated), (b"s" * 32, NOW))
 
 
 def received(ticket=b"T" * 40, lifetime=60, fingerprint=IDENTITY.fingerprint):
