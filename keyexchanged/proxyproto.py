@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
     "MAX_HEADER",
     "HeaderReader",
+    "HealthCheckLines",
     "ProxyHeader",
     "ProxyHeaderError",
     "ProxyProtocolFactory",
@@ -52,8 +53,6 @@ __all__ = [
     "parse_listen",
     "parse_trusted_proxies",
 ]
-
-#: The balancer on this host, the usual place for one.
 
 #: Seconds a trusted proxy has to send its header.  It sends it at once on
 #: connecting; a connection still without one is not a proxy's.
@@ -327,6 +326,47 @@ def parse_listen(description, trusted_proxies, reactor=None, header_timeout=DEFA
         return ProxyProtocolFactory(factory, trusted_proxies, reactor, header_timeout)
 
     return rest, wrap
+
+
+class HealthCheckLines:
+    """A proxy's health checks in the log at info: the first one from each
+    proxy at once, then at most one line every ``interval`` seconds with
+    how many came meanwhile (HAProxy checks every 2 s: a line each would
+    drown the sessions)."""
+
+    #: Proxies tracked at most (they are trusted proxies: a handful).
+    MAX_PROXIES = 256
+
+    def __init__(self, clock, interval=60.0, log=None):
+        self.clock = clock
+        self.interval = interval
+        self.log = log or Logger()
+        self._proxies = {}  # host -> [count since the last line, time of that line]
+
+    def seen(self, peer):
+        """A health check from ``peer`` (``host:port`` or ``[v6]:port``) came and went."""
+        proxy = peer.rsplit(":", 1)[0].strip("[]") if ":" in peer else peer
+        now = self.clock.seconds()
+        if proxy not in self._proxies:
+            if len(self._proxies) >= self.MAX_PROXIES:
+                self._proxies.clear()
+            self._proxies[proxy] = [0, now]
+            self.log.info(
+                "health check from {proxy} (a PROXY-protocol LOCAL connection that got "
+                "HELLO and closed); further ones are counted once a minute",
+                proxy=proxy,
+            )
+            return
+        seen = self._proxies[proxy]
+        seen[0] += 1
+        if now - seen[1] >= self.interval:
+            self.log.info(
+                "{count} health checks from {proxy} in the last {seconds:.0f} s",
+                count=seen[0],
+                proxy=proxy,
+                seconds=now - seen[1],
+            )
+            seen[0], seen[1] = 0, now
 
 
 def _describe(peer):

@@ -14,7 +14,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from keyexchanged import proxyproto
@@ -608,6 +608,39 @@ class HealthCheckTests(unittest.SynchronousTestCase):
         self.assertNotIn("health check from {peer}", texts)
         self.assertTrue([t for t in texts if t.startswith("connection from {peer} ended")])
         self.assertEqual(samples["keyexchanged_health_checks_total"], 0)
+
+    def check(self, factory, events):
+        connection = Connection(wrapped=factory)
+        connection.feed(V2_LOCAL)
+        connection.protocol.connectionLost(ConnectionDone())
+        return [e for e in events if e.get("log_level") == LogLevel.info]
+
+    def test_health_checks_are_at_info_once_then_once_a_minute_with_their_count(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        factory = server_factory(clock=clock)
+        (first,) = self.check(factory, events)
+        self.assertIn("health check", formatEvent(first))
+        self.assertIn("127.0.0.1", formatEvent(first))
+        for _ in range(29):
+            clock.advance(2)  # HAProxy's default: a check every 2 s
+            self.check(factory, events)
+        self.assertEqual(len(self.check_lines(events)), 1)
+        clock.advance(2)
+        self.check(factory, events)
+        lines = self.check_lines(events)
+        self.assertEqual(len(lines), 2)
+        self.assertIn("30 health checks from 127.0.0.1 in the last 60 s", formatEvent(lines[1]))
+
+    @staticmethod
+    def check_lines(events):
+        return [
+            e
+            for e in events
+            if e.get("log_level") == LogLevel.info and "health check" in formatEvent(e)
+        ]
 
     def test_a_silent_proxied_client_is_a_session(self):
         texts, samples = self.run_connection(V1_TCP4)
