@@ -20,7 +20,6 @@ from keyexchanged import rsa
 from keyexchanged.errors import ConfigError
 from keyexchanged.proxyproto import (
     DEFAULT_HEADER_TIMEOUT,
-    DEFAULT_TRUSTED_PROXIES,
     parse_trusted_proxies,
 )
 
@@ -252,10 +251,11 @@ SETTINGS = [
     ),
     Setting(
         "trusted-proxies",
-        parse_trusted_proxies(DEFAULT_TRUSTED_PROXIES),
+        None,
         parse_trusted_proxies,
         "with --listen haproxy:...: the networks (comma-separated) whose connections "
-        "start with a PROXY header naming the client; others are dropped",
+        "start with a PROXY header naming the client; others are dropped (no default: "
+        "required with haproxy:)",
     ),
     Setting(
         "proxy-header-timeout",

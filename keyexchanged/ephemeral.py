@@ -253,6 +253,7 @@ class EphemeralKeys:
     def _rotate(self):
         """Replace the current key; a failure keeps it in service and retries."""
         self._call = None
+        signer = self.long_term
         try:
             new = yield self._make()
         except Exception as error:
@@ -268,6 +269,14 @@ class EphemeralKeys:
             return
         if self._stopped:
             new.destroy()
+            return
+        if self.long_term is not signer:
+            # A reload changed the long-term key meanwhile, and rekey() put a
+            # key signed by the new one in service: this one would fail
+            # every client's check until the next rotation.
+            new.destroy()
+            self.log.info("discarded an ephemeral key signed by the replaced long-term key")
+            self._call = self.reactor.callLater(self.interval, self._rotate)
             return
         old, self.current = self.current, new
         self.rotations += 1

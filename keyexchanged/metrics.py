@@ -68,6 +68,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -117,6 +118,15 @@ OUTCOMES = (
     "shutdown",
 )
 DIRECTIONS = ("in", "out")
+
+#: What the metrics port holds at most.  A Prometheus scrapes over one
+#: connection and in milliseconds; these keep a stranger who can reach the
+#: port from holding file descriptors that the KX/1 port needs (idle
+#: connections are otherwise kept as long as one byte comes now and then).
+MAX_PER_SOURCE = 4
+MAX_CONNECTIONS = 16
+#: Seconds a metrics connection may last in all, however busy.
+CONNECTION_DEADLINE = 10.0
 ERROR_SENT_CODES = tuple(sorted(ERROR_CODES))
 RELOAD_RESULTS = ("ok", "failed")
 OTHER = "other"
@@ -427,11 +437,60 @@ class _QuietSite(Site):
         pass
 
 
-def metrics_site(metrics):
+def metrics_site(metrics, reactor=None):
     """The web site: ``/metrics``, and 404 everywhere else."""
     root = Resource()
     root.putChild(b"metrics", MetricsPage(metrics))
-    return _QuietSite(root)
+    return _QuietSite(root, reactor=reactor)
+
+
+class _Deadline(ProtocolWrapper):
+    """One metrics connection: cut when its time is up, whatever it sends."""
+
+    def makeConnection(self, transport):
+        self._cut = self.factory.reactor.callLater(CONNECTION_DEADLINE, transport.abortConnection)
+        super().makeConnection(transport)
+
+    def connectionLost(self, reason):
+        if self._cut.active():
+            self._cut.cancel()
+        super().connectionLost(reason)
+
+
+class BoundedConnections(WrappingFactory):
+    """Wraps the metrics site: at most :data:`MAX_CONNECTIONS` connections,
+    :data:`MAX_PER_SOURCE` from one address, each for at most
+    :data:`CONNECTION_DEADLINE` seconds; one more is closed at once."""
+
+    protocol = _Deadline
+
+    def __init__(self, site, reactor):
+        super().__init__(site)
+        self.reactor = reactor
+        self._per_source = {}
+
+    def buildProtocol(self, addr):
+        source = getattr(addr, "host", None)
+        held = self._per_source.get(source, 0)
+        if len(self.protocols) >= MAX_CONNECTIONS or held >= MAX_PER_SOURCE:
+            return None
+        wrapper = super().buildProtocol(addr)
+        if wrapper is not None:
+            wrapper._source = source
+            self._per_source[source] = held + 1
+        return wrapper
+
+    def unregisterProtocol(self, p):
+        super().unregisterProtocol(p)
+        source = p._source
+        left = self._per_source.get(source, 1) - 1
+        if left > 0:
+            self._per_source[source] = left
+        else:
+            self._per_source.pop(source, None)
+
+
+_EVERY_INTERFACE = ("", "0.0.0.0", "::")  # noqa: S104 -- what we warn about
 
 
 class MetricsService(service.Service):
@@ -446,7 +505,10 @@ class MetricsService(service.Service):
 
     log = Logger()
 
-    def __init__(self, endpoint, description, metrics):
+    def __init__(self, endpoint, description, metrics, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
         self.endpoint = endpoint
         self.description = description
         self.metrics = metrics
@@ -464,7 +526,8 @@ class MetricsService(service.Service):
     def _listen(self):
         if self.listening is not None:
             return
-        self.listening = self.endpoint.listen(metrics_site(self.metrics))
+        site = metrics_site(self.metrics, self.reactor)
+        self.listening = self.endpoint.listen(BoundedConnections(site, self.reactor))
         failed = []
         answered_now = True
 
@@ -494,6 +557,13 @@ class MetricsService(service.Service):
             host=getattr(address, "host", address),
             port=getattr(address, "port", ""),
         )
+        if getattr(address, "host", None) in _EVERY_INTERFACE:
+            self.log.warn(
+                "--metrics {description} listens on every interface: whoever can reach "
+                "it reads the daemon's numbers; listen on 127.0.0.1 or a private "
+                "address, or firewall the port",
+                description=self.description,
+            )
         return port
 
     def stopService(self):
@@ -514,4 +584,4 @@ def metrics_service(description, metrics, reactor):
         endpoint = serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as error:
         raise MetricsError(f"--metrics {description}: not an endpoint: {error}") from None
-    return MetricsService(endpoint, description, metrics)
+    return MetricsService(endpoint, description, metrics, reactor)

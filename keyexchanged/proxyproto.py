@@ -43,9 +43,9 @@ from zope.interface import directlyProvides, providedBy
 
 __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
-    "DEFAULT_TRUSTED_PROXIES",
     "MAX_HEADER",
     "HeaderReader",
+    "HealthCheckLines",
     "ProxyHeader",
     "ProxyHeaderError",
     "ProxyProtocolFactory",
@@ -53,9 +53,6 @@ __all__ = [
     "parse_listen",
     "parse_trusted_proxies",
 ]
-
-#: The balancer on this host, the usual place for one.
-DEFAULT_TRUSTED_PROXIES = "127.0.0.1/32,::1/128"
 
 #: Seconds a trusted proxy has to send its header.  It sends it at once on
 #: connecting; a connection still without one is not a proxy's.
@@ -315,11 +312,61 @@ def parse_listen(description, trusted_proxies, reactor=None, header_timeout=DEFA
         )
     if _prefix(rest)[0].lower() == "haproxy":
         raise ValueError("haproxy: given twice; a connection carries one PROXY header")
+    if trusted_proxies is None:
+        # No default: every local user would be a trusted proxy, and could
+        # name any client address, past --max-per-source.
+        raise ValueError(
+            "haproxy: trusts no proxy until told which: add --trusted-proxies "
+            "(trusted-proxies = in the config file) with HAProxy's addresses, such as "
+            "127.0.0.1/32 when it runs on this machine (then every local user may send "
+            "a PROXY header)"
+        )
 
     def wrap(factory):
         return ProxyProtocolFactory(factory, trusted_proxies, reactor, header_timeout)
 
     return rest, wrap
+
+
+class HealthCheckLines:
+    """A proxy's health checks in the log at info: the first one from each
+    proxy at once, then at most one line every ``interval`` seconds with
+    how many came meanwhile (HAProxy checks every 2 s: a line each would
+    drown the sessions)."""
+
+    #: Proxies tracked at most (they are trusted proxies: a handful).
+    MAX_PROXIES = 256
+
+    def __init__(self, clock, interval=60.0, log=None):
+        self.clock = clock
+        self.interval = interval
+        self.log = log or Logger()
+        self._proxies = {}  # host -> [count since the last line, time of that line]
+
+    def seen(self, peer):
+        """A health check from ``peer`` (``host:port`` or ``[v6]:port``) came and went."""
+        proxy = peer.rsplit(":", 1)[0].strip("[]") if ":" in peer else peer
+        now = self.clock.seconds()
+        if proxy not in self._proxies:
+            if len(self._proxies) >= self.MAX_PROXIES:
+                self._proxies.clear()
+            self._proxies[proxy] = [0, now]
+            self.log.info(
+                "health check from {proxy} (a PROXY-protocol LOCAL connection that got "
+                "HELLO and closed); further ones are counted once a minute",
+                proxy=proxy,
+            )
+            return
+        seen = self._proxies[proxy]
+        seen[0] += 1
+        if now - seen[1] >= self.interval:
+            self.log.info(
+                "{count} health checks from {proxy} in the last {seconds:.0f} s",
+                count=seen[0],
+                proxy=proxy,
+                seconds=now - seen[1],
+            )
+            seen[0], seen[1] = 0, now
 
 
 def _describe(peer):

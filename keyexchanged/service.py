@@ -295,8 +295,9 @@ def apply_reload(service_, old, new, log):
         factory.ephemeral_keys.interval = settings["ephemeral-interval"]
         factory.ephemeral_keys.bits = settings["ephemeral-bits"]
         factory.ephemeral_keys.handshake_timeout = settings["handshake-timeout"]
+    # ticket-lifetime is RESTART_ONLY, as the warning above says: the
+    # issuer keeps its lifetime (and resumption stays on or off).
     if factory.tickets is not None and settings["ticket-lifetime"]:
-        factory.tickets.lifetime = settings["ticket-lifetime"]
         for timer in service_.timers:
             if isinstance(timer, tickets.TicketKeyRotation):
                 timer.use_file(settings["ticket-keys"], new.ticket_keys)

@@ -20,6 +20,9 @@ host and port dialled, in memory or in a 0600 file.
 
 import base64
 import binascii
+import contextlib
+import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -38,6 +41,7 @@ __all__ = [
     "TicketIssuer",
     "TicketKeyFileError",
     "TicketKeys",
+    "TicketState",
     "TicketStore",
     "load_ticket_keys",
     "new_ticket_key_file",
@@ -53,7 +57,19 @@ TAG_LENGTH = 16
 MAX_TICKET_LENGTH = 512
 MAX_LIFETIME = 86400
 DEFAULT_LIFETIME = 3600
+#: The state is padded to this many bytes: it takes about 250 with a client
+#: key named (fingerprints are of one length), and a ticket 300.
+STATE_LENGTH = 256
 _KEY_ID_CONTEXT = b"kx/1 ticket key id\x00"
+#: A daemon remembers the tickets that resumed until they expire, so that
+#: each resumes once.  Each costs about 150 bytes (30 MB for all): past
+#: this many at once (some 55 resumptions a second for an hour-long
+#: lifetime), a ticket is refused, which costs a full handshake, rather
+#: than one forgotten.
+MAX_USED_TICKETS = 200_000
+#: Used tickets are filed by key id and by this many seconds of expiry, so
+#: that those that expired go a whole group at a time.
+USED_BUCKET_SECONDS = 60
 
 
 def key_id(key):
@@ -100,6 +116,47 @@ class TicketKeys:
         return self._by_id.get(kid)
 
 
+@dataclasses.dataclass(frozen=True)
+class TicketState:
+    """What a ticket gives back to the server that issued it."""
+
+    secret: bytes
+    #: The client key's fingerprint, when the session's full handshake had AUTH.
+    client_fingerprint: "str | None"
+    #: When that full handshake took place (seconds since the epoch).
+    authenticated: int
+
+
+class _UsedTickets:
+    """The nonces of the tickets that resumed, by key id and expiry, until
+    they expire or their key is retired (docs/spec/kx1.rst §11.4)."""
+
+    def __init__(self):
+        self._groups = {}  # (key id, expiry // USED_BUCKET_SECONDS) -> {nonce}
+        self.count = 0
+        self._next_prune = None
+
+    def record(self, kid, nonce, expires, now, ticket_keys):
+        """Note a ticket's use; raise :class:`StaleTicket` if it was used
+        already, or if there is no room to remember it."""
+        group = self._groups.get((kid, expires // USED_BUCKET_SECONDS))
+        if group is not None and nonce in group:
+            raise StaleTicket("ticket already used")
+        if self._next_prune is None or now >= self._next_prune or self.count >= MAX_USED_TICKETS:
+            self._prune(now, ticket_keys)
+        if self.count >= MAX_USED_TICKETS:
+            raise StaleTicket("too many used tickets to remember another")
+        self._groups.setdefault((kid, expires // USED_BUCKET_SECONDS), set()).add(nonce)
+        self.count += 1
+
+    def _prune(self, now, ticket_keys):
+        self._next_prune = now + USED_BUCKET_SECONDS
+        for where in list(self._groups):
+            kid, group = where
+            if ticket_keys.find(kid) is None or (group + 1) * USED_BUCKET_SECONDS <= now:
+                self.count -= len(self._groups.pop(where))
+
+
 class TicketIssuer:
     """Makes and opens this server's tickets.  Give it to
     :class:`~keyexchanged.protocol.SecureChannelFactory` as ``tickets``.
@@ -121,31 +178,47 @@ class TicketIssuer:
         self.keys = ticket_keys
         self.lifetime = lifetime
         self._random = random
+        self._used = _UsedTickets()
         if clock is None:
             import time
 
             clock = time.time
         self._clock = clock
 
-    def issue(self, secret, server_fingerprint, client_fingerprint=None):
+    def issue(self, secret, server_fingerprint, client_fingerprint=None, authenticated=None):
         """A ticket for a session.
+
+        A ticket never outlives the full handshake at the start of its
+        chain by more than one lifetime, however often it is resumed and
+        renewed.
 
         :param secret: the session's resumption secret.
         :param server_fingerprint: the long-term key's fingerprint, which
             the ticket will only resume under.
         :param client_fingerprint: the client's, when it authenticated.
+        :param authenticated: when the chain's full handshake took place
+            (``None``: now, for a full handshake).
         :returns: ``(ticket, lifetime)``: the ticket's bytes and its
-            lifetime in seconds.
+            lifetime in seconds; or ``None`` when the chain has run out.
         """
-        expires = int(self._clock()) + self.lifetime
+        now = int(self._clock())
+        if authenticated is None:
+            authenticated = now
+        expires = min(now + self.lifetime, authenticated + self.lifetime)
+        if expires <= now:
+            return None
         state = json.dumps(
             {
                 "secret": base64.b64encode(secret).decode("ascii"),
                 "expires": expires,
                 "server": server_fingerprint,
                 "client": client_fingerprint,
+                "authenticated": authenticated,
             }
         ).encode("utf-8")
+        # One length whether a client key is named or not: a RESUME's size
+        # must not tell an onlooker that the session was authenticated.
+        state = state.ljust(STATE_LENGTH)
         key = self.keys.encrypting
         kid = key_id(key)
         nonce = self._random(NONCE_LENGTH)
@@ -154,7 +227,7 @@ class TicketIssuer:
         body, tag = cipher.encrypt_and_digest(state)
         ticket = kid + nonce + body + tag
         assert len(ticket) <= MAX_TICKET_LENGTH  # fingerprints bound the state
-        return ticket, self.lifetime
+        return ticket, expires - now
 
     def open(self, ticket, server_fingerprint):
         """What a ticket this server issued holds.
@@ -164,8 +237,16 @@ class TicketIssuer:
         :returns: ``(secret, client_fingerprint)``; the second is ``None``
             when the client did not authenticate.
         :raises ~keyexchanged.errors.StaleTicket: when the ticket does not
-            open with any of the keys, has expired, or was issued under
-            another server key.
+            open with any of the keys, has expired, was used already, or
+            was issued under another server key.
+        """
+        state = self.open_state(ticket, server_fingerprint)
+        return state.secret, state.client_fingerprint
+
+    def open_state(self, ticket, server_fingerprint):
+        """The :class:`TicketState` in ``ticket``; a ticket opens once.
+
+        :raises ~keyexchanged.errors.StaleTicket: as :meth:`open`.
         """
         if len(ticket) < KEY_ID_LENGTH + NONCE_LENGTH + TAG_LENGTH:
             raise StaleTicket("ticket too short")
@@ -181,13 +262,25 @@ class TicketIssuer:
             state = json.loads(cipher.decrypt_and_verify(body, ticket[-TAG_LENGTH:]))
             secret = base64.b64decode(state["secret"], validate=True)
             expires, server, client = state["expires"], state["server"], state["client"]
-        except (ValueError, KeyError, TypeError, binascii.Error):
+            # Tickets of earlier versions (and the spec's vector) have no
+            # authentication time: their chain ends one lifetime after they
+            # were issued.
+            authenticated = state.get("authenticated", expires - self.lifetime)
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             raise StaleTicket("ticket does not open") from None
         if not isinstance(expires, int) or expires <= self._clock():
             raise StaleTicket("ticket expired")
+        if not isinstance(authenticated, int):
+            raise StaleTicket("ticket does not open")
         if server != server_fingerprint:
             raise StaleTicket("ticket issued under another server key")
-        return secret, client
+        self._used.record(kid, nonce, expires, self._clock(), self.keys)
+        return TicketState(secret, client, authenticated)
+
+    @property
+    def used_tickets(self):
+        """How many used tickets are remembered now."""
+        return self._used.count
 
 
 class TicketKeyRotation:
@@ -355,23 +448,38 @@ def rotate_ticket_key_file(path):
 class StoredTicket:
     """What a client keeps of a ticket (§11.2): the ``host`` and ``port``
     it was received from, the ``server_fingerprint``, the resumption
-    ``secret``, the opaque ``ticket`` and when it ``expires`` (Unix time)."""
+    ``secret``, the opaque ``ticket``, when it ``expires`` (Unix time), and
+    the ``client_fingerprint`` of the session that earned it (``None``: no
+    AUTH), since the ticket carries that identity: it resumes only under
+    the same one."""
 
-    __slots__ = ("expires", "host", "port", "secret", "server_fingerprint", "ticket")
+    __slots__ = (
+        "client_fingerprint",
+        "expires",
+        "host",
+        "port",
+        "secret",
+        "server_fingerprint",
+        "ticket",
+    )
 
-    def __init__(self, host, port, server_fingerprint, secret, ticket, expires):
+    def __init__(
+        self, host, port, server_fingerprint, secret, ticket, expires, client_fingerprint=None
+    ):
         self.host = host
         self.port = port
         self.server_fingerprint = server_fingerprint
         self.secret = secret
         self.ticket = ticket
         self.expires = expires
+        self.client_fingerprint = client_fingerprint
 
     def as_json(self):
         return {
             "host": self.host,
             "port": self.port,
             "server": self.server_fingerprint,
+            "client": self.client_fingerprint,
             "secret": base64.b64encode(self.secret).decode("ascii"),
             "ticket": base64.b64encode(self.ticket).decode("ascii"),
             "expires": self.expires,
@@ -379,91 +487,151 @@ class StoredTicket:
 
     @classmethod
     def from_json(cls, obj):
+        """The ticket ``obj`` describes; :class:`ValueError` saying what is
+        wrong when it is not one we could have written."""
+        if not isinstance(obj, dict):
+            raise ValueError("an entry is not an object")
+        for name, kinds in _STORED_FIELDS.items():
+            if name not in obj:
+                raise ValueError(f"an entry has no {name!r}")
+            value = obj[name]
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ValueError(f"an entry's {name!r} is not what it should be")
+        if not 0 < obj["port"] < 65536:
+            raise ValueError("an entry's port is not one")
+        try:
+            secret = base64.b64decode(obj["secret"], validate=True)
+            ticket = base64.b64decode(obj["ticket"], validate=True)
+        except binascii.Error:
+            raise ValueError("an entry's secret or ticket is not base64") from None
+        if len(secret) != 32 or not 1 <= len(ticket) <= MAX_TICKET_LENGTH:
+            raise ValueError("an entry's secret or ticket has the wrong length")
         return cls(
-            obj["host"],
-            obj["port"],
-            obj["server"],
-            base64.b64decode(obj["secret"], validate=True),
-            base64.b64decode(obj["ticket"], validate=True),
-            obj["expires"],
+            obj["host"], obj["port"], obj["server"], secret, ticket, obj["expires"], obj["client"]
         )
 
 
+#: The members of a stored ticket and their JSON types.
+_STORED_FIELDS = {
+    "host": str,
+    "port": int,
+    "server": str,
+    "client": (str, type(None)),
+    "secret": str,
+    "ticket": str,
+    "expires": int,
+}
+
+
 class TicketStore:
-    """The client's resumption tickets, by the host and port dialled, each
-    used once.  Give it to :func:`~keyexchanged.protocol.connect` as
-    ``tickets``.
+    """The client's resumption tickets, by the host and port dialled and
+    the client key used, each used once.  Give it to
+    :func:`~keyexchanged.protocol.connect` as ``tickets``.
+
+    Several clients may share the file: every change is made under a lock
+    (``path`` + ``.lock``), on what the file holds at that moment, so that
+    two of them never take the same ticket.  The file is only a cache: one
+    that is damaged is replaced, and one that cannot be written (its
+    directory does not exist) leaves the tickets in memory; either is said
+    once through ``warn``.
 
     :param path: a file to keep them in between runs (mode 0600, written
         atomically, expired tickets pruned on every write), or ``None`` to
-        keep them in memory.  A missing file is an empty store, and so is
-        one whose content cannot be parsed (with a warning in the log).
+        keep them in memory.
     :param per_server: how many are kept for one server (a tunnel keeps a
         small pool).
     :param clock: wall-clock seconds (default: :func:`time.time`).
+    :param warn: a callable taking one line that begins with the path (a
+        logged warning by default).
     :raises ~keyexchanged.errors.TicketKeyFileError: when ``path`` exists
-        and cannot be read, or others may read it.
+        and others may read it.
     """
 
     log = Logger()
 
-    def __init__(self, path=None, per_server=4, clock=None):
+    def __init__(self, path=None, per_server=4, clock=None, warn=None):
         if clock is None:
             import time
 
             clock = time.time
         self._clock = clock
+        self._warn = warn or (lambda text: self.log.warn("ticket cache {text}", text=text))
+        self._warned = set()
         self.path = path
         self.per_server = per_server
         self._tickets = {}
         if path is not None:
-            self._load()
+            directory = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(directory):
+                self._give_up_file(f"the directory {directory} does not exist")
+            else:
+                # Refused now (readable by others) rather than mid-session.
+                self._load(at_start=True)
 
     def __len__(self):
         return sum(len(v) for v in self._tickets.values())
 
-    def take(self, host, port):
+    def take(self, host, port, client_fingerprint=None):
         """A ticket for ``host:port`` that has not expired, removed from the
         store (a ticket is used once).
 
+        :param client_fingerprint: the client key of this session
+            (``None``: without AUTH); only a ticket earned under it is taken.
         :returns: a :class:`StoredTicket`, or ``None`` when there is none.
         """
-        now = self._clock()
-        found = None
-        kept = [t for t in self._tickets.get((host, port), ()) if t.expires > now]
-        if kept:
-            found = kept.pop()
-        self._set((host, port), kept)
-        if found is not None:
-            self._save()
+        with self._shared() as changed:
+            now = self._clock()
+            tickets_ = [t for t in self._tickets.get((host, port), ()) if t.expires > now]
+            found = None
+            for ticket in reversed(tickets_):
+                if ticket.client_fingerprint == client_fingerprint:
+                    found = ticket
+                    break
+            if found is not None:
+                tickets_.remove(found)
+                changed.append(True)
+            self._set((host, port), tickets_)
         return found
 
     def add(self, ticket):
         """Keep ``ticket``, a :class:`StoredTicket`, for its host and port.
         Tickets under another server key for that place are dropped, and
         only the newest ``per_server`` kept."""
-        entry = [t for t in self._tickets.get((ticket.host, ticket.port), ()) if t is not ticket]
-        # Never mix server keys: a ticket under a new key replaces the old.
-        entry = [t for t in entry if t.server_fingerprint == ticket.server_fingerprint]
-        entry.append(ticket)
-        self._set((ticket.host, ticket.port), entry[-self.per_server :])
-        self._save()
+        with self._shared() as changed:
+            where = (ticket.host, ticket.port)
+            entry = [t for t in self._tickets.get(where, ()) if t is not ticket]
+            # Never mix server keys: a ticket under a new key replaces the old.
+            entry = [t for t in entry if t.server_fingerprint == ticket.server_fingerprint]
+            entry.append(ticket)
+            self._set(where, entry[-self.per_server :])
+            changed.append(True)
 
-    def add_received(self, host, port, event):
+    def add_received(self, host, port, event, client_fingerprint=None):
         """Keep the ticket the server sent to ``host:port``.
 
         :param event: the :class:`~keyexchanged.handshake.TicketReceived`
             that brought it.
+        :param client_fingerprint: the client key of the session (``None``:
+            without AUTH).
         """
         expires = int(self._clock()) + event.lifetime
         self.add(
-            StoredTicket(host, port, event.server_fingerprint, event.secret, event.ticket, expires)
+            StoredTicket(
+                host,
+                port,
+                event.server_fingerprint,
+                event.secret,
+                event.ticket,
+                expires,
+                client_fingerprint,
+            )
         )
 
     def forget(self, host, port):
         """Drop every ticket for ``host:port`` (the server said stale-ticket)."""
-        if self._tickets.pop((host, port), None) is not None:
-            self._save()
+        with self._shared() as changed:
+            if self._tickets.pop((host, port), None) is not None:
+                changed.append(True)
 
     def _set(self, where, entry):
         if entry:
@@ -471,30 +639,70 @@ class TicketStore:
         else:
             self._tickets.pop(where, None)
 
-    def _load(self):
+    @contextlib.contextmanager
+    def _shared(self):
+        """Hold the file's lock, with the tickets read from the file; write
+        them back if the body appended to the list it was given."""
+        changed = []
+        if self.path is None:
+            yield changed
+            return
+        try:
+            lock = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            self._give_up_file(f"cannot be locked: {error.strerror or error}")
+            yield changed
+            return
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._load()
+            yield changed
+            if changed:
+                self._save()
+        finally:
+            os.close(lock)  # and with it the lock
+
+    def _give_up_file(self, reason):
+        self._say(f"{reason}; tickets are kept in memory only")
+        self.path = None
+
+    def _say(self, text):
+        if text not in self._warned:
+            self._warned.add(text)
+            self._warn(f"{self.path}: {text}")
+
+    def _load(self, at_start=False):
+        self._tickets = {}
         try:
             data = keys.read_private_file(self.path)
         except keys.KeyFileError as error:
             if not os.path.lexists(self.path):
                 return
-            raise TicketKeyFileError(str(error).replace("private key", "ticket cache")) from None
+            message = str(error).replace("private key", "ticket cache")
+            if at_start:
+                raise TicketKeyFileError(message) from None
+            self._give_up_file(message)
+            return
         try:
-            entries = json.loads(data.decode("utf-8"))["tickets"]
-            tickets = [StoredTicket.from_json(e) for e in entries]
-        except (ValueError, KeyError, TypeError, binascii.Error):
+            document = json.loads(data.decode("utf-8"))
+            entries = document["tickets"] if isinstance(document, dict) else None
+            if not isinstance(entries, list):
+                raise ValueError("no list of tickets")
+            tickets_ = [StoredTicket.from_json(e) for e in entries]
+        except (ValueError, KeyError) as error:
             # A cache is only a cache: start empty rather than refuse to run.
-            self.log.warn("ignoring unreadable ticket cache {path}", path=self.path)
+            self._say(f"is damaged ({error}); starting with no tickets")
             return
         now = self._clock()
-        for ticket in tickets:
+        for ticket in tickets_:
             if ticket.expires > now:
-                where = (ticket.host, ticket.port)
-                self._tickets.setdefault(where, []).append(ticket)
+                self._tickets.setdefault((ticket.host, ticket.port), []).append(ticket)
 
     def _save(self):
-        if self.path is None:
-            return
         now = self._clock()
         entries = [t.as_json() for v in self._tickets.values() for t in v if t.expires > now]
         data = json.dumps({"tickets": entries}).encode("utf-8")
-        files.write_atomically(self.path, data, PRIVATE_FILE_MODE, force=True)
+        try:
+            files.write_atomically(self.path, data, PRIVATE_FILE_MODE, force=True)
+        except keys.KeyFileError as error:
+            self._give_up_file(str(error).replace(f"{self.path}: ", "", 1))

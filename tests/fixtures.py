@@ -408,3 +408,21 @@ class Pusher(Protocol):
 
     def stopProducing(self):
         self.paused = True
+
+
+def plant_module(directory, name, marker):
+    """Write ``name``.py into ``directory``: a module that, when a Python
+    imports it, appends its pid to ``marker`` and then hands over the real
+    module of that name (so that whoever imported it goes on working)."""
+    source = f"""\
+import os, sys
+with open({marker!r}, "a") as f:
+    f.write(str(os.getpid()) + "\\n")
+here = {os.fspath(directory)!r}
+sys.path[:] = [p for p in sys.path if p not in ("", ".", here)]
+del sys.modules[__name__]
+import {name} as _real
+sys.modules[__name__] = _real
+"""
+    with open(os.path.join(directory, name + ".py"), "w") as f:
+        f.write(source)

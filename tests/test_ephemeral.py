@@ -12,7 +12,7 @@ from keyexchanged.framing import encode_frame
 from keyexchanged.handshake import ClientConnection, ServerKeyReceived
 from keyexchanged.protocol import SecureChannelFactory
 from keyexchanged.workers import InlineWork
-from tests.fixtures import IDENTITY, SERVER_KEY, address, frames
+from tests.fixtures import CLIENT_KEY, IDENTITY, SERVER_KEY, address, frames
 
 INTERVAL = 60
 TIMEOUT = 10
@@ -165,6 +165,60 @@ class RotationTests(unittest.TestCase):
         self.assertEqual(keys_.held(), [])
         self.assertIsNone(first.private_key)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class HeldSignatures(KeyMill):
+    """A mill whose signatures, once ``hold`` is set, wait for :meth:`release`."""
+
+    hold = False
+
+    def __init__(self):
+        super().__init__()
+        self.pending = []
+
+    def sign(self, private_key, message, salt_length):
+        if not self.hold:
+            return super().sign(private_key, message, salt_length)
+        waiting = defer.Deferred()
+        self.pending.append((waiting, private_key.sign_pss(message, salt_length=salt_length)))
+        return waiting
+
+    def release(self):
+        pending, self.pending = self.pending, []
+        for waiting, signature in pending:
+            waiting.callback(signature)
+
+
+class ReloadDuringRotationTests(unittest.TestCase):
+    def test_a_key_signed_by_the_replaced_long_term_key_is_never_offered(self):
+        clock = Clock()
+        work = HeldSignatures()
+        keys_ = manager(clock, work)
+        work.hold = True
+        clock.advance(INTERVAL)  # a rotation: its key waits for its signature
+        self.assertEqual(len(work.pending), 1)
+        keys_.rekey(CLIENT_KEY)  # a reload with another long-term key
+        signed_by_the_new_key = keys_.current
+        work.hold = False
+        work.release()  # the old key's signature arrives late
+        current = keys_.current
+        message = schedule.ephemeral_message(
+            keys.public_key_to_der(CLIENT_KEY), current.expires, current.der
+        )
+        self.assertTrue(
+            CLIENT_KEY.public_key().verify_pss(message, current.signature, salt_length=32)
+        )
+        self.assertIs(current, signed_by_the_new_key)
+        self.assertEqual(keys_.held(), [current])  # the late key's private half is gone
+        # ... and rotations go on, under the new key.
+        clock.advance(INTERVAL)
+        self.assertIsNot(keys_.current, current)
+        message = schedule.ephemeral_message(
+            keys.public_key_to_der(CLIENT_KEY), keys_.current.expires, keys_.current.der
+        )
+        self.assertTrue(
+            CLIENT_KEY.public_key().verify_pss(message, keys_.current.signature, salt_length=32)
+        )
 
 
 class Session:

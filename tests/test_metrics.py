@@ -8,7 +8,11 @@ import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, protocol, reactor
-from twisted.logger import Logger
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
@@ -330,6 +334,85 @@ view = m.render().decode() if task.get("serve") else None
 print(json.dumps({"pid": os.getpid(), "shared": m.shared, "view": view}), flush=True)
 sys.stdin.read()
 """
+
+
+#: What the metrics port holds at most: connections from one address, in
+#: all, and seconds for one connection (a scrape takes milliseconds).
+PER_SOURCE, TOTAL, DEADLINE = 4, 16, 10
+
+
+class ConnectionLimitTests(unittest.TestCase):
+    """The metrics port holds few connections, none for long: a stranger who
+    can reach it cannot take the descriptors the KX/1 port needs."""
+
+    def listening_factory(self, description=r"tcp6:9464:interface=\:\:1"):
+        self.reactor = MemoryReactorClock()
+        service = metrics_service(description, Metrics(), self.reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return self.reactor.tcpServers[-1][1]
+
+    def connect(self, factory, host):
+        channel = factory.buildProtocol(IPv4Address("TCP", host, 40000))
+        if channel is None:
+            return None
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+        transport.protocol = channel
+        channel.makeConnection(transport)
+        return transport
+
+    def test_connections_from_one_source_are_bounded(self):
+        factory = self.listening_factory()
+        held = [self.connect(factory, "192.0.2.1") for _ in range(PER_SOURCE)]
+        self.assertNotIn(None, held)
+        self.assertIsNone(self.connect(factory, "192.0.2.1"))
+        self.assertIsNotNone(self.connect(factory, "192.0.2.2"))
+
+    def test_connections_in_all_are_bounded(self):
+        factory = self.listening_factory()
+        held = [self.connect(factory, f"192.0.2.{i}") for i in range(TOTAL)]
+        self.assertNotIn(None, held)
+        self.assertIsNone(self.connect(factory, "198.51.100.1"))
+
+    def test_a_closed_connection_frees_its_place(self):
+        factory = self.listening_factory()
+        held = [self.connect(factory, "192.0.2.1") for _ in range(PER_SOURCE)]
+        held[0].protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(self.connect(factory, "192.0.2.1"))
+
+    def test_a_connection_is_cut_after_its_time_even_if_it_trickles(self):
+        factory = self.listening_factory()
+        transport = self.connect(factory, "192.0.2.1")
+        for _ in range(DEADLINE):
+            # One byte a second resets an idle timeout: not this one.
+            transport.protocol.dataReceived(b"G")
+            self.assertFalse(transport.disconnecting)
+            self.reactor.advance(1)
+        self.reactor.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_scrape_still_works_through_the_limits(self):
+        factory = self.listening_factory()
+        transport = self.connect(factory, "192.0.2.1")
+        transport.protocol.dataReceived(b"GET /metrics HTTP/1.0\r\n\r\n")
+        self.assertIn(b"200 OK", transport.value())
+        self.assertIn(b"keyexchanged_connections_open", transport.value())
+
+    def test_listening_on_every_interface_warns(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.listening_factory(r"tcp6:9464:interface=\:\:")
+        warnings = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("every interface", warnings[0])
+
+    def test_listening_on_loopback_does_not_warn(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.listening_factory()
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.warn], [])
 
 
 class Child(protocol.ProcessProtocol):

@@ -13,6 +13,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import abstract, defer, endpoints, reactor, task
@@ -27,7 +29,8 @@ from zope.interface import implementer
 from keyexchanged import processes, protocol, tickets
 from keyexchanged.config import ConfigError
 from keyexchanged.trust import PinnedKey
-from tests.daemon import Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import ROOT, TWISTD, Daemon, DaemonTestCase, environment, run_client
+from tests.fixtures import plant_module
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]
@@ -267,9 +270,66 @@ class ProcessesSystemTests(DaemonTestCase):
         yield defer.gatherResults([e.ended for e in exits])
 
     @defer.inlineCallbacks
+    def test_children_import_nothing_from_the_working_directory(self):
+        """A module planted in the directory the daemon runs in (one another
+        user may write) does not run in the children, which hold the keys."""
+        directory = os.path.join(self.dir, "shared")
+        os.makedirs(directory)
+        marker = os.path.join(self.dir, "ran")
+        plant_module(directory, "socket", marker)
+        # The parent itself is started safely here: only the children are tested.
+        argv = [sys.executable, "-P", *TWISTD[1:], "-n", "--pidfile=", "--logfile=-"]
+        daemon = Daemon.spawn(
+            [
+                *argv,
+                "keyexchange",
+                "--processes",
+                "2",
+                *LIGHT,
+                "--listen",
+                LOCAL,
+                "--private-key",
+                self.key,
+            ],
+            env=environment(PYTHONPATH=ROOT),  # no empty entry: that, too, is the directory
+            cwd=directory,
+        )
+        self.addCleanup(daemon.stop)
+        yield daemon.listening
+        yield daemon.wait_for(b"all 2 child processes serve")
+        self.assertFalse(os.path.exists(marker), "the planted module ran in a child")
+
+    @defer.inlineCallbacks
+    def test_a_killed_parents_runtime_directory_is_removed_at_the_next_start(self):
+        runtime = os.path.join(self.dir, "run")
+        os.makedirs(runtime)
+        argv = ["--processes", "2", *LIGHT, "--listen", LOCAL, "--private-key", self.key]
+        env = environment(RUNTIME_DIRECTORY=runtime)
+        daemon = Daemon.start(argv, env=env)
+        self.addCleanup(daemon.stop)
+        output = yield daemon.wait_for(b"all 2 child processes serve")
+        pids = [int(pid) for _, pid in _STARTED.findall(output)]
+        exits = [ProcessExit(pid) for pid in pids]
+        daemon.signal("KILL")
+        yield daemon.ended
+        yield defer.gatherResults([e.ended for e in exits])
+        (left,) = os.listdir(runtime)  # with the ticket keys in it
+        self.assertIn("ticket.keys", os.listdir(os.path.join(runtime, left)))
+        again = Daemon.start(argv, env=env)
+        self.addCleanup(again.stop)
+        yield again.wait_for(b"all 2 child processes serve")
+        self.assertNotIn(left, os.listdir(runtime))
+        self.assertEqual(len(os.listdir(runtime)), 1)  # the new parent's own
+
+    @defer.inlineCallbacks
     def test_children_read_the_proxy_header_with_haproxy_listen(self):
         daemon, port, _pids = yield self.start(
-            "--listen", "haproxy:" + LOCAL, "--private-key", self.key
+            "--listen",
+            "haproxy:" + LOCAL,
+            "--trusted-proxies",
+            "127.0.0.1/32",
+            "--private-key",
+            self.key,
         )
         held = Held()
         endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
@@ -652,6 +712,41 @@ class ChildSettingsTests(unittest.TestCase):
         self.assertEqual(processes.workers_per_process(8, 2), 4)
         self.assertEqual(processes.workers_per_process(2, 4), 1)
         self.assertEqual(processes.workers_per_process(4, 1), 4)
+
+
+class RuntimeDirectoryTests(unittest.TestCase):
+    def setUp(self):
+        self.base = os.path.abspath(self.mktemp())
+        os.makedirs(self.base)
+
+    def made(self, name):
+        path = os.path.join(self.base, name)
+        os.makedirs(path, 0o700)
+        with open(os.path.join(path, "ticket.keys"), "w") as f:
+            f.write("secret\n")
+        return path
+
+    def test_stale_directories_go_live_ones_and_others_stay(self):
+        ended = subprocess.Popen([sys.executable, "-c", ""])
+        ended.wait()
+        stale = self.made(f"keyexchanged-{ended.pid}-abcd1234")
+        live = self.made(f"keyexchanged-{os.getpid()}-abcd1234")
+        other = self.made("something-else")
+        new = processes.runtime_directory({"RUNTIME_DIRECTORY": self.base})
+        self.assertFalse(os.path.exists(stale))
+        self.assertTrue(os.path.exists(live))
+        self.assertTrue(os.path.exists(other))
+        self.assertEqual(os.path.dirname(new), self.base)
+        self.assertTrue(os.path.basename(new).startswith(f"keyexchanged-{os.getpid()}-"))
+        self.assertEqual(os.stat(new).st_mode & 0o777, 0o700)
+
+    def test_a_link_named_like_one_is_left_alone(self):
+        ended = subprocess.Popen([sys.executable, "-c", ""])
+        ended.wait()
+        target = self.made("target")
+        os.symlink(target, os.path.join(self.base, f"keyexchanged-{ended.pid}-abcd1234"))
+        processes.runtime_directory({"RUNTIME_DIRECTORY": self.base})
+        self.assertTrue(os.path.exists(os.path.join(target, "ticket.keys")))
 
 
 class SharedTicketKeysTests(unittest.TestCase):

@@ -8,13 +8,13 @@ test_proxyproto_haproxy.py.
 
 import struct
 
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from keyexchanged import proxyproto
@@ -26,6 +26,7 @@ from keyexchanged.proxyproto import (
     parse_listen,
     parse_trusted_proxies,
 )
+from tests.daemon import Daemon, DaemonTestCase
 from tests.fixtures import frames, server_factory
 
 # -- headers, from the spec ------------------------------------------------------
@@ -445,8 +446,8 @@ class SecureChannelTests(unittest.SynchronousTestCase):
 
 
 class TrustedProxiesTests(unittest.SynchronousTestCase):
-    def test_default(self):
-        trusted = parse_trusted_proxies(proxyproto.DEFAULT_TRUSTED_PROXIES)
+    def test_loopback(self):
+        trusted = parse_trusted_proxies("127.0.0.1/32,::1/128")
         self.assertEqual(str(trusted), "127.0.0.1/32,::1/128")
         self.assertTrue(trusted.allows(IPv4Address("TCP", "127.0.0.1", 1)))
         self.assertTrue(trusted.allows(IPv6Address("TCP", "::1", 1)))
@@ -517,6 +518,44 @@ class ListenTests(unittest.SynchronousTestCase):
             self.assertEqual(str(raised.exception), reason)
 
 
+class NoDefaultProxyTests(unittest.SynchronousTestCase):
+    """Nobody is a trusted proxy unless the operator names them: by default
+    every local user would be one, and could name any client address."""
+
+    def test_haproxy_without_trusted_proxies_is_refused(self):
+        with self.assertRaises(ValueError) as raised:
+            parse_listen("haproxy:tcp:51424", None)
+        message = str(raised.exception)
+        self.assertIn("--trusted-proxies", message)
+        self.assertIn("127.0.0.1/32", message)
+
+    def test_no_trusted_proxies_needed_without_haproxy(self):
+        inner, _ = parse_listen("tcp:51424", None)
+        self.assertEqual(inner, "tcp:51424")
+
+    def test_there_is_no_default(self):
+        from keyexchanged.config import SETTINGS
+
+        (setting,) = [s for s in SETTINGS if s.name == "trusted-proxies"]
+        self.assertIsNone(setting.default)
+
+
+class ProxiedDaemonTests(DaemonTestCase):
+    @defer.inlineCallbacks
+    def test_haproxy_without_trusted_proxies_stops_the_daemon_saying_what_to_add(self):
+        daemon = Daemon.start(
+            ["--listen", "haproxy:tcp:0:interface=127.0.0.1", "--private-key", self.key]
+        )
+        self.addCleanup(daemon.stop)
+        _, first = yield defer.DeferredList(
+            [daemon.listening, daemon.ended], fireOnOneCallback=True, consumeErrors=True
+        )
+        self.assertEqual(first, 1, "the daemon listened")
+        self.assertNotEqual((yield daemon.ended), 0)
+        self.assertIn(b"--trusted-proxies", daemon.output)
+        self.assertNotIn(b"Traceback", daemon.output)
+
+
 class ErrorTests(unittest.SynchronousTestCase):
     def test_reader_raises_only_its_own_error(self):
         # Twisted's parsers raise ValueError and struct.error too: none escapes.
@@ -569,6 +608,39 @@ class HealthCheckTests(unittest.SynchronousTestCase):
         self.assertNotIn("health check from {peer}", texts)
         self.assertTrue([t for t in texts if t.startswith("connection from {peer} ended")])
         self.assertEqual(samples["keyexchanged_health_checks_total"], 0)
+
+    def check(self, factory, events):
+        connection = Connection(wrapped=factory)
+        connection.feed(V2_LOCAL)
+        connection.protocol.connectionLost(ConnectionDone())
+        return [e for e in events if e.get("log_level") == LogLevel.info]
+
+    def test_health_checks_are_at_info_once_then_once_a_minute_with_their_count(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        factory = server_factory(clock=clock)
+        (first,) = self.check(factory, events)
+        self.assertIn("health check", formatEvent(first))
+        self.assertIn("127.0.0.1", formatEvent(first))
+        for _ in range(29):
+            clock.advance(2)  # HAProxy's default: a check every 2 s
+            self.check(factory, events)
+        self.assertEqual(len(self.check_lines(events)), 1)
+        clock.advance(2)
+        self.check(factory, events)
+        lines = self.check_lines(events)
+        self.assertEqual(len(lines), 2)
+        self.assertIn("30 health checks from 127.0.0.1 in the last 60 s", formatEvent(lines[1]))
+
+    @staticmethod
+    def check_lines(events):
+        return [
+            e
+            for e in events
+            if e.get("log_level") == LogLevel.info and "health check" in formatEvent(e)
+        ]
 
     def test_a_silent_proxied_client_is_a_session(self):
         texts, samples = self.run_connection(V1_TCP4)

@@ -582,6 +582,8 @@ class ServerResumptionTests(unittest.TestCase):
         the application never starts, and nothing it can open is said."""
         r = Resumption()
         r.resume()
+        # On another daemon sharing the ticket keys: this one refuses a used ticket.
+        r.issuer = tickets.TicketIssuer(r.issuer.keys, clock=lambda: r.now)
         replayer = r.server()
         replayer.data_to_send()  # HELLO, to someone else
         replayer.receive_data(encode_frame("RESUME", r.ticket.ticket))

@@ -3,11 +3,13 @@ the real ``systemd-socket-activate``, readiness and reload notifications,
 and ``--listen haproxy:...``; all with the real ``twistd keyexchange`` on
 127.0.0.1."""
 
+import json
 import os
 import re
 import shutil
 import socket
 import tempfile
+import time
 
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.protocol import DatagramProtocol, Protocol
@@ -367,3 +369,30 @@ class ReloadForgetTests(unittest.TestCase):
         if service.factory.ephemeral_keys is not None:
             service.factory.ephemeral_keys.stop()
 
+
+class ReloadRestartOnlyTests(DaemonTestCase):
+    @defer.inlineCallbacks
+    def test_a_reload_keeps_the_ticket_lifetime_as_it_says(self):
+        self.write_config("ticket-lifetime = 600\n")
+        daemon = Daemon.start(["--config", self.conf])
+        self.addCleanup(daemon.stop)
+        port = yield daemon.listening
+        # A session first: by then the daemon's reactor runs (and handles SIGHUP).
+        out, err, code = yield run_client(
+            "connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT
+        )
+        self.assertEqual((out, code), (MESSAGE, 0), err)
+        self.write_config("ticket-lifetime = 100\n")
+        daemon.signal("HUP")
+        output = yield daemon.wait_for(b"reload: done")
+        self.assertIn(b"reload: ticket-lifetime changes only at a restart", output)
+        cache = os.path.join(self.dir, "tickets.json")
+        before = time.time()
+        out, err, code = yield run_client(
+            "connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT, "--ticket-cache", cache
+        )
+        self.assertEqual((out, code), (MESSAGE, 0), err)
+        with open(cache) as f:
+            (ticket,) = json.load(f)["tickets"]
+        # The lifetime the TICKET gave: still 600 s, as the log said.
+        self.assertGreaterEqual(ticket["expires"], int(before) + 600)

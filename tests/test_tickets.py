@@ -6,12 +6,18 @@ import json
 import os
 import stat
 
+from Crypto.Cipher import AES
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from keyexchanged import cli, tickets
-from keyexchanged.handshake import TicketReceived
-from tests.fixtures import IDENTITY
+from keyexchanged import cli, keys, tickets
+from keyexchanged.handshake import ClientConnection, ServerConnection, TicketReceived
+from tests.daemon import Daemon, DaemonTestCase, run_client
+from tests.fixtures import CLIENT_KEY, IDENTITY
+from tests.vectors import RAW
+
+CLIENT_FINGERPRINT = keys.fingerprint(CLIENT_KEY)
 
 NOW = 1_800_000_000
 
@@ -155,6 +161,134 @@ class IssuerTests(unittest.TestCase):
             )
 
 
+class SingleUseTests(unittest.TestCase):
+    """A daemon resumes each ticket once, remembering the used ones, in
+    bounded memory, until they expire."""
+
+    def setUp(self):
+        self.now = [NOW]
+        self.issuer = tickets.TicketIssuer(
+            tickets.TicketKeys.random(), lifetime=600, clock=lambda: self.now[0]
+        )
+
+    def issue(self):
+        return self.issuer.issue(b"s" * 32, IDENTITY.fingerprint)[0]
+
+    def test_a_ticket_opens_once(self):
+        ticket = self.issue()
+        self.assertEqual(self.issuer.open(ticket, IDENTITY.fingerprint), (b"s" * 32, None))
+        error = self.assertRaises(
+            tickets.StaleTicket, self.issuer.open, ticket, IDENTITY.fingerprint
+        )
+        self.assertEqual(str(error), "ticket already used")
+        self.assertIsNotNone(self.issuer.open(self.issue(), IDENTITY.fingerprint))
+
+    def test_a_used_ticket_is_forgotten_once_it_has_expired(self):
+        self.issuer.open(self.issue(), IDENTITY.fingerprint)
+        self.assertEqual(self.issuer.used_tickets, 1)
+        self.now[0] += 600 + tickets.USED_BUCKET_SECONDS
+        self.issuer.open(self.issue(), IDENTITY.fingerprint)
+        self.assertEqual(self.issuer.used_tickets, 1)
+
+    def test_a_full_memory_refuses_to_resume_rather_than_forget(self):
+        self.patch(tickets, "MAX_USED_TICKETS", 3)
+        for _ in range(3):
+            self.issuer.open(self.issue(), IDENTITY.fingerprint)
+        fresh = self.issue()
+        error = self.assertRaises(
+            tickets.StaleTicket, self.issuer.open, fresh, IDENTITY.fingerprint
+        )
+        self.assertEqual(str(error), "too many used tickets to remember another")
+        # Once the old ones have expired there is room again.
+        self.now[0] += 600 + tickets.USED_BUCKET_SECONDS
+        self.issuer.open(self.issue(), IDENTITY.fingerprint)
+
+    def test_tickets_of_a_retired_key_are_forgotten(self):
+        self.issuer.open(self.issue(), IDENTITY.fingerprint)
+        self.issuer.keys = tickets.TicketKeys.random()
+        self.now[0] += tickets.USED_BUCKET_SECONDS
+        self.issuer.open(self.issue(), IDENTITY.fingerprint)
+        self.assertEqual(self.issuer.used_tickets, 1)
+
+
+class ChainTests(unittest.TestCase):
+    """Sessions resumed from sessions resumed from a full handshake: what the
+    tickets say stays that of the full handshake, for a bounded time."""
+
+    def setUp(self):
+        self.now = NOW
+        self.issuer = tickets.TicketIssuer(
+            tickets.TicketKeys.random(), lifetime=600, clock=lambda: self.now
+        )
+
+    def session(self, ticket=None, identity=None):
+        """A session, resumed with ``ticket`` (a TicketReceived) or full; the
+        TicketReceived it left, or None."""
+        server = ServerConnection(IDENTITY, tickets=self.issuer)
+        server.start()
+        stored = None
+        if ticket is not None:
+            stored = tickets.StoredTicket(
+                "h", 1, ticket.server_fingerprint, ticket.secret, ticket.ticket, NOW + 86400
+            )
+        client = ClientConnection(identity=identity, require_forward_secrecy=False, ticket=stored)
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        server.receive_data(client.data_to_send())
+        events = client.receive_data(server.data_to_send())
+        self.assertTrue(client.resumed if ticket is not None else not client.resumed)
+        found = [e for e in events if isinstance(e, TicketReceived)]
+        return found[0] if found else None
+
+    def test_a_chain_of_resumptions_ends_one_lifetime_after_its_full_handshake(self):
+        ticket = self.session()
+        self.assertEqual(ticket.lifetime, 600)
+        self.now += 400
+        ticket = self.session(ticket)
+        self.assertEqual(ticket.lifetime, 200)  # not 600 more
+        self.now += 150
+        ticket = self.session(ticket)
+        self.assertEqual(ticket.lifetime, 50)
+        self.now += 50
+        # The chain is over: that ticket has expired, a full handshake follows.
+        self.assertRaises(
+            tickets.StaleTicket, self.issuer.open, ticket.ticket, IDENTITY.fingerprint
+        )
+
+    def test_the_authenticated_identity_and_its_time_are_carried(self):
+        ticket = self.session(identity=CLIENT_KEY)
+        self.now += 100
+        ticket = self.session(ticket)
+        state = self.issuer.open_state(ticket.ticket, IDENTITY.fingerprint)
+        self.assertEqual(state.client_fingerprint, CLIENT_FINGERPRINT)
+        self.assertEqual(state.authenticated, NOW)
+
+    def test_a_ticket_says_nothing_of_the_client_by_its_length(self):
+        anonymous, _ = self.issuer.issue(b"s" * 32, IDENTITY.fingerprint)
+        authenticated, _ = self.issuer.issue(b"s" * 32, IDENTITY.fingerprint, CLIENT_FINGERPRINT)
+        self.assertEqual(len(anonymous), len(authenticated))
+        self.assertLessEqual(len(authenticated), tickets.MAX_TICKET_LENGTH)
+
+    def test_a_ticket_without_the_authentication_time_still_opens(self):
+        """As the spec's vector ticket, and tickets of an earlier version:
+        their chain ends one lifetime after they were issued."""
+        state = json.dumps(
+            {
+                "secret": base64.b64encode(b"s" * 32).decode(),
+                "expires": NOW + 600,
+                "server": IDENTITY.fingerprint,
+                "client": None,
+            }
+        ).encode()
+        key = self.issuer.keys.encrypting
+        kid = tickets.key_id(key)
+        cipher = AES.new(key, AES.MODE_GCM, nonce=b"n" * 12)
+        cipher.update(kid)
+        body, tag = cipher.encrypt_and_digest(state)
+        opened = self.issuer.open_state(kid + b"n" * 12 + body + tag, IDENTITY.fingerprint)
+        self.assertEqual((opened.secret, opened.authenticated), (b"s" * 32, NOW))
+
+
 def received(ticket=b"T" * 40, lifetime=60, fingerprint=IDENTITY.fingerprint):
     return TicketReceived(ticket, lifetime, b"S" * 32, fingerprint)
 
@@ -237,6 +371,100 @@ class StoreTests(unittest.TestCase):
         self.flushLoggedErrors()
 
 
+class SharedStoreTests(unittest.TestCase):
+    """The cache file as several clients (and identities) use it."""
+
+    def setUp(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.path = os.path.join(directory, "tickets.json")
+        self.warnings = []
+
+    def store(self):
+        return tickets.TicketStore(self.path, clock=lambda: NOW, warn=self.warnings.append)
+
+    def test_two_clients_sharing_a_cache_never_take_the_same_ticket(self):
+        self.store().add_received("h", 1, received())
+        first, second = self.store(), self.store()  # both started with the ticket
+        self.assertIsNotNone(first.take("h", 1))
+        self.assertIsNone(second.take("h", 1))
+
+    def test_a_ticket_added_by_another_client_is_found(self):
+        first, second = self.store(), self.store()
+        first.add_received("h", 1, received())
+        self.assertIsNotNone(second.take("h", 1))
+
+    def test_a_ticket_is_taken_only_under_its_identity(self):
+        store = self.store()
+        store.add_received("h", 1, received(ticket=b"A" * 40), "SHA256:a")
+        store.add_received("h", 1, received(ticket=b"N" * 40))
+        self.assertIsNone(store.take("h", 1, "SHA256:b"))
+        self.assertEqual(store.take("h", 1, "SHA256:a").ticket, b"A" * 40)
+        self.assertIsNone(store.take("h", 1, "SHA256:a"))
+        self.assertEqual(store.take("h", 1).ticket, b"N" * 40)
+        self.assertEqual(self.warnings, [])
+
+    def damaged(self, document):
+        with open(self.path, "wb") as f:
+            f.write(document if isinstance(document, bytes) else document.encode())
+        os.chmod(self.path, 0o600)
+        store = self.store()
+        self.assertEqual(len(store), 0)
+        self.assertEqual(len(self.warnings), 1, self.warnings)
+        self.assertTrue(self.warnings[0].startswith(f"{self.path}: is damaged ("))
+        # ... and it is replaced by a good one at the next ticket.
+        store.add_received("h", 1, received())
+        self.assertEqual(len(self.store()), 1)
+        self.assertEqual(len(self.warnings), 1)
+
+    def entry(self, **changes):
+        entry = {
+            "host": "h",
+            "port": 1,
+            "server": IDENTITY.fingerprint,
+            "client": None,
+            "secret": base64.b64encode(b"S" * 32).decode(),
+            "ticket": base64.b64encode(b"T" * 40).decode(),
+            "expires": NOW + 60,
+        }
+        entry.update(changes)
+        return json.dumps({"tickets": [entry]})
+
+    def test_damaged_expiry(self):
+        self.damaged(self.entry(expires="tomorrow"))
+
+    def test_damaged_host(self):
+        self.damaged(self.entry(host=["h"]))
+
+    def test_damaged_port(self):
+        self.damaged(self.entry(port=70000))
+
+    def test_damaged_secret(self):
+        self.damaged(self.entry(secret=base64.b64encode(b"short").decode()))
+
+    def test_no_client_member(self):
+        self.damaged(
+            json.dumps({"tickets": [{**json.loads(self.entry())["tickets"][0], "client": 5}]})
+        )
+
+    def test_damaged_list(self):
+        self.damaged('{"tickets": {"h": 1}}')
+
+    def test_not_an_object(self):
+        self.damaged("[1, 2]")
+
+    def test_not_utf8(self):
+        self.damaged(b'{"tickets": [], "x": "\xff"}')
+
+    def test_a_missing_directory_keeps_tickets_in_memory(self):
+        path = os.path.join(self.path, "nowhere", "tickets.json")
+        store = tickets.TicketStore(path, clock=lambda: NOW, warn=self.warnings.append)
+        store.add_received("h", 1, received())
+        self.assertEqual(store.take("h", 1).ticket, b"T" * 40)
+        self.assertEqual(len(self.warnings), 1)
+        self.assertIn("does not exist; tickets are kept in memory only", self.warnings[0])
+
+
 class ReloadTests(unittest.TestCase):
     """A reload that names a ticket-key file (or drops it) repoints the
     rotation: the file's keys are served and random rotation stops."""
@@ -266,3 +494,98 @@ class ReloadTests(unittest.TestCase):
         self.assertEqual(issuer.keys._keys[1], kept.encrypting)
         rotation.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+DEFAULT_MESSAGE = b"The secret message: hello from keyexchanged."
+
+
+class TicketCacheSystemTests(DaemonTestCase):
+    """``keyexchange connect --ticket-cache`` against the real daemon."""
+
+    @defer.inlineCallbacks
+    def start(self, *args):
+        daemon = Daemon.start(
+            ["--listen", "tcp:0:interface=127.0.0.1", "--private-key", self.key, *args]
+        )
+        self.addCleanup(daemon.stop)
+        port = yield daemon.listening
+        return daemon, port
+
+    def connect(self, port, *args):
+        return run_client(
+            "connect", f"127.0.0.1:{port}", "--fingerprint", RAW["server_fingerprint"], *args
+        )
+
+    @defer.inlineCallbacks
+    def test_a_ticket_is_resumed_only_under_the_identity_it_was_issued_to(self):
+        daemon, port = yield self.start()
+        identity = os.path.join(self.dir, "client.key")
+        keys.save_private_key(CLIENT_KEY, identity)
+        cache = os.path.join(self.dir, "tickets.json")
+        out, err, code = yield self.connect(port, "--identity", identity, "--ticket-cache", cache)
+        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        yield daemon.wait_for(b"ended: ok;")
+        # Without the identity, the ticket of a session that had one is not used.
+        out, err, code = yield self.connect(port, "--ticket-cache", cache)
+        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        log = yield daemon.wait_for(b"ended: ok;", count=2)
+        last = log.splitlines()[-1]
+        self.assertIn(b"ended: ok; full", last)
+        self.assertNotIn(CLIENT_FINGERPRINT.encode(), last)
+
+    @defer.inlineCallbacks
+    def test_a_ticket_resumes_once_on_a_daemon(self):
+        daemon, port = yield self.start()
+        cache = os.path.join(self.dir, "tickets.json")
+        out, err, code = yield self.connect(port, "--ticket-cache", cache)
+        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        with open(cache, "rb") as f:
+            copy = f.read()
+        out, err, code = yield self.connect(port, "--ticket-cache", cache)
+        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        yield daemon.wait_for(b"ended: ok; resumed")
+        # The same ticket again (a copied cache, a second client): refused.
+        with open(cache, "wb") as f:
+            f.write(copy)
+        out, err, code = yield self.connect(port, "--ticket-cache", cache, "--explain")
+        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertIn(b"stale-ticket", err)
+        log = yield daemon.wait_for(b"ended: ok; full", count=2)
+        self.assertEqual(log.count(b"ended: ok; resumed"), 1)
+        self.assertIn(b"ended: stale-ticket", log)
+
+    @defer.inlineCallbacks
+    def test_a_cache_in_a_missing_directory_is_a_warning(self):
+        _, port = yield self.start()
+        cache = os.path.join(self.dir, "no", "such", "tickets.json")
+        out, err, code = yield self.connect(port, "--ticket-cache", cache)
+        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertIn(b"keyexchange: warning: --ticket-cache " + cache.encode(), err)
+        self.assertNotIn(b"Traceback", err)
+        self.assertNotIn(b"Unhandled", err)
+        self.assertFalse(os.path.exists(os.path.dirname(cache)))
+
+    @defer.inlineCallbacks
+    def test_a_damaged_cache_is_a_warning_and_starts_empty(self):
+        daemon, port = yield self.start()
+        cache = os.path.join(self.dir, "tickets.json")
+        entry = {
+            "host": "127.0.0.1",
+            "port": port,
+            "server": RAW["server_fingerprint"],
+            "client": None,
+            "secret": base64.b64encode(b"S" * 32).decode(),
+            "ticket": base64.b64encode(b"T" * 64).decode(),
+            "expires": "tomorrow",
+        }
+        with open(cache, "w") as f:
+            json.dump({"tickets": [entry]}, f)
+        os.chmod(cache, 0o600)
+        out, err, code = yield self.connect(port, "--ticket-cache", cache)
+        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertIn(b"keyexchange: warning: --ticket-cache " + cache.encode(), err)
+        self.assertNotIn(b"Traceback", err)
+        yield daemon.wait_for(b"ended: ok; full")
+        with open(cache) as f:
+            (kept,) = json.load(f)["tickets"]  # the damaged one replaced by the new one
+        self.assertIsInstance(kept["expires"], int)

@@ -197,7 +197,9 @@ def cmd_connect(args: argparse.Namespace) -> int:
     if args.ticket_cache is not None:
         from keyexchanged import tickets
 
-        store = tickets.TicketStore(args.ticket_cache)
+        store = tickets.TicketStore(
+            args.ticket_cache, warn=lambda text: report(f"warning: --ticket-cache {text}")
+        )
     options = _session_options(args)
     send = None if args.send is None else args.send.encode("utf-8")
     if args.send_file is not None:

@@ -121,6 +121,7 @@ class ServerConnection(_Connection):
     """
 
     __slots__ = (
+        "_authenticated",
         "_hello",
         "_holds_ephemeral",
         "_nonce",
@@ -159,6 +160,7 @@ class ServerConnection(_Connection):
         self._hello = None
         self._nonce = None
         self._resumption_secret = None
+        self._authenticated = None  # when a resumed session's chain began
         self._pending = None  # what the private-key work away will complete
         self.client_fingerprint = None
         self.forward_secrecy = ephemeral is not None
@@ -258,9 +260,11 @@ class ServerConnection(_Connection):
         if self.tickets is None:
             raise ProtocolError(STALE_TICKET, "this server does not resume sessions")
         try:
-            secret, client = self.tickets.open(bytes(payload), self.identity.fingerprint)
+            opened = self.tickets.open_state(bytes(payload), self.identity.fingerprint)
         except StaleTicket as error:
             raise ProtocolError(STALE_TICKET, str(error)) from None
+        secret, client = opened.secret, opened.client_fingerprint
+        self._authenticated = opened.authenticated
         if self.authorized_keys is not None and (
             client is None or client not in self.authorized_keys
         ):
@@ -351,9 +355,12 @@ class ServerConnection(_Connection):
 
     def _send_ticket(self):
         secret, self._resumption_secret = self._resumption_secret, None
-        ticket, lifetime = self.tickets.issue(
-            secret, self.identity.fingerprint, self.client_fingerprint
+        issued = self.tickets.issue(
+            secret, self.identity.fingerprint, self.client_fingerprint, self._authenticated
         )
+        if issued is None:
+            return  # the chain of resumptions has run its time: a full handshake next
+        ticket, lifetime = issued
         plaintext = json.dumps(
             {"ticket": base64.b64encode(ticket).decode("ascii"), "lifetime": lifetime}
         ).encode("ascii")
@@ -373,6 +380,7 @@ class ServerConnection(_Connection):
     def _release(self):
         self._release_ephemeral()
         self._resumption_secret = None
+        self._authenticated = None  # when a resumed session's chain began
         self._pending = None
 
     _AUTH_REQUIRED = Refuse(AUTH_REQUIRED, "this server requires AUTH first")

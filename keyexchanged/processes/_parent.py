@@ -29,7 +29,15 @@ from keyexchanged.processes._settings import (
     TICKET_KEYS_VARIABLE,
 )
 
-_TWISTD = "from twisted.scripts.twistd import run; run()"
+# ``python -c`` puts the working directory first on the import path, and a
+# child holds the long-term and ticket keys: a module another user left in
+# that directory must not run in it.  -P (Python 3.11 and later) leaves it
+# off; on older Pythons the program drops it before it imports anything.
+_TWISTD = (
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    "from twisted.scripts.twistd import run; run()"
+)
+_SAFE_PATH = ["-P"] if sys.version_info >= (3, 11) else []
 
 
 class ProcessesService(service.Service):
@@ -133,7 +141,9 @@ class ProcessesService(service.Service):
         env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES}
         # keyexchanged/processes/_parent.py: three levels below the root.
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        # An empty entry would stand for the working directory (see _TWISTD).
+        inherited = env.get("PYTHONPATH", "").split(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, *inherited) if p)
         env[CHILD_VARIABLE] = str(index)
         env[FD_VARIABLE] = str(CHILD_FD)
         env.pop(TICKET_KEYS_VARIABLE, None)
@@ -147,6 +157,7 @@ class ProcessesService(service.Service):
     def child_argv(self):
         return [
             sys.executable,
+            *_SAFE_PATH,
             "-c",
             _TWISTD,
             "--nodaemon",

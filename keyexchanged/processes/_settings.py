@@ -3,7 +3,10 @@ a ``twistd keyexchange`` a child, the fd, the signals and the intervals; and
 the small decisions made from settings and the environment."""
 
 import os
+import re
+import shutil
 import signal
+import stat
 import tempfile
 
 from keyexchanged.errors import ConfigError
@@ -87,6 +90,47 @@ def child_settings(environ):
 def runtime_directory(environ):
     """A new private (0700) directory for the ticket-key file and the
     metrics files: under ``$RUNTIME_DIRECTORY`` (systemd's
-    ``RuntimeDirectory=``), else the system's temporary directory."""
-    base = (environ.get("RUNTIME_DIRECTORY") or "").split(":")[0] or None
-    return tempfile.mkdtemp(prefix="keyexchanged-", dir=base)
+    ``RuntimeDirectory=``, which systemd empties even after a SIGKILL),
+    else the system's temporary directory.  Its name carries the parent's
+    pid; those left by a parent that died without cleaning up (SIGKILL,
+    a crash) are removed first: they hold ticket keys."""
+    base = (environ.get("RUNTIME_DIRECTORY") or "").split(":")[0] or tempfile.gettempdir()
+    remove_stale_runtime_directories(base)
+    return tempfile.mkdtemp(prefix=f"keyexchanged-{os.getpid()}-", dir=base)
+
+
+_RUNTIME_NAME = re.compile(r"keyexchanged-(\d+)-[^/]+")
+
+
+def remove_stale_runtime_directories(base):
+    """Remove from ``base`` the runtime directories of ours whose parent
+    process is gone: only real directories (no links), owned by this user,
+    named with the pid of a process that no longer exists."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        match = _RUNTIME_NAME.fullmatch(name)
+        if match is None:
+            continue
+        path = os.path.join(base, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            continue
+        if _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's: alive
+    return True

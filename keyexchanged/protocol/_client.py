@@ -5,7 +5,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 
-from keyexchanged import handshake
+from keyexchanged import handshake, keys
 from keyexchanged.errors import UntrustedKey
 from keyexchanged.framing import (
     INTERNAL,
@@ -225,7 +225,7 @@ class ChannelClientFactory(ClientFactory):
     def buildProtocol(self, addr):
         ticket = None
         if self.tickets is not None and self.server_address is not None:
-            ticket = self.tickets.take(*self.server_address)
+            ticket = self.tickets.take(*self.server_address, self._ticket_identity())
         self.offered_ticket = ticket is not None
         connection = handshake.ClientConnection(
             identity=self.identity,
@@ -245,6 +245,11 @@ class ChannelClientFactory(ClientFactory):
             idle_timeout=self.idle_timeout,
         )
 
+    def _ticket_identity(self):
+        """A ticket carries the identity of the session that earned it: it
+        is filed under that client key's fingerprint and resumed only with it."""
+        return None if self.identity is None else keys.fingerprint(self.identity)
+
     def build_application(self, address, peer_fingerprint):
         return self.wrapped_factory.buildProtocol(address)
 
@@ -254,7 +259,7 @@ class ChannelClientFactory(ClientFactory):
 
     def ticket_received(self, event):
         if self.tickets is not None and self.server_address is not None:
-            self.tickets.add_received(*self.server_address, event)
+            self.tickets.add_received(*self.server_address, event, self._ticket_identity())
 
     def handshake_done(self, application):
         if not self.handshake.called:

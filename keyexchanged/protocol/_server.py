@@ -279,6 +279,7 @@ class SecureChannelFactory(Factory):
         self.record_limits = record_limits or {}
         self.shutting_down = False
         self._all_closed = None
+        self._health_checks = None  # a proxyproto.HealthCheckLines at the first
         #: A metrics.Metrics to count in, or ``None``.
         self.metrics = metrics
         #: A logs.LimitWarnings told of every refusal a limit causes, or ``None``.
@@ -380,6 +381,11 @@ class SecureChannelFactory(Factory):
             if self.metrics is not None:
                 self.metrics.health_check()
             self.log.debug("health check from {peer}", peer=summary.peer)
+            if self._health_checks is None:
+                from keyexchanged.proxyproto import HealthCheckLines
+
+                self._health_checks = HealthCheckLines(self.reactor, log=self.log)
+            self._health_checks.seen(summary.peer)
             return
         self._observe(summary)
         self.log.info(

@@ -75,10 +75,19 @@ IDENTITY = handshake.ServerIdentity(
     keys.private_key_from_bytes(VECTORS["server_private_key_pem"].encode())
 )
 AUTHORIZED = frozenset({VECTORS["client_fingerprint"]})
-#: Resumption on, with a fixed clock: RESUME frames are opened, not refused.
-TICKETS = tickets.TicketIssuer(
-    tickets.TicketKeys([b"\x07" * 32]), clock=lambda: 1_800_000_000, random=lambda n: b"\x09" * n
-)
+
+
+def ticket_issuer():
+    """Resumption on, with a fixed clock: RESUME frames are opened, not
+    refused.  A new one for every server, as a ticket opens once on each
+    (and each input is fed again in other chunks)."""
+    return tickets.TicketIssuer(
+        tickets.TicketKeys([b"\x07" * 32]),
+        clock=lambda: 1_800_000_000,
+        random=lambda n: b"\x09" * n,
+    )
+
+
 KEY_FRAME = encode_frame("KEY", _hex("key_payload"))
 AUTH_FRAME = encode_frame("AUTH", _record("client_auth_seq0"))
 VERBS = [*MAX_PAYLOAD, "PING", "key", "ABCDEFGHI", ""]
@@ -219,7 +228,7 @@ def run_server(pieces, authorized):
         IDENTITY,
         authorized_keys=AUTHORIZED if authorized else None,
         random=_replay(_hex("nonce"), b"\0" * 32),
-        tickets=TICKETS,
+        tickets=ticket_issuer(),
     )
     server.start()
     check(server.data_to_send() == _hex("hello_frame"), "HELLO differs from the vector")
@@ -291,10 +300,10 @@ def fuzz_one_input(data):
 
 
 def _resumed_stream():
-    """RESUME with a ticket of TICKETS, then the client's first record and
+    """RESUME with a ticket of :func:`ticket_issuer`'s, then the client's first record and
     END sealed under the resumed keys: a whole resumed session (§11)."""
     secret = b"\x5e" * 32
-    ticket, _ = TICKETS.issue(secret, IDENTITY.fingerprint)
+    ticket, _ = ticket_issuer().issue(secret, IDENTITY.fingerprint)
     hello = IDENTITY.hello_payload(_hex("nonce"))
     th = schedule.transcript_hash(hello, ticket)
     client_key, _ = schedule.derive_keys(secret, _hex("nonce"), th, resumed=True)
