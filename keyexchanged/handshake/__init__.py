@@ -56,6 +56,7 @@ from keyexchanged.handshake._decoding import (
     parse_error_payload,
 )
 from keyexchanged.handshake._events import (
+    AnnouncementIgnored,
     DataReceived,
     DecryptionNeeded,
     EndReceived,
@@ -63,6 +64,7 @@ from keyexchanged.handshake._events import (
     ErrorReceived,
     Event,
     HandshakeComplete,
+    NextKeyAnnounced,
     ProtocolFailed,
     ServerKeyReceived,
     TicketReceived,
@@ -99,6 +101,7 @@ __all__ = [
     "PROTOCOL_NAME",
     "SECRET_LENGTH",
     "WAIT",
+    "AnnouncementIgnored",
     "ClientConnection",
     "DataReceived",
     "DecryptionNeeded",
@@ -108,6 +111,7 @@ __all__ = [
     "Event",
     "FrameDecoder",
     "HandshakeComplete",
+    "NextKeyAnnounced",
     "ProtocolFailed",
     "Refuse",
     "ServerConnection",

@@ -44,10 +44,12 @@ CLIENT_KEY_EXPONENT = 65537
 
 class ServerIdentity:
     """Everything about the server's long-term key that is the same for
-    every connection: its DER, fingerprint, certificate chain, and the HELLO
-    around the nonce (made once per ephemeral key, not per connection)."""
+    every connection: its DER, fingerprint, certificate chain, the HELLO
+    around the nonce (made once per ephemeral key, not per connection), and
+    ``announcement``, a :class:`~keyexchanged.rotation.ServerAnnouncement`
+    of the next key (or ``None``: HELLO offers no rotation, §14)."""
 
-    def __init__(self, private_key, certificates=()):
+    def __init__(self, private_key, certificates=(), announcement=None):
         self.private_key = private_key
         self.public_key = private_key.public_key()
         self.der = keys.public_key_to_der(self.public_key)
@@ -56,6 +58,7 @@ class ServerIdentity:
         self.key_bytes = (self.public_key.n.bit_length() + 7) // 8
         self.certificates = tuple(certificates)
         self.certificates_b64 = [base64.b64encode(c).decode("ascii") for c in self.certificates]
+        self.announcement = announcement
         self._hello_parts = self._split_hello(None)
         # The HELLO around the nonce for the ephemeral key offered last:
         # one key is offered at a time, so one entry is the whole cache.
@@ -71,6 +74,8 @@ class ServerIdentity:
             hello["certificates"] = self.certificates_b64
         if ephemeral is not None:
             hello["ephemeral"] = ephemeral.member
+        if self.announcement is not None:
+            hello["rotation"] = True
         head, tail = json.dumps(hello).split(json.dumps(marker)[1:-1])
         return head.encode("utf-8"), tail.encode("utf-8")
 
@@ -111,6 +116,7 @@ class ServerConnection(_Connection):
     __slots__ = (
         "_hello",
         "_holds_ephemeral",
+        "_next_key_asked",
         "_nonce",
         "_pending",
         "_random",
@@ -151,6 +157,7 @@ class ServerConnection(_Connection):
         self.client_fingerprint = None
         self.forward_secrecy = ephemeral is not None
         self._holds_ephemeral = False
+        self._next_key_asked = False
         self.state = State.AWAIT_KEY
 
     def start(self):
@@ -315,12 +322,27 @@ class ServerConnection(_Connection):
         # The client's first record, when it is not AUTH: it proves the
         # client holds the keys (after RESUME, the resumption secret), so
         # the application may start, before what the record carries.
-        if verb != "AUTH" and self.state in (State.AWAIT_FIRST, State.AWAIT_FIRST_RESUMED):
+        if verb not in ("AUTH", "NEXTKEY") and self.state in (
+            State.AWAIT_FIRST,
+            State.AWAIT_FIRST_RESUMED,
+        ):
             self._complete()
 
     def _complete(self):
         self._enter(State.OPEN)
         self._event(HandshakeComplete(self.client_fingerprint, self.resumed))
+        if self._next_key_asked:
+            # §14.3: before TICKET and before any application data.  A
+            # signature that fails its own check is not sent: the
+            # announcement is advisory, the session is not.
+            try:
+                announcement = self.identity.announcement.plaintext(
+                    self.transcript_hash, self.identity.der
+                )
+            except FaultError:
+                announcement = None
+            if announcement is not None:
+                self._seal("NEXTKEY", announcement)
         if self._resumption_secret is not None:
             # One TICKET per session, once the client is known (it names
             # the client's key when there was an AUTH).
@@ -328,6 +350,17 @@ class ServerConnection(_Connection):
         # The handshake is over: what only it needed goes.  (The record
         # keys stay; the HELLO, nonce and secrets went as they were used.)
         self.transcript_hash = None
+
+    # -- NEXTKEY: the client asks for the announcement (§14.2) ----------------------
+
+    def _on_next_key_request(self, verb, payload):
+        if self.identity.announcement is None:
+            raise ProtocolError(UNEXPECTED_FRAME, "NEXTKEY, but HELLO offered no rotation")
+        if self._next_key_asked:
+            raise ProtocolError(UNEXPECTED_FRAME, "a second NEXTKEY")
+        if self._open("NEXTKEY", payload):
+            raise ProtocolError(MALFORMED_FRAME, "a NEXTKEY request that is not empty")
+        self._next_key_asked = True
 
     # -- our records ---------------------------------------------------------------
 
@@ -368,26 +401,30 @@ class ServerConnection(_Connection):
 
     RULES: ClassVar[dict] = {
         State.AWAIT_KEY: {"KEY": _on_key, "RESUME": _on_resume},
-        State.WORKING: {"AUTH": WAIT, "MSG": WAIT, "END": WAIT, "UPDATE": WAIT},
+        State.WORKING: {"AUTH": WAIT, "MSG": WAIT, "END": WAIT, "UPDATE": WAIT, "NEXTKEY": WAIT},
         State.AWAIT_AUTH: {
+            "NEXTKEY": _on_next_key_request,
             "AUTH": _on_auth,
             "MSG": _AUTH_REQUIRED,
             "END": _AUTH_REQUIRED,
             "UPDATE": _AUTH_REQUIRED,
         },
         State.AWAIT_FIRST: {
+            "NEXTKEY": _on_next_key_request,
             "AUTH": _on_auth,
             "MSG": _Connection._on_msg,
             "END": _Connection._on_end,
             "UPDATE": _Connection._on_update,
         },
         State.AWAIT_FIRST_RESUMED: {
+            "NEXTKEY": _on_next_key_request,
             "AUTH": Refuse(UNEXPECTED_FRAME, "AUTH after RESUME: the ticket names the client"),
             "MSG": _Connection._on_msg,
             "END": _Connection._on_end,
             "UPDATE": _Connection._on_update,
         },
         State.OPEN: {
+            "NEXTKEY": Refuse(UNEXPECTED_FRAME, "NEXTKEY after the client's first record"),
             "AUTH": _AUTH_NOT_FIRST,
             "MSG": _Connection._on_msg,
             "END": _Connection._on_end,

@@ -1,0 +1,248 @@
+"""Key rotation (docs/spec/kx1.rst §14): the server's announcement of its
+next key, in the state machines, and what keyexchanged.rotation checks."""
+
+import base64
+import json
+
+from twisted.trial import unittest
+
+from keyexchanged import keys, rotation
+from keyexchanged.framing import MALFORMED_FRAME, UNEXPECTED_FRAME, encode_frame
+from keyexchanged.handshake import (
+    AnnouncementIgnored,
+    ClientConnection,
+    HandshakeComplete,
+    NextKeyAnnounced,
+    ProtocolFailed,
+    ServerConnection,
+    ServerIdentity,
+)
+from tests.fixtures import CLIENT_KEY, SERVER_KEY, frames
+from tests.vectors import RESUME_RAW
+
+#: The next key in these tests: the vectors' client key (2048 bits).
+NEXT_KEY = rotation.NextKey.from_private_key(CLIENT_KEY)
+#: A key the server does not hold as its next key: the vectors' ephemeral key.
+OTHER_KEY = keys.private_key_from_bytes(RESUME_RAW["ephemeral_private_key_pem"].encode())
+CURRENT_DER = keys.public_key_to_der(SERVER_KEY.public_key())
+CURRENT = keys.fingerprint(CURRENT_DER)
+REVOKED = "SHA256:" + "A" * 43
+
+
+ANNOUNCEMENT = rotation.ServerAnnouncement(NEXT_KEY)
+
+
+def identity(announcement=ANNOUNCEMENT):
+    return ServerIdentity(SERVER_KEY, announcement=announcement)
+
+
+def session(server_identity, announcements=True, authorized=None, client_identity=None):
+    """A full handshake in memory; the server's and the client's events,
+    and the frames each sent."""
+    server = ServerConnection(server_identity, authorized_keys=authorized)
+    server.start()
+    client = ClientConnection(
+        identity=client_identity, require_forward_secrecy=False, announcements=announcements
+    )
+    hello = server.data_to_send()
+    client_events = client.receive_data(hello)
+    client_events += client.accept_key()
+    sent = client.data_to_send()
+    server_events = server.receive_data(sent)
+    answer = server.data_to_send()
+    client_events += client.receive_data(answer)
+    return server, client, server_events, client_events, frames(sent), frames(answer)
+
+
+def verbs(pairs):
+    return [verb for verb, _ in pairs]
+
+
+def of_type(events, kind):
+    return [event for event in events if isinstance(event, kind)]
+
+
+class OfferTests(unittest.TestCase):
+    def test_hello_offers_rotation_only_with_an_announcement(self):
+        with_one = json.loads(identity().hello_payload(b"\0" * 32))
+        without = json.loads(ServerIdentity(SERVER_KEY).hello_payload(b"\0" * 32))
+        self.assertIs(with_one["rotation"], True)
+        self.assertNotIn("rotation", without)
+
+    def test_a_value_other_than_true_is_no_offer(self):
+        hello = json.loads(identity().hello_payload(b"\1" * 32))
+        hello["rotation"] = 1
+        client = ClientConnection(require_forward_secrecy=False, announcements=True)
+        client.receive_data(encode_frame("HELLO", json.dumps(hello).encode()))
+        client.accept_key()
+        self.assertNotIn("NEXTKEY", verbs(frames(client.data_to_send())))
+
+
+class ExchangeTests(unittest.TestCase):
+    def test_the_client_asks_before_its_first_record_and_learns_the_next_key(self):
+        _server, _client, _s, client_events, sent, answer = session(identity())
+        self.assertEqual(verbs(sent), ["KEY", "NEXTKEY", "MSG"])
+        # Key confirmation first, then the announcement, before any data.
+        self.assertEqual(verbs(answer)[:2], ["MSG", "NEXTKEY"])
+        (announced,) = of_type(client_events, NextKeyAnnounced)
+        self.assertEqual(announced.announcement.next_fingerprint, NEXT_KEY.fingerprint)
+        self.assertEqual(announced.announcement.next_bits, 2048)
+        self.assertEqual(announced.server_fingerprint, CURRENT)
+        self.assertFalse(of_type(client_events, ProtocolFailed))
+
+    def test_a_client_that_does_not_ask_never_sees_an_announcement(self):
+        _server, _client, _s, client_events, sent, answer = session(identity(), announcements=False)
+        self.assertEqual(verbs(sent), ["KEY", "MSG"])
+        self.assertNotIn("NEXTKEY", verbs(answer))
+        self.assertTrue(of_type(client_events, HandshakeComplete))
+
+    def test_no_request_to_a_server_that_offers_nothing(self):
+        _server, _client, _s, client_events, sent, answer = session(ServerIdentity(SERVER_KEY))
+        self.assertEqual(verbs(sent), ["KEY", "MSG"])
+        self.assertNotIn("NEXTKEY", verbs(answer))
+        self.assertFalse(of_type(client_events, NextKeyAnnounced))
+
+    def test_with_auth_required_the_request_comes_before_auth(self):
+        authorized = {keys.fingerprint(OTHER_KEY.public_key())}
+        _server, _client, server_events, client_events, sent, answer = session(
+            identity(), authorized=authorized, client_identity=OTHER_KEY
+        )
+        self.assertEqual(verbs(sent), ["KEY", "NEXTKEY", "AUTH"])
+        self.assertFalse(of_type(server_events, ProtocolFailed))
+        self.assertEqual(verbs(answer)[:2], ["MSG", "NEXTKEY"])
+        self.assertTrue(of_type(client_events, NextKeyAnnounced))
+
+    def test_revoked_keys_are_announced(self):
+        announcement = rotation.ServerAnnouncement(NEXT_KEY, (REVOKED,))
+        *_, client_events, _sent, _answer = session(identity(announcement))
+        (announced,) = of_type(client_events, NextKeyAnnounced)
+        self.assertEqual(announced.announcement.revoked, (REVOKED,))
+
+
+class ServerRefusalTests(unittest.TestCase):
+    def asked(self, server_identity, extra):
+        """The client's KEY, its NEXTKEY request, then ``extra`` records."""
+        server = ServerConnection(server_identity)
+        server.start()
+        client = ClientConnection(require_forward_secrecy=False, announcements=True)
+        client.receive_data(server.data_to_send())
+        client.rotation_offered = True  # as if HELLO had offered it
+        client.accept_key()
+        for verb, plaintext in extra:
+            client._seal(verb, plaintext)
+        events = server.receive_data(client.data_to_send())
+        return [e.code for e in of_type(events, ProtocolFailed)]
+
+    def test_a_request_without_an_offer_is_unexpected(self):
+        self.assertEqual(self.asked(ServerIdentity(SERVER_KEY), []), [UNEXPECTED_FRAME])
+
+    def test_a_request_after_the_first_record_is_unexpected(self):
+        # accept_key sent NEXTKEY then MSG: one more NEXTKEY follows the MSG.
+        self.assertEqual(self.asked(identity(), [("NEXTKEY", b"")]), [UNEXPECTED_FRAME])
+
+    def test_a_request_that_is_not_empty_is_malformed(self):
+        server = ServerConnection(identity())
+        server.start()
+        client = ClientConnection(require_forward_secrecy=False)
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        key, _first = frames(client.data_to_send())
+        client._sealer.sequence = 0
+        client._seal("NEXTKEY", b"x")
+        request = frames(client.data_to_send())[0]
+        events = server.receive_data(encode_frame(*key) + encode_frame(*request))
+        self.assertEqual([e.code for e in of_type(events, ProtocolFailed)], [MALFORMED_FRAME])
+
+
+class ClientRefusalTests(unittest.TestCase):
+    def test_an_announcement_nobody_asked_for_is_unexpected(self):
+        server, client, _s, _c, _sent, _answer = session(identity(), announcements=False)
+        server._seal("NEXTKEY", b"{}")
+        events = client.receive_data(server.data_to_send())
+        self.assertEqual([e.code for e in of_type(events, ProtocolFailed)], [UNEXPECTED_FRAME])
+
+
+class Scripted:
+    """An announcement of the test's making: ``plaintext_for(th)``."""
+
+    def __init__(self, plaintext_for):
+        self.plaintext_for = plaintext_for
+
+    def plaintext(self, th, current_der):
+        return self.plaintext_for(th)
+
+
+def announced(plaintext_for):
+    """The client's events in a session whose server announces
+    ``plaintext_for(th)``."""
+    return session(identity(Scripted(plaintext_for)))[3]
+
+
+def signed(th, key=CLIENT_KEY, current_der=CURRENT_DER, next_der=None, revoked=None):
+    next_der = next_der or keys.public_key_to_der(CLIENT_KEY.public_key())
+    signature = key.sign_pss(rotation.next_key_message(th, current_der, next_der), salt_length=32)
+    body = {
+        "next": {
+            "key": base64.b64encode(next_der).decode(),
+            "signature": base64.b64encode(signature).decode(),
+        }
+    }
+    if revoked is not None:
+        body["revoked"] = revoked
+    return json.dumps(body).encode()
+
+
+class BadAnnouncementTests(unittest.TestCase):
+    """Each is ignored with one reason, and the session goes on."""
+
+    def ignored(self, plaintext_for):
+        events = announced(plaintext_for)
+        self.assertFalse(of_type(events, ProtocolFailed))
+        self.assertFalse(of_type(events, NextKeyAnnounced))
+        (ignored,) = of_type(events, AnnouncementIgnored)
+        return ignored.reason
+
+    def test_a_good_one_for_comparison(self):
+        events = announced(signed)
+        self.assertTrue(of_type(events, NextKeyAnnounced))
+
+    def test_signed_by_a_key_the_server_does_not_hold(self):
+        reason = self.ignored(lambda th: signed(th, key=OTHER_KEY))
+        self.assertIn("does not verify for this session", reason)
+
+    def test_replayed_from_another_session(self):
+        reason = self.ignored(lambda th: signed(b"\0" * 32))
+        self.assertIn("does not verify", reason)
+
+    def test_bound_to_another_current_key(self):
+        other_der = keys.public_key_to_der(OTHER_KEY.public_key())
+        reason = self.ignored(lambda th: signed(th, current_der=other_der))
+        self.assertIn("does not verify", reason)
+
+    def test_the_current_key_as_next(self):
+        reason = self.ignored(lambda th: signed(th, key=SERVER_KEY, next_der=CURRENT_DER))
+        self.assertIn("is the current key", reason)
+
+    def test_too_large(self):
+        reason = self.ignored(lambda th: b" " * (rotation.MAX_ANNOUNCEMENT + 1))
+        self.assertIn("over the limit", reason)
+
+    def test_not_json(self):
+        self.ignored(lambda th: b"not json")
+
+    def test_revoking_the_session_key(self):
+        reason = self.ignored(lambda th: signed(th, revoked=[CURRENT]))
+        self.assertIn("this very session", reason)
+
+    def test_revoking_its_own_next_key(self):
+        reason = self.ignored(lambda th: signed(th, revoked=[NEXT_KEY.fingerprint]))
+        self.assertIn("its own next key", reason)
+
+    def test_too_many_revoked(self):
+        self.ignored(lambda th: signed(th, revoked=[REVOKED] * (rotation.MAX_REVOKED + 1)))
+
+    def test_a_revoked_entry_that_is_not_a_fingerprint(self):
+        self.ignored(lambda th: signed(th, revoked=[17]))
+
+    def test_nothing_announced(self):
+        self.ignored(lambda th: b"{}")
