@@ -144,6 +144,25 @@ def check_revoked(revoked, current_fingerprint, next_key):
     return tuple(sorted(revoked))
 
 
+def describe(announcement):
+    """What ``announcement`` says, for the log and to compare two."""
+    if announcement is None:
+        return "no key rotation announced"
+    parts = []
+    if announcement.next_key is not None:
+        bits = announcement.next_key.private_key.n.bit_length()
+        parts.append(f"next key {announcement.next_key.fingerprint} (RSA-{bits})")
+    if announcement.revoked:
+        parts.append(f"{len(announcement.revoked)} revoked key(s)")
+    return "announcing " + " and ".join(parts)
+
+
+def log_announcement(log, announcement, prefix=""):
+    """One line: what the server announces to clients that ask (§14)."""
+    if announcement is not None or prefix:
+        log.info("{prefix}{what}", prefix=prefix, what=describe(announcement))
+
+
 # -- the client's check ---------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
-from keyexchanged import processes, proxyproto, systemd, tickets
+from keyexchanged import processes, proxyproto, rotation, systemd, tickets
 
 __all__ = ["RESTART_ONLY", "CannotListen", "KeyexchangeService", "apply_reload"]
 
@@ -273,6 +273,8 @@ def apply_reload(service_, old, new, log):
         )
         if factory.ephemeral_keys is not None:
             factory.ephemeral_keys.rekey(new.identity.private_key)
+    if rotation.describe(new.identity.announcement) != rotation.describe(old.identity.announcement):
+        rotation.log_announcement(log, new.identity.announcement, "reload: ")
     factory.identity = new.identity
     factory.authorized_keys = new.authorized_keys
     factory.client_key_max_bits = settings["client-key-max-bits"]
