@@ -18,6 +18,7 @@ frames; keyexchanged.knownhosts records what a good announcement says.
 import base64
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 
 from keyexchanged import keys, schedule
@@ -161,6 +162,48 @@ def log_announcement(log, announcement, prefix=""):
     """One line: what the server announces to clients that ask (§14)."""
     if announcement is not None or prefix:
         log.info("{prefix}{what}", prefix=prefix, what=describe(announcement))
+
+
+@dataclass(frozen=True)
+class Switched:
+    """What :func:`switch_keys` did: the fingerprints, and where the old key went."""
+
+    retired: str
+    current: str
+    retired_path: str
+
+
+def switch_keys(key_path: str, next_path: str) -> Switched:
+    """The switch (§14.6): the next key becomes the key at ``key_path``,
+    the key there is kept as ``key_path + ".retired"`` (to roll back), and
+    ``next_path`` is gone.  The public halves (``.pub``) follow.
+
+    ``key_path`` names a key file at every moment: the old key is linked to
+    its retired name first, then the next key is renamed over it
+    (atomically).  Refused (:class:`KeyexchangedError`, nothing changed)
+    when either key cannot be read or is readable by others, when the next
+    key is the current key or weaker than 2 048 bits, or when a retired key
+    is already there.
+    """
+    current_key = keys.load_private_key(key_path)
+    next_key = load_next_key(next_path, current_key)
+    retired_path = key_path + ".retired"
+    for path in (retired_path, retired_path + ".pub"):
+        if os.path.lexists(path):
+            raise ConfigError(
+                f"{path} exists (an earlier rotation's key): move it away or delete it first"
+            )
+    try:
+        os.link(key_path, retired_path)
+        if os.path.exists(key_path + ".pub"):
+            os.link(key_path + ".pub", retired_path + ".pub")
+        os.replace(next_path, key_path)
+    except OSError as error:
+        raise ConfigError(f"cannot switch the keys: {error}") from None
+    keys.save_public_key(next_key.private_key, key_path + ".pub", force=True)
+    if os.path.exists(next_path + ".pub"):
+        os.unlink(next_path + ".pub")
+    return Switched(keys.fingerprint(current_key), next_key.fingerprint, retired_path)
 
 
 # -- the client's check ---------------------------------------------------------------
