@@ -16,6 +16,7 @@ from keyexchanged.handshake import (
     ProtocolFailed,
     ServerConnection,
     ServerIdentity,
+    TicketReceived,
 )
 from tests.fixtures import CLIENT_KEY, SERVER_KEY, frames
 from tests.vectors import RESUME_RAW
@@ -111,6 +112,32 @@ class ExchangeTests(unittest.TestCase):
         self.assertFalse(of_type(server_events, ProtocolFailed))
         self.assertEqual(verbs(answer)[:2], ["MSG", "NEXTKEY"])
         self.assertTrue(of_type(client_events, NextKeyAnnounced))
+
+    def test_a_resumed_session_carries_it_too(self):
+        from keyexchanged.tickets import StoredTicket, TicketIssuer, TicketKeys
+
+        issuer = TicketIssuer(TicketKeys.random())
+        server = ServerConnection(identity(), tickets=issuer)
+        server.start()
+        first = ClientConnection(require_forward_secrecy=False, announcements=True)
+        first.receive_data(server.data_to_send())
+        first.accept_key()
+        server.receive_data(first.data_to_send())
+        (ticket,) = of_type(first.receive_data(server.data_to_send()), TicketReceived)
+        stored = StoredTicket("h", 1, CURRENT, ticket.secret, ticket.ticket, 2**40)
+
+        server = ServerConnection(identity(), tickets=issuer)
+        server.start()
+        client = ClientConnection(require_forward_secrecy=False, announcements=True, ticket=stored)
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        sent = client.data_to_send()
+        server.receive_data(sent)
+        events = client.receive_data(server.data_to_send())
+        self.assertEqual(verbs(frames(sent)), ["RESUME", "NEXTKEY", "MSG"])
+        self.assertTrue(client.resumed)
+        (announced,) = of_type(events, NextKeyAnnounced)
+        self.assertEqual(announced.announcement.next_fingerprint, NEXT_KEY.fingerprint)
 
     def test_revoked_keys_are_announced(self):
         announcement = rotation.ServerAnnouncement(NEXT_KEY, (REVOKED,))
