@@ -273,3 +273,113 @@ class BadAnnouncementTests(unittest.TestCase):
 
     def test_nothing_announced(self):
         self.ignored(lambda th: b"{}")
+
+
+# -- the vectors of docs/spec/vectors/kx1-key-rotation.json ------------------------------
+
+
+def _vectors():
+    import json as json_
+    import os
+
+    from tests.vectors import DIRECTORY
+
+    with open(os.path.join(DIRECTORY, "kx1-key-rotation.json"), encoding="utf-8") as f:
+        return json_.load(f)
+
+
+VECTORS = _vectors()
+
+
+def vector(name):
+    return bytes.fromhex(VECTORS[name])
+
+
+def vector_record(name):
+    return bytes.fromhex(VECTORS["records"][name])
+
+
+class FixedSalt:
+    """The server's announcement, signed with the vectors' PSS salt."""
+
+    def __init__(self, announcement):
+        self.announcement = announcement
+
+    def plaintext(self, th, current_der):
+        return self.announcement.plaintext(th, current_der, salt=vector("pss_salt"))
+
+
+class VectorTests(unittest.TestCase):
+    """keyexchanged reproduces kx1-key-rotation.json, made by the
+    independent implementation (tests/independent/kx1_rotation.py)."""
+
+    def test_the_signed_message_and_the_announcement(self):
+        th = vector("transcript_hash")
+        self.assertEqual(
+            rotation.next_key_message(th, CURRENT_DER, vector("next_spki_der")),
+            vector("signed_message"),
+        )
+        self.assertEqual(
+            FixedSalt(ANNOUNCEMENT).plaintext(th, CURRENT_DER), vector("announcement_plaintext")
+        )
+        self.assertEqual(NEXT_KEY.fingerprint, VECTORS["next_fingerprint"])
+
+    def test_the_client_asks_and_reads_the_announcement(self):
+        from keyexchanged.tickets import StoredTicket
+
+        stored = StoredTicket(
+            "h", 1, CURRENT, vector("resumption_secret"), vector("resume_payload"), 2**40
+        )
+        expires = json.loads(vector("hello_payload"))["ephemeral"]["expires"]
+        client = ClientConnection(announcements=True, ticket=stored, clock=lambda: expires - 100)
+        client.receive_data(encode_frame("HELLO", vector("hello_payload")))
+        client.accept_key()
+        self.assertEqual(
+            client.data_to_send(),
+            encode_frame("RESUME", vector("resume_payload"))
+            + encode_frame("NEXTKEY", vector_record("client_nextkey"))
+            + encode_frame("MSG", vector_record("client_first_msg")),
+        )
+        events = client.receive_data(
+            encode_frame("MSG", vector_record("server_confirmation"))
+            + encode_frame("NEXTKEY", vector_record("server_nextkey"))
+        )
+        (announced,) = of_type(events, NextKeyAnnounced)
+        self.assertEqual(announced.announcement.next_fingerprint, VECTORS["next_fingerprint"])
+
+    def test_the_server_offers_and_announces(self):
+        from keyexchanged import tickets
+        from keyexchanged.ephemeral import EphemeralKey
+        from tests.fixtures import replay
+        from tests.rev2 import EPHEMERAL_PRIVATE
+
+        member = json.loads(vector("hello_payload"))["ephemeral"]
+        offered = EphemeralKey(
+            EPHEMERAL_PRIVATE, member["expires"], base64.b64decode(member["signature"])
+        )
+        private = RESUME_RAW["ticket_server_private"]
+        ticket_key = bytes.fromhex(private["ticket_key"])
+        ticket_keys = tickets.TicketKeys([ticket_key])
+        ticket_keys._by_id = {bytes.fromhex(private["key_id"]): ticket_key}
+        issuer = tickets.TicketIssuer(ticket_keys, clock=lambda: member["expires"] - 100)
+        server = ServerConnection(
+            identity(FixedSalt(ANNOUNCEMENT)),
+            random=replay(vector("nonce")),
+            ephemeral=offered,
+            tickets=issuer,
+        )
+        server.start()
+        self.assertEqual(server.data_to_send(), encode_frame("HELLO", vector("hello_payload")))
+        server.receive_data(
+            encode_frame("RESUME", vector("resume_payload"))
+            + encode_frame("NEXTKEY", vector_record("client_nextkey"))
+            + encode_frame("MSG", vector_record("client_first_msg"))
+        )
+        sent = frames(server.data_to_send())
+        self.assertEqual(
+            sent[:2],
+            [
+                ("MSG", vector_record("server_confirmation")),
+                ("NEXTKEY", vector_record("server_nextkey")),
+            ],
+        )
