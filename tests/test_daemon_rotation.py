@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa as crypto_rsa
 from twisted.internet import defer
 
 from keyexchanged import keys
+from tests import certs
 from tests.daemon import Daemon, DaemonTestCase, environment, run_client
 from tests.fixtures import CLIENT_KEY, SERVER_KEY
 
@@ -121,6 +122,75 @@ class RotationProcedureTests(DaemonTestCase):
         self.assertEqual(code, 3, err)
         _out, err, code = yield self.connect("--fingerprint", NEXT_FP)
         self.assertEqual(code, 0, err)
+
+
+class OtherClientsTests(DaemonTestCase):
+    """During the overlap: a --ca client is unaffected, and two clients
+    that learn at once leave one correct known-hosts file."""
+
+    def setUp(self):
+        super().setUp()
+        self.next = os.path.join(self.dir, "next.key")
+        keys.save_private_key(CLIENT_KEY, self.next)
+
+    @defer.inlineCallbacks
+    def start(self, extra=""):
+        self.write_config(f"next-private-key = {self.next}\n{extra}")
+        daemon = Daemon.start(["--config", self.conf])
+        self.addCleanup(daemon.stop)
+        self.port = yield daemon.listening
+        return daemon
+
+    @defer.inlineCallbacks
+    def test_a_ca_client_does_not_ask(self):
+        root_key = certs.fast_key()
+        root = certs.build(root_key, subject="Root", ca=True, usage="ca")
+        leaf = certs.build(SERVER_KEY, root_key, root, names=["localhost"])
+        chain = os.path.join(self.dir, "server.crt")
+        ca_file = os.path.join(self.dir, "ca.pem")
+        with open(chain, "wb") as f:
+            f.write(certs.pem(leaf))
+        with open(ca_file, "wb") as f:
+            f.write(certs.pem(root))
+        yield self.start(f"certificate = {chain}\n")
+        known = os.path.join(self.dir, "known_hosts")
+        _out, err, code = yield run_client(
+            "connect", f"localhost:{self.port}", "--ca", ca_file, "--known-hosts", known,
+            "--explain",
+        )  # fmt: skip
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"not asking: a pinned --fingerprint or a --ca", err)
+        self.assertNotIn(b"NEXTKEY:", err)
+        self.assertFalse(os.path.exists(known))
+
+    @defer.inlineCallbacks
+    def test_two_clients_learning_at_once_leave_one_correct_file(self):
+        yield self.start()
+        known = os.path.join(self.dir, "known_hosts")
+        with open(known, "w") as f:
+            f.write(f"127.0.0.1:{self.port} {CURRENT_FP}\nlocalhost:{self.port} {CURRENT_FP}\n")
+        results = yield defer.gatherResults(
+            [
+                run_client("connect", f"{host}:{self.port}", "--known-hosts", known)
+                for host in ("127.0.0.1", "localhost")
+            ]
+        )
+        for _out, err, code in results:
+            self.assertEqual(code, 0, err)
+            self.assertIn(b"learned the next key", err)
+        with open(known) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(
+            sorted(lines),
+            sorted(
+                [
+                    f"127.0.0.1:{self.port} {CURRENT_FP}",
+                    f"localhost:{self.port} {CURRENT_FP}",
+                    f"@next 127.0.0.1:{self.port} {NEXT_FP}",
+                    f"@next localhost:{self.port} {NEXT_FP}",
+                ]
+            ),
+        )
 
 
 class NextKeyRefusalTests(DaemonTestCase):
