@@ -84,20 +84,29 @@ class ServerAnnouncement:
     next_key: NextKey | None = None
     revoked: tuple = ()
 
-    def plaintext(self, th: bytes, current_der: bytes, salt: bytes | None = None) -> bytes:
-        """The JSON of the server's NEXTKEY record for the session ``th``.
+    def message(self, th: bytes, current_der: bytes) -> bytes | None:
+        """What the next key signs for the session ``th`` (None: no next key)."""
+        if self.next_key is None:
+            return None
+        return next_key_message(th, current_der, self.next_key.der)
 
-        Signing is a private-key operation on the next key, one per
-        session that asks; ``salt`` fixes the PSS salt (vectors only).
-        """
-        body = {}
+    def plaintext(self, th: bytes, current_der: bytes, salt: bytes | None = None) -> bytes:
+        """The JSON of the server's NEXTKEY record for the session ``th``,
+        signed here.  Signing is a private-key operation on the next key,
+        one per session that asks; ``salt`` fixes the PSS salt (vectors)."""
+        signature = None
         if self.next_key is not None:
             options = {} if salt is None else {"salt": salt}
             signature = self.next_key.private_key.sign_pss(
-                next_key_message(th, current_der, self.next_key.der),
-                salt_length=schedule.PSS_SALT_LENGTH,
-                **options,
+                self.message(th, current_der), salt_length=schedule.PSS_SALT_LENGTH, **options
             )
+        return self.signed_plaintext(signature)
+
+    def signed_plaintext(self, signature: bytes | None) -> bytes:
+        """The JSON of the NEXTKEY record, with ``signature`` made elsewhere
+        over :meth:`message` (a worker process)."""
+        body = {}
+        if self.next_key is not None:
             body["next"] = {
                 "key": base64.b64encode(self.next_key.der).decode("ascii"),
                 "signature": base64.b64encode(signature).decode("ascii"),

@@ -243,6 +243,11 @@ class NextKeyRefusalTests(DaemonTestCase):
         daemon = Daemon.start(["--config", self.conf])
         self.addCleanup(daemon.stop)
         port = yield daemon.listening
+        # One session first: the reactor runs, so SIGHUP has its handler.
+        _out, err, code = yield run_client(
+            "connect", f"127.0.0.1:{port}", "--fingerprint", CURRENT_FP
+        )
+        self.assertEqual(code, 0, err)
         # The next key is now the current key: refused, and the key, the
         # next key and the message all stay as they were.
         self.write_config(f"message = REPLACED\nnext-private-key = {self.key}\n")

@@ -146,6 +146,52 @@ class ExchangeTests(unittest.TestCase):
         self.assertEqual(announced.announcement.revoked, (REVOKED,))
 
 
+class DeferredSigningTests(unittest.TestCase):
+    """With ``defer_work`` (the daemon's worker processes), the signature
+    is work handed out like KEY's decryption, and the handshake waits."""
+
+    def asked(self):
+        from keyexchanged.handshake import DecryptionNeeded, SigningNeeded
+
+        server = ServerConnection(identity(), defer_work=True)
+        server.start()
+        secret = b"\7" * 32
+        client = ClientConnection(
+            require_forward_secrecy=False, announcements=True, random=lambda n: secret
+        )
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        (_decrypt,) = of_type(server.receive_data(client.data_to_send()), DecryptionNeeded)
+        events = server.key_decrypted(secret)
+        (signing,) = of_type(events, SigningNeeded)
+        self.assertFalse(of_type(events, HandshakeComplete))
+        return server, client, signing
+
+    def test_the_signature_is_made_elsewhere_and_the_handshake_waits_for_it(self):
+        server, client, signing = self.asked()
+        self.assertIs(signing.private_key, CLIENT_KEY)
+        self.assertEqual(
+            signing.message,
+            rotation.next_key_message(client.transcript_hash, CURRENT_DER, NEXT_KEY.der),
+        )
+        signature = CLIENT_KEY.sign_pss(signing.message, salt_length=signing.salt_length)
+        events = server.announcement_signed(signature)
+        self.assertTrue(of_type(events, HandshakeComplete))  # the first record waited
+        client_events = client.receive_data(server.data_to_send())
+        (announced,) = of_type(client_events, NextKeyAnnounced)
+        self.assertEqual(announced.announcement.next_fingerprint, NEXT_KEY.fingerprint)
+
+    def test_a_failed_signature_sends_no_announcement(self):
+        server, client, _signing = self.asked()
+        events = server.announcement_signed(None)
+        self.assertTrue(of_type(events, HandshakeComplete))
+        answer = server.data_to_send()
+        self.assertNotIn("NEXTKEY", verbs(frames(answer)))
+        client_events = client.receive_data(answer)
+        self.assertTrue(of_type(client_events, HandshakeComplete))
+        self.assertFalse(of_type(client_events, ProtocolFailed))
+
+
 class ServerRefusalTests(unittest.TestCase):
     def asked(self, server_identity, extra):
         """The client's KEY, its NEXTKEY request, then ``extra`` records."""
@@ -194,6 +240,9 @@ class Scripted:
 
     def __init__(self, plaintext_for):
         self.plaintext_for = plaintext_for
+
+    def message(self, th, current_der):
+        return b"signed here"
 
     def plaintext(self, th, current_der):
         return self.plaintext_for(th)
@@ -304,6 +353,9 @@ class FixedSalt:
 
     def __init__(self, announcement):
         self.announcement = announcement
+
+    def message(self, th, current_der):
+        return self.announcement.message(th, current_der)
 
     def plaintext(self, th, current_der):
         return self.announcement.plaintext(th, current_der, salt=vector("pss_salt"))

@@ -67,6 +67,7 @@ from keyexchanged.handshake._events import (
     NextKeyAnnounced,
     ProtocolFailed,
     ServerKeyReceived,
+    SigningNeeded,
     TicketReceived,
     VerificationNeeded,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "ServerConnection",
     "ServerIdentity",
     "ServerKeyReceived",
+    "SigningNeeded",
     "State",
     "TicketReceived",
     "VerificationNeeded",

@@ -83,6 +83,19 @@ class VerificationNeeded(Event):
         self.salt_length = salt_length
 
 
+class SigningNeeded(Event):
+    """Server with ``defer_work``: the announcement of the next key (§14.3)
+    needs its signature, made elsewhere with ``private_key`` (the next
+    key); answer with :meth:`ServerConnection.announcement_signed`."""
+
+    __slots__ = ("message", "private_key", "salt_length")
+
+    def __init__(self, private_key, message, salt_length):
+        self.private_key = private_key
+        self.message = message
+        self.salt_length = salt_length
+
+
 class HandshakeComplete(Event):
     """The keys are confirmed; application data may flow.
 

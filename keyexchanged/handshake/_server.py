@@ -19,6 +19,7 @@ from keyexchanged.handshake._decoding import _b64decode, _json_object, check_pub
 from keyexchanged.handshake._events import (
     DecryptionNeeded,
     HandshakeComplete,
+    SigningNeeded,
     VerificationNeeded,
 )
 from keyexchanged.handshake._machine import (
@@ -34,6 +35,9 @@ from keyexchanged.handshake._machine import (
 from keyexchanged.records import RecordOpener, RecordSealer
 from keyexchanged.rsa import DecryptionError, FaultError
 from keyexchanged.schedule import derive_keys, transcript_hash
+
+#: Marks the private-key work away as the announcement's signature (§14.3).
+_SIGNING = object()
 
 #: What a server accepts as a client key in AUTH (§8): verifying costs a
 #: public-key operation on a key a stranger chose, so it is bounded harder
@@ -114,9 +118,9 @@ class ServerConnection(_Connection):
     """
 
     __slots__ = (
+        "_announcement",
         "_hello",
         "_holds_ephemeral",
-        "_next_key_asked",
         "_nonce",
         "_pending",
         "_random",
@@ -157,7 +161,8 @@ class ServerConnection(_Connection):
         self.client_fingerprint = None
         self.forward_secrecy = ephemeral is not None
         self._holds_ephemeral = False
-        self._next_key_asked = False
+        # The NEXTKEY plaintext to send when the handshake completes (§14.3).
+        self._announcement = None
         self.state = State.AWAIT_KEY
 
     def start(self):
@@ -331,18 +336,10 @@ class ServerConnection(_Connection):
     def _complete(self):
         self._enter(State.OPEN)
         self._event(HandshakeComplete(self.client_fingerprint, self.resumed))
-        if self._next_key_asked:
-            # §14.3: before TICKET and before any application data.  A
-            # signature that fails its own check is not sent: the
-            # announcement is advisory, the session is not.
-            try:
-                announcement = self.identity.announcement.plaintext(
-                    self.transcript_hash, self.identity.der
-                )
-            except FaultError:
-                announcement = None
-            if announcement is not None:
-                self._seal("NEXTKEY", announcement)
+        if self._announcement:
+            # §14.3: before TICKET and before any application data.
+            self._seal("NEXTKEY", self._announcement)
+        self._announcement = None
         if self._resumption_secret is not None:
             # One TICKET per session, once the client is known (it names
             # the client's key when there was an AUTH).
@@ -356,11 +353,43 @@ class ServerConnection(_Connection):
     def _on_next_key_request(self, verb, payload):
         if self.identity.announcement is None:
             raise ProtocolError(UNEXPECTED_FRAME, "NEXTKEY, but HELLO offered no rotation")
-        if self._next_key_asked:
+        if self._announcement is not None:
             raise ProtocolError(UNEXPECTED_FRAME, "a second NEXTKEY")
         if self._open("NEXTKEY", payload):
             raise ProtocolError(MALFORMED_FRAME, "a NEXTKEY request that is not empty")
-        self._next_key_asked = True
+        # Signed now, while the client's first record is on its way: the
+        # announcement is ready when the handshake completes, and a
+        # signature elsewhere never holds back a started application.
+        announcement = self.identity.announcement
+        message = announcement.message(self.transcript_hash, self.identity.der)
+        if message is None:  # revoked keys only: nothing to sign
+            self._announcement = announcement.signed_plaintext(None)
+        elif self.defer_work:
+            self._announcement = b""  # asked; empty until signed
+            self._pending = (_SIGNING, self.state)
+            self._enter(State.WORKING)
+            self._event(
+                SigningNeeded(announcement.next_key.private_key, message, schedule.PSS_SALT_LENGTH)
+            )
+        else:
+            try:
+                self._announcement = announcement.plaintext(self.transcript_hash, self.identity.der)
+            except FaultError:
+                # Advisory: a signature that fails its own check is not
+                # sent, and the session goes on.
+                self._announcement = b""
+
+    def announcement_signed(self, signature):
+        """The answer to :class:`SigningNeeded`: the signature, or ``None``
+        when it failed (no announcement is sent).  Returns the events."""
+        pending = self._pending
+        if self.state is State.WORKING and isinstance(pending, tuple) and pending[0] is _SIGNING:
+            self._pending = None
+            self._enter(pending[1])
+            if signature is not None:
+                self._announcement = self.identity.announcement.signed_plaintext(signature)
+            self._replay_waiting()
+        return self._take_events()
 
     # -- our records ---------------------------------------------------------------
 
