@@ -193,6 +193,39 @@ class OtherClientsTests(DaemonTestCase):
         )
 
 
+class RevokedKeysTests(DaemonTestCase):
+    @defer.inlineCallbacks
+    def test_revoked_keys_reach_known_hosts(self):
+        revoked = "SHA256:" + "B" * 42 + "A"
+        listing = os.path.join(self.dir, "revoked_keys")
+        with open(listing, "w") as f:
+            f.write(f"{revoked}  # the key that leaked\n")
+        self.write_config(f"revoked-keys = {listing}\n")
+        daemon = Daemon.start(["--config", self.conf])
+        self.addCleanup(daemon.stop)
+        port = yield daemon.listening
+        self.assertIn(b"announcing 1 revoked key(s)", daemon.output)
+        known = os.path.join(self.dir, "known_hosts")
+        with open(known, "w") as f:
+            f.write(f"127.0.0.1:{port} {CURRENT_FP}\n")
+        _out, err, code = yield run_client("connect", f"127.0.0.1:{port}", "--known-hosts", known)
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"revoked the key " + revoked.encode(), err)
+        with open(known) as f:
+            self.assertEqual(f.read(), f"127.0.0.1:{port} {CURRENT_FP}\n@revoked {revoked}\n")
+
+    @defer.inlineCallbacks
+    def test_revoking_the_current_key_is_refused(self):
+        listing = os.path.join(self.dir, "revoked_keys")
+        with open(listing, "w") as f:
+            f.write(f"{CURRENT_FP}\n")
+        self.write_config(f"revoked-keys = {listing}\n")
+        daemon = Daemon.start(["--config", self.conf])
+        code = yield daemon.refused()
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"revoked-keys: lists the current key", daemon.output)
+
+
 class NextKeyRefusalTests(DaemonTestCase):
     """A next key the daemon cannot use stops it at start, and a reload
     that names one is refused as a whole."""

@@ -435,3 +435,61 @@ class VectorTests(unittest.TestCase):
                 ("NEXTKEY", vector_record("server_nextkey")),
             ],
         )
+
+
+class SwitchKeysTests(unittest.TestCase):
+    """rotation.switch_keys, what ``keyexchange rotate-key`` does."""
+
+    def setUp(self):
+        import os
+
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.key = os.path.join(self.dir, "server.key")
+        self.next = os.path.join(self.dir, "next.key")
+        keys.save_private_key(SERVER_KEY, self.key)
+        keys.save_public_key(SERVER_KEY, self.key + ".pub")
+
+    def test_the_next_key_becomes_the_key_and_the_old_one_is_kept(self):
+        import os
+
+        keys.save_private_key(CLIENT_KEY, self.next)
+        switched = rotation.switch_keys(self.key, self.next)
+        self.assertEqual((switched.retired, switched.current), (CURRENT, NEXT_KEY.fingerprint))
+        self.assertEqual(keys.fingerprint(keys.load_private_key(self.key)), NEXT_KEY.fingerprint)
+        self.assertEqual(
+            keys.fingerprint(keys.load_public_key(self.key + ".pub")), NEXT_KEY.fingerprint
+        )
+        self.assertEqual(keys.fingerprint(keys.load_private_key(self.key + ".retired")), CURRENT)
+        self.assertFalse(os.path.exists(self.next))
+
+    def test_refused_when_the_next_key_is_the_key(self):
+        from keyexchanged.errors import KeyexchangedError
+
+        keys.save_private_key(SERVER_KEY, self.next)
+        with self.assertRaises(KeyexchangedError) as caught:
+            rotation.switch_keys(self.key, self.next)
+        self.assertIn("is the current key", str(caught.exception))
+        self.assertEqual(keys.fingerprint(keys.load_private_key(self.key)), CURRENT)
+
+    def test_refused_when_a_retired_key_is_there(self):
+        import os
+
+        from keyexchanged.errors import KeyexchangedError
+
+        keys.save_private_key(CLIENT_KEY, self.next)
+        keys.save_private_key(OTHER_KEY, self.key + ".retired")
+        with self.assertRaises(KeyexchangedError) as caught:
+            rotation.switch_keys(self.key, self.next)
+        self.assertIn("server.key.retired exists", str(caught.exception))
+        self.assertEqual(keys.fingerprint(keys.load_private_key(self.key)), CURRENT)
+        self.assertTrue(os.path.exists(self.next))
+
+    def test_revoked_keys_may_not_name_a_key_the_server_serves(self):
+        from keyexchanged.errors import ConfigError
+
+        with self.assertRaises(ConfigError):
+            rotation.check_revoked({CURRENT}, CURRENT, NEXT_KEY)
+        with self.assertRaises(ConfigError):
+            rotation.check_revoked({NEXT_KEY.fingerprint}, CURRENT, NEXT_KEY)
+        self.assertEqual(rotation.check_revoked({REVOKED}, CURRENT, NEXT_KEY), (REVOKED,))
