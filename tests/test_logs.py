@@ -429,3 +429,4 @@ class DaemonJSONLogTests(DaemonTestCase):
         self.assertIs(end["forward_secrecy"], True)
         self.assertGreater(end["bytes_in"], 256)
         self.assertTrue(end["peer"].startswith("127.0.0.1:"))
+

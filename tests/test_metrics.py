@@ -439,6 +439,7 @@ _METRICS_AT = re.compile(rb"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 
 
 class DaemonMetricsTests(DaemonTestCase):
+
     @defer.inlineCallbacks
     def test_scrape_the_daemon_after_a_session(self):
         with open(self.conf, "w") as f:
