@@ -151,6 +151,34 @@ class Explainer:
         if connection.identity is not None:
             self.say("AUTH: sent our key and an RSA-PSS signature over th (record 0)")
 
+    def rotation_offered(self, asking):
+        if asking:
+            self.say(
+                "HELLO: the server offers key rotation announcements; asking for its next "
+                "key (NEXTKEY, sent before our first record): the known hosts record it"
+            )
+        else:
+            self.say(
+                "HELLO: the server offers key rotation announcements; not asking: a pinned "
+                "--fingerprint or a --ca is not updated from the server (its next key "
+                "reaches you by other means)"
+            )
+
+    def announced(self, event):
+        announcement = getattr(event, "announcement", None)
+        if announcement is None:
+            self.say(f"NEXTKEY: the server's announcement is ignored: {event.reason}")
+            return
+        if announcement.next_fingerprint is not None:
+            self.say(
+                f"NEXTKEY: the server's next key is {announcement.next_fingerprint} "
+                f"(RSA-{announcement.next_bits}); its RSA-PSS signature verifies over "
+                "'kx/1 next key', this session's th and the current key's hash: the server "
+                "holds it, and the proof is good for this session only"
+            )
+        for fingerprint in announcement.revoked:
+            self.say(f"NEXTKEY: the server no longer uses the key {fingerprint} (revoked)")
+
     def stale_ticket(self):
         self.say(
             "the server could not use our ticket (stale-ticket: expired, or its ticket keys "
@@ -171,9 +199,21 @@ class _ExplainingTrust:
         self.policy = policy
         self.explainer = explainer
 
+    @property
+    def announcements(self):
+        return getattr(self.policy, "announcements", False)
+
     def verify(self, server_name, offer):
         self.explainer.hello(offer)
+        if getattr(offer, "rotation", False):
+            self.explainer.rotation_offered(self.announcements)
         return self.policy.verify(server_name, offer)
+
+    def announced(self, server_name, event):
+        self.explainer.announced(event)
+        record = getattr(self.policy, "announced", None)
+        if record is not None:
+            record(server_name, event)
 
 
 class StdioApplication(Protocol):

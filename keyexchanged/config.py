@@ -141,6 +141,22 @@ SETTINGS = [
         "the server's private key file; generated (0600) if missing",
         path=True,
     ),
+    Setting(
+        "next-private-key",
+        None,
+        _text,
+        "the key that will replace private-key: announced, with proof, to clients that "
+        "use known hosts (key rotation); never generated",
+        path=True,
+    ),
+    Setting(
+        "revoked-keys",
+        None,
+        _text,
+        "keys this server no longer uses (fingerprints or PEM public keys), announced "
+        "as revoked to clients that use known hosts",
+        path=True,
+    ),
     Setting("key-bits", 3072, key_bits, "size of a key generated on first start"),
     Setting(
         "message",

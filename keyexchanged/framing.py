@@ -88,6 +88,9 @@ MAX_PAYLOAD = {
     "END": TAG_LENGTH,  # the tag of an empty record, exactly
     "UPDATE": TAG_LENGTH,  # likewise
     "ERROR": 1024,  # a code and a short detail
+    # The next key, its signature and revoked fingerprints: 8 KiB of JSON
+    # at most; twice that before the frame itself is refused (§14.3).
+    "NEXTKEY": 16384 + TAG_LENGTH,
 }
 
 # fullmatch() is used, so no anchors are needed; "$" would also accept a

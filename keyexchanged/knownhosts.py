@@ -7,6 +7,7 @@ The file, ``$XDG_CONFIG_HOME/keyexchange/known_hosts`` (else
     example.org:51424 SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU
     [2001:db8::1]:51424 SHA256:...        # a comment may follow
     @revoked SHA256:...                   # never trust this key, anywhere
+    @next example.org:51424 SHA256:...    # the key the server announced next
 
 A host (``host:port``, the host as it was dialled, in lower case) has one
 key.  Several lines may name it with that same key; lines that give it
@@ -27,6 +28,14 @@ key, refused, and the second line is never written.
 
 A line the parser does not understand is an error that names it, not a line
 skipped: a mistyped ``@revoked`` must not go unnoticed.
+
+``@next`` lines are what key rotation (docs/spec/kx1.rst §14) records: the
+key a host announced, with proof, in a session under the key on file.  A
+host has at most one.  A later HELLO with that key is accepted without a
+question, and the key becomes the host's (:meth:`KnownHosts.promote_next`);
+:meth:`KnownHosts.learn` records announcements.  Every change to the file
+is made under the lock, on the file as read under it, and written
+atomically.
 """
 
 import contextlib
@@ -51,6 +60,7 @@ __all__ = [
 ]
 
 REVOKED = "@revoked"
+NEXT = "@next"
 FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700
 #: Far larger than any list of hosts; bounds what a wrong path makes us read.
@@ -108,14 +118,16 @@ def _parse_host(text):
 
 
 class Entry:
-    """One line: a host and a key it may have, or a revoked key (host None)."""
+    """One line: a host and a key it may have, or a revoked key (host None);
+    ``next`` for a host's announced next key (an ``@next`` line)."""
 
-    __slots__ = ("fingerprint", "host", "line")
+    __slots__ = ("fingerprint", "host", "line", "next")
 
-    def __init__(self, host, fingerprint, line):
+    def __init__(self, host, fingerprint, line, next=False):
         self.host = host
         self.fingerprint = fingerprint
         self.line = line
+        self.next = next
 
 
 class KnownHosts:
@@ -146,6 +158,16 @@ class KnownHosts:
             if not line:
                 continue
             fields = line.split()
+            if fields[0] == NEXT:
+                try:
+                    if len(fields) != 3:
+                        raise ValueError(f"expected '{NEXT} host:port fingerprint'")
+                    host = _parse_host(fields[1])
+                    fingerprint = check_fingerprint_syntax(fields[2])
+                except ValueError as error:
+                    raise KnownHostsError(f"{path}, line {number}: {error}") from None
+                entries.append(Entry(host, fingerprint, number, next=True))
+                continue
             try:
                 if len(fields) != 2:
                     raise ValueError("expected 'host:port fingerprint' or '@revoked fingerprint'")
@@ -154,7 +176,7 @@ class KnownHosts:
                 if first == REVOKED:
                     host = None
                 elif first.startswith("@"):
-                    raise ValueError(f"unknown marker {first!r} (only {REVOKED})")
+                    raise ValueError(f"unknown marker {first!r} (only {REVOKED} and {NEXT})")
                 else:
                     host = _parse_host(first)
             except ValueError as error:
@@ -172,7 +194,148 @@ class KnownHosts:
     def lookup(self, host, port):
         """The lines for ``host:port``, in file order."""
         name = host_entry(host, port)
-        return [entry for entry in self.entries if entry.host == name]
+        return [entry for entry in self.entries if entry.host == name and not entry.next]
+
+    def next_key(self, host, port):
+        """The ``@next`` line of ``host:port``, or None."""
+        name = host_entry(host, port)
+        for entry in self.entries:
+            if entry.host == name and entry.next:
+                return entry
+        return None
+
+    def learn(self, host, port, session_fingerprint, announcement):
+        """Record what the server ``host:port`` announced (a
+        :class:`~keyexchanged.rotation.Announcement`) in a session under
+        ``session_fingerprint``; returns what was done, a list of lines for
+        the user (empty when nothing changed).
+
+        The next key is recorded only when the file gives the host this
+        session's key (§14.5), replacing an older ``@next`` line; a key
+        this file revokes is not.  A revoked fingerprint becomes a
+        ``@revoked`` line, unless another host has that key here.
+        """
+        name = host_entry(host, port)
+        done = []
+
+        def edit(current, lines):
+            done.clear()
+            drop = set()
+            add = []
+            listed = current.lookup(host, port)
+            following = announcement.next_fingerprint
+            if following is not None:
+                if not listed or not all(
+                    same_fingerprint(e.fingerprint, session_fingerprint) for e in listed
+                ):
+                    done.append(
+                        f"not recording the next key {following}: {self.path} does not "
+                        f"give {name} this session's key {session_fingerprint}"
+                    )
+                elif current.revoked(following) is not None:
+                    done.append(f"not recording the next key {following}: it is revoked here")
+                else:
+                    recorded = current.next_key(host, port)
+                    if recorded is None or not same_fingerprint(recorded.fingerprint, following):
+                        if recorded is not None:
+                            drop.add(recorded.line)
+                        add.append(f"{NEXT} {name} {following}")
+                        done.append(
+                            f"learned the next key of {name}, {following} (RSA-"
+                            f"{announcement.next_bits}): recorded in {self.path} as {NEXT}; "
+                            "a session under it will be accepted without a question"
+                        )
+            for fingerprint in announcement.revoked:
+                if current.revoked(fingerprint) is not None:
+                    continue
+                others = [
+                    e
+                    for e in current.entries
+                    if e.host not in (None, name) and same_fingerprint(e.fingerprint, fingerprint)
+                ]
+                if others:
+                    done.append(
+                        f"not revoking {fingerprint}: {self.path}, line {others[0].line} "
+                        f"gives it to {others[0].host}, and {name} cannot revoke another "
+                        "host's key"
+                    )
+                    continue
+                for entry in current.entries:
+                    if entry.host == name and same_fingerprint(entry.fingerprint, fingerprint):
+                        drop.add(entry.line)
+                add.append(f"{REVOKED} {fingerprint}")
+                done.append(f"{name} revoked the key {fingerprint}: recorded as {REVOKED}")
+            if not add:
+                return None
+            return [line for number, line in enumerate(lines, 1) if number not in drop] + add
+
+        self._rewrite(edit)
+        return list(done)
+
+    def promote_next(self, host, port, fingerprint):
+        """``fingerprint`` is the recorded next key of ``host:port`` and a
+        server offered it: make it the host's key, in place of the one on
+        file (and drop the ``@next`` line).  Returns True when the file now
+        gives the host that key (or already did: another client promoted
+        it meanwhile), False when, under the lock, it was no longer the
+        host's next key."""
+        name = host_entry(host, port)
+        promoted = []
+
+        def edit(current, lines):
+            promoted.clear()
+            listed = current.lookup(host, port)
+            if listed and all(same_fingerprint(e.fingerprint, fingerprint) for e in listed):
+                promoted.append(True)
+                return None
+            recorded = current.next_key(host, port)
+            if recorded is None or not same_fingerprint(recorded.fingerprint, fingerprint):
+                return None
+            promoted.append(True)
+            replaced = {e.line for e in listed}
+            out = []
+            for number, line in enumerate(lines, 1):
+                if number == recorded.line:
+                    continue
+                if number in replaced:
+                    if number == min(replaced):
+                        out.append(f"{name} {fingerprint}")
+                    continue
+                out.append(line)
+            if not replaced:
+                out.append(f"{name} {fingerprint}")
+            return out
+
+        self._rewrite(edit)
+        return bool(promoted)
+
+    def _rewrite(self, edit):
+        """Under the lock, on the file as it is now: ``edit(parsed,
+        lines)`` returns the new lines, or None to leave the file alone."""
+        path = os.path.realpath(self.path)
+        directory = os.path.dirname(path)
+        try:
+            os.makedirs(directory, mode=DIRECTORY_MODE, exist_ok=True)
+            with _locked(directory):
+                try:
+                    text = _read(path)
+                    mode = FILE_MODE if text is None else stat.S_IMODE(os.stat(path).st_mode)
+                except FileNotFoundError:
+                    text = None
+                if text is None:
+                    text, mode = "", FILE_MODE
+                current = KnownHosts.parse(text, self.path)
+                lines = edit(current, text.splitlines())
+                if lines is None:
+                    self.entries = current.entries
+                    return
+                text = "".join(line + "\n" for line in lines)
+                files.write_atomically(path, text.encode("utf-8"), mode, force=True)
+        except OSError as error:
+            raise KnownHostsError(f"{self.path}: cannot write: {error.strerror or error}") from None
+        except keys.KeyFileError as error:
+            raise KnownHostsError(str(error)) from None
+        self.entries = KnownHosts.parse(text, self.path).entries
 
     def add(self, host, port, fingerprint):
         """Append ``host:port fingerprint`` to the file; return its line number.
@@ -256,6 +419,10 @@ def _bits(offer):
 class KnownHostsTrust:
     """Trust on first use for one server port (docs/spec/kx1.rst §7.2).
 
+    It asks servers for their key rotation announcements (§14):
+    :meth:`announced` records them, and :meth:`verify` accepts a host's
+    recorded next key without a question.
+
     :param path: the known-hosts file (:func:`default_path`).
     :param port: the server's port: hosts are known as ``host:port``.
     :param ask: ``ask(question, fingerprint) -> bool`` puts a yes/no
@@ -263,8 +430,11 @@ class KnownHostsTrust:
         ``None`` when there is nobody to ask (no terminal).
     :param accept_new: add unknown hosts without asking.
     :param report: ``report(text)`` tells the user what was done (a host
-        added to the file).
+        added to the file, a next key learned or used).
     """
+
+    #: Ask servers that offer rotation for their next key (§14.2).
+    announcements = True
 
     def __init__(self, path, port, ask=None, accept_new=False, report=None):
         self.path = path
@@ -291,9 +461,48 @@ class KnownHostsTrust:
             raise self._ambiguous(name, entries, offer)
         if entries and same_fingerprint(entries[0].fingerprint, offer.fingerprint):
             return
+        following = known.next_key(server_name, self.port)
+        if following is not None and same_fingerprint(following.fingerprint, offer.fingerprint):
+            self._switch(known, name, server_name, entries, offer, following)
+            return
         if entries:
             raise self._changed(name, entries, offer)
         self._unknown(known, name, server_name, offer)
+
+    def _switch(self, known, name, server_name, entries, offer, following):
+        """The host offers the next key it announced (§14.5): trusted, and
+        from now on the host's key."""
+        try:
+            switched = known.promote_next(server_name, self.port, offer.fingerprint)
+        except KnownHostsError as error:
+            self.report(f"warning: could not record the new key of {name}: {error}")
+            switched = True  # trusted for this session all the same, as announced
+        if not switched:  # another client changed the file meanwhile
+            raise self._changed(name, entries, offer)
+        old = entries[0].fingerprint if entries else "none"
+        self.report(
+            f"{name} now uses the next key it announced, {offer.fingerprint} (recorded "
+            f"as {NEXT} from an earlier session, {self.path}, line {following.line}); "
+            f"accepted without a question, and it replaces {old} in {self.path}"
+        )
+
+    def announced(self, server_name, event):
+        """The server's announcement (§14.4): a ``NextKeyAnnounced`` to
+        record, or an ``AnnouncementIgnored`` to warn of, once."""
+        name = host_entry(server_name, self.port)
+        reason = getattr(event, "reason", None)
+        if reason is not None:
+            self.report(f"warning: ignored the key announcement of {name}: {reason}")
+            return
+        try:
+            done = KnownHosts(self.path).learn(
+                server_name, self.port, event.server_fingerprint, event.announcement
+            )
+        except KnownHostsError as error:
+            self.report(f"warning: could not record the key announcement of {name}: {error}")
+            return
+        for line in done:
+            self.report(line)
 
     def _where(self, entries):
         lines = ", ".join(str(entry.line) for entry in entries)

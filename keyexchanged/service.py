@@ -15,7 +15,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
-from keyexchanged import processes, proxyproto, systemd, tickets
+from keyexchanged import processes, proxyproto, rotation, systemd, tickets
 
 __all__ = ["RESTART_ONLY", "CannotListen", "KeyexchangeService", "apply_reload"]
 
@@ -279,6 +279,18 @@ def apply_reload(service_, old, new, log):
             # Worker processes keep the keys they were sent: they let go of
             # the old long-term key when the daemon does (workers.py).
             forget(old.identity.private_key)
+    if rotation.describe(new.identity.announcement) != rotation.describe(old.identity.announcement):
+        rotation.log_announcement(log, new.identity.announcement, "reload: ")
+        before = old.identity.announcement
+        forget = getattr(factory.work, "forget", None)
+        if forget is not None and before is not None and before.next_key is not None:
+            # The workers let go of a next key the daemon no longer announces.
+            after = new.identity.announcement
+            kept = after is not None and after.next_key is not None and (
+                after.next_key.private_key.n == before.next_key.private_key.n
+            )
+            if not kept:
+                forget(before.next_key.private_key)
     factory.identity = new.identity
     factory.authorized_keys = new.authorized_keys
     factory.client_key_max_bits = settings["client-key-max-bits"]

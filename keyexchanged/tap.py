@@ -31,6 +31,7 @@ from keyexchanged import (
     metrics,
     processes,
     proxyproto,
+    rotation,
     tickets,
     trust,
 )
@@ -193,7 +194,9 @@ class Options(usage.Options):
         key_path = self.settings["private-key"] or default_key_path(self.environ)
         self.settings["private-key"] = key_path
         private_key, self.generated_key = load_or_create_key(key_path, self.settings["key-bits"])
-        self.identity = ServerIdentity(private_key, self._certificates(private_key))
+        self.identity = ServerIdentity(
+            private_key, self._certificates(private_key), self._announcement(private_key)
+        )
         self._check_hello_size()
         self.child = processes.child_settings(self.environ)
         if self.child is not None and self.child.ticket_keys and self.settings["ticket-lifetime"]:
@@ -208,6 +211,24 @@ class Options(usage.Options):
         path = self.settings["authorized-keys"]
         if path is not None:
             self.authorized_keys = trust.load_authorized_keys(path)
+
+    def _announcement(self, private_key):
+        """The key rotation announcement (§14), or None: the next key and
+        the revoked keys, each refused when it names a key we serve.  A
+        reload with a bad one is refused as a whole, like any bad file."""
+        next_path = self.settings["next-private-key"]
+        revoked_path = self.settings["revoked-keys"]
+        if next_path is None and revoked_path is None:
+            return None
+        next_key = None if next_path is None else rotation.load_next_key(next_path, private_key)
+        revoked = ()
+        if revoked_path is not None:
+            revoked = rotation.check_revoked(
+                trust.load_authorized_keys(revoked_path), keys.fingerprint(private_key), next_key
+            )
+        if next_key is None and not revoked:
+            return None
+        return rotation.ServerAnnouncement(next_key, revoked)
 
     def _certificates(self, private_key):
         """The chain to send in HELLO (DER), refused unless it is for our key."""
@@ -388,6 +409,7 @@ def makeService(options, reactor=None):
             count=len(options.identity.certificates),
             path=settings["certificate"],
         )
+    rotation.log_announcement(log, options.identity.announcement)
     if options.authorized_keys is not None:
         log.info(
             "AUTH required: {count} client key(s) authorized by {path}",

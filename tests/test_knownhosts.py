@@ -415,3 +415,174 @@ class PromptTests(unittest.TestCase):
             self.assertEqual(shown[: len("Trust it (yes/no)? ")], "Trust it (yes/no)? ", typed)
         _, shown = self.ask("maybe\nno\n")
         self.assertIn("Please type 'yes', 'no' or the fingerprint", shown)
+
+
+# -- key rotation: @next lines (docs/spec/kx1.rst §14.5) ---------------------------
+
+#: A third fingerprint, for a key no host has.
+THIRD_FP = "SHA256:" + "B" * 42 + "A"
+
+
+def announcement(next_fingerprint=OTHER_FP, revoked=()):
+    from keyexchanged.rotation import Announcement
+
+    return Announcement(next_fingerprint, 2048 if next_fingerprint else None, tuple(revoked))
+
+
+class NextKeyFileTests(unittest.TestCase):
+    def setUp(self):
+        self.path = os.path.join(self.mktemp(), "known_hosts")
+        os.makedirs(os.path.dirname(self.path))
+
+    def write(self, text):
+        with open(self.path, "w") as f:
+            f.write(text)
+        os.chmod(self.path, 0o600)
+
+    def read(self):
+        with open(self.path) as f:
+            return f.read()
+
+    def test_parse_next_lines_apart_from_the_host_key(self):
+        known = KnownHosts.parse(f"h:1 {SERVER_FP}\n@next h:1 {OTHER_FP}\n", "kh")
+        self.assertEqual([e.fingerprint for e in known.lookup("h", 1)], [SERVER_FP])
+        self.assertEqual(known.next_key("h", 1).line, 2)
+        self.assertIsNone(known.next_key("h", 2))
+
+    def test_a_malformed_next_line_is_named(self):
+        with self.assertRaises(KnownHostsError) as caught:
+            KnownHosts.parse(f"h:1 {SERVER_FP}\n@next {OTHER_FP}\n", "kh")
+        self.assertIn("kh, line 2: expected '@next host:port fingerprint'", str(caught.exception))
+
+    def test_learn_records_the_next_key_of_a_host_with_the_session_key(self):
+        self.write(f"# mine\nh:1 {SERVER_FP}\n")
+        done = KnownHosts(self.path).learn("h", 1, SERVER_FP, announcement())
+        self.assertEqual(self.read(), f"# mine\nh:1 {SERVER_FP}\n@next h:1 {OTHER_FP}\n")
+        self.assertIn("learned the next key of h:1", done[0])
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+    def test_learn_again_changes_nothing(self):
+        text = f"h:1 {SERVER_FP}\n@next h:1 {OTHER_FP}\n"
+        self.write(text)
+        self.assertEqual(KnownHosts(self.path).learn("h", 1, SERVER_FP, announcement()), [])
+        self.assertEqual(self.read(), text)
+
+    def test_a_newer_announcement_replaces_the_next_key(self):
+        self.write(f"h:1 {SERVER_FP}\n@next h:1 {THIRD_FP}\n")
+        KnownHosts(self.path).learn("h", 1, SERVER_FP, announcement())
+        self.assertEqual(self.read(), f"h:1 {SERVER_FP}\n@next h:1 {OTHER_FP}\n")
+
+    def test_no_next_key_for_a_host_on_file_with_another_key(self):
+        text = f"h:1 {THIRD_FP}\n"
+        self.write(text)
+        done = KnownHosts(self.path).learn("h", 1, SERVER_FP, announcement())
+        self.assertIn("does not give h:1 this session's key", done[0])
+        self.assertEqual(self.read(), text)
+
+    def test_no_next_key_that_is_revoked_here(self):
+        text = f"h:1 {SERVER_FP}\n@revoked {OTHER_FP}\n"
+        self.write(text)
+        done = KnownHosts(self.path).learn("h", 1, SERVER_FP, announcement())
+        self.assertIn("it is revoked here", done[0])
+        self.assertEqual(self.read(), text)
+
+    def test_revoked_keys_are_recorded(self):
+        self.write(f"h:1 {SERVER_FP}\n@next h:1 {THIRD_FP}\n")
+        KnownHosts(self.path).learn("h", 1, SERVER_FP, announcement(None, [THIRD_FP]))
+        # The host's @next line with that key goes too.
+        self.assertEqual(self.read(), f"h:1 {SERVER_FP}\n@revoked {THIRD_FP}\n")
+
+    def test_a_host_cannot_revoke_another_hosts_key(self):
+        text = f"h:1 {SERVER_FP}\nother:1 {THIRD_FP}\n"
+        self.write(text)
+        done = KnownHosts(self.path).learn("h", 1, SERVER_FP, announcement(None, [THIRD_FP]))
+        self.assertIn("cannot revoke another host's key", done[0])
+        self.assertEqual(self.read(), text)
+
+    def test_promote_puts_the_next_key_in_place_of_the_old(self):
+        self.write(
+            f"a:1 {THIRD_FP}\nh:1 {SERVER_FP}  # note\nb:1 {THIRD_FP}\n@next h:1 {OTHER_FP}\n"
+        )
+        self.assertTrue(KnownHosts(self.path).promote_next("h", 1, OTHER_FP))
+        self.assertEqual(self.read(), f"a:1 {THIRD_FP}\nh:1 {OTHER_FP}\nb:1 {THIRD_FP}\n")
+
+    def test_promote_refuses_a_key_that_is_no_longer_the_next(self):
+        text = f"h:1 {SERVER_FP}\n"
+        self.write(text)
+        self.assertFalse(KnownHosts(self.path).promote_next("h", 1, OTHER_FP))
+        self.assertEqual(self.read(), text)
+
+    def test_learning_reads_the_file_again_under_the_lock(self):
+        # Two clients read the file, then each learns for its own host: the
+        # second must not write back the file as it read it, losing the first.
+        self.write(f"a:1 {SERVER_FP}\nb:1 {SERVER_FP}\n")
+        first, second = KnownHosts.load(self.path), KnownHosts.load(self.path)
+        first.learn("a", 1, SERVER_FP, announcement())
+        second.learn("b", 1, SERVER_FP, announcement(THIRD_FP))
+        self.assertEqual(
+            self.read(),
+            f"a:1 {SERVER_FP}\nb:1 {SERVER_FP}\n@next a:1 {OTHER_FP}\n@next b:1 {THIRD_FP}\n",
+        )
+
+    def test_the_file_is_written_under_the_lock(self):
+        import fcntl
+
+        from keyexchanged import files
+
+        self.write(f"h:1 {SERVER_FP}\n")
+        directory = os.path.dirname(os.path.realpath(self.path))
+        write = files.write_atomically
+        held = []
+
+        def checking(*args, **kwargs):
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(True)
+            finally:
+                os.close(fd)
+            return write(*args, **kwargs)
+
+        self.patch(files, "write_atomically", checking)
+        KnownHosts(self.path).learn("h", 1, SERVER_FP, announcement())
+        self.assertEqual(held, [True])
+
+
+class NextKeyPolicyTests(unittest.TestCase):
+    def setUp(self):
+        self.path = os.path.join(self.mktemp(), "known_hosts")
+        os.makedirs(os.path.dirname(self.path))
+        self.reports = []
+
+    def policy(self):
+        return KnownHostsTrust(self.path, 1, report=self.reports.append)
+
+    def test_the_recorded_next_key_is_accepted_without_a_question(self):
+        with open(self.path, "w") as f:
+            f.write(f"h:1 {OTHER_FP}\n@next h:1 {SERVER_FP}\n")
+        self.policy().verify("h", OFFER)  # no ask: a question would refuse
+        with open(self.path) as f:
+            self.assertEqual(f.read(), f"h:1 {SERVER_FP}\n")
+        self.assertIn("now uses the next key it announced", self.reports[0])
+
+    def test_without_it_the_change_is_refused(self):
+        with open(self.path, "w") as f:
+            f.write(f"h:1 {OTHER_FP}\n@next h:1 {THIRD_FP}\n")
+        with self.assertRaises(UntrustedKey):
+            self.policy().verify("h", OFFER)
+
+    def test_only_known_hosts_ask_for_announcements(self):
+        self.assertTrue(self.policy().announcements)
+        self.assertFalse(getattr(PinnedKey(SERVER_FP), "announcements", False))
+        self.assertFalse(
+            getattr(NotRevoked(self.path, PinnedKey(SERVER_FP)), "announcements", False)
+        )
+
+    def test_an_ignored_announcement_is_one_warning_and_no_file(self):
+        from keyexchanged.handshake import AnnouncementIgnored
+
+        self.policy().announced("h", AnnouncementIgnored("the signature does not verify"))
+        self.assertEqual(len(self.reports), 1)
+        self.assertIn("warning: ignored the key announcement of h:1", self.reports[0])
+        self.assertFalse(os.path.exists(self.path))

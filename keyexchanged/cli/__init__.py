@@ -41,7 +41,7 @@ import argparse
 from keyexchanged import rsa as rsa
 from keyexchanged.cli._ca import add_ca
 from keyexchanged.cli._common import PROG, CommandError, UsageError, error
-from keyexchanged.cli._keys import add_fingerprint, add_keygen, add_ticket_keys
+from keyexchanged.cli._keys import add_fingerprint, add_keygen, add_rotate_key, add_ticket_keys
 from keyexchanged.cli._lab import add_lab
 from keyexchanged.cli._session import add_connect, add_tunnel
 from keyexchanged.errors import (
@@ -62,6 +62,7 @@ COMMANDS = (
     add_ca,
     add_tunnel,
     add_ticket_keys,
+    add_rotate_key,
     add_lab,
 )
 

@@ -108,6 +108,44 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- rotate-key -------------------------------------------------------------------
+
+
+def add_rotate_key(subparsers) -> None:
+    parser = add_command(
+        subparsers,
+        "rotate-key",
+        cmd_rotate_key,
+        help="make the server's next key its key (the switch of a key rotation)",
+        description=(
+            "The switch of a key rotation (docs/deployment.rst): NEXT becomes KEY, the "
+            "old KEY is kept as KEY.retired (to roll back), and the .pub files follow. "
+            "KEY names a key at every moment. Refused, with nothing changed, when NEXT "
+            "is KEY's key, weaker than 2048 bits, or either file is unreadable or "
+            "readable by others. Then remove next-private-key from the daemon's "
+            "config and reload it (SIGHUP)."
+        ),
+    )
+    parser.add_argument("key", metavar="KEY", help="the daemon's private-key file")
+    parser.add_argument("next", metavar="NEXT", help="its next-private-key file")
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    from keyexchanged import rotation
+
+    switched = rotation.switch_keys(args.key, args.next)
+    print_fields(
+        ("Key", f"{args.key}: {switched.current} (was the next key)"),
+        ("Retired", f"{switched.retired_path}: {switched.retired}"),
+    )
+    print(
+        "Now remove next-private-key from the daemon's config and reload it "
+        "(systemctl reload keyexchanged, or SIGHUP).",
+        file=sys.stdout,
+    )
+    return EXIT_OK
+
+
 # --- ticket-keys -----------------------------------------------------------------
 
 

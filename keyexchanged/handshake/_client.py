@@ -6,7 +6,7 @@ import secrets
 import time
 from typing import ClassVar
 
-from keyexchanged import keys, schedule
+from keyexchanged import keys, rotation, schedule
 from keyexchanged.framing import (
     MALFORMED_FRAME,
     NO_FORWARD_SECRECY,
@@ -23,8 +23,10 @@ from keyexchanged.handshake._decoding import (
     check_public_key,
 )
 from keyexchanged.handshake._events import (
+    AnnouncementIgnored,
     EphemeralOffer,
     HandshakeComplete,
+    NextKeyAnnounced,
     ServerKeyReceived,
     TicketReceived,
 )
@@ -56,9 +58,12 @@ class ClientConnection(_Connection):
     key is the one it was issued under.  ``clock`` gives the time for the
     ephemeral key's expiry.  ``random`` draws the session secret;
     ``oaep_seed`` and ``pss_salt`` exist only to reproduce the vectors.
+    ``announcements``: ask for the server's next key when HELLO offers
+    rotation (§14; the known-hosts trust does, pinned and CA trust do not).
     """
 
     __slots__ = (
+        "_announcement",
         "_clock",
         "_nonce",
         "_oaep_seed",
@@ -71,9 +76,11 @@ class ClientConnection(_Connection):
         "identity",
         "key_payload",
         "require_forward_secrecy",
+        "rotation_offered",
         "server_fingerprint",
         "server_key",
         "ticket",
+        "want_announcements",
     )
 
     def __init__(
@@ -85,9 +92,14 @@ class ClientConnection(_Connection):
         require_forward_secrecy=True,
         ticket=None,
         clock=time.time,
+        announcements=False,
         **limits,
     ):
         super().__init__(**limits)
+        self.want_announcements = announcements
+        self.rotation_offered = False
+        # None: not asked; "asked": NEXTKEY sent; "received": the answer came.
+        self._announcement = None
         self.identity = identity
         self.require_forward_secrecy = require_forward_secrecy
         self.ticket = ticket
@@ -140,9 +152,18 @@ class ClientConnection(_Connection):
         self.server_fingerprint = keys.fingerprint(der)
         self.certificates = certificates
         self.ephemeral = ephemeral
+        # §14.1: only the JSON true offers rotation.
+        self.rotation_offered = hello.get("rotation") is True
         self._enter(State.TRUST)
         self._event(
-            ServerKeyReceived(public_key, der, self.server_fingerprint, certificates, ephemeral)
+            ServerKeyReceived(
+                public_key,
+                der,
+                self.server_fingerprint,
+                certificates,
+                ephemeral,
+                self.rotation_offered,
+            )
         )
 
     def _check_ephemeral(self, member, long_term, long_term_der):
@@ -194,6 +215,11 @@ class ClientConnection(_Connection):
         else:
             self._send_key()
         self._enter(State.AWAIT_CONFIRM)
+        if self.want_announcements and self.rotation_offered:
+            # §14.2: before our first record, so that the server knows of
+            # it when its handshake completes.
+            self._seal("NEXTKEY", b"")
+            self._announcement = "asked"
         if self.identity is not None and not self.resumed:
             self._seal("AUTH", self.auth_plaintext())
         else:
@@ -262,6 +288,20 @@ class ClientConnection(_Connection):
             TicketReceived(ticket, lifetime, self._resumption_secret, self.server_fingerprint)
         )
 
+    def _on_next_key(self, verb, payload):
+        if self._announcement != "asked":
+            raise ProtocolError(UNEXPECTED_FRAME, "NEXTKEY that was not asked for")
+        self._announcement = "received"
+        plaintext = self._open("NEXTKEY", payload)
+        try:
+            announcement = rotation.read_announcement(
+                plaintext, self.transcript_hash, keys.public_key_to_der(self.server_key)
+            )
+        except rotation.BadAnnouncement as bad:
+            self._event(AnnouncementIgnored(str(bad)))
+        else:
+            self._event(NextKeyAnnounced(announcement, self.server_fingerprint))
+
     RULES: ClassVar[dict] = {
         State.AWAIT_HELLO: {"HELLO": _on_hello},
         State.AWAIT_CONFIRM: {
@@ -269,11 +309,13 @@ class ClientConnection(_Connection):
             "END": _Connection._on_end,
             "UPDATE": _Connection._on_update,
             "TICKET": Refuse(UNEXPECTED_FRAME, "TICKET before the server's first record"),
+            "NEXTKEY": Refuse(UNEXPECTED_FRAME, "NEXTKEY before the server's first record"),
         },
         State.OPEN: {
             "MSG": _Connection._on_msg,
             "END": _Connection._on_end,
             "UPDATE": _Connection._on_update,
             "TICKET": _on_ticket,
+            "NEXTKEY": _on_next_key,
         },
     }

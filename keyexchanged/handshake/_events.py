@@ -38,16 +38,19 @@ class ServerKeyReceived(Event):
     """Client side: HELLO arrived and is well formed; decide whether to trust
     its long-term key.  Answer with :meth:`ClientConnection.accept_key` or
     :meth:`ClientConnection.reject_key`.  ``ephemeral`` is an
-    :class:`EphemeralOffer` (checked already) or ``None``."""
+    :class:`EphemeralOffer` (checked already) or ``None``; ``rotation``
+    says whether HELLO offers key rotation announcements (§14)."""
 
-    __slots__ = ("certificates", "der", "ephemeral", "fingerprint", "public_key")
+    __slots__ = ("certificates", "der", "ephemeral", "fingerprint", "public_key", "rotation")
 
-    def __init__(self, public_key, der, fingerprint, certificates, ephemeral=None):
+    def __init__(self, public_key, der, fingerprint, certificates, ephemeral=None, rotation=False):
         self.public_key = public_key
         self.der = der
         self.fingerprint = fingerprint
         self.certificates = certificates
         self.ephemeral = ephemeral
+        #: HELLO offers key rotation announcements (§14.1).
+        self.rotation = rotation
 
 
 class DecryptionNeeded(Event):
@@ -76,6 +79,19 @@ class VerificationNeeded(Event):
     def __init__(self, public_key, signature, message, salt_length):
         self.public_key = public_key
         self.signature = signature
+        self.message = message
+        self.salt_length = salt_length
+
+
+class SigningNeeded(Event):
+    """Server with ``defer_work``: the announcement of the next key (§14.3)
+    needs its signature, made elsewhere with ``private_key`` (the next
+    key); answer with :meth:`ServerConnection.announcement_signed`."""
+
+    __slots__ = ("message", "private_key", "salt_length")
+
+    def __init__(self, private_key, message, salt_length):
+        self.private_key = private_key
         self.message = message
         self.salt_length = salt_length
 
@@ -110,6 +126,27 @@ class TicketReceived(Event):
 
     def __repr__(self):  # the secret stays out of logs and test output
         return f"TicketReceived(<{len(self.ticket)} bytes>, lifetime={self.lifetime})"
+
+
+class NextKeyAnnounced(Event):
+    """Client side: the server's announcement (§14) checked and good:
+    ``announcement`` is a :class:`~keyexchanged.rotation.Announcement`."""
+
+    __slots__ = ("announcement", "server_fingerprint")
+
+    def __init__(self, announcement, server_fingerprint):
+        self.announcement = announcement
+        self.server_fingerprint = server_fingerprint
+
+
+class AnnouncementIgnored(Event):
+    """Client side: the server's announcement (§14.4) is bad and was
+    ignored; ``reason`` says why.  The session goes on."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason):
+        self.reason = reason
 
 
 class DataReceived(Event):

@@ -61,7 +61,7 @@ class Refuse:
 #: waits for it (a few at most), and is judged in the state that follows.
 WAIT = object()
 
-_RECORD_VERBS = frozenset({"MSG", "END", "UPDATE", "AUTH", "TICKET"})
+_RECORD_VERBS = frozenset({"MSG", "END", "UPDATE", "AUTH", "TICKET", "NEXTKEY"})
 
 
 def _queue(items, item):

@@ -19,6 +19,7 @@ from keyexchanged.handshake._decoding import _b64decode, _json_object, check_pub
 from keyexchanged.handshake._events import (
     DecryptionNeeded,
     HandshakeComplete,
+    SigningNeeded,
     VerificationNeeded,
 )
 from keyexchanged.handshake._machine import (
@@ -34,6 +35,9 @@ from keyexchanged.handshake._machine import (
 from keyexchanged.records import RecordOpener, RecordSealer
 from keyexchanged.rsa import DecryptionError, FaultError
 from keyexchanged.schedule import derive_keys, transcript_hash
+
+#: Marks the private-key work away as the announcement's signature (§14.3).
+_SIGNING = object()
 
 #: What a server accepts as a client key in AUTH (§8): verifying costs a
 #: public-key operation on a key a stranger chose, so it is bounded harder
@@ -54,12 +58,14 @@ class ServerIdentity:
         first, for clients that check with a CA
         (``keyexchanged.ca.load_server_chain`` reads and checks one);
         empty by default.
+    :param announcement: a :class:`~keyexchanged.rotation.ServerAnnouncement`
+        of the next key, or ``None``: HELLO offers no rotation (§14).
 
     ``fingerprint`` is the key's ``SHA256:...`` fingerprint, what clients
     pin.
     """
 
-    def __init__(self, private_key, certificates=()):
+    def __init__(self, private_key, certificates=(), announcement=None):
         self.private_key = private_key
         self.public_key = private_key.public_key()
         self.der = keys.public_key_to_der(self.public_key)
@@ -68,6 +74,7 @@ class ServerIdentity:
         self.key_bytes = (self.public_key.n.bit_length() + 7) // 8
         self.certificates = tuple(certificates)
         self.certificates_b64 = [base64.b64encode(c).decode("ascii") for c in self.certificates]
+        self.announcement = announcement
         self._hello_parts = self._split_hello(None)
         # The HELLO around the nonce for the ephemeral key offered last:
         # one key is offered at a time, so one entry is the whole cache.
@@ -83,6 +90,8 @@ class ServerIdentity:
             hello["certificates"] = self.certificates_b64
         if ephemeral is not None:
             hello["ephemeral"] = ephemeral.member
+        if self.announcement is not None:
+            hello["rotation"] = True
         head, tail = json.dumps(hello).split(json.dumps(marker)[1:-1])
         return head.encode("utf-8"), tail.encode("utf-8")
 
@@ -121,6 +130,7 @@ class ServerConnection(_Connection):
     """
 
     __slots__ = (
+        "_announcement",
         "_authenticated",
         "_hello",
         "_holds_ephemeral",
@@ -165,6 +175,8 @@ class ServerConnection(_Connection):
         self.client_fingerprint = None
         self.forward_secrecy = ephemeral is not None
         self._holds_ephemeral = False
+        # The NEXTKEY plaintext to send when the handshake completes (§14.3).
+        self._announcement = None
         self.state = State.AWAIT_KEY
 
     def start(self):
@@ -331,12 +343,19 @@ class ServerConnection(_Connection):
         # The client's first record, when it is not AUTH: it proves the
         # client holds the keys (after RESUME, the resumption secret), so
         # the application may start, before what the record carries.
-        if verb != "AUTH" and self.state in (State.AWAIT_FIRST, State.AWAIT_FIRST_RESUMED):
+        if verb not in ("AUTH", "NEXTKEY") and self.state in (
+            State.AWAIT_FIRST,
+            State.AWAIT_FIRST_RESUMED,
+        ):
             self._complete()
 
     def _complete(self):
         self._enter(State.OPEN)
         self._event(HandshakeComplete(self.client_fingerprint, self.resumed))
+        if self._announcement:
+            # §14.3: before TICKET and before any application data.
+            self._seal("NEXTKEY", self._announcement)
+        self._announcement = None
         if self._resumption_secret is not None:
             # One TICKET per session, once the client is known (it names
             # the client's key when there was an AUTH).
@@ -344,6 +363,49 @@ class ServerConnection(_Connection):
         # The handshake is over: what only it needed goes.  (The record
         # keys stay; the HELLO, nonce and secrets went as they were used.)
         self.transcript_hash = None
+
+    # -- NEXTKEY: the client asks for the announcement (§14.2) ----------------------
+
+    def _on_next_key_request(self, verb, payload):
+        if self.identity.announcement is None:
+            raise ProtocolError(UNEXPECTED_FRAME, "NEXTKEY, but HELLO offered no rotation")
+        if self._announcement is not None:
+            raise ProtocolError(UNEXPECTED_FRAME, "a second NEXTKEY")
+        if self._open("NEXTKEY", payload):
+            raise ProtocolError(MALFORMED_FRAME, "a NEXTKEY request that is not empty")
+        # Signed now, while the client's first record is on its way: the
+        # announcement is ready when the handshake completes, and a
+        # signature elsewhere never holds back a started application.
+        announcement = self.identity.announcement
+        message = announcement.message(self.transcript_hash, self.identity.der)
+        if message is None:  # revoked keys only: nothing to sign
+            self._announcement = announcement.signed_plaintext(None)
+        elif self.defer_work:
+            self._announcement = b""  # asked; empty until signed
+            self._pending = (_SIGNING, self.state)
+            self._enter(State.WORKING)
+            self._event(
+                SigningNeeded(announcement.next_key.private_key, message, schedule.PSS_SALT_LENGTH)
+            )
+        else:
+            try:
+                self._announcement = announcement.plaintext(self.transcript_hash, self.identity.der)
+            except FaultError:
+                # Advisory: a signature that fails its own check is not
+                # sent, and the session goes on.
+                self._announcement = b""
+
+    def announcement_signed(self, signature):
+        """The answer to :class:`SigningNeeded`: the signature, or ``None``
+        when it failed (no announcement is sent).  Returns the events."""
+        pending = self._pending
+        if self.state is State.WORKING and isinstance(pending, tuple) and pending[0] is _SIGNING:
+            self._pending = None
+            self._enter(pending[1])
+            if signature is not None:
+                self._announcement = self.identity.announcement.signed_plaintext(signature)
+            self._replay_waiting()
+        return self._take_events()
 
     # -- our records ---------------------------------------------------------------
 
@@ -388,26 +450,30 @@ class ServerConnection(_Connection):
 
     RULES: ClassVar[dict] = {
         State.AWAIT_KEY: {"KEY": _on_key, "RESUME": _on_resume},
-        State.WORKING: {"AUTH": WAIT, "MSG": WAIT, "END": WAIT, "UPDATE": WAIT},
+        State.WORKING: {"AUTH": WAIT, "MSG": WAIT, "END": WAIT, "UPDATE": WAIT, "NEXTKEY": WAIT},
         State.AWAIT_AUTH: {
+            "NEXTKEY": _on_next_key_request,
             "AUTH": _on_auth,
             "MSG": _AUTH_REQUIRED,
             "END": _AUTH_REQUIRED,
             "UPDATE": _AUTH_REQUIRED,
         },
         State.AWAIT_FIRST: {
+            "NEXTKEY": _on_next_key_request,
             "AUTH": _on_auth,
             "MSG": _Connection._on_msg,
             "END": _Connection._on_end,
             "UPDATE": _Connection._on_update,
         },
         State.AWAIT_FIRST_RESUMED: {
+            "NEXTKEY": _on_next_key_request,
             "AUTH": Refuse(UNEXPECTED_FRAME, "AUTH after RESUME: the ticket names the client"),
             "MSG": _Connection._on_msg,
             "END": _Connection._on_end,
             "UPDATE": _Connection._on_update,
         },
         State.OPEN: {
+            "NEXTKEY": Refuse(UNEXPECTED_FRAME, "NEXTKEY after the client's first record"),
             "AUTH": _AUTH_NOT_FIRST,
             "MSG": _Connection._on_msg,
             "END": _Connection._on_end,

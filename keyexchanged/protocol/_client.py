@@ -127,6 +127,12 @@ class ClientChannelProtocol(ChannelProtocol):
     def event_TicketReceived(self, event):
         self._listener.ticket_received(event)
 
+    def event_NextKeyAnnounced(self, event):
+        self._listener.announced(self._server_name, event)
+
+    def event_AnnouncementIgnored(self, event):
+        self._listener.announced(self._server_name, event)
+
     def handshake_complete(self, event):
         self._stop_timer()
         super().handshake_complete(event)
@@ -231,6 +237,8 @@ class ChannelClientFactory(ClientFactory):
             identity=self.identity,
             require_forward_secrecy=self.require_forward_secrecy,
             ticket=ticket,
+            # §14: a policy that records keys (known hosts) asks for them.
+            announcements=getattr(self.trust, "announcements", False),
             **self.record_limits,
         )
         return self.protocol(
@@ -260,6 +268,13 @@ class ChannelClientFactory(ClientFactory):
     def ticket_received(self, event):
         if self.tickets is not None and self.server_address is not None:
             self.tickets.add_received(*self.server_address, event, self._ticket_identity())
+
+    def announced(self, server_name, event):
+        """The server's key rotation announcement, good or ignored (§14):
+        for the trust policy that asked for it."""
+        record = getattr(self.trust, "announced", None)
+        if record is not None:
+            record(server_name, event)
 
     def handshake_done(self, application):
         if not self.handshake.called:

@@ -88,6 +88,14 @@ class ServerChannelProtocol(ChannelProtocol):
             False,
         )
 
+    def event_SigningNeeded(self, event):
+        work = self._factory.work
+        self._private_key_work(
+            lambda: work.sign(event.private_key, event.message, event.salt_length),
+            self.connection.announcement_signed,
+            None,
+        )
+
     def _private_key_work(self, submit, answer, failed):
         """Work a stranger made us do: counted against max-handshakes, done
         away from the reactor, and read nothing more until it is back."""

@@ -53,6 +53,7 @@ PAYLOAD_LIMITS = {
     "END": 16,
     "UPDATE": 16,
     "ERROR": 1024,
+    "NEXTKEY": 16384 + 16,  # §14 (kx1_rotation.py)
 }
 #: A header line longer than this (CRLF not counted) is malformed-frame.
 HEADER_LIMIT = 32
