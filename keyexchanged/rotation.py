@@ -15,6 +15,8 @@ strict check.  The state machines (keyexchanged.handshake) carry the
 frames; keyexchanged.knownhosts records what a good announcement says.
 """
 
+from __future__ import annotations
+
 import base64
 import hashlib
 import json
@@ -71,7 +73,7 @@ class NextKey:
     fingerprint: str
 
     @classmethod
-    def from_private_key(cls, private_key) -> "NextKey":
+    def from_private_key(cls, private_key) -> NextKey:
         der = keys.public_key_to_der(private_key.public_key())
         return cls(private_key, der, keys.fingerprint(der))
 
