@@ -116,17 +116,20 @@ class TicketIssuer:
             clock = time.time
         self._clock = clock
 
-    def issue(self, secret, server_fingerprint, client_fingerprint=None):
-        """Return ``(ticket, lifetime)`` for a session with ``secret``."""
+    def issue(self, secret, server_fingerprint, client_fingerprint=None, post_quantum=False):
+        """Return ``(ticket, lifetime)`` for a session with ``secret``;
+        ``post_quantum``: the session had an ML-KEM secret (revision 3)."""
         expires = int(self._clock()) + self.lifetime
-        state = json.dumps(
-            {
-                "secret": base64.b64encode(secret).decode("ascii"),
-                "expires": expires,
-                "server": server_fingerprint,
-                "client": client_fingerprint,
-            }
-        ).encode("utf-8")
+        fields = {
+            "secret": base64.b64encode(secret).decode("ascii"),
+            "expires": expires,
+            "server": server_fingerprint,
+            "client": client_fingerprint,
+        }
+        if post_quantum:
+            # Only then: a ticket of revision 2 keeps its former state.
+            fields["post_quantum"] = True
+        state = json.dumps(fields).encode("utf-8")
         key = self.keys.encrypting
         kid = key_id(key)
         nonce = self._random(NONCE_LENGTH)
@@ -139,6 +142,12 @@ class TicketIssuer:
 
     def open(self, ticket, server_fingerprint):
         """Return ``(secret, client_fingerprint)``, or raise :class:`StaleTicket`."""
+        secret, client, _ = self.open_session(ticket, server_fingerprint)
+        return secret, client
+
+    def open_session(self, ticket, server_fingerprint):
+        """Return ``(secret, client_fingerprint, post_quantum)``, or raise
+        :class:`StaleTicket`; ``post_quantum`` as given to :meth:`issue`."""
         if len(ticket) < KEY_ID_LENGTH + NONCE_LENGTH + TAG_LENGTH:
             raise StaleTicket("ticket too short")
         kid = ticket[:KEY_ID_LENGTH]
@@ -153,13 +162,14 @@ class TicketIssuer:
             state = json.loads(cipher.decrypt_and_verify(body, ticket[-TAG_LENGTH:]))
             secret = base64.b64decode(state["secret"], validate=True)
             expires, server, client = state["expires"], state["server"], state["client"]
+            post_quantum = state.get("post_quantum") is True
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise StaleTicket("ticket does not open") from None
         if not isinstance(expires, int) or expires <= self._clock():
             raise StaleTicket("ticket expired")
         if server != server_fingerprint:
             raise StaleTicket("ticket issued under another server key")
-        return secret, client
+        return secret, client, post_quantum
 
 
 class TicketKeyRotation:
@@ -309,18 +319,28 @@ def rotate_ticket_key_file(path):
 class StoredTicket:
     """What a client keeps of a ticket (§11.2)."""
 
-    __slots__ = ("expires", "host", "port", "secret", "server_fingerprint", "ticket")
+    __slots__ = (
+        "expires",
+        "host",
+        "port",
+        "post_quantum",
+        "secret",
+        "server_fingerprint",
+        "ticket",
+    )
 
-    def __init__(self, host, port, server_fingerprint, secret, ticket, expires):
+    def __init__(self, host, port, server_fingerprint, secret, ticket, expires, post_quantum=False):
         self.host = host
         self.port = port
         self.server_fingerprint = server_fingerprint
         self.secret = secret
         self.ticket = ticket
         self.expires = expires
+        #: The issuing session had an ML-KEM secret (revision 3).
+        self.post_quantum = post_quantum
 
     def as_json(self):
-        return {
+        obj = {
             "host": self.host,
             "port": self.port,
             "server": self.server_fingerprint,
@@ -328,6 +348,9 @@ class StoredTicket:
             "ticket": base64.b64encode(self.ticket).decode("ascii"),
             "expires": self.expires,
         }
+        if self.post_quantum:
+            obj["post_quantum"] = True
+        return obj
 
     @classmethod
     def from_json(cls, obj):
@@ -338,6 +361,7 @@ class StoredTicket:
             base64.b64decode(obj["secret"], validate=True),
             base64.b64decode(obj["ticket"], validate=True),
             obj["expires"],
+            obj.get("post_quantum") is True,
         )
 
 
@@ -391,7 +415,15 @@ class TicketStore:
         """Keep the ticket of a :class:`~keyexchanged.handshake.TicketReceived`."""
         expires = int(self._clock()) + event.lifetime
         self.add(
-            StoredTicket(host, port, event.server_fingerprint, event.secret, event.ticket, expires)
+            StoredTicket(
+                host,
+                port,
+                event.server_fingerprint,
+                event.secret,
+                event.ticket,
+                expires,
+                event.post_quantum,
+            )
         )
 
     def forget(self, host, port):

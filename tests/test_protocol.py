@@ -396,7 +396,7 @@ class BadInputTests(unittest.TestCase):
             self.assertError(data, "malformed-frame")
 
     def test_oversized(self):
-        self.assertError(b"KEY 1025\r\n", "frame-too-large")
+        self.assertError(b"KEY 2113\r\n", "frame-too-large")
         self.assertError(b"MSG 99999999\r\n", "frame-too-large")
 
     def test_wrong_state(self):

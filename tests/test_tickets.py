@@ -266,3 +266,31 @@ class ReloadTests(unittest.TestCase):
         self.assertEqual(issuer.keys._keys[1], kept.encrypting)
         rotation.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class PostQuantumTicketTests(unittest.TestCase):
+    """§12.5: a ticket records whether its session had an ML-KEM secret, for
+    the server inside it and for the client beside it."""
+
+    def test_issuer_records_it(self):
+        issuer = tickets.TicketIssuer(tickets.TicketKeys.random(), clock=lambda: NOW)
+        hybrid, _ = issuer.issue(b"\1" * 32, IDENTITY.fingerprint, post_quantum=True)
+        classical, _ = issuer.issue(b"\1" * 32, IDENTITY.fingerprint)
+        self.assertEqual(
+            issuer.open_session(hybrid, IDENTITY.fingerprint), (b"\1" * 32, None, True)
+        )
+        self.assertEqual(
+            issuer.open_session(classical, IDENTITY.fingerprint), (b"\1" * 32, None, False)
+        )
+        self.assertEqual(issuer.open(hybrid, IDENTITY.fingerprint), (b"\1" * 32, None))
+
+    def test_store_keeps_it_in_its_file(self):
+        path = self.mktemp()
+        store = tickets.TicketStore(path, clock=lambda: NOW)
+        store.add_received(
+            "h", 1, TicketReceived(b"T" * 40, 60, b"S" * 32, IDENTITY.fingerprint, True)
+        )
+        store.add_received("h", 2, received())
+        again = tickets.TicketStore(path, clock=lambda: NOW)
+        self.assertTrue(again.take("h", 1).post_quantum)
+        self.assertFalse(again.take("h", 2).post_quantum)

@@ -130,7 +130,7 @@ def _ticket_state(secret, expires, server_fingerprint):
             "expires": expires,
             "server": server_fingerprint,
             "client": None,
-            "revision": 3,
+            "post_quantum": True,
         }
     ).encode("utf-8")
 
