@@ -134,7 +134,7 @@ class EphemeralKeys:
         bits=DEFAULT_BITS,
         handshake_timeout=10.0,
         clock=None,
-        post_quantum=False,
+        post_quantum=True,
     ):
         if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
             raise ValueError(f"ephemeral interval must be {MIN_INTERVAL} to {MAX_INTERVAL} seconds")

@@ -249,6 +249,7 @@ RESTART_ONLY = (
     "listen",
     "workers",
     "forward-secrecy",
+    "post-quantum",
     "ticket-lifetime",
     "metrics",
     "log-format",

@@ -4,9 +4,10 @@ a test server can make with the real clock."""
 
 import time
 
-from keyexchanged import keys, mlkem, schedule
+from keyexchanged import handshake, keys, mlkem, schedule
 from keyexchanged.ephemeral import EphemeralKey, sign_ephemeral
 from keyexchanged.records import GCM, OCB
+from tests.fixtures import replay
 from tests.rev2 import EPHEMERAL_PRIVATE, SERVER_KEY, ephemeral_key
 from tests.vectors import REVISION3_RAW, revision3_hexbytes
 
@@ -54,7 +55,7 @@ def offer(
 
 def classical_offer():
     """An ephemeral RSA key without ML-KEM, signed for ten minutes."""
-    return ephemeral_key(expires=int(time.time()) + 600)
+    return ephemeral_key(post_quantum=False)
 
 
 def vector_offer():
@@ -74,3 +75,26 @@ def vector_encapsulation(cipher):
         return session(cipher, "full", "mlkem_ciphertext"), session(cipher, "full", "mlkem_secret")
 
     return encapsulate
+
+
+def vector_client(cipher, **options):
+    """A revision-3 client that replays the file's full ``cipher`` session."""
+    return handshake.ClientConnection(
+        random=replay(session(cipher, "full", "secret")),
+        oaep_seed=session(cipher, "full", "oaep_seed"),
+        clock=lambda: NOW,
+        post_quantum=True,
+        encapsulate=vector_encapsulation(cipher),
+        **options,
+    )
+
+
+def vector_server(cipher, nonce, **options):
+    """A server that offers the file's keys, names ``cipher`` and uses
+    ``nonce``; started (its HELLO is waiting in ``data_to_send``)."""
+    identity = handshake.ServerIdentity(SERVER_KEY, record_cipher=cipher)
+    server = handshake.ServerConnection(
+        identity, ephemeral=vector_offer(), random=replay(nonce, b"\0" * 32), **options
+    )
+    server.start()
+    return server

@@ -27,7 +27,6 @@ from tests.fixtures import (
     IDENTITY,
     SERVER_KEY,
     frames,
-    replay,
     rev1_client,
     vector_client,
     vector_server,
@@ -664,26 +663,6 @@ class HostileInputProperties(unittest.TestCase):
 # -- revision 3: the hybrid key exchange and the record cipher (§12, §13) ------------
 
 
-def _revision3_client(cipher, **options):
-    return handshake.ClientConnection(
-        random=replay(rev3.session(cipher, "full", "secret")),
-        oaep_seed=rev3.session(cipher, "full", "oaep_seed"),
-        clock=lambda: rev3.NOW,
-        post_quantum=True,
-        encapsulate=rev3.vector_encapsulation(cipher),
-        **options,
-    )
-
-
-def _revision3_server(cipher, nonce, **options):
-    identity = handshake.ServerIdentity(SERVER_KEY, record_cipher=cipher)
-    server = ServerConnection(
-        identity, ephemeral=rev3.vector_offer(), random=replay(nonce, b"\0" * 32), **options
-    )
-    server.start()
-    return server
-
-
 def _vector_tickets():
     return tickets.TicketIssuer(
         tickets.TicketKeys([revision3_hexbytes("ticket_key")]), clock=lambda: rev3.NOW
@@ -702,11 +681,11 @@ class _Revision3Vectors:
         return rev3.session(self.cipher, "resumed", name)
 
     def test_server_says_the_vector_hello(self):
-        server = _revision3_server(self.cipher, self.full("nonce"))
+        server = rev3.vector_server(self.cipher, self.full("nonce"))
         self.assertEqual(server.data_to_send(), self.full("hello_frame"))
 
     def test_client_sends_the_vector_key_and_first_record(self):
-        client = _revision3_client(self.cipher)
+        client = rev3.vector_client(self.cipher)
         (offer,) = client.receive_data(self.full("hello_frame"))
         self.assertEqual(offer.ephemeral.record_cipher, self.cipher)
         self.assertEqual(
@@ -723,7 +702,7 @@ class _Revision3Vectors:
         self.assertEqual((client.post_quantum_session, client.record_cipher), (True, self.cipher))
 
     def test_server_derives_the_vector_keys(self):
-        server = _revision3_server(self.cipher, self.full("nonce"))
+        server = rev3.vector_server(self.cipher, self.full("nonce"))
         server.data_to_send()
         server.receive_data(encode_frame("KEY", self.full("key_payload")))
         self.assertEqual(server.transcript_hash, self.full("transcript_hash"))
@@ -745,7 +724,7 @@ class _Revision3Vectors:
         )
 
     def test_client_opens_the_vector_records(self):
-        client = _revision3_client(self.cipher)
+        client = rev3.vector_client(self.cipher)
         client.receive_data(self.full("hello_frame"))
         client.accept_key()
         records = [
@@ -810,7 +789,7 @@ class _Revision3Vectors:
         self.assertEqual(events[2], DataReceived(revision3_hexbytes("server_message")))
 
     def test_server_resumes_and_sends_a_new_ticket(self):
-        server = _revision3_server(self.cipher, self.resumed("nonce"), tickets=_vector_tickets())
+        server = rev3.vector_server(self.cipher, self.resumed("nonce"), tickets=_vector_tickets())
         self.assertEqual(
             server.data_to_send(), encode_frame("HELLO", self.resumed("hello_payload"))
         )
@@ -952,7 +931,7 @@ class Revision3RefusalTests(unittest.TestCase):
         _server_events, events = self.run_through(
             client, server, tamper_key=lambda key: key[: EPHEMERAL.key_bytes]
         )
-        self.assertFalse(server.post_quantum)
+        self.assertFalse(server.post_quantum_session)
         self.assertIsInstance(events[0], ProtocolFailed)
         self.assertEqual(events[0].code, "bad-record")
 
@@ -968,7 +947,7 @@ class Revision3RefusalTests(unittest.TestCase):
             return key[:-1] + bytes([key[-1] ^ 1])
 
         _server_events, events = self.run_through(client, server, tamper_key=flip)
-        self.assertTrue(server.post_quantum)
+        self.assertTrue(server.post_quantum_session)
         self.assertEqual(events[0].code, "bad-record")
 
     def test_hybrid_session_completes(self):

@@ -565,6 +565,60 @@ class DaemonInteropTests(DaemonTestCase):
         self.assertTrue(second.resumed)
         log = yield daemon.wait_for(b"ended: ok; resumed")
         self.assertEqual(log.count(b"ended: ok;"), 2, log.decode())
+        # The peer speaks revision 2 here: the default daemon serves it as
+        # before, with AES-256-GCM and no ML-KEM (§12.5).
+        self.assertEqual((first.hybrid, first.record), (False, "aes-256-gcm"))
+        self.assertNotIn(b"post-quantum, aes", log)
+
+    def start_daemon(self, *args):
+        with open(self.conf, "w") as f:
+            f.write(
+                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\nprivate-key = server.key\n"
+            )
+        daemon = Daemon.start(["--config", self.conf, *args])
+        self.addCleanup(daemon.stop)
+        return daemon
+
+    @defer.inlineCallbacks
+    def test_revision3_full_then_resumed_hybrid_ocb_session(self):
+        """The issue's "done when": an independent client on cryptography
+        completes a hybrid OCB session, full then resumed, against the
+        daemon with default settings."""
+        daemon = self.start_daemon()
+        port = yield daemon.listening
+        client = kx1.IndependentClient(FINGERPRINT, revision=3, send=b"from the peer")
+        first = yield threads.deferToThread(client.connect, "127.0.0.1", port)
+        self.assertEqual((first.data, first.resumed), (MESSAGE, False))
+        self.assertEqual((first.hybrid, first.record), (True, "aes-256-ocb"))
+        # §12.2: expires within 30 minutes, as the revision-3 client checked.
+        self.assertLessEqual(first.ephemeral_expires - time.time(), 1800 + 1)
+        self.assertTrue(first.ticket.hybrid)
+        yield daemon.wait_for(b"ended: ok; full, forward secrecy, post-quantum, aes-256-ocb")
+        second = yield threads.deferToThread(client.connect, "127.0.0.1", port, first.ticket)
+        self.assertEqual((second.data, second.resumed), (MESSAGE, True))
+        self.assertEqual((second.hybrid, second.record), (True, "aes-256-ocb"))
+        # §11.3: a new ticket in the resumed session too.
+        self.assertEqual(len(second.tickets), 1)
+        self.assertNotEqual(second.ticket.ticket, first.ticket.ticket)
+        yield daemon.wait_for(
+            b"ended: ok; resumed (secrecy bounded by the ticket keys), post-quantum"
+        )
+
+    @defer.inlineCallbacks
+    def test_require_post_quantum_refuses_a_revision2_peer(self):
+        daemon = self.start_daemon("--require-post-quantum")
+        port = yield daemon.listening
+        with self.assertRaises(kx1.PeerError) as caught:
+            yield threads.deferToThread(
+                kx1.IndependentClient(FINGERPRINT).connect, "127.0.0.1", port
+            )
+        self.assertEqual(caught.exception.code, "no-post-quantum")
+        yield daemon.wait_for(b"ended: no-post-quantum")
+        # A revision-3 peer is served.
+        result = yield threads.deferToThread(
+            kx1.IndependentClient(FINGERPRINT, revision=3).connect, "127.0.0.1", port
+        )
+        self.assertEqual((result.data, result.hybrid), (MESSAGE, True))
 
 
 # -- keyexchange connect against the independent server -------------------------------

@@ -222,7 +222,10 @@ class ClientConnection(_Connection):
         the record cipher; returns the offer with them, or refuses."""
         member, record = hello.get("mlkem768"), hello.get("record")
         if member is None and record is None:
-            if not self.allow_classical:
+            # No ephemeral key, and forward secrecy not required: the user
+            # took the original exercise's scheme, and ML-KEM keys only ever
+            # come with ephemeral keys (§12.4).
+            if not self.allow_classical and ephemeral is not None:
                 raise ProtocolError(
                     NO_POST_QUANTUM, "the server offers no ML-KEM key (post-quantum secrecy)"
                 )

@@ -137,7 +137,7 @@ class ServerConnection(_Connection):
         "ephemeral",
         "forward_secrecy",
         "identity",
-        "post_quantum",
+        "post_quantum_session",
         "record_cipher",
         "require_post_quantum",
         "tickets",
@@ -160,7 +160,7 @@ class ServerConnection(_Connection):
         self.require_post_quantum = require_post_quantum
         #: Whether the session's keys depend on an ML-KEM secret, and the
         #: cipher of its records (§12, §13): known once KEY or RESUME came.
-        self.post_quantum = False
+        self.post_quantum_session = False
         self.record_cipher = GCM
         self._mlkem_secret = None
         # The cipher this connection's HELLO names, or None (no ML-KEM key).
@@ -278,13 +278,13 @@ class ServerConnection(_Connection):
             self._mlkem_secret = self._random(mlkem.SECRET_LENGTH)
         else:
             self._mlkem_secret = mlkem.decapsulate(key, ciphertext)
-        self.post_quantum = True
+        self.post_quantum_session = True
         self.record_cipher = self._named_record
 
     def _key_agreed(self, payload, secret, fallback, in_range):
         good = in_range and secret is not None and len(secret) == SECRET_LENGTH
         secret = secret if good else fallback
-        if self.post_quantum:
+        if self.post_quantum_session:
             # §12.3: both secrets, concatenated, under a label of their own.
             secret, self._mlkem_secret = secret + self._mlkem_secret, None
         self._derive(secret, payload, resumed=False)
@@ -297,7 +297,7 @@ class ServerConnection(_Connection):
     def _derive(self, ikm, payload, resumed):
         self.transcript_hash = transcript_hash(self._hello, payload)
         client_key, server_key = derive_keys(
-            ikm, self._nonce, self.transcript_hash, resumed, self.post_quantum
+            ikm, self._nonce, self.transcript_hash, resumed, self.post_quantum_session
         )
         if self.tickets is not None:
             self._resumption_secret = schedule.resumption_secret(
@@ -328,7 +328,7 @@ class ServerConnection(_Connection):
             )
         # §12.5: a revision-3 ticket makes a revision-3 session, with the
         # cipher this HELLO names (GCM when it names none).
-        self.post_quantum = post_quantum
+        self.post_quantum_session = post_quantum
         if post_quantum and self._named_record is not None:
             self.record_cipher = self._named_record
         if self.authorized_keys is not None and (
@@ -404,7 +404,7 @@ class ServerConnection(_Connection):
         self._enter(State.OPEN)
         self._event(
             HandshakeComplete(
-                self.client_fingerprint, self.resumed, self.post_quantum, self.record_cipher
+                self.client_fingerprint, self.resumed, self.post_quantum_session, self.record_cipher
             )
         )
         if self._resumption_secret is not None:
@@ -426,7 +426,7 @@ class ServerConnection(_Connection):
     def _send_ticket(self):
         secret, self._resumption_secret = self._resumption_secret, None
         ticket, lifetime = self.tickets.issue(
-            secret, self.identity.fingerprint, self.client_fingerprint, self.post_quantum
+            secret, self.identity.fingerprint, self.client_fingerprint, self.post_quantum_session
         )
         plaintext = json.dumps(
             {"ticket": base64.b64encode(ticket).decode("ascii"), "lifetime": lifetime}

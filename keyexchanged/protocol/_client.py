@@ -163,8 +163,11 @@ class ChannelClientFactory(ClientFactory):
     ``tickets`` is a :class:`~keyexchanged.tickets.TicketStore`: a ticket
     for ``server_address`` is used to resume, and the server's new ticket is
     kept there.  ``require_forward_secrecy`` refuses a server without
-    ephemeral keys.  ``idle_timeout`` ends a session in which the server has
-    sent nothing for that long (``None``: never).
+    ephemeral keys.  ``allow_classical`` talks to a server without ML-KEM
+    (KX/1 revision 2 and earlier) instead of refusing it with
+    ``no-post-quantum``; this client speaks revision 3 either way.
+    ``idle_timeout`` ends a session in which the server has sent nothing for
+    that long (``None``: never).
     """
 
     noisy = False  # one log line per connection is ours to write
@@ -185,6 +188,7 @@ class ChannelClientFactory(ClientFactory):
         tickets=None,
         server_address=None,
         idle_timeout=None,
+        allow_classical=False,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -198,6 +202,7 @@ class ChannelClientFactory(ClientFactory):
         self.observer = observer
         self.record_limits = record_limits or {}
         self.require_forward_secrecy = require_forward_secrecy
+        self.allow_classical = allow_classical
         self.tickets = tickets
         self.server_address = server_address
         #: Whether this connection offered a ticket (RESUME) rather than KEY.
@@ -214,6 +219,8 @@ class ChannelClientFactory(ClientFactory):
             identity=self.identity,
             require_forward_secrecy=self.require_forward_secrecy,
             ticket=ticket,
+            post_quantum=True,
+            allow_classical=self.allow_classical,
             **self.record_limits,
         )
         return self.protocol(
@@ -285,7 +292,7 @@ def connect(
     options are :class:`ChannelClientFactory`'s: ``server_name`` (the host
     name or address that was dialled, which the known-hosts and certificate
     checks use), ``identity``, ``record_limits``, ``handshake_timeout``,
-    ``require_forward_secrecy``, ``idle_timeout``.
+    ``require_forward_secrecy``, ``allow_classical``, ``idle_timeout``.
     """
 
     def attempt():
