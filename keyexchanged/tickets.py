@@ -321,6 +321,7 @@ class StoredTicket:
 
     __slots__ = (
         "expires",
+        "forward_secrecy",
         "host",
         "port",
         "post_quantum",
@@ -329,15 +330,27 @@ class StoredTicket:
         "ticket",
     )
 
-    def __init__(self, host, port, server_fingerprint, secret, ticket, expires, post_quantum=False):
+    def __init__(
+        self,
+        host,
+        port,
+        server_fingerprint,
+        secret,
+        ticket,
+        expires,
+        post_quantum=False,
+        forward_secrecy=True,
+    ):
         self.host = host
         self.port = port
         self.server_fingerprint = server_fingerprint
         self.secret = secret
         self.ticket = ticket
         self.expires = expires
-        #: The issuing session had an ML-KEM secret (revision 3).
+        #: The issuing session had an ML-KEM secret (revision 3), and an
+        #: ephemeral key (§10).
         self.post_quantum = post_quantum
+        self.forward_secrecy = forward_secrecy
 
     def as_json(self):
         obj = {
@@ -350,6 +363,8 @@ class StoredTicket:
         }
         if self.post_quantum:
             obj["post_quantum"] = True
+        if not self.forward_secrecy:
+            obj["forward_secrecy"] = False
         return obj
 
     @classmethod
@@ -362,6 +377,7 @@ class StoredTicket:
             base64.b64decode(obj["ticket"], validate=True),
             obj["expires"],
             obj.get("post_quantum") is True,
+            obj.get("forward_secrecy") is not False,
         )
 
 
@@ -423,6 +439,7 @@ class TicketStore:
                 event.ticket,
                 expires,
                 event.post_quantum,
+                event.forward_secrecy,
             )
         )
 

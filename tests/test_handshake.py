@@ -985,3 +985,62 @@ class Revision3RefusalTests(unittest.TestCase):
         (key, _) = frames(client.data_to_send())
         self.assertEqual(key[0], "KEY")
         self.assertFalse(client.resumed)
+
+
+class TicketStrengthTests(unittest.TestCase):
+    """§11.3: a client resumes only tickets of sessions as strong as it
+    requires, and says what its own session had in the TICKET it gets."""
+
+    def ticket(self, forward_secrecy):
+        return tickets.StoredTicket(
+            "h", 1, SERVER_FINGERPRINT, b"\1" * 32, b"t", 2**40, True, forward_secrecy
+        )
+
+    def first_frame(self, client):
+        server = ServerConnection(IDENTITY, ephemeral=rev3.offer())
+        server.start()
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        return frames(client.data_to_send())[0][0]
+
+    def test_a_ticket_without_forward_secrecy_is_not_resumed(self):
+        client = handshake.ClientConnection(post_quantum=True, ticket=self.ticket(False))
+        self.assertEqual(self.first_frame(client), "KEY")
+
+    def test_unless_forward_secrecy_is_not_required(self):
+        client = handshake.ClientConnection(
+            post_quantum=True, ticket=self.ticket(False), require_forward_secrecy=False
+        )
+        self.assertEqual(self.first_frame(client), "RESUME")
+
+    def test_a_ticket_with_it_is(self):
+        client = handshake.ClientConnection(post_quantum=True, ticket=self.ticket(True))
+        self.assertEqual(self.first_frame(client), "RESUME")
+
+    def test_the_new_ticket_says_what_the_session_had(self):
+        server = ServerConnection(
+            IDENTITY,
+            ephemeral=rev3.offer(),
+            tickets=tickets.TicketIssuer(tickets.TicketKeys.random()),
+        )
+        server.start()
+        client = handshake.ClientConnection(post_quantum=True)
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        server.receive_data(client.data_to_send())
+        events = client.receive_data(server.data_to_send())
+        (ticket,) = [e for e in events if isinstance(e, handshake.TicketReceived)]
+        self.assertEqual((ticket.post_quantum, ticket.forward_secrecy), (True, True))
+
+    def test_a_session_without_an_ephemeral_key_says_so(self):
+        server = ServerConnection(
+            IDENTITY, tickets=tickets.TicketIssuer(tickets.TicketKeys.random())
+        )
+        server.start()
+        client = handshake.ClientConnection(post_quantum=True, require_forward_secrecy=False)
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        server.receive_data(client.data_to_send())
+        events = client.receive_data(server.data_to_send())
+        (ticket,) = [e for e in events if isinstance(e, handshake.TicketReceived)]
+        self.assertEqual((ticket.post_quantum, ticket.forward_secrecy), (False, False))

@@ -294,3 +294,19 @@ class PostQuantumTicketTests(unittest.TestCase):
         again = tickets.TicketStore(path, clock=lambda: NOW)
         self.assertTrue(again.take("h", 1).post_quantum)
         self.assertFalse(again.take("h", 2).post_quantum)
+
+
+class ForwardSecrecyTicketTests(unittest.TestCase):
+    """§11.3: a client that requires forward secrecy never resumes a ticket
+    of a session that had none; the store keeps what the session had."""
+
+    def test_store_keeps_it_in_its_file(self):
+        path = self.mktemp()
+        store = tickets.TicketStore(path, clock=lambda: NOW)
+        store.add_received(
+            "h", 1, TicketReceived(b"T" * 40, 60, b"S" * 32, IDENTITY.fingerprint, False, False)
+        )
+        store.add_received("h", 2, received())
+        again = tickets.TicketStore(path, clock=lambda: NOW)
+        self.assertFalse(again.take("h", 1).forward_secrecy)
+        self.assertTrue(again.take("h", 2).forward_secrecy)

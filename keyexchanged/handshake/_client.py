@@ -79,6 +79,7 @@ class ClientConnection(_Connection):
         "_random",
         "_record_named",
         "_resumption_secret",
+        "_ticket_forward_secrecy",
         "allow_classical",
         "certificates",
         "ephemeral",
@@ -115,6 +116,7 @@ class ClientConnection(_Connection):
         self._encapsulate = encapsulate
         self._mlkem_public = None
         self._record_named = None
+        self._ticket_forward_secrecy = False
         #: Once KEY or RESUME is sent: whether the session's keys depend on
         #: an ML-KEM secret, and its record cipher (§12, §13).
         self.post_quantum_session = False
@@ -274,9 +276,11 @@ class ClientConnection(_Connection):
             raise RuntimeError("accept_key() answers ServerKeyReceived only")
         ticket, self.ticket = self.ticket, None
         usable = ticket is not None and ticket.server_fingerprint == self.server_fingerprint
+        # §11.3: never resume a session weaker than we require.
         if usable and self.post_quantum and not self.allow_classical:
-            # §11.3: never resume a session weaker than we require.
             usable = ticket.post_quantum
+        if usable and self.require_forward_secrecy:
+            usable = ticket.forward_secrecy
         if usable:
             self._resume(ticket)
         else:
@@ -310,6 +314,7 @@ class ClientConnection(_Connection):
 
     def _resume(self, ticket):
         self.resumed = True
+        self._ticket_forward_secrecy = ticket.forward_secrecy
         # §12.5: a revision-3 ticket, the cipher this HELLO names.
         self._mlkem_public = None
         if ticket.post_quantum:
@@ -382,6 +387,8 @@ class ClientConnection(_Connection):
                 self._resumption_secret,
                 self.server_fingerprint,
                 self.post_quantum_session,
+                # The chain's: a resumed session has what its ticket's had.
+                self._ticket_forward_secrecy if self.resumed else self.ephemeral is not None,
             )
         )
 

@@ -121,17 +121,34 @@ class HandshakeComplete(Event):
 class TicketReceived(Event):
     """Client side: the server sent a ticket for resuming later.  ``secret``
     is this session's resumption secret, to be kept with it;
-    ``post_quantum`` says whether the session had an ML-KEM secret (§11.2:
-    a client that requires one resumes only such tickets)."""
+    ``post_quantum`` and ``forward_secrecy`` say whether the session had an
+    ML-KEM secret and an ephemeral key (§11.2, §11.3: a client that
+    requires one resumes only tickets of sessions that had it)."""
 
-    __slots__ = ("lifetime", "post_quantum", "secret", "server_fingerprint", "ticket")
+    __slots__ = (
+        "forward_secrecy",
+        "lifetime",
+        "post_quantum",
+        "secret",
+        "server_fingerprint",
+        "ticket",
+    )
 
-    def __init__(self, ticket, lifetime, secret, server_fingerprint, post_quantum=False):
+    def __init__(
+        self,
+        ticket,
+        lifetime,
+        secret,
+        server_fingerprint,
+        post_quantum=False,
+        forward_secrecy=True,
+    ):
         self.ticket = ticket
         self.lifetime = lifetime
         self.secret = secret
         self.server_fingerprint = server_fingerprint
         self.post_quantum = post_quantum
+        self.forward_secrecy = forward_secrecy
 
     def __repr__(self):  # the secret stays out of logs and test output
         return f"TicketReceived(<{len(self.ticket)} bytes>, lifetime={self.lifetime})"
