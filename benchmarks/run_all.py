@@ -35,6 +35,7 @@ RESULTS = os.path.join(HERE, "results")
 SCRIPTS = [
     ("bench_rsa.py", 240),
     ("bench_records.py", 60),
+    ("bench_mlkem.py", 60),
     ("bench_handshakes.py", 420),
     ("bench_processes.py", 180),
     ("bench_throughput.py", 120),

@@ -7,8 +7,8 @@ ended, so scripts can tell a refused key from a dropped connection:
 ==  =====================================================
 0   the server sent END: everything it sent was printed
 2   usage
-3   the server's key was not trusted, or it offers no forward secrecy
-    (nothing was sent)
+3   the server's key was not trusted, or it offers no forward secrecy, or
+    no ML-KEM key (post-quantum; ``--allow-classical``) (nothing was sent)
 4   connection or protocol failure, or the server went silent for
     ``--idle-timeout`` seconds
 5   truncated: the connection closed before the server's END
@@ -26,7 +26,7 @@ import time
 from twisted.internet import defer, error, stdio
 from twisted.internet.protocol import Factory, Protocol
 
-from keyexchanged import protocol
+from keyexchanged import mlkem, protocol
 from keyexchanged.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -35,7 +35,7 @@ from keyexchanged.errors import (
     EXIT_USAGE,
     UntrustedKey,
 )
-from keyexchanged.framing import NO_FORWARD_SECRECY, TIMEOUT, UNTRUSTED_KEY
+from keyexchanged.framing import NO_FORWARD_SECRECY, NO_POST_QUANTUM, TIMEOUT, UNTRUSTED_KEY
 
 __all__ = [
     "EXIT_FAILED",
@@ -49,6 +49,8 @@ __all__ = [
 
 
 DEFAULT_PORT = 51424
+#: Bytes of an ML-KEM-768 ciphertext, at the end of a revision-3 KEY.
+MLKEM_CIPHERTEXT = mlkem.CIPHERTEXT_LENGTH
 
 
 def parse_server(text):
@@ -81,6 +83,8 @@ class Explainer:
 
     def __init__(self, stream):
         self.stream = stream
+        #: The session's connection once KEY or RESUME went (its cipher).
+        self.connection = None
 
     def say(self, text):
         print(f"keyexchange: {text}", file=self.stream, flush=True)
@@ -113,14 +117,32 @@ class Explainer:
         self.say(
             f"ephemeral key: signed until {_utc(ephemeral.expires)}, "
             f"{int(ephemeral.expires - now)} s from now by our clock (allowed: from 300 s "
-            "ago to a day ahead)"
+            "ago to 30 minutes ahead)"
         )
         self.say(
             "forward secrecy: the server keeps this key in memory only and drops it minutes "
             "from now; once it is gone, nothing the server holds can decrypt this session"
         )
+        if ephemeral.mlkem_fingerprint is None:
+            self.say(
+                "HELLO: no ML-KEM key: this session is as secret as RSA alone; whoever "
+                "records it and later factors the ephemeral key (a quantum computer could) "
+                "reads it (not post-quantum; --allow-classical)"
+            )
+            return
+        self.say(
+            f"HELLO: ML-KEM-768 key (1184 bytes, FIPS 203), fingerprint "
+            f"{ephemeral.mlkem_fingerprint}, made with the ephemeral key"
+        )
+        self.say(
+            "ML-KEM key: its RSA-PSS signature by the long-term key verifies (over "
+            "'kx/1 hybrid ephemeral keys', the long-term key's hash, the expiry, the "
+            "ephemeral key's hash and the ML-KEM key)"
+        )
+        self.say(f"HELLO: the server names the record cipher {ephemeral.record_cipher}")
 
     def key_accepted(self, connection):
+        self.connection = connection
         label = connection.hello_payload
         if connection.resumed:
             self.say(
@@ -132,22 +154,43 @@ class Explainer:
                 "keys: HKDF-SHA256(resumption secret, salt = nonce, info = "
                 "'kx/1 resumed keys' ‖ th), th = SHA-256(HELLO ‖ RESUME)"
             )
+            if connection.post_quantum_session:
+                self.say(
+                    "post-quantum: the ticket's session had an ML-KEM secret, and the "
+                    "resumption secret was derived from it: this session inherits it"
+                )
             return
         target = "the ephemeral key" if connection.ephemeral is not None else "the server's key"
+        hybrid = connection.post_quantum_session
+        rsa_length = len(connection.key_payload) - (MLKEM_CIPHERTEXT if hybrid else 0)
         self.say("key trusted; drew a fresh 32-byte session secret")
         self.say(
             f"KEY: secret encrypted to {target} with RSA-OAEP (SHA-256, MGF1-SHA-256) into "
-            f"{len(connection.key_payload)} bytes; OAEP label = the HELLO payload "
+            f"{rsa_length} bytes; OAEP label = the HELLO payload "
             f"({len(label)} bytes, {label[:24]!r}...)"
         )
+        if hybrid:
+            self.say(
+                f"ML-KEM: encapsulated to the server's ML-KEM-768 key (HPKE, RFC 9180, "
+                f"export only): a {MLKEM_CIPHERTEXT}-byte ciphertext after the RSA one in KEY "
+                f"({len(connection.key_payload)} bytes in all), and a second 32-byte secret "
+                "that only the holder of the ML-KEM private key can recover"
+            )
         self.say(
             "transcript hash th = SHA-256(HELLO ‖ KEY) = "
             f"{binascii.hexlify(connection.transcript_hash[:8]).decode()}..."
         )
-        self.say(
-            "keys: HKDF-SHA256(secret, salt = nonce, info = 'kx/1 keys' ‖ th) → "
-            "client_key (seals our records), server_key (seals the server's)"
-        )
+        if hybrid:
+            self.say(
+                "keys: HKDF-SHA256(RSA secret ‖ ML-KEM secret, salt = nonce, info = "
+                "'kx/1 hybrid keys' ‖ th) → client_key, server_key: secret unless RSA "
+                "and ML-KEM are both broken"
+            )
+        else:
+            self.say(
+                "keys: HKDF-SHA256(secret, salt = nonce, info = 'kx/1 keys' ‖ th) → "
+                "client_key (seals our records), server_key (seals the server's)"
+            )
         if connection.identity is not None:
             self.say("AUTH: sent our key and an RSA-PSS signature over th (record 0)")
 
@@ -186,9 +229,10 @@ class Explainer:
         )
 
     def confirmed(self):
+        cipher = self.connection.record_cipher if self.connection is not None else "aes-256-gcm"
         self.say(
             "the server's first record opened with server_key: it holds the private "
-            "key. Handshake complete (AES-256-GCM, nonce = record number)"
+            f"key. Handshake complete (records in {cipher.upper()}, nonce = record number)"
         )
 
 
@@ -286,6 +330,12 @@ def describe(value):
                 "anyway: whoever steals its key later can read the session)",
                 EXIT_UNTRUSTED,
             )
+        if value.code == NO_POST_QUANTUM:
+            return (
+                f"{value.detail}; refused (use --allow-classical to talk to it anyway: "
+                "whoever records the session and later factors its RSA key can read it)",
+                EXIT_UNTRUSTED,
+            )
         if value.code == UNTRUSTED_KEY:
             return f"untrusted server key: {value.detail}", EXIT_UNTRUSTED
         if value.code == TIMEOUT:
@@ -335,7 +385,7 @@ def run_connect(
     """Run one session; fire with the exit code (see the module docstring).
 
     ``options`` are the :class:`~keyexchanged.protocol.SessionOpener`'s:
-    ``identity``, ``require_forward_secrecy``, and ``tickets``, a
+    ``identity``, ``require_forward_secrecy``, ``allow_classical``, and ``tickets``, a
     :class:`~keyexchanged.tickets.TicketStore` to resume from and to keep
     the server's new ticket in (``--ticket-cache``).
     """

@@ -91,6 +91,15 @@ _BOOLEANS = {
 }
 boolean = _rule("yes or no", lambda text: _BOOLEANS[text.lower()], lambda value: True)
 
+#: ML-KEM beside the ephemeral keys (KX/1 revision 3): offered (yes), off
+#: (no), or required of every client (require).
+POST_QUANTUM = ("yes", "no", "require")
+_post_quantum = _rule("yes, no or require", str.lower, lambda value: value in POST_QUANTUM)
+#: The record ciphers a server may name (KX/1 §13).
+_record_cipher = _rule(
+    "aes-256-ocb or aes-256-gcm", str.lower, lambda value: value in ("aes-256-ocb", "aes-256-gcm")
+)
+
 
 # A strports description: a type, then colon-separated arguments.  Twisted
 # checks the rest when it listens; this catches the obvious typos early.
@@ -246,6 +255,22 @@ SETTINGS = [
         "seconds between new ephemeral keys (10 to 86400)",
     ),
     Setting("ephemeral-bits", 3072, key_bits, "size of the ephemeral keys (2048 to 8192)"),
+    Setting(
+        "post-quantum",
+        "yes",
+        _post_quantum,
+        "offer an ML-KEM-768 key with each ephemeral key, so that recorded sessions "
+        "stay secret unless RSA and ML-KEM are both broken (yes); no (which "
+        "--no-post-quantum also selects); require: refuse clients without ML-KEM "
+        "(--require-post-quantum)",
+    ),
+    Setting(
+        "record-cipher",
+        "aes-256-ocb",
+        _record_cipher,
+        "the record cipher HELLO names for clients that use ML-KEM (aes-256-ocb or "
+        "aes-256-gcm); all other clients get aes-256-gcm",
+    ),
     Setting(
         "ticket-lifetime",
         3600,

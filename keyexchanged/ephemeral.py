@@ -11,6 +11,9 @@ rotates them on the reactor's clock and drops a retired key as soon as no
 connection that was offered it still waits for its KEY, and at the latest
 one handshake timeout after it retired.  The forward-secrecy window is
 therefore at most interval + handshake timeout.
+
+With ``post_quantum`` (revision 3, §12), every ephemeral RSA key comes with
+an ML-KEM-768 key, made, signed, offered, retired and destroyed with it.
 """
 
 import base64
@@ -18,9 +21,9 @@ import base64
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from keyexchanged import keys, schedule
+from keyexchanged import keys, mlkem, schedule
 
-__all__ = ["EphemeralKey", "EphemeralKeys", "sign_ephemeral"]
+__all__ = ["EphemeralKey", "EphemeralKeys", "max_interval", "sign_ephemeral"]
 
 DEFAULT_INTERVAL = 60
 MIN_INTERVAL = 10
@@ -32,6 +35,9 @@ MIN_BITS = 2048
 EXPIRY_SLACK = 60
 #: A server never signs an ``expires`` further ahead than this.
 MAX_SIGNED_AHEAD = 86400
+#: ... and a revision-3 server no further than this (§12.2): a revision-3
+#: client refuses an offer signed for longer.
+MAX_SIGNED_AHEAD_POST_QUANTUM = 1800
 
 
 def sign_ephemeral(long_term, ephemeral_der, expires, salt=None):
@@ -41,15 +47,25 @@ def sign_ephemeral(long_term, ephemeral_der, expires, salt=None):
     return long_term.sign_pss(message, salt_length=schedule.PSS_SALT_LENGTH, **options)
 
 
+def max_interval(handshake_timeout, post_quantum):
+    """The longest rotation interval: with ML-KEM, one whose keys are
+    signed for at most MAX_SIGNED_AHEAD_POST_QUANTUM (§12.2)."""
+    if not post_quantum:
+        return MAX_INTERVAL
+    return MAX_SIGNED_AHEAD_POST_QUANTUM - int(handshake_timeout) - EXPIRY_SLACK
+
+
 class EphemeralKey:
     """One ephemeral key pair and what HELLO says of it.
 
     ``waiting`` counts the connections that were offered this key and have
     not yet sent their KEY; once the key is retired and nobody waits, its
-    private half is dropped (``private_key`` becomes ``None``).
+    private half is dropped (``private_key`` becomes ``None``), and so is
+    the ML-KEM key offered with it (``mlkem_key``, revision 3, with
+    ``mlkem_member`` the HELLO member that offers it; ``None`` without).
     """
 
-    def __init__(self, private_key, expires, signature):
+    def __init__(self, private_key, expires, signature, mlkem_key=None, mlkem_signature=None):
         self.private_key = private_key
         self.public_key = private_key.public_key()
         self.der = keys.public_key_to_der(self.public_key)
@@ -63,6 +79,13 @@ class EphemeralKey:
             "expires": expires,
             "signature": base64.b64encode(signature).decode("ascii"),
         }
+        self.mlkem_key = mlkem_key
+        self.mlkem_member = None
+        if mlkem_key is not None:
+            self.mlkem_member = {
+                "key": base64.b64encode(mlkem_key.ek).decode("ascii"),
+                "signature": base64.b64encode(mlkem_signature).decode("ascii"),
+            }
         self.waiting = 0
         self.retired = False
         self._on_released = None
@@ -82,9 +105,10 @@ class EphemeralKey:
             self._on_released(self)
 
     def destroy(self):
-        """Let go of the private half, here and in the workers: nothing
-        the daemon runs can decrypt with it any more."""
+        """Let go of the private halves, here and in the workers: nothing
+        the daemon runs can decrypt with them any more."""
         private_key, self.private_key = self.private_key, None
+        self.mlkem_key = None
         if private_key is not None and self.forget is not None:
             self.forget(private_key)
 
@@ -130,9 +154,18 @@ class EphemeralKeys:
         bits=DEFAULT_BITS,
         handshake_timeout=10.0,
         clock=None,
+        post_quantum=True,
     ):
         if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
             raise ValueError(f"ephemeral interval must be {MIN_INTERVAL} to {MAX_INTERVAL} seconds")
+        longest = max_interval(handshake_timeout, post_quantum)
+        if interval > longest:
+            raise ValueError(
+                f"with ML-KEM the ephemeral interval is at most {longest} seconds "
+                f"(keys are signed for at most {MAX_SIGNED_AHEAD_POST_QUANTUM} s)"
+            )
+        #: Revision 3: an ML-KEM-768 key with every ephemeral key.
+        self.post_quantum = post_quantum
         if bits < MIN_BITS:
             raise ValueError(f"ephemeral keys have at least {MIN_BITS} bits")
         if reactor is None:
@@ -176,7 +209,14 @@ class EphemeralKeys:
         expires = self._expires()
         message = self._message(private_key, expires)
         signature = self.long_term.sign_pss(message, salt_length=schedule.PSS_SALT_LENGTH)
-        self.current = EphemeralKey(private_key, expires, signature)
+        mlkem_key = mlkem_signature = None
+        if self.post_quantum:
+            mlkem_key = mlkem.generate()
+            mlkem_signature = self.long_term.sign_pss(
+                self._mlkem_message(private_key, expires, mlkem_key),
+                salt_length=schedule.PSS_SALT_LENGTH,
+            )
+        self.current = EphemeralKey(private_key, expires, signature, mlkem_key, mlkem_signature)
         self.current.forget = getattr(self.work, "forget", None)
         self.rotations += 1
         self._log_new(self.current)
@@ -228,11 +268,20 @@ class EphemeralKeys:
     def _expires(self):
         made = int(self._clock())
         expires = made + self.interval + int(self.handshake_timeout) + EXPIRY_SLACK
-        return min(expires, made + MAX_SIGNED_AHEAD)
+        ahead = MAX_SIGNED_AHEAD_POST_QUANTUM if self.post_quantum else MAX_SIGNED_AHEAD
+        return min(expires, made + ahead)
 
     def _message(self, private_key, expires):
         return schedule.ephemeral_message(
             self._long_term_der, expires, keys.public_key_to_der(private_key.public_key())
+        )
+
+    def _mlkem_message(self, private_key, expires, mlkem_key):
+        return schedule.hybrid_message(
+            self._long_term_der,
+            expires,
+            keys.public_key_to_der(private_key.public_key()),
+            mlkem_key.ek,
         )
 
     @defer.inlineCallbacks
@@ -245,7 +294,17 @@ class EphemeralKeys:
         signature = yield self.work.sign(
             self.long_term, self._message(private_key, expires), schedule.PSS_SALT_LENGTH
         )
-        key = EphemeralKey(private_key, expires, signature)
+        mlkem_key = mlkem_signature = None
+        if self.post_quantum:
+            # Key generation is about 0.1 ms: here; the signature, like the
+            # other, in a worker.
+            mlkem_key = mlkem.generate()
+            mlkem_signature = yield self.work.sign(
+                self.long_term,
+                self._mlkem_message(private_key, expires, mlkem_key),
+                schedule.PSS_SALT_LENGTH,
+            )
+        key = EphemeralKey(private_key, expires, signature, mlkem_key, mlkem_signature)
         key.forget = getattr(self.work, "forget", None)
         return key
 

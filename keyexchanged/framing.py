@@ -38,6 +38,7 @@ UNSUPPORTED_PROTOCOL = "unsupported-protocol"
 WEAK_KEY = "weak-key"
 UNTRUSTED_KEY = "untrusted-key"
 NO_FORWARD_SECRECY = "no-forward-secrecy"
+NO_POST_QUANTUM = "no-post-quantum"
 STALE_TICKET = "stale-ticket"
 BAD_RECORD = "bad-record"
 AUTH_REQUIRED = "auth-required"
@@ -55,6 +56,7 @@ ERROR_CODES = frozenset(
         WEAK_KEY,
         UNTRUSTED_KEY,
         NO_FORWARD_SECRECY,
+        NO_POST_QUANTUM,
         STALE_TICKET,
         BAD_RECORD,
         AUTH_REQUIRED,
@@ -80,7 +82,9 @@ TAG_LENGTH = 16
 #: can make us allocate for a payload.
 MAX_PAYLOAD = {
     "HELLO": 65536,  # a JSON object with a key and a certificate chain
-    "KEY": 1024,  # an RSA ciphertext: 8192-bit keys are 1024 bytes
+    # An RSA ciphertext (8192-bit keys: 1024 bytes), then in revision 3 an
+    # ML-KEM-768 ciphertext of 1088 bytes.
+    "KEY": 1024 + 1088,
     "RESUME": 512,  # a ticket, opaque to the client
     "TICKET": 1024,  # sealed JSON: a base64 ticket of 512 bytes and its lifetime
     "AUTH": 8192,  # JSON with an 8192-bit SPKI and signature, base64, sealed

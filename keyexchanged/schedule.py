@@ -1,7 +1,7 @@
 """The KX/1 key schedule and the byte strings that are signed.
 
 Everything here is a pure function of its arguments (docs/spec/kx1.rst §4,
-§8, §10.1, §11.1): the state machines of keyexchanged.handshake call it, and the
+§8, §10.1, §11.1, §12.1, §12.3): the state machines of keyexchanged.handshake call it, and the
 tests check it against the published vectors.  The labels are ASCII with no
 terminator; HELLO, KEY and RESUME payloads are the bytes on the wire.
 """
@@ -16,15 +16,20 @@ __all__ = [
     "auth_message",
     "derive_keys",
     "ephemeral_message",
+    "hybrid_message",
     "resumption_secret",
     "transcript_hash",
 ]
 
 KEYS_INFO = b"kx/1 keys"
+HYBRID_KEYS_INFO = b"kx/1 hybrid keys"
 RESUMED_KEYS_INFO = b"kx/1 resumed keys"
 RESUMPTION_INFO = b"kx/1 resumption"
 AUTH_CONTEXT = b"kx/1 client auth"
 EPHEMERAL_CONTEXT = b"kx/1 ephemeral key\x00"
+#: Differs from EPHEMERAL_CONTEXT within six bytes, and neither is a prefix
+#: of the other: no signature is valid as both.
+HYBRID_CONTEXT = b"kx/1 hybrid ephemeral keys\x00"
 
 #: PSS salt length of AUTH and ephemeral-key signatures, fixed by the protocol.
 PSS_SALT_LENGTH = 32
@@ -41,14 +46,19 @@ def hkdf(ikm, salt, info, length):
     return hkdf_expand(hmac.new(salt, ikm, hashlib.sha256).digest(), info, length)
 
 
-def derive_keys(ikm, nonce, th, resumed=False):
+def derive_keys(ikm, nonce, th, resumed=False, hybrid=False):
     """Return ``(client_key, server_key)``.
 
-    ``ikm`` is the KEY's secret, or for a resumed session the resumption
-    secret its ticket carried; the label keeps the two kinds of session
-    from ever sharing keys.
+    ``ikm`` is the KEY's secret (after a revision-3 KEY, the RSA secret ‖
+    the ML-KEM secret, ``hybrid``), or for a resumed session the
+    resumption secret its ticket carried; the labels keep the kinds of
+    session from ever sharing keys.
     """
-    info = (RESUMED_KEYS_INFO if resumed else KEYS_INFO) + th
+    if resumed:
+        label = RESUMED_KEYS_INFO
+    else:
+        label = HYBRID_KEYS_INFO if hybrid else KEYS_INFO
+    info = label + th
     okm = hkdf(ikm, nonce, info, 64)
     return okm[:32], okm[32:]
 
@@ -75,4 +85,16 @@ def ephemeral_message(long_term_der, expires, ephemeral_der):
         + hashlib.sha256(long_term_der).digest()
         + struct.pack(">Q", expires)
         + ephemeral_der
+    )
+
+
+def hybrid_message(long_term_der, expires, ephemeral_der, encapsulation_key):
+    """What the long-term key signs to vouch for an ML-KEM key offered with
+    an ephemeral RSA key (revision 3): fixed length, so one reading only."""
+    return (
+        HYBRID_CONTEXT
+        + hashlib.sha256(long_term_der).digest()
+        + struct.pack(">Q", expires)
+        + hashlib.sha256(ephemeral_der).digest()
+        + encapsulation_key
     )

@@ -250,6 +250,7 @@ RESTART_ONLY = (
     "listen",
     "workers",
     "forward-secrecy",
+    "post-quantum",
     "ticket-lifetime",
     "metrics",
     "log-format",
@@ -286,8 +287,10 @@ def apply_reload(service_, old, new, log):
         if forget is not None and before is not None and before.next_key is not None:
             # The workers let go of a next key the daemon no longer announces.
             after = new.identity.announcement
-            kept = after is not None and after.next_key is not None and (
-                after.next_key.private_key.n == before.next_key.private_key.n
+            kept = (
+                after is not None
+                and after.next_key is not None
+                and (after.next_key.private_key.n == before.next_key.private_key.n)
             )
             if not kept:
                 forget(before.next_key.private_key)

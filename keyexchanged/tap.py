@@ -57,9 +57,11 @@ __all__ = ["KeyexchangeService", "Options", "load_or_create_key", "makeService"]
 #: Bytes of KX/1's HELLO limit (64 KiB, framing.py) kept free for the
 #: ``ephemeral`` member (spec §10.1), which every HELLO carries with forward
 #: secrecy on: as RSA-8192 (the largest --ephemeral-bits) with the long-term
-#: key's signature it is about 2.8 KiB in the JSON.  The same room is kept
-#: with forward secrecy off, so turning it on never breaks a working chain.
-HELLO_RESERVE = 4096
+#: key's signature it is about 2.8 KiB in the JSON; and for the ``mlkem768``
+#: and ``record`` members (§12.1): 1 184 key bytes and another signature,
+#: about 3 KiB more.  The same room is kept with either off, so turning it
+#: on never breaks a working chain.
+HELLO_RESERVE = 8192
 
 #: The largest HELLO the daemon agrees to send.
 HELLO_LIMIT = MAX_PAYLOAD["HELLO"] - HELLO_RESERVE
@@ -84,7 +86,8 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Serve KX/1: hand the server's RSA public key to every client, receive "
-        "a session secret under it, then talk AES-256-GCM.  Settings come from "
+        "a session secret under it (with an ML-KEM-768 secret beside it), then talk "
+        "AES-256-OCB or AES-256-GCM.  Settings come from "
         "the config file and are overridden by these options."
     )
     # twistd reads options from the class, so the installed applications
@@ -97,7 +100,20 @@ class Options(usage.Options):
             None,
             "no ephemeral keys: KEY under the long-term key (the original exercise's "
             "scheme; clients refuse it unless allowed)",
-        ]
+        ],
+        [
+            "no-post-quantum",
+            None,
+            "offer no ML-KEM key: sessions are as secret as RSA alone, and recorded "
+            "ones open to whoever factors their ephemeral key later (revision-3 "
+            "clients refuse it unless allowed)",
+        ],
+        [
+            "require-post-quantum",
+            None,
+            "refuse clients that do not use ML-KEM (KX/1 revision 2 clients) with "
+            "ERROR no-post-quantum",
+        ],
     ]
     optParameters = [
         [
@@ -171,6 +187,7 @@ class Options(usage.Options):
         self.settings = self._collect()
         if self["no-forward-secrecy"]:
             self.settings["forward-secrecy"] = False
+        self._check_post_quantum()
         try:
             proxyproto.parse_listen(self.settings["listen"], self.settings["trusted-proxies"])
         except ValueError as error:
@@ -195,7 +212,10 @@ class Options(usage.Options):
         self.settings["private-key"] = key_path
         private_key, self.generated_key = load_or_create_key(key_path, self.settings["key-bits"])
         self.identity = ServerIdentity(
-            private_key, self._certificates(private_key), self._announcement(private_key)
+            private_key,
+            self._certificates(private_key),
+            self._announcement(private_key),
+            record_cipher=self.settings["record-cipher"],
         )
         self._check_hello_size()
         self.child = processes.child_settings(self.environ)
@@ -239,6 +259,44 @@ class Options(usage.Options):
         self.warnings.extend(warnings)
         return chain
 
+    def _check_post_quantum(self):
+        """--no-post-quantum and --require-post-quantum, against the settings
+        they need: ML-KEM keys come with ephemeral keys, and are signed for
+        at most 30 minutes (KX/1 §12.2)."""
+        if self["no-post-quantum"] and self["require-post-quantum"]:
+            raise ConfigError("--no-post-quantum and --require-post-quantum contradict each other")
+        if self["no-post-quantum"]:
+            self.settings["post-quantum"] = "no"
+        if self["require-post-quantum"]:
+            self.settings["post-quantum"] = "require"
+        mode = self.settings["post-quantum"]
+        if mode == "no":
+            self.warnings.append(
+                "post-quantum is OFF (--no-post-quantum): sessions are as secret as RSA "
+                "alone, and a recorded session opens to whoever factors its ephemeral "
+                "key later; revision-3 clients refuse this server unless allowed"
+            )
+            return
+        if not self.settings["forward-secrecy"]:
+            if mode == "require":
+                raise ConfigError(
+                    "--require-post-quantum needs forward secrecy: ML-KEM keys come "
+                    "with the ephemeral keys"
+                )
+            self.settings["post-quantum"] = "no"
+            self.warnings.append(
+                "post-quantum is OFF too: ML-KEM keys come with the ephemeral keys, "
+                "which --no-forward-secrecy turns off"
+            )
+            return
+        longest = ephemeral.max_interval(self.settings["handshake-timeout"], post_quantum=True)
+        if self.settings["ephemeral-interval"] > longest:
+            raise ConfigError(
+                f"ephemeral-interval: at most {longest} s with post-quantum on (keys are "
+                f"signed for at most {ephemeral.MAX_SIGNED_AHEAD_POST_QUANTUM} s, KX/1 §12.2); "
+                "shorten it, or turn post-quantum off"
+            )
+
     def _check_hello_size(self):
         """Refuse a HELLO that clients would refuse (a long chain, say):
         accepted, it would break every connection instead of the start."""
@@ -250,7 +308,7 @@ class Options(usage.Options):
             raise ConfigError(
                 f"{where}: HELLO would be {size} bytes, over the limit of {HELLO_LIMIT} "
                 f"(KX/1 allows {MAX_PAYLOAD['HELLO']}, less {HELLO_RESERVE} kept for the "
-                "ephemeral key): send fewer certificates (clients hold the root "
+                "ephemeral keys): send fewer certificates (clients hold the root "
                 "already)"
             )
 
@@ -339,6 +397,7 @@ def makeService(options, reactor=None):
             interval=settings["ephemeral-interval"],
             bits=settings["ephemeral-bits"],
             handshake_timeout=settings["handshake-timeout"],
+            post_quantum=settings["post-quantum"] != "no",
         )
         # Before listening: every HELLO has a key to offer.
         ephemeral_keys.prime()
@@ -348,6 +407,15 @@ def makeService(options, reactor=None):
             bits=settings["ephemeral-bits"],
             interval=settings["ephemeral-interval"],
         )
+        if settings["post-quantum"] != "no":
+            log.info(
+                "post-quantum: an ML-KEM-768 key with each ephemeral key; records in "
+                "{cipher} for clients that use it{required}",
+                cipher=settings["record-cipher"],
+                required=", and no other client"
+                if settings["post-quantum"] == "require"
+                else " (KX/1 revision 2 clients: aes-256-gcm)",
+            )
     else:
         log.warn(
             "forward secrecy is OFF: every session's secret is encrypted to the "
@@ -390,6 +458,7 @@ def makeService(options, reactor=None):
         ephemeral_keys=ephemeral_keys,
         tickets=issuer,
         client_key_max_bits=settings["client-key-max-bits"],
+        require_post_quantum=settings["post-quantum"] == "require",
         metrics=metrics.Metrics() if settings["metrics"] is not None else None,
         limit_warnings=limits,
         json_events=settings["log-format"] == "json",

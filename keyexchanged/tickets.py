@@ -57,9 +57,10 @@ TAG_LENGTH = 16
 MAX_TICKET_LENGTH = 512
 MAX_LIFETIME = 86400
 DEFAULT_LIFETIME = 3600
-#: The state is padded to this many bytes: it takes about 250 with a client
-#: key named (fingerprints are of one length), and a ticket 300.
-STATE_LENGTH = 256
+#: The state is padded to this many bytes: it takes at most 260 with a
+#: client key named and the post-quantum flag (fingerprints are of one
+#: length), and a ticket 332.
+STATE_LENGTH = 288
 _KEY_ID_CONTEXT = b"kx/1 ticket key id\x00"
 #: A daemon remembers the tickets that resumed until they expire, so that
 #: each resumes once.  Each costs about 150 bytes (30 MB for all): past
@@ -125,6 +126,8 @@ class TicketState:
     client_fingerprint: "str | None"
     #: When that full handshake took place (seconds since the epoch).
     authenticated: int
+    #: The session had an ML-KEM secret (revision 3, §12.5).
+    post_quantum: bool = False
 
 
 class _UsedTickets:
@@ -185,7 +188,14 @@ class TicketIssuer:
             clock = time.time
         self._clock = clock
 
-    def issue(self, secret, server_fingerprint, client_fingerprint=None, authenticated=None):
+    def issue(
+        self,
+        secret,
+        server_fingerprint,
+        client_fingerprint=None,
+        authenticated=None,
+        post_quantum=False,
+    ):
         """A ticket for a session.
 
         A ticket never outlives the full handshake at the start of its
@@ -198,6 +208,7 @@ class TicketIssuer:
         :param client_fingerprint: the client's, when it authenticated.
         :param authenticated: when the chain's full handshake took place
             (``None``: now, for a full handshake).
+        :param post_quantum: the session had an ML-KEM secret (revision 3).
         :returns: ``(ticket, lifetime)``: the ticket's bytes and its
             lifetime in seconds; or ``None`` when the chain has run out.
         """
@@ -207,15 +218,17 @@ class TicketIssuer:
         expires = min(now + self.lifetime, authenticated + self.lifetime)
         if expires <= now:
             return None
-        state = json.dumps(
-            {
-                "secret": base64.b64encode(secret).decode("ascii"),
-                "expires": expires,
-                "server": server_fingerprint,
-                "client": client_fingerprint,
-                "authenticated": authenticated,
-            }
-        ).encode("utf-8")
+        fields = {
+            "secret": base64.b64encode(secret).decode("ascii"),
+            "expires": expires,
+            "server": server_fingerprint,
+            "client": client_fingerprint,
+            "authenticated": authenticated,
+        }
+        if post_quantum:
+            # Only then: a ticket of revision 2 keeps its former state.
+            fields["post_quantum"] = True
+        state = json.dumps(fields).encode("utf-8")
         # One length whether a client key is named or not: a RESUME's size
         # must not tell an onlooker that the session was authenticated.
         state = state.ljust(STATE_LENGTH)
@@ -266,6 +279,7 @@ class TicketIssuer:
             # authentication time: their chain ends one lifetime after they
             # were issued.
             authenticated = state.get("authenticated", expires - self.lifetime)
+            post_quantum = state.get("post_quantum") is True
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             raise StaleTicket("ticket does not open") from None
         if not isinstance(expires, int) or expires <= self._clock():
@@ -275,7 +289,7 @@ class TicketIssuer:
         if server != server_fingerprint:
             raise StaleTicket("ticket issued under another server key")
         self._used.record(kid, nonce, expires, self._clock(), self.keys)
-        return TicketState(secret, client, authenticated)
+        return TicketState(secret, client, authenticated, post_quantum)
 
     @property
     def used_tickets(self):
@@ -456,15 +470,26 @@ class StoredTicket:
     __slots__ = (
         "client_fingerprint",
         "expires",
+        "forward_secrecy",
         "host",
         "port",
+        "post_quantum",
         "secret",
         "server_fingerprint",
         "ticket",
     )
 
     def __init__(
-        self, host, port, server_fingerprint, secret, ticket, expires, client_fingerprint=None
+        self,
+        host,
+        port,
+        server_fingerprint,
+        secret,
+        ticket,
+        expires,
+        client_fingerprint=None,
+        post_quantum=False,
+        forward_secrecy=True,
     ):
         self.host = host
         self.port = port
@@ -473,9 +498,13 @@ class StoredTicket:
         self.ticket = ticket
         self.expires = expires
         self.client_fingerprint = client_fingerprint
+        #: The issuing session had an ML-KEM secret (revision 3), and an
+        #: ephemeral key (§10).
+        self.post_quantum = post_quantum
+        self.forward_secrecy = forward_secrecy
 
     def as_json(self):
-        return {
+        obj = {
             "host": self.host,
             "port": self.port,
             "server": self.server_fingerprint,
@@ -484,6 +513,11 @@ class StoredTicket:
             "ticket": base64.b64encode(self.ticket).decode("ascii"),
             "expires": self.expires,
         }
+        if self.post_quantum:
+            obj["post_quantum"] = True
+        if not self.forward_secrecy:
+            obj["forward_secrecy"] = False
+        return obj
 
     @classmethod
     def from_json(cls, obj):
@@ -507,7 +541,15 @@ class StoredTicket:
         if len(secret) != 32 or not 1 <= len(ticket) <= MAX_TICKET_LENGTH:
             raise ValueError("an entry's secret or ticket has the wrong length")
         return cls(
-            obj["host"], obj["port"], obj["server"], secret, ticket, obj["expires"], obj["client"]
+            obj["host"],
+            obj["port"],
+            obj["server"],
+            secret,
+            ticket,
+            obj["expires"],
+            obj["client"],
+            obj.get("post_quantum") is True,
+            obj.get("forward_secrecy") is not False,
         )
 
 
@@ -624,6 +666,8 @@ class TicketStore:
                 event.ticket,
                 expires,
                 client_fingerprint,
+                event.post_quantum,
+                event.forward_secrecy,
             )
         )
 

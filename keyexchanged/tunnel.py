@@ -91,7 +91,8 @@ def run_tunnel(reactor, listen, host, port, policy, report=print, explain=None, 
     Each accepted connection is carried to ``host:port`` over its own
     KX/1 session, opened with the
     :class:`~keyexchanged.protocol.SessionOpener`'s ``options``
-    (``identity``, ``require_forward_secrecy``, ``idle_timeout``).  Fires
+    (``identity``, ``require_forward_secrecy``, ``allow_classical``,
+    ``idle_timeout``).  Fires
     with the listening port once listening; the caller keeps the reactor
     running.  ``explain`` prints a refused key's explanation (see
     :class:`TunnelFactory`).

@@ -162,6 +162,48 @@ class OptionsTests(unittest.TestCase):
         options = self.parse("--config", self.conf, "--message-file", message)
         self.assertEqual(options.settings["message"], b"\x00binary\xff")
 
+    def test_post_quantum_by_default_with_ocb(self):
+        options = self.parse("--config", self.conf)
+        self.assertEqual(options.settings["post-quantum"], "yes")
+        self.assertEqual(options.identity.record_cipher, "aes-256-ocb")
+        self.assertEqual(options.warnings, [])
+
+    def test_post_quantum_flags(self):
+        self.assertEqual(
+            self.parse("--config", self.conf, "--require-post-quantum").settings["post-quantum"],
+            "require",
+        )
+        options = self.parse("--config", self.conf, "--no-post-quantum")
+        self.assertEqual(options.settings["post-quantum"], "no")
+        self.assertIn("post-quantum is OFF (--no-post-quantum)", options.warnings[0])
+
+    def test_post_quantum_refusals(self):
+        for argv, message in [
+            (
+                ("--no-forward-secrecy", "--require-post-quantum"),
+                "--require-post-quantum needs forward secrecy",
+            ),
+            (
+                ("--ephemeral-interval", "1800"),
+                "ephemeral-interval: at most 1730 s with post-quantum on",
+            ),
+            (("--post-quantum", "maybe"), "must be yes, no or require"),
+            (("--record-cipher", "aes-128-gcm"), "must be aes-256-ocb or aes-256-gcm"),
+        ]:
+            with self.assertRaises(usage.UsageError) as caught:
+                self.parse("--config", self.conf, *argv)
+            self.assertIn(message, str(caught.exception), argv)
+        # Without ML-KEM the day-long interval of revision 2 stays allowed.
+        options = self.parse(
+            "--config", self.conf, "--no-post-quantum", "--ephemeral-interval", "1800"
+        )
+        self.assertEqual(options.settings["ephemeral-interval"], 1800)
+
+    def test_no_forward_secrecy_turns_post_quantum_off_with_a_warning(self):
+        options = self.parse("--config", self.conf, "--no-forward-secrecy")
+        self.assertEqual(options.settings["post-quantum"], "no")
+        self.assertTrue(any("post-quantum is OFF too" in w for w in options.warnings))
+
     def test_help_warns_that_message_is_in_the_process_list(self):
         # Compared without white space: usage wraps lines (even inside
         # --message-file) wherever its column widths say.
@@ -302,26 +344,26 @@ class HelloSizeTests(unittest.TestCase):
             self.start(path)
         self.assertEqual(
             str(caught.exception),
-            f"{path}: HELLO would be {size} bytes, over the limit of 61440 (KX/1 allows "
-            "65536, less 4096 kept for the ephemeral key): send fewer "
+            f"{path}: HELLO would be {size} bytes, over the limit of 57344 (KX/1 allows "
+            "65536, less 8192 kept for the ephemeral keys): send fewer "
             "certificates (clients hold the root already)",
         )
 
     def test_limit(self):
-        self.assertEqual(tap.HELLO_RESERVE, 4096)
-        self.assertEqual(tap.HELLO_LIMIT, 65536 - 4096)
+        self.assertEqual(tap.HELLO_RESERVE, 8192)
+        self.assertEqual(tap.HELLO_LIMIT, 65536 - 8192)
 
     def test_chain_over_the_frame_limit_is_refused(self):
         _, path, size = self.count_for(65536, 1 << 20)
         self.assertRefused(path, size)
 
     def test_chain_in_the_reserved_room_is_refused(self):
-        _, path, size = self.count_for(65536 - 4096, 65536)
+        _, path, size = self.count_for(65536 - 8192, 65536)
         self.assertRefused(path, size)
 
     def test_largest_chain_that_fits_is_served(self):
         step = len(base64.b64encode(certs.der(self.leaf))) + len('"", ')
-        count, path, size = self.count_for(65536 - 4096 - step, 65536 - 4096)
+        count, path, size = self.count_for(65536 - 8192 - step, 65536 - 8192)
         service = self.start(path)
         self.assertEqual(len(service.factory.identity.certificates), count)
         self.assertEqual(len(service.factory.identity.hello_payload(b"\1" * 32)), size)

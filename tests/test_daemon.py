@@ -243,3 +243,80 @@ class DaemonTests(DaemonTestCase):
         self.assertIn(f"RSA-3072 key {fingerprint}".encode(), daemon.output)
         out, err, code = yield run_client("connect", "localhost", "--fingerprint", fingerprint)
         self.assertEqual((out, code), (MESSAGE, 0), err)
+
+
+class PostQuantumTests(DaemonTestCase):
+    """KX/1 revision 3 end to end: the real daemon with its defaults (ML-KEM
+    on, AES-256-OCB named) and the real ``keyexchange connect``."""
+
+    def setUp(self):
+        super().setUp()
+        self.write_config("")
+
+    @defer.inlineCallbacks
+    def start(self, *args):
+        daemon = Daemon.start(["--config", self.conf, *args])
+        self.addCleanup(daemon.stop)
+        self.port = yield daemon.listening
+        return daemon
+
+    def connect(self, *args):
+        return run_client("connect", f"127.0.0.1:{self.port}", "--fingerprint", FINGERPRINT, *args)
+
+    @defer.inlineCallbacks
+    def test_full_then_resumed_hybrid_sessions_with_ocb(self):
+        daemon = yield self.start()
+        self.assertIn(b"post-quantum: an ML-KEM-768 key with each ephemeral key", daemon.output)
+        cache = os.path.join(self.dir, "tickets.json")
+        out, err, code = yield self.connect("--explain", "--ticket-cache", cache)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
+        for step in (
+            b"HELLO: ML-KEM-768 key (1184 bytes, FIPS 203)",
+            b"'kx/1 hybrid ephemeral keys'",
+            b"the server names the record cipher aes-256-ocb",
+            b"a 1088-byte ciphertext after the RSA one in KEY (1472 bytes in all)",
+            b"'kx/1 hybrid keys'",
+            b"records in AES-256-OCB",
+        ):
+            self.assertIn(step, err)
+        yield daemon.wait_for(b"ended: ok; full, forward secrecy, post-quantum, aes-256-ocb")
+        out, err, code = yield self.connect("--explain", "--ticket-cache", cache)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
+        self.assertIn(b"resuming: RESUME", err)
+        self.assertIn(b"this session inherits it", err)
+        self.assertIn(b"records in AES-256-OCB", err)
+        yield daemon.wait_for(
+            b"ended: ok; resumed (secrecy bounded by the ticket keys), post-quantum"
+        )
+
+    @defer.inlineCallbacks
+    def test_no_post_quantum_warns_and_the_client_refuses_it(self):
+        daemon = yield self.start("--no-post-quantum")
+        self.assertIn(b"post-quantum is OFF (--no-post-quantum)", daemon.output)
+        out, err, code = yield self.connect()
+        self.assertEqual((out, code), (b"", 3), err)
+        self.assertIn(b"the server offers no ML-KEM key", err)
+        self.assertIn(b"--allow-classical", err)
+        yield daemon.wait_for(b"ended: no-post-quantum")
+        out, err, code = yield self.connect("--allow-classical")
+        self.assertEqual((out, code), (MESSAGE, 0), err)
+        log = yield daemon.wait_for(b"ended: ok; full, forward secrecy")
+        self.assertNotIn(b"ended: ok; full, forward secrecy, post-quantum", log)
+
+    @defer.inlineCallbacks
+    def test_record_cipher_gcm_named(self):
+        daemon = yield self.start("--record-cipher", "aes-256-gcm")
+        out, err, code = yield self.connect("--explain")
+        self.assertEqual((out, code), (MESSAGE, 0), err)
+        self.assertIn(b"records in AES-256-GCM", err)
+        yield daemon.wait_for(b"ended: ok; full, forward secrecy, post-quantum, aes-256-gcm")
+
+    @defer.inlineCallbacks
+    def test_contradicting_flags_are_a_usage_error(self):
+        daemon = Daemon.start(
+            ["--config", self.conf, "--no-post-quantum", "--require-post-quantum"]
+        )
+        daemon.listening.addErrback(lambda failure: None)  # it never listens
+        code = yield daemon.ended
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"--no-post-quantum and --require-post-quantum contradict", daemon.output)

@@ -178,7 +178,7 @@ class DaemonTrustTests(DaemonTestCase):
         self.assertEqual(code, 1, daemon.output.decode())
         self.assertRegex(
             daemon.output.decode(),
-            rf"{chain}: HELLO would be \d+ bytes, over the limit of 61440 \(KX/1 allows 65536",
+            rf"{chain}: HELLO would be \d+ bytes, over the limit of 57344 \(KX/1 allows 65536",
         )
         self.assertNotIn(b"Traceback", daemon.output)
 

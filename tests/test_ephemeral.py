@@ -2,11 +2,13 @@
 destruction, failures — and that a recorded session cannot be decrypted
 with anything the server still holds afterwards."""
 
+import base64
+
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from keyexchanged import ephemeral, keys, rsa, schedule
+from keyexchanged import ephemeral, keys, mlkem, rsa, schedule
 from keyexchanged.applications import MessageFactory
 from keyexchanged.framing import encode_frame
 from keyexchanged.handshake import ClientConnection, ServerKeyReceived
@@ -56,6 +58,8 @@ def manager(clock, work=None, interval=INTERVAL):
         interval=interval,
         bits=2048,
         handshake_timeout=TIMEOUT,
+        # Revision 2's bounds (a day-long interval); PostQuantumTests below.
+        post_quantum=False,
     )
     # The first key as a daemon makes it, before listening: here from the mill.
     keys_.current = keys_._make().result
@@ -339,3 +343,84 @@ class InlineWorkTests(unittest.TestCase):
         self.assertIs(type(key), rsa.PrivateKey)
         self.assertEqual(key.n.bit_length(), 2048)
         self.assertEqual(keys.fingerprint(key)[:7], "SHA256:")
+
+
+class PostQuantumTests(unittest.TestCase):
+    """Revision 3 (§12.2): an ML-KEM-768 key with every ephemeral key, signed
+    under the revision-3 context, rotated and destroyed with it."""
+
+    def manager(self, clock):
+        keys_ = ephemeral.EphemeralKeys(
+            SERVER_KEY,
+            work=KeyMill(),
+            reactor=clock,
+            interval=INTERVAL,
+            bits=2048,
+            handshake_timeout=TIMEOUT,
+            post_quantum=True,
+        )
+        keys_.current = keys_._make().result
+        keys_.start()
+        return keys_
+
+    def test_each_key_has_an_mlkem_key_signed_beside_it(self):
+        keys_ = self.manager(Clock())
+        first = keys_.current
+        self.assertEqual(len(first.mlkem_key.ek), mlkem.ENCAPSULATION_KEY_LENGTH)
+        self.assertEqual(base64.b64decode(first.mlkem_member["key"]), first.mlkem_key.ek)
+        message = schedule.hybrid_message(
+            IDENTITY.der, first.expires, first.der, first.mlkem_key.ek
+        )
+        signature = base64.b64decode(first.mlkem_member["signature"])
+        self.assertTrue(SERVER_KEY.public_key().verify_pss(message, signature, salt_length=32))
+        # The revision-2 signature is still there, unchanged in meaning.
+        self.assertTrue(
+            SERVER_KEY.public_key().verify_pss(
+                schedule.ephemeral_message(IDENTITY.der, first.expires, first.der),
+                first.signature,
+                salt_length=32,
+            )
+        )
+
+    def test_rotated_and_destroyed_with_the_rsa_key(self):
+        clock = Clock()
+        keys_ = self.manager(clock)
+        first = keys_.current
+        first_ek = first.mlkem_key.ek
+        clock.advance(INTERVAL)
+        self.assertNotEqual(keys_.current.mlkem_key.ek, first_ek)
+        self.assertIsNone(first.private_key)
+        self.assertIsNone(first.mlkem_key)
+        keys_.stop()
+
+    def test_expires_within_thirty_minutes(self):
+        clock = Clock()
+        keys_ = self.manager(clock)
+        self.assertLessEqual(keys_.current.expires, ephemeral.MAX_SIGNED_AHEAD_POST_QUANTUM)
+
+    def test_interval_bounded_by_the_signing_limit(self):
+        longest = ephemeral.max_interval(TIMEOUT, post_quantum=True)
+        self.assertEqual(longest, 1800 - TIMEOUT - ephemeral.EXPIRY_SLACK)
+        error = self.assertRaises(
+            ValueError,
+            ephemeral.EphemeralKeys,
+            SERVER_KEY,
+            work=KeyMill(),
+            reactor=Clock(),
+            interval=longest + 1,
+            handshake_timeout=TIMEOUT,
+            post_quantum=True,
+        )
+        self.assertIn(f"at most {longest} seconds", str(error))
+        ephemeral.EphemeralKeys(
+            SERVER_KEY, work=KeyMill(), reactor=Clock(), interval=longest + 1, post_quantum=False
+        )
+
+    def test_prime_makes_both(self):
+        keys_ = ephemeral.EphemeralKeys(
+            SERVER_KEY, work=KeyMill(), reactor=Clock(), bits=2048, post_quantum=True
+        )
+        keys_.prime()
+        self.assertIsNotNone(keys_.current.mlkem_key)
+        keys_.stop()
+        self.assertEqual(keys_.held(), [])

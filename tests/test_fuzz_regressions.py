@@ -138,3 +138,35 @@ class TargetTests(unittest.TestCase):
     def test_empty_and_flag_only_inputs(self):
         for data in (b"", b"\x00", b"\xff", b"\x02\x07"):
             fuzz_one_input(data)
+
+
+class Revision3CorpusTests(unittest.TestCase):
+    """The revision-3 seeds (``KX3`` first) reach the hybrid server, and each
+    downgrade of the spec's §12.5 ends as it says."""
+
+    def run_seed(self, name):
+        stream, size, required = decode_input(fuzz_server.seeds()[name])
+        events, _ = run_server(chunks(stream, size), required, revision3=True)
+        return events
+
+    def test_honest_seeds_reach_the_end_of_a_hybrid_session(self):
+        for name in ("kx3-ops-honest", "kx3-raw-honest"):
+            events = self.run_seed(name)
+            self.assertEqual(
+                events[0], handshake.HandshakeComplete(None, False, True, "aes-256-ocb"), name
+            )
+            self.assertIsInstance(events[-1], handshake.EndReceived, name)
+
+    def test_downgrades(self):
+        for name, code in [
+            ("kx3-ops-truncated-mlkem", "malformed-frame"),
+            ("kx3-ops-altered-mlkem", "bad-record"),
+            ("kx3-ops-mlkem-dropped", "bad-record"),
+            ("kx3-ops-mlkem-dropped-required", "no-post-quantum"),
+        ]:
+            (event,) = self.run_seed(name)
+            self.assertEqual(event.code, code, name)
+
+    def test_the_revision3_server_offers_the_vector_hello(self):
+        # run_server checks HELLO against the vector; an empty stream is enough.
+        self.assertEqual(run_server([b""], False, revision3=True), ([], b""))

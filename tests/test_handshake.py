@@ -2,13 +2,14 @@
 
 import base64
 import json
+import time
 
 from Crypto.PublicKey import RSA as PyCryptodomeRSA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from keyexchanged import handshake
+from keyexchanged import handshake, mlkem, tickets
 from keyexchanged.framing import MAX_PAYLOAD, encode_frame
 from keyexchanged.handshake import (
     DataReceived,
@@ -19,6 +20,8 @@ from keyexchanged.handshake import (
     ServerConnection,
     ServerKeyReceived,
 )
+from keyexchanged.records import GCM, OCB, RecordOpener
+from tests import rev3
 from tests.fixtures import (
     CLIENT_KEY,
     IDENTITY,
@@ -28,7 +31,10 @@ from tests.fixtures import (
     vector_client,
     vector_server,
 )
-from tests.vectors import RAW, hexbytes, record
+from tests.rev2 import EPHEMERAL
+from tests.vectors import RAW, hexbytes, record, revision3_hexbytes
+
+SERVER_FINGERPRINT = IDENTITY.fingerprint
 
 
 def frame(verb, name):
@@ -652,3 +658,387 @@ class HostileInputProperties(unittest.TestCase):
                 if isinstance(event, ServerKeyReceived):
                     client.accept_key()
         self.assertLessEqual(failures, 1)
+
+
+# -- revision 3: the hybrid key exchange and the record cipher (§12, §13) ------------
+
+
+def _vector_tickets():
+    return tickets.TicketIssuer(
+        tickets.TicketKeys([revision3_hexbytes("ticket_key")]), clock=lambda: rev3.NOW
+    )
+
+
+class _Revision3Vectors:
+    """kx1-revision3.json, byte for byte, for the cipher ``cipher``."""
+
+    cipher = None
+
+    def full(self, name):
+        return rev3.session(self.cipher, "full", name)
+
+    def resumed(self, name):
+        return rev3.session(self.cipher, "resumed", name)
+
+    def test_server_says_the_vector_hello(self):
+        server = rev3.vector_server(self.cipher, self.full("nonce"))
+        self.assertEqual(server.data_to_send(), self.full("hello_frame"))
+
+    def test_client_sends_the_vector_key_and_first_record(self):
+        client = rev3.vector_client(self.cipher)
+        (offer,) = client.receive_data(self.full("hello_frame"))
+        self.assertEqual(offer.ephemeral.record_cipher, self.cipher)
+        self.assertEqual(
+            offer.ephemeral.mlkem_fingerprint,
+            mlkem.fingerprint(revision3_hexbytes("mlkem_encapsulation_key")),
+        )
+        client.accept_key()
+        key, first = frames(client.data_to_send())
+        self.assertEqual(key, ("KEY", self.full("key_payload")))
+        self.assertEqual(client.transcript_hash, self.full("transcript_hash"))
+        self.assertEqual(
+            first, ("MSG", rev3.session_record(self.cipher, "full", "client_msg_seq0"))
+        )
+        self.assertEqual((client.post_quantum_session, client.record_cipher), (True, self.cipher))
+
+    def test_server_derives_the_vector_keys(self):
+        server = rev3.vector_server(self.cipher, self.full("nonce"))
+        server.data_to_send()
+        server.receive_data(encode_frame("KEY", self.full("key_payload")))
+        self.assertEqual(server.transcript_hash, self.full("transcript_hash"))
+        ((verb, confirmation),) = frames(server.data_to_send())
+        self.assertEqual(
+            (verb, confirmation),
+            ("MSG", rev3.session_record(self.cipher, "full", "server_msg_seq0")),
+        )
+        events = server.receive_data(
+            encode_frame("MSG", rev3.session_record(self.cipher, "full", "client_msg_seq0"))
+            + encode_frame("MSG", rev3.session_record(self.cipher, "full", "client_msg_seq1"))
+        )
+        self.assertEqual(
+            events,
+            [
+                HandshakeComplete(None, False, True, self.cipher),
+                DataReceived(revision3_hexbytes("client_message")),
+            ],
+        )
+
+    def test_client_opens_the_vector_records(self):
+        client = rev3.vector_client(self.cipher)
+        client.receive_data(self.full("hello_frame"))
+        client.accept_key()
+        records = [
+            ("MSG", "server_msg_seq0"),
+            ("TICKET", "server_ticket_seq1"),
+            ("MSG", "server_msg_seq2"),
+            ("UPDATE", "server_update_seq3"),
+            ("MSG", "server_msg_after_update_seq0"),
+            ("END", "server_end_seq1"),
+        ]
+        events = client.receive_data(
+            b"".join(
+                encode_frame(verb, rev3.session_record(self.cipher, "full", name))
+                for verb, name in records
+            )
+        )
+        complete, ticket, message, after, end = events
+        self.assertEqual(complete, HandshakeComplete(SERVER_FINGERPRINT, False, True, self.cipher))
+        self.assertEqual(ticket.ticket, self.full("ticket"))
+        self.assertEqual(ticket.secret, self.full("resumption_secret"))
+        self.assertTrue(ticket.post_quantum)
+        self.assertEqual(message, DataReceived(revision3_hexbytes("server_message")))
+        self.assertEqual(after, DataReceived(revision3_hexbytes("server_message_after_update")))
+        self.assertIsInstance(end, EndReceived)
+
+    def stored_ticket(self, post_quantum=True):
+        return tickets.StoredTicket(
+            "server.example",
+            51424,
+            SERVER_FINGERPRINT,
+            self.full("resumption_secret"),
+            self.full("ticket"),
+            rev3.NOW + 3600,
+            post_quantum,
+        )
+
+    def test_client_resumes(self):
+        client = handshake.ClientConnection(
+            ticket=self.stored_ticket(), clock=lambda: rev3.NOW, post_quantum=True
+        )
+        client.receive_data(encode_frame("HELLO", self.resumed("hello_payload")))
+        client.accept_key()
+        resume, first = frames(client.data_to_send())
+        self.assertEqual(encode_frame(*resume), self.resumed("resume_frame"))
+        self.assertEqual(
+            first, ("MSG", rev3.session_record(self.cipher, "resumed", "client_msg_seq0"))
+        )
+        events = client.receive_data(
+            b"".join(
+                encode_frame(verb, rev3.session_record(self.cipher, "resumed", name))
+                for verb, name in [
+                    ("MSG", "server_msg_seq0"),
+                    ("TICKET", "server_ticket_seq1"),
+                    ("MSG", "server_msg_seq2"),
+                    ("END", "server_end_seq3"),
+                ]
+            )
+        )
+        self.assertEqual(events[0], HandshakeComplete(SERVER_FINGERPRINT, True, True, self.cipher))
+        self.assertEqual(events[1].ticket, self.resumed("ticket"))
+        self.assertTrue(events[1].post_quantum)
+        self.assertEqual(events[2], DataReceived(revision3_hexbytes("server_message")))
+
+    def test_server_resumes_and_sends_a_new_ticket(self):
+        server = rev3.vector_server(self.cipher, self.resumed("nonce"), tickets=_vector_tickets())
+        self.assertEqual(
+            server.data_to_send(), encode_frame("HELLO", self.resumed("hello_payload"))
+        )
+        server.receive_data(self.resumed("resume_frame"))
+        ((verb, confirmation),) = frames(server.data_to_send())
+        self.assertEqual(
+            confirmation, rev3.session_record(self.cipher, "resumed", "server_msg_seq0")
+        )
+        events = server.receive_data(
+            encode_frame("MSG", rev3.session_record(self.cipher, "resumed", "client_msg_seq0"))
+        )
+        self.assertEqual(events, [HandshakeComplete(None, True, True, self.cipher)])
+        ((verb, sealed),) = frames(server.data_to_send())
+        self.assertEqual(verb, "TICKET")
+        opener = RecordOpener(self.resumed("server_key"), self.cipher)
+        opener.open("MSG", confirmation)
+        body = json.loads(opener.open("TICKET", sealed))
+        opened = _vector_tickets().open_state(base64.b64decode(body["ticket"]), SERVER_FINGERPRINT)
+        self.assertTrue(opened.post_quantum)
+
+
+class Revision3OCBVectorTests(_Revision3Vectors, unittest.TestCase):
+    cipher = OCB
+
+
+class Revision3GCMVectorTests(_Revision3Vectors, unittest.TestCase):
+    cipher = GCM
+
+
+class Revision3RefusalTests(unittest.TestCase):
+    """§12.4, §12.5: what a revision-3 client and server refuse, and every
+    downgrade attempt of §12.5."""
+
+    def client(self, **options):
+        options.setdefault("post_quantum", True)
+        return handshake.ClientConnection(**options)
+
+    def server(self, ephemeral=None, **options):
+        server = ServerConnection(
+            IDENTITY, ephemeral=ephemeral if ephemeral is not None else rev3.offer(), **options
+        )
+        server.start()
+        return server
+
+    def hello(self, server):
+        ((_verb, payload),) = frames(server.data_to_send())
+        return payload
+
+    def refused(self, client, payload, code):
+        events = client.receive_data(encode_frame("HELLO", payload))
+        self.assertEqual(len(events), 1, events)
+        self.assertIsInstance(events[0], ProtocolFailed)
+        self.assertEqual(events[0].code, code)
+        ((verb, error),) = frames(client.data_to_send())
+        self.assertEqual((verb, json.loads(error)["error"]), ("ERROR", code))
+
+    def edited_hello(self, edit, ephemeral=None):
+        obj = json.loads(self.hello(self.server(ephemeral)))
+        edit(obj)
+        return json.dumps(obj).encode()
+
+    def test_hello_without_mlkem_is_no_post_quantum(self):
+        payload = self.hello(self.server(rev3.classical_offer()))
+        self.refused(self.client(), payload, "no-post-quantum")
+
+    def test_hello_with_the_mlkem_key_stripped(self):
+        def strip(obj):
+            del obj["mlkem768"], obj["record"]
+
+        self.refused(self.client(), self.edited_hello(strip), "no-post-quantum")
+
+    def test_allow_classical_speaks_revision_2(self):
+        server = self.server(rev3.classical_offer())
+        client = self.client(allow_classical=True)
+        (_offer,) = client.receive_data(server.data_to_send())
+        client.accept_key()
+        key, _ = frames(client.data_to_send())
+        self.assertEqual(len(key[1]), EPHEMERAL.key_bytes)
+        self.assertEqual((client.post_quantum_session, client.record_cipher), (False, GCM))
+
+    def test_mlkem_without_record_is_malformed(self):
+        def strip(obj):
+            del obj["record"]
+
+        self.refused(self.client(), self.edited_hello(strip), "malformed-frame")
+
+    def test_unknown_record_cipher_is_malformed(self):
+        def change(obj):
+            obj["record"] = "aes-128-ocb"
+
+        self.refused(self.client(), self.edited_hello(change), "malformed-frame")
+
+    def test_revision2_signature_presented_as_revision3(self):
+        def swap(obj):
+            obj["mlkem768"]["signature"] = obj["ephemeral"]["signature"]
+
+        self.refused(self.client(), self.edited_hello(swap), "untrusted-key")
+
+    def test_truncated_mlkem_key(self):
+        def cut(obj):
+            raw = base64.b64decode(obj["mlkem768"]["key"])
+            obj["mlkem768"]["key"] = base64.b64encode(raw[:-1]).decode()
+
+        self.refused(self.client(), self.edited_hello(cut), "untrusted-key")
+
+    def test_expires_beyond_minutes_is_untrusted(self):
+        # Signed properly, but for two hours: a revision-2 client takes it,
+        # a revision-3 client does not (§10.3).
+        ephemeral = rev3.offer(expires=int(time.time()) + 7200)
+        payload = self.hello(self.server(ephemeral))
+        self.refused(self.client(), payload, "untrusted-key")
+        events = handshake.ClientConnection().receive_data(encode_frame("HELLO", payload))
+        self.assertIsInstance(events[0], ServerKeyReceived)
+
+    def run_through(self, client, server, tamper_hello=None, tamper_key=None):
+        hello = self.hello(server)
+        if tamper_hello is not None:
+            hello = tamper_hello(hello)
+        client.receive_data(encode_frame("HELLO", hello))
+        client.accept_key()
+        (key, first) = frames(client.data_to_send())
+        payload = key[1] if tamper_key is None else tamper_key(key[1])
+        events = server.receive_data(encode_frame("KEY", payload) + encode_frame(*first))
+        return events, client.receive_data(server.data_to_send())
+
+    def test_changed_record_cipher_fails_key_confirmation(self):
+        server, client = self.server(), self.client()
+        _, events = self.run_through(
+            client, server, lambda hello: hello.replace(b'"aes-256-ocb"', b'"aes-256-gcm"')
+        )
+        self.assertEqual(client.record_cipher, GCM)
+        self.assertIsInstance(events[0], ProtocolFailed)
+        self.assertEqual(events[0].code, "bad-record")
+
+    def test_dropped_mlkem_ciphertext_fails_key_confirmation(self):
+        server, client = self.server(), self.client()
+        _server_events, events = self.run_through(
+            client, server, tamper_key=lambda key: key[: EPHEMERAL.key_bytes]
+        )
+        self.assertFalse(server.post_quantum_session)
+        self.assertIsInstance(events[0], ProtocolFailed)
+        self.assertEqual(events[0].code, "bad-record")
+
+    def test_truncated_mlkem_ciphertext_is_malformed(self):
+        server, client = self.server(), self.client()
+        server_events, _ = self.run_through(client, server, tamper_key=lambda key: key[:-1])
+        self.assertEqual(server_events[0].code, "malformed-frame")
+
+    def test_altered_mlkem_ciphertext_fails_key_confirmation(self):
+        server, client = self.server(), self.client()
+
+        def flip(key):
+            return key[:-1] + bytes([key[-1] ^ 1])
+
+        _server_events, events = self.run_through(client, server, tamper_key=flip)
+        self.assertTrue(server.post_quantum_session)
+        self.assertEqual(events[0].code, "bad-record")
+
+    def test_hybrid_session_completes(self):
+        server, client = self.server(), self.client()
+        server_events, events = self.run_through(client, server)
+        self.assertEqual(server_events, [HandshakeComplete(None, False, True, OCB)])
+        self.assertEqual(events, [HandshakeComplete(SERVER_FINGERPRINT, False, True, OCB)])
+
+    def test_revision2_client_is_served_with_gcm(self):
+        server, client = self.server(), handshake.ClientConnection()
+        server_events, events = self.run_through(client, server)
+        self.assertEqual(server_events, [HandshakeComplete(None, False, False, GCM)])
+        self.assertEqual(events, [HandshakeComplete(SERVER_FINGERPRINT, False, False, GCM)])
+
+    def test_server_requiring_post_quantum_refuses_revision2(self):
+        server = self.server(require_post_quantum=True)
+        client = handshake.ClientConnection()
+        server_events, _ = self.run_through(client, server)
+        self.assertEqual(server_events[0].code, "no-post-quantum")
+        self.assertIn("requires ML-KEM", server_events[0].detail)
+
+    def test_server_requiring_post_quantum_refuses_a_revision2_ticket(self):
+        issuer = tickets.TicketIssuer(tickets.TicketKeys.random())
+        ticket, _ = issuer.issue(b"\1" * 32, IDENTITY.fingerprint)
+        server = self.server(require_post_quantum=True, tickets=issuer)
+        server.data_to_send()
+        (failed,) = server.receive_data(encode_frame("RESUME", ticket))
+        self.assertEqual(failed.code, "no-post-quantum")
+
+    def test_client_does_not_resume_a_revision2_ticket(self):
+        ticket = tickets.StoredTicket("h", 1, SERVER_FINGERPRINT, b"\1" * 32, b"t", 2**40)
+        client = self.client(ticket=ticket)
+        client.receive_data(encode_frame("HELLO", self.hello(self.server())))
+        client.accept_key()
+        (key, _) = frames(client.data_to_send())
+        self.assertEqual(key[0], "KEY")
+        self.assertFalse(client.resumed)
+
+
+class TicketStrengthTests(unittest.TestCase):
+    """§11.3: a client resumes only tickets of sessions as strong as it
+    requires, and says what its own session had in the TICKET it gets."""
+
+    def ticket(self, forward_secrecy):
+        return tickets.StoredTicket(
+            "h", 1, SERVER_FINGERPRINT, b"\1" * 32, b"t", 2**40, True, forward_secrecy
+        )
+
+    def first_frame(self, client):
+        server = ServerConnection(IDENTITY, ephemeral=rev3.offer())
+        server.start()
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        return frames(client.data_to_send())[0][0]
+
+    def test_a_ticket_without_forward_secrecy_is_not_resumed(self):
+        client = handshake.ClientConnection(post_quantum=True, ticket=self.ticket(False))
+        self.assertEqual(self.first_frame(client), "KEY")
+
+    def test_unless_forward_secrecy_is_not_required(self):
+        client = handshake.ClientConnection(
+            post_quantum=True, ticket=self.ticket(False), require_forward_secrecy=False
+        )
+        self.assertEqual(self.first_frame(client), "RESUME")
+
+    def test_a_ticket_with_it_is(self):
+        client = handshake.ClientConnection(post_quantum=True, ticket=self.ticket(True))
+        self.assertEqual(self.first_frame(client), "RESUME")
+
+    def test_the_new_ticket_says_what_the_session_had(self):
+        server = ServerConnection(
+            IDENTITY,
+            ephemeral=rev3.offer(),
+            tickets=tickets.TicketIssuer(tickets.TicketKeys.random()),
+        )
+        server.start()
+        client = handshake.ClientConnection(post_quantum=True)
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        server.receive_data(client.data_to_send())
+        events = client.receive_data(server.data_to_send())
+        (ticket,) = [e for e in events if isinstance(e, handshake.TicketReceived)]
+        self.assertEqual((ticket.post_quantum, ticket.forward_secrecy), (True, True))
+
+    def test_a_session_without_an_ephemeral_key_says_so(self):
+        server = ServerConnection(
+            IDENTITY, tickets=tickets.TicketIssuer(tickets.TicketKeys.random())
+        )
+        server.start()
+        client = handshake.ClientConnection(post_quantum=True, require_forward_secrecy=False)
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        server.receive_data(client.data_to_send())
+        events = client.receive_data(server.data_to_send())
+        (ticket,) = [e for e in events if isinstance(e, handshake.TicketReceived)]
+        self.assertEqual((ticket.post_quantum, ticket.forward_secrecy), (False, False))

@@ -270,7 +270,7 @@ class HeaderRefusalTests(HostileTestCase):
             (b"KEY 256 \r\n", "malformed-frame", "header is not VERB SP LENGTH"),
             (b"PING 0\r\n", "malformed-frame", "unknown verb"),
             (b"PING 99999999\r\n", "malformed-frame", "unknown verb"),
-            (b"KEY 1025\r\n", "frame-too-large", "KEY payload over 1024 bytes"),
+            (b"KEY 2113\r\n", "frame-too-large", "KEY payload over 2112 bytes"),
             (b"ERROR 1025\r\n", "frame-too-large", "ERROR payload over 1024 bytes"),
             (b"HELLO 65537\r\n", "frame-too-large", "HELLO payload over 65536 bytes"),
             (b"KEY 255\r\n", "malformed-frame", f"KEY must be {K} bytes, not 255"),

@@ -16,6 +16,7 @@ reactor never waits on either.
 
 import ast
 import hashlib
+import json
 import os
 import socket
 import time
@@ -26,7 +27,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.daemon import Daemon, DaemonTestCase, run_client
 from tests.independent import kx1_peer as kx1
-from tests.vectors import RAW, RESUME_RAW, hexbytes, record, resume_hexbytes, resume_record
+from tests.vectors import (
+    RAW,
+    RESUME_RAW,
+    REVISION3_RAW,
+    hexbytes,
+    record,
+    resume_hexbytes,
+    resume_record,
+)
 
 FINGERPRINT = RESUME_RAW["server_fingerprint"]
 MESSAGE = resume_hexbytes("server_message")
@@ -108,6 +117,7 @@ class IndependentPeerVectorTests(SynchronousTestCase):
         standard = {
             "base64",
             "hashlib",
+            "hmac",
             "json",
             "os",
             "re",
@@ -329,6 +339,53 @@ class IndependentPeerVectorTests(SynchronousTestCase):
             self.assertEqual(caught.exception.code, code, payload[:60])
 
 
+class IndependentRevision3Tests(SynchronousTestCase):
+    """The independent peer's reading of §12.4 on the revision-3 vectors."""
+
+    def setUp(self):
+        self.full = REVISION3_RAW["sessions"]["aes-256-ocb"]["full"]
+        self.hello = bytes.fromhex(self.full["hello_payload"])
+        self.long_term = _private_key(REVISION3_RAW["server_private_key_pem"]).public_key()
+
+    def test_hello_parsed_and_mlkem_verified(self):
+        hello = kx1.parse_hello(self.hello, revision=3)
+        self.assertEqual(hello.record, "aes-256-ocb")
+        public = kx1.verify_mlkem(hello, self.long_term)
+        self.assertEqual(public.public_bytes_raw().hex(), REVISION3_RAW["mlkem_encapsulation_key"])
+
+    def test_revision2_reader_ignores_the_new_members(self):
+        hello = kx1.parse_hello(self.hello, revision=2)
+        self.assertEqual((hello.mlkem, hello.record), (None, None))
+
+    def refused(self, payload, code):
+        with self.assertRaises(kx1.ProtocolFailure) as caught:
+            hello = kx1.parse_hello(payload, revision=3)
+            kx1.verify_mlkem(hello, self.long_term)
+        self.assertEqual(caught.exception.code, code)
+
+    def test_revision2_signature_presented_as_revision3(self):
+        member = REVISION3_RAW["mlkem768_member"]
+        self.refused(
+            self.hello.replace(
+                member["signature"].encode(),
+                REVISION3_RAW["ephemeral_member"]["signature"].encode(),
+            ),
+            "untrusted-key",
+        )
+
+    def test_unknown_record_cipher(self):
+        self.refused(self.hello.replace(b'"aes-256-ocb"', b'"aes-128-ocb"'), "malformed-frame")
+
+    def test_truncated_mlkem_key(self):
+        key = REVISION3_RAW["mlkem768_member"]["key"].encode()
+        self.refused(self.hello.replace(key, key[:-8]), "untrusted-key")
+
+    def test_record_without_mlkem768(self):
+        payload = json.loads(self.hello)
+        del payload["mlkem768"]
+        self.refused(json.dumps(payload).encode(), "malformed-frame")
+
+
 class IndependentPeersTests(SynchronousTestCase):
     """The independent client and server complete with each other, over
     127.0.0.1: the peer is consistent before it meets keyexchanged."""
@@ -365,6 +422,67 @@ class IndependentPeersTests(SynchronousTestCase):
         sessions = server.wait_for_sessions(2)
         self.assertEqual(sessions[0].peer_error, "no-forward-secrecy")
         self.assertEqual(sessions[1].decrypted_with, "long-term")
+
+    def test_revision3_full_then_resumed_with_ocb(self):
+        server = self.serve(connections=2, key_update=True)
+        client = kx1.IndependentClient(server.fingerprint, send=b"from the client", revision=3)
+        first = client.connect("127.0.0.1", server.port)
+        self.assertEqual((first.hybrid, first.record, first.updates), (True, "aes-256-ocb", 1))
+        self.assertTrue(first.ticket.hybrid)
+        second = client.connect("127.0.0.1", server.port, first.ticket)
+        self.assertEqual(
+            (second.resumed, second.hybrid, second.record), (True, True, "aes-256-ocb")
+        )
+        self.assertEqual(second.data, server.message)
+        sessions = server.wait_for_sessions(2)
+        self.assertEqual(
+            [(s.kind, s.hybrid, s.record, s.outcome) for s in sessions],
+            [("full", True, "aes-256-ocb", "ok"), ("resumed", True, "aes-256-ocb", "ok")],
+        )
+        self.assertEqual(sessions[0].received, b"from the client")
+        # §11.3: the resumed session gets a new ticket.
+        self.assertEqual(len(sessions[1].tickets_issued), 1)
+        self.assertNotEqual(sessions[1].tickets_issued, sessions[0].tickets_issued)
+
+    def test_revision3_with_the_gcm_the_server_names(self):
+        server = self.serve(record="aes-256-gcm")
+        result = kx1.IndependentClient(server.fingerprint, revision=3).connect(
+            "127.0.0.1", server.port
+        )
+        self.assertEqual((result.hybrid, result.record), (True, "aes-256-gcm"))
+        (session,) = server.wait_for_sessions(1)
+        self.assertEqual((session.hybrid, session.record), (True, "aes-256-gcm"))
+
+    def test_revision2_client_served_with_gcm(self):
+        server = self.serve()
+        result = kx1.IndependentClient(server.fingerprint, revision=2).connect(
+            "127.0.0.1", server.port
+        )
+        self.assertEqual(
+            (result.hybrid, result.record, result.data), (False, "aes-256-gcm", server.message)
+        )
+        (session,) = server.wait_for_sessions(1)
+        self.assertEqual(
+            (session.hybrid, session.record, session.outcome), (False, "aes-256-gcm", "ok")
+        )
+
+    def test_server_requiring_post_quantum_refuses_revision2(self):
+        server = self.serve(require_post_quantum=True)
+        with self.assertRaises(kx1.PeerError) as caught:
+            kx1.IndependentClient(server.fingerprint, revision=2).connect("127.0.0.1", server.port)
+        self.assertEqual(caught.exception.code, "no-post-quantum")
+
+    def test_revision3_client_requires_post_quantum(self):
+        server = self.serve(post_quantum=False, connections=2)
+        with self.assertRaises(kx1.ProtocolFailure) as caught:
+            kx1.IndependentClient(server.fingerprint, revision=3).connect("127.0.0.1", server.port)
+        self.assertEqual(caught.exception.code, "no-post-quantum")
+        result = kx1.IndependentClient(
+            server.fingerprint, revision=3, allow_classical=True
+        ).connect("127.0.0.1", server.port)
+        self.assertEqual((result.hybrid, result.record), (False, "aes-256-gcm"))
+        sessions = server.wait_for_sessions(2)
+        self.assertEqual(sessions[0].peer_error, "no-post-quantum")
 
     def test_stale_ticket(self):
         server = self.serve(connections=2)
@@ -447,6 +565,60 @@ class DaemonInteropTests(DaemonTestCase):
         self.assertTrue(second.resumed)
         log = yield daemon.wait_for(b"ended: ok; resumed")
         self.assertEqual(log.count(b"ended: ok;"), 2, log.decode())
+        # The peer speaks revision 2 here: the default daemon serves it as
+        # before, with AES-256-GCM and no ML-KEM (§12.5).
+        self.assertEqual((first.hybrid, first.record), (False, "aes-256-gcm"))
+        self.assertNotIn(b"post-quantum, aes", log)
+
+    def start_daemon(self, *args):
+        with open(self.conf, "w") as f:
+            f.write(
+                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\nprivate-key = server.key\n"
+            )
+        daemon = Daemon.start(["--config", self.conf, *args])
+        self.addCleanup(daemon.stop)
+        return daemon
+
+    @defer.inlineCallbacks
+    def test_revision3_full_then_resumed_hybrid_ocb_session(self):
+        """The issue's "done when": an independent client on cryptography
+        completes a hybrid OCB session, full then resumed, against the
+        daemon with default settings."""
+        daemon = self.start_daemon()
+        port = yield daemon.listening
+        client = kx1.IndependentClient(FINGERPRINT, revision=3, send=b"from the peer")
+        first = yield threads.deferToThread(client.connect, "127.0.0.1", port)
+        self.assertEqual((first.data, first.resumed), (MESSAGE, False))
+        self.assertEqual((first.hybrid, first.record), (True, "aes-256-ocb"))
+        # §12.2: expires within 30 minutes, as the revision-3 client checked.
+        self.assertLessEqual(first.ephemeral_expires - time.time(), 1800 + 1)
+        self.assertTrue(first.ticket.hybrid)
+        yield daemon.wait_for(b"ended: ok; full, forward secrecy, post-quantum, aes-256-ocb")
+        second = yield threads.deferToThread(client.connect, "127.0.0.1", port, first.ticket)
+        self.assertEqual((second.data, second.resumed), (MESSAGE, True))
+        self.assertEqual((second.hybrid, second.record), (True, "aes-256-ocb"))
+        # §11.3: a new ticket in the resumed session too.
+        self.assertEqual(len(second.tickets), 1)
+        self.assertNotEqual(second.ticket.ticket, first.ticket.ticket)
+        yield daemon.wait_for(
+            b"ended: ok; resumed (secrecy bounded by the ticket keys), post-quantum"
+        )
+
+    @defer.inlineCallbacks
+    def test_require_post_quantum_refuses_a_revision2_peer(self):
+        daemon = self.start_daemon("--require-post-quantum")
+        port = yield daemon.listening
+        with self.assertRaises(kx1.PeerError) as caught:
+            yield threads.deferToThread(
+                kx1.IndependentClient(FINGERPRINT).connect, "127.0.0.1", port
+            )
+        self.assertEqual(caught.exception.code, "no-post-quantum")
+        yield daemon.wait_for(b"ended: no-post-quantum")
+        # A revision-3 peer is served.
+        result = yield threads.deferToThread(
+            kx1.IndependentClient(FINGERPRINT, revision=3).connect, "127.0.0.1", port
+        )
+        self.assertEqual((result.data, result.hybrid), (MESSAGE, True))
 
 
 # -- keyexchange connect against the independent server -------------------------------

@@ -25,6 +25,7 @@ from keyexchanged.lab import (
     forward_secrecy,
     mitm,
     padding_oracle,
+    post_quantum,
     replay,
     runner,
     textbook_rsa,
@@ -286,6 +287,35 @@ def revision_2_recording(long_term, ephemeral, nonce=b"\x01" * 32, expires=17642
     ]
 
 
+class PostQuantumTests(LessonTestCase):
+    """Store now, decrypt later: both halves run the daemon (the weak one
+    records a revision 2 session), so both run off the reactor thread."""
+
+    lesson = post_quantum
+
+    @defer.inlineCallbacks
+    def test_revision2_recording_opens_once_the_ephemeral_key_is_factored(self):
+        outcome = yield threads.deferToThread(post_quantum.against_weak, self.lab)
+        self.assertIsNone(outcome.pending, self.out.getvalue())
+        self.assertTrue(outcome.worked, self.out.getvalue())
+        # The daemon offered ML-KEM; the revision 2 client did not use it.
+        self.assertIsNotNone(outcome.evidence["hello"].obj.get("mlkem768"))
+        read = b"".join(data for _, data in outcome.evidence["plaintexts"])
+        self.assertIn(b"LOGIN alice hunter2", read)
+        self.assertIn(post_quantum.GREETING[0].encode(), read)
+
+    @defer.inlineCallbacks
+    def test_revision3_recording_stays_closed_with_the_rsa_half_alone(self):
+        outcome = yield self.kx1()
+        self.assertIsNone(outcome.pending, self.out.getvalue())
+        self.assertFalse(outcome.worked, self.out.getvalue())
+        # The factored key did its part: the RSA secret is the attacker's...
+        self.assertEqual(len(outcome.evidence["secret"]), 32)
+        self.assertTrue(outcome.evidence["hybrid"])
+        # ...and opens nothing.
+        self.assertIsNone(outcome.evidence["plaintexts"])
+
+
 class ForwardSecrecyTests(LessonTestCase):
     lesson = forward_secrecy
 
@@ -388,7 +418,7 @@ class CommandTests(unittest.TestCase):
         self.assertEqual(code, 0)
         for number, lesson in enumerate(lab_package.LESSONS, 1):
             self.assertIn(f"{number}. {lesson.name}", out)
-        self.assertEqual(len(lab_package.LESSONS), 6)
+        self.assertEqual(len(lab_package.LESSONS), 7)
 
     def test_no_lesson_lists_and_says_how(self):
         code, out, _ = self.run_main("lab")

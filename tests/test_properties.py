@@ -21,7 +21,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from keyexchanged import handshake
+from keyexchanged import handshake, mlkem
 from keyexchanged.framing import (
     ERROR_CODES,
     FRAME_TOO_LARGE,
@@ -42,9 +42,10 @@ from keyexchanged.handshake import (
     TicketReceived,
 )
 from keyexchanged.protocol import SecureChannelFactory
-from keyexchanged.records import RecordSealer
+from keyexchanged.records import OCB, RecordSealer
+from tests import rev3
 from tests.fixtures import IDENTITY, address, frames, replay, vector_client, vector_server
-from tests.vectors import RAW, hexbytes, record
+from tests.vectors import RAW, hexbytes, record, revision3_hexbytes
 
 # Bounded so that the whole suite stays quick on two cores; every example
 # may cost a few RSA operations.
@@ -391,3 +392,86 @@ class AdapterProperties(unittest.TestCase, Invariants):
             expected = {"error": events[-1].code, "detail": events[-1].detail}
         self.assertEqual(error, expected)
         self.assertEqual(app_data, b"".join(e.data for e in events if isinstance(e, DataReceived)))
+
+
+# -- revision 3: the hybrid KEY layout and OCB records (§12, §13) -------------------
+
+_FULL3 = ("sessions", OCB, "full")
+_KEY3 = revision3_hexbytes(*_FULL3, "key_payload")
+_RSA3 = len(_KEY3) - mlkem.CIPHERTEXT_LENGTH
+
+
+def _record3(name):
+    return revision3_hexbytes(*_FULL3, "records", name)
+
+
+REVISION3_CLIENT_FRAMES = [
+    encode_frame("KEY", _KEY3),
+    encode_frame("MSG", _record3("client_msg_seq0")),
+    encode_frame("MSG", _record3("client_msg_seq1")),
+    encode_frame("END", _record3("client_end_seq2")),
+    # The downgrades of §12.5: the ML-KEM ciphertext dropped, cut, altered.
+    encode_frame("KEY", _KEY3[:_RSA3]),
+    encode_frame("KEY", _KEY3[:-1]),
+    encode_frame("KEY", _KEY3[:_RSA3] + bytes(mlkem.CIPHERTEXT_LENGTH)),
+]
+REVISION3_SERVER_FRAMES = [
+    revision3_hexbytes(*_FULL3, "hello_frame"),
+    encode_frame("MSG", _record3("server_msg_seq0")),
+    encode_frame("TICKET", _record3("server_ticket_seq1")),
+    encode_frame("MSG", _record3("server_msg_seq2")),
+    encode_frame("UPDATE", _record3("server_update_seq3")),
+    encode_frame("MSG", _record3("server_msg_after_update_seq0")),
+    encode_frame("END", _record3("server_end_seq1")),
+]
+
+
+class Revision3Properties(unittest.TestCase, Invariants):
+    """The revision-3 server and client on any stream of the hybrid KEY
+    layout and OCB records, whole or damaged, in any chunking."""
+
+    def run_server(self, chunks, required):
+        server = rev3.vector_server(
+            OCB, revision3_hexbytes(*_FULL3, "nonce"), require_post_quantum=required
+        )
+        server.data_to_send()
+        events, output = [], b""
+        for chunk in chunks:
+            events += server.receive_data(chunk)
+            output += server.data_to_send()
+            self.assertDecoderBounded(server._decoder)
+        self.assertOneAnswer(server, events, output, SERVER_EVENTS)
+        return events, output
+
+    @PROPERTY
+    @given(streams(REVISION3_CLIENT_FRAMES), chunkings(), st.booleans())
+    def test_server_any_stream_any_chunking(self, data, sizes, required):
+        events, output = self.run_server(chunked(data, sizes), required)
+        self.assertEqual((events, output), self.run_server([data], required))
+        complete = [e for e in events if isinstance(e, HandshakeComplete)]
+        # Only the honest hybrid KEY completes; with ML-KEM required, never a
+        # revision-2 one.
+        for event in complete:
+            self.assertEqual((event.post_quantum, event.record_cipher), (True, OCB))
+
+    @PROPERTY
+    @given(streams(REVISION3_SERVER_FRAMES), chunkings())
+    def test_client_any_stream_any_chunking(self, data, sizes):
+        client = rev3.vector_client(OCB)
+        events, output = [], b""
+        for chunk in chunked(data, sizes):
+            new = client.receive_data(chunk)
+            events += new
+            for event in new:
+                if isinstance(event, ServerKeyReceived) and not client.closed:
+                    events += client.accept_key()
+            output += client.data_to_send()
+            self.assertDecoderBounded(client._decoder)
+        self.assertOneAnswer(client, events, output, CLIENT_EVENTS)
+        sent = [verb for verb, _ in frames(output)]
+        if "KEY" in sent:
+            # Always the hybrid KEY: the client never falls back by itself.
+            self.assertEqual(frames(output)[0], ("KEY", _KEY3))
+        for event in events:
+            if isinstance(event, HandshakeComplete):
+                self.assertEqual((event.post_quantum, event.record_cipher), (True, OCB))

@@ -186,7 +186,7 @@ class SessionSummaryTests(unittest.TestCase):
         connection = pair.server.connection
         self.assertEqual(
             (summary.outcome, summary.kind, summary.peer_fingerprint),
-            ("ok", "full, forward secrecy", CLIENT_KEY_FINGERPRINT),
+            ("ok", "full, forward secrecy, post-quantum, aes-256-ocb", CLIENT_KEY_FINGERPRINT),
         )
         self.assertEqual(
             (summary.bytes_in, summary.bytes_out),
@@ -196,7 +196,8 @@ class SessionSummaryTests(unittest.TestCase):
         self.assertEqual(
             lines,
             [
-                f"connection from {summary.peer} ended: ok; full, forward secrecy; "
+                f"connection from {summary.peer} ended: ok; full, forward secrecy, "
+                "post-quantum, aes-256-ocb; "
                 f"{summary.bytes_in} bytes in, {summary.bytes_out} bytes out, 0.000 s; "
                 f"client key {CLIENT_KEY_FINGERPRINT}"
             ],
@@ -396,7 +397,7 @@ class BadInputTests(unittest.TestCase):
             self.assertError(data, "malformed-frame")
 
     def test_oversized(self):
-        self.assertError(b"KEY 1025\r\n", "frame-too-large")
+        self.assertError(b"KEY 2113\r\n", "frame-too-large")
         self.assertError(b"MSG 99999999\r\n", "frame-too-large")
 
     def test_wrong_state(self):
@@ -447,6 +448,33 @@ class TimeoutTests(unittest.TestCase):
             json.loads(sent[0][1]), {"error": "timeout", "detail": "handshake took too long"}
         )
         self.assertTrue(transport.disconnecting)
+
+    def test_no_first_record_after_key(self):
+        """§5: the client's first record is a MUST; a server that waits for
+        it in vain says so."""
+        clock = Clock()
+        factory = server_factory(clock=clock, handshake_timeout=10)
+        proto = factory.buildProtocol(address())
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        client = handshake.ClientConnection()
+        client.receive_data(transport.value())
+        client.accept_key()
+        key, _first = frames(client.data_to_send())
+        transport.clear()
+        proto.dataReceived(encode_frame(*key))  # and never the first record
+        confirmation = frames(transport.value())
+        self.assertEqual([verb for verb, _ in confirmation], ["MSG"])
+        transport.clear()
+        clock.advance(10)
+        (sent,) = frames(transport.value())
+        self.assertEqual(
+            json.loads(sent[1]),
+            {
+                "error": "timeout",
+                "detail": "no record from the client after KEY; a client sends one at once, §5",
+            },
+        )
 
     def test_no_timeout_after_handshake(self):
         clock = Clock()

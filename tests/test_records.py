@@ -9,7 +9,8 @@ from twisted.trial import unittest
 
 from keyexchanged import records
 from keyexchanged.records import BadRecord, RecordOpener, RecordSealer, hkdf_expand, next_key
-from tests.vectors import hexbytes, record
+from tests import rev3
+from tests.vectors import hexbytes, record, revision3_hexbytes
 
 
 class HKDFExpandTests(unittest.TestCase):
@@ -124,3 +125,51 @@ class LimitTests(unittest.TestCase):
         sealer = RecordSealer(bytes(32))
         sealer.sequence = records.MAX_SEQUENCE
         self.assertRaises(records.SequenceExhausted, sealer.seal, "MSG", b"")
+
+
+class RecordCipherTests(unittest.TestCase):
+    """§13: AES-256-OCB and AES-256-GCM seal alike but are different ciphers,
+    and each reproduces the revision-3 vectors."""
+
+    def test_ocb_reproduces_the_vectors(self):
+        self.check_vectors(records.OCB)
+
+    def test_gcm_reproduces_the_vectors(self):
+        self.check_vectors(records.GCM)
+
+    def check_vectors(self, cipher):
+        sealer = RecordSealer(rev3.session(cipher, "full", "client_key"), cipher=cipher)
+        self.assertEqual(sealer.cipher, cipher)
+        self.assertEqual(sealer.seal("MSG"), rev3.session_record(cipher, "full", "client_msg_seq0"))
+        self.assertEqual(
+            sealer.seal("MSG", revision3_hexbytes("client_message")),
+            rev3.session_record(cipher, "full", "client_msg_seq1"),
+        )
+        self.assertEqual(sealer.seal("END"), rev3.session_record(cipher, "full", "client_end_seq2"))
+        opener = RecordOpener(rev3.session(cipher, "full", "server_key"), cipher)
+        for verb, name in [("MSG", "server_msg_seq0"), ("TICKET", "server_ticket_seq1")]:
+            opener.open(verb, rev3.session_record(cipher, "full", name))
+        self.assertEqual(
+            opener.open("MSG", rev3.session_record(cipher, "full", "server_msg_seq2")),
+            revision3_hexbytes("server_message"),
+        )
+        opener.open_update(rev3.session_record(cipher, "full", "server_update_seq3"))
+        self.assertEqual(
+            opener.open("MSG", rev3.session_record(cipher, "full", "server_msg_after_update_seq0")),
+            revision3_hexbytes("server_message_after_update"),
+        )
+
+    def test_one_cipher_does_not_open_the_other_s_record(self):
+        key = b"k" * 32
+        sealed = RecordSealer(key, cipher=records.OCB).seal("MSG", b"data")
+        self.assertRaises(BadRecord, RecordOpener(key, records.GCM).open, "MSG", sealed)
+        self.assertEqual(RecordOpener(key, records.OCB).open("MSG", sealed), b"data")
+
+    def test_ocb_refuses_a_forged_record(self):
+        sealed = RecordSealer(b"k" * 32, cipher=records.OCB).seal("MSG", b"data")
+        forged = sealed[:-1] + bytes([sealed[-1] ^ 1])
+        self.assertRaises(BadRecord, RecordOpener(b"k" * 32, records.OCB).open, "MSG", forged)
+        self.assertRaises(BadRecord, RecordOpener(b"k" * 32, records.OCB).open, "END", sealed)
+
+    def test_unknown_cipher(self):
+        self.assertRaises(KeyError, RecordSealer, b"k" * 32, cipher="aes-128-ocb")

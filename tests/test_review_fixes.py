@@ -350,7 +350,8 @@ class AuthInWorkersTests(unittest.TestCase):
         self.pool.answer()
         pair.flush()
         self.assertEqual(factory.admission.working, 1)
-        self.assertEqual(self.verified, [SERVER_KEY.n])  # the client's check of HELLO only
+        # The client's checks of HELLO only: the ephemeral key, the ML-KEM key.
+        self.assertEqual(self.verified, [SERVER_KEY.n, SERVER_KEY.n])
         self.answer(False)
         pair.flush()
         self.assertEqual(factory.admission.working, 0)

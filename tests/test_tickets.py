@@ -264,10 +264,13 @@ class ChainTests(unittest.TestCase):
         self.assertEqual(state.authenticated, NOW)
 
     def test_a_ticket_says_nothing_of_the_client_by_its_length(self):
-        anonymous, _ = self.issuer.issue(b"s" * 32, IDENTITY.fingerprint)
-        authenticated, _ = self.issuer.issue(b"s" * 32, IDENTITY.fingerprint, CLIENT_FINGERPRINT)
-        self.assertEqual(len(anonymous), len(authenticated))
-        self.assertLessEqual(len(authenticated), tickets.MAX_TICKET_LENGTH)
+        lengths = {
+            len(self.issuer.issue(b"s" * 32, IDENTITY.fingerprint, client, post_quantum=pq)[0])
+            for client in (None, CLIENT_FINGERPRINT)
+            for pq in (False, True)
+        }
+        self.assertEqual(len(lengths), 1, lengths)
+        self.assertLessEqual(lengths.pop(), tickets.MAX_TICKET_LENGTH)
 
     def test_a_ticket_without_the_authentication_time_still_opens(self):
         """As the spec's vector ticket, and tickets of an earlier version:
@@ -589,3 +592,42 @@ class TicketCacheSystemTests(DaemonTestCase):
         with open(cache) as f:
             (kept,) = json.load(f)["tickets"]  # the damaged one replaced by the new one
         self.assertIsInstance(kept["expires"], int)
+
+
+class PostQuantumTicketTests(unittest.TestCase):
+    """§12.5: a ticket records whether its session had an ML-KEM secret, for
+    the server inside it and for the client beside it."""
+
+    def test_issuer_records_it(self):
+        issuer = tickets.TicketIssuer(tickets.TicketKeys.random(), clock=lambda: NOW)
+        hybrid, _ = issuer.issue(b"\1" * 32, IDENTITY.fingerprint, post_quantum=True)
+        classical, _ = issuer.issue(b"\1" * 32, IDENTITY.fingerprint)
+        self.assertTrue(issuer.open_state(hybrid, IDENTITY.fingerprint).post_quantum)
+        self.assertFalse(issuer.open_state(classical, IDENTITY.fingerprint).post_quantum)
+
+    def test_store_keeps_it_in_its_file(self):
+        path = self.mktemp()
+        store = tickets.TicketStore(path, clock=lambda: NOW)
+        store.add_received(
+            "h", 1, TicketReceived(b"T" * 40, 60, b"S" * 32, IDENTITY.fingerprint, True)
+        )
+        store.add_received("h", 2, received())
+        again = tickets.TicketStore(path, clock=lambda: NOW)
+        self.assertTrue(again.take("h", 1).post_quantum)
+        self.assertFalse(again.take("h", 2).post_quantum)
+
+
+class ForwardSecrecyTicketTests(unittest.TestCase):
+    """§11.3: a client that requires forward secrecy never resumes a ticket
+    of a session that had none; the store keeps what the session had."""
+
+    def test_store_keeps_it_in_its_file(self):
+        path = self.mktemp()
+        store = tickets.TicketStore(path, clock=lambda: NOW)
+        store.add_received(
+            "h", 1, TicketReceived(b"T" * 40, 60, b"S" * 32, IDENTITY.fingerprint, False, False)
+        )
+        store.add_received("h", 2, received())
+        again = tickets.TicketStore(path, clock=lambda: NOW)
+        self.assertFalse(again.take("h", 1).forward_secrecy)
+        self.assertTrue(again.take("h", 2).forward_secrecy)

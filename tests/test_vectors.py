@@ -1,6 +1,8 @@
 """The vector files beside the specification (``docs/spec/vectors/``).
 
-They must be exact copies of the shared files, and the formulas that
+The first two must be copies of the shared files (but for the members
+the repository adds), the independent implementation must reproduce the
+revision-3 file, and the formulas that
 ``docs/spec/kx1.rst`` §10 and §11 state must reproduce the revision 2
 vectors: a spec text that disagreed with its own vectors would mislead
 whoever implements it next.  (The handshake file, §2–§8, is checked against
@@ -8,6 +10,7 @@ the code by ``test_handshake``, ``test_records`` and the others.)
 """
 
 import base64
+import copy
 import hashlib
 import json
 import os
@@ -20,6 +23,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from keyexchanged import handshake, keys
 from keyexchanged.records import RecordOpener
 from tests import vectors
+from tests.independent import revision3_vectors
 from tests.vectors import RESUME_RAW, hexbytes, resume_hexbytes, resume_record
 
 
@@ -29,12 +33,25 @@ class CopyTests(SynchronousTestCase):
             raise SkipTest("shared/vectors is not checked out beside the repository")
         for name in vectors.FILES:
             with open(os.path.join(vectors.DIRECTORY, name), "rb") as f:
-                ours = f.read()
+                ours = json.load(f)
             with open(os.path.join(vectors.SHARED_DIRECTORY, name), "rb") as f:
-                shared = f.read()
-            self.assertEqual(
-                hashlib.sha256(ours).hexdigest(), hashlib.sha256(shared).hexdigest(), name
-            )
+                shared = json.load(f)
+            for member in vectors.LOCAL_MEMBERS:
+                ours.pop(member, None)
+                shared.pop(member, None)
+            self.assertEqual(ours, shared, name)
+
+    def test_descriptions_cite_only_the_repository(self):
+        for raw in (vectors.RAW, RESUME_RAW, vectors.REVISION3_RAW):
+            self.assertNotIn("PROTOCOL.md", raw["description"])
+            self.assertIn("kx1.rst", raw["description"])
+
+    def test_message_after_the_update(self):
+        opener = RecordOpener(hexbytes("server_key_after_update"))
+        self.assertEqual(
+            opener.open("MSG", vectors.record("server_msg_after_update_seq0")),
+            hexbytes("server_message_after_update"),
+        )
 
     def test_both_files_are_loaded(self):
         self.assertEqual(vectors.RAW["server_fingerprint"], RESUME_RAW["server_fingerprint"])
@@ -161,3 +178,23 @@ class ResumptionTests(SynchronousTestCase):
         self.assertEqual(server.open("END", resume_record("resumed", "server_end_seq1")), b"")
         client = RecordOpener(okm[:32])
         self.assertEqual(client.open("MSG", resume_record("resumed", "client_msg_seq0")), b"")
+
+
+class IndependentRevision3Tests(SynchronousTestCase):
+    """The independent implementation reproduces kx1-revision3.json from
+    its inputs (the ML-KEM ciphertexts by decapsulation)."""
+
+    def test_the_file_reproduces(self):
+        revision3_vectors.check(copy.deepcopy(vectors.REVISION3_RAW))
+
+    def test_a_changed_record_is_noticed(self):
+        changed = copy.deepcopy(vectors.REVISION3_RAW)
+        records = changed["sessions"]["aes-256-ocb"]["resumed"]["records"]
+        records["server_end_seq3"] = "00" + records["server_end_seq3"][2:]
+        self.assertRaises(AssertionError, revision3_vectors.check, changed)
+
+    def test_a_changed_mlkem_ciphertext_is_noticed(self):
+        changed = copy.deepcopy(vectors.REVISION3_RAW)
+        full = changed["sessions"]["aes-256-gcm"]["full"]
+        full["mlkem_ciphertext"] = "00" + full["mlkem_ciphertext"][2:]
+        self.assertRaises(AssertionError, revision3_vectors.check, changed)

@@ -63,7 +63,8 @@ def conversation(reactor, lines=("hello", "over kx/1", "bye"), output=print):
     key = rsa.generate_private_key(2048)
     identity = ServerIdentity(key)
     # Forward secrecy: a short-lived key, signed by ours, offered in every
-    # HELLO and replaced every minute (clients require it by default).
+    # HELLO and replaced every minute, with an ML-KEM-768 key beside it
+    # (post-quantum; clients require both by default).
     ephemeral_keys = EphemeralKeys(key, reactor=reactor, bits=2048)
     ephemeral_keys.start()
     server = SecureChannelFactory(

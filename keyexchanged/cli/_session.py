@@ -74,6 +74,13 @@ def _add_trust_arguments(parser, accept_new=True) -> None:
         help="talk to a server that offers no ephemeral key (the original exercise's "
         "scheme: whoever steals its key later can read this session); refused by default",
     )
+    parser.add_argument(
+        "--allow-classical",
+        action="store_true",
+        help="talk to a server that offers no ML-KEM key (KX/1 revision 2: whoever "
+        "factors its ephemeral RSA key later, with a quantum computer say, can read a "
+        "recording of this session); refused by default",
+    )
     add_seconds(
         parser,
         "--idle-timeout",
@@ -93,6 +100,7 @@ def _session_options(args: argparse.Namespace) -> dict:
     return {
         "identity": identity,
         "require_forward_secrecy": not args.allow_no_forward_secrecy,
+        "allow_classical": args.allow_classical,
         "idle_timeout": args.idle_timeout,
     }
 

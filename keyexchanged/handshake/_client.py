@@ -6,10 +6,11 @@ import secrets
 import time
 from typing import ClassVar
 
-from keyexchanged import keys, rotation, schedule
+from keyexchanged import keys, mlkem, rotation, schedule
 from keyexchanged.framing import (
     MALFORMED_FRAME,
     NO_FORWARD_SECRECY,
+    NO_POST_QUANTUM,
     UNEXPECTED_FRAME,
     UNSUPPORTED_PROTOCOL,
     UNTRUSTED_KEY,
@@ -39,13 +40,16 @@ from keyexchanged.handshake._machine import (
     State,
     _Connection,
 )
-from keyexchanged.records import RecordOpener, RecordSealer
+from keyexchanged.records import GCM, RECORD_CIPHERS, RecordOpener, RecordSealer
 from keyexchanged.schedule import derive_keys, transcript_hash
 
 #: §10.3: clocks disagree; an ephemeral key's ``expires`` may be this far
 #: in the past, and this far beyond the one-day maximum, and still pass.
 CLOCK_SKEW = 300
 MAX_EPHEMERAL_AHEAD = 86400
+#: A revision-3 client bounds it to minutes (§10.3, §12.2): a signed offer
+#: can be replayed until it expires.
+MAX_EPHEMERAL_AHEAD_POST_QUANTUM = 1800
 
 
 class ClientConnection(_Connection):
@@ -60,21 +64,36 @@ class ClientConnection(_Connection):
     ``oaep_seed`` and ``pss_salt`` exist only to reproduce the vectors.
     ``announcements``: ask for the server's next key when HELLO offers
     rotation (§14; the known-hosts trust does, pinned and CA trust do not).
+
+    ``post_quantum`` makes this a revision-3 client (§12.4): it encapsulates
+    to HELLO's ML-KEM key and uses the record cipher HELLO names, and
+    refuses a HELLO without one (``no-post-quantum``) unless
+    ``allow_classical``.  ``encapsulate`` replaces
+    :func:`keyexchanged.mlkem.encapsulate` (the vectors' ciphertexts were
+    made with randomness no API takes).
     """
 
     __slots__ = (
         "_announcement",
         "_clock",
+        "_encapsulate",
+        "_mlkem_public",
         "_nonce",
         "_oaep_seed",
         "_pss_salt",
         "_random",
+        "_record_named",
         "_resumption_secret",
+        "_ticket_forward_secrecy",
+        "allow_classical",
         "certificates",
         "ephemeral",
         "hello_payload",
         "identity",
         "key_payload",
+        "post_quantum",
+        "post_quantum_session",
+        "record_cipher",
         "require_forward_secrecy",
         "rotation_offered",
         "server_fingerprint",
@@ -93,6 +112,9 @@ class ClientConnection(_Connection):
         ticket=None,
         clock=time.time,
         announcements=False,
+        post_quantum=False,
+        allow_classical=False,
+        encapsulate=mlkem.encapsulate,
         **limits,
     ):
         super().__init__(**limits)
@@ -101,6 +123,16 @@ class ClientConnection(_Connection):
         # None: not asked; "asked": NEXTKEY sent; "received": the answer came.
         self._announcement = None
         self.identity = identity
+        self.post_quantum = post_quantum
+        self.allow_classical = allow_classical
+        self._encapsulate = encapsulate
+        self._mlkem_public = None
+        self._record_named = None
+        self._ticket_forward_secrecy = False
+        #: Once KEY or RESUME is sent: whether the session's keys depend on
+        #: an ML-KEM secret, and its record cipher (§12, §13).
+        self.post_quantum_session = False
+        self.record_cipher = GCM
         self.require_forward_secrecy = require_forward_secrecy
         self.ticket = ticket
         self._clock = clock
@@ -145,6 +177,8 @@ class ClientConnection(_Connection):
             raise ProtocolError(MALFORMED_FRAME, "HELLO key is not an RSA public key") from None
         check_public_key(public_key, WEAK_KEY)
         ephemeral = self._check_ephemeral(hello.get("ephemeral"), public_key, der)
+        if self.post_quantum:
+            ephemeral = self._check_mlkem(hello, ephemeral, public_key, der)
 
         self.hello_payload = bytes(payload)
         self._nonce = nonce
@@ -197,9 +231,61 @@ class ClientConnection(_Connection):
         now = self._clock()
         if expires < now - CLOCK_SKEW:
             raise ProtocolError(UNTRUSTED_KEY, f"ephemeral key expired {int(now - expires)} s ago")
-        if expires > now + MAX_EPHEMERAL_AHEAD + CLOCK_SKEW:
+        if self.post_quantum:
+            if expires > now + MAX_EPHEMERAL_AHEAD_POST_QUANTUM + CLOCK_SKEW:
+                raise ProtocolError(
+                    UNTRUSTED_KEY, "ephemeral key is signed for more than 30 minutes"
+                )
+        elif expires > now + MAX_EPHEMERAL_AHEAD + CLOCK_SKEW:
             raise ProtocolError(UNTRUSTED_KEY, "ephemeral key is signed for more than a day")
         return EphemeralOffer(public_key, keys.fingerprint(der), expires)
+
+    def _check_mlkem(self, hello, ephemeral, long_term, long_term_der):
+        """§12.4: the ML-KEM key beside the ephemeral key, its signature, and
+        the record cipher; returns the offer with them, or refuses."""
+        member, record = hello.get("mlkem768"), hello.get("record")
+        if member is None and record is None:
+            # No ephemeral key, and forward secrecy not required: the user
+            # took the original exercise's scheme, and ML-KEM keys only ever
+            # come with ephemeral keys (§12.4).
+            if not self.allow_classical and ephemeral is not None:
+                raise ProtocolError(
+                    NO_POST_QUANTUM, "the server offers no ML-KEM key (post-quantum secrecy)"
+                )
+            return ephemeral
+        if member is None or record is None or ephemeral is None:
+            raise ProtocolError(
+                MALFORMED_FRAME, "HELLO mlkem768 and record go together, with ephemeral"
+            )
+        if not isinstance(member, dict):
+            raise ProtocolError(MALFORMED_FRAME, "HELLO mlkem768 is not an object")
+        encapsulation_key = _b64decode(member.get("key"), "HELLO mlkem768 key")
+        signature = _b64decode(member.get("signature"), "HELLO mlkem768 signature")
+        if not isinstance(record, str):
+            raise ProtocolError(MALFORMED_FRAME, "HELLO record is not a string")
+        if record not in RECORD_CIPHERS:
+            raise ProtocolError(MALFORMED_FRAME, f"HELLO names an unknown record cipher {record!r}")
+        try:
+            public = mlkem.public_key(encapsulation_key)
+        except ValueError:
+            raise ProtocolError(UNTRUSTED_KEY, "ML-KEM key is not an ML-KEM-768 key") from None
+        message = schedule.hybrid_message(
+            long_term_der,
+            ephemeral.expires,
+            keys.public_key_to_der(ephemeral.public_key),
+            encapsulation_key,
+        )
+        if not long_term.verify_pss(message, signature, salt_length=schedule.PSS_SALT_LENGTH):
+            raise ProtocolError(UNTRUSTED_KEY, "ML-KEM key signature does not verify")
+        self._mlkem_public = public
+        self._record_named = record
+        return EphemeralOffer(
+            ephemeral.public_key,
+            ephemeral.fingerprint,
+            ephemeral.expires,
+            mlkem.fingerprint(encapsulation_key),
+            record,
+        )
 
     # -- KEY or RESUME --------------------------------------------------------------
 
@@ -210,7 +296,13 @@ class ClientConnection(_Connection):
         if self.state is not State.TRUST:
             raise RuntimeError("accept_key() answers ServerKeyReceived only")
         ticket, self.ticket = self.ticket, None
-        if ticket is not None and ticket.server_fingerprint == self.server_fingerprint:
+        usable = ticket is not None and ticket.server_fingerprint == self.server_fingerprint
+        # §11.3: never resume a session weaker than we require.
+        if usable and self.post_quantum and not self.allow_classical:
+            usable = ticket.post_quantum
+        if usable and self.require_forward_secrecy:
+            usable = ticket.forward_secrecy
+        if usable:
             self._resume(ticket)
         else:
             self._send_key()
@@ -231,22 +323,45 @@ class ClientConnection(_Connection):
         options = {} if self._oaep_seed is None else {"seed": self._oaep_seed}
         encrypt_to = self.ephemeral.public_key if self.ephemeral is not None else self.server_key
         ciphertext = encrypt_to.encrypt_oaep(secret, label=self.hello_payload, **options)
+        self._mlkem_public, public = None, self._mlkem_public
+        if public is not None:
+            # §12.3: KEY = RSA ciphertext ‖ ML-KEM ciphertext; both secrets.
+            mlkem_ciphertext, mlkem_secret = self._encapsulate(public)
+            ciphertext += mlkem_ciphertext
+            secret += mlkem_secret
+            self._revision3()
         self.key_payload = ciphertext
         self._send_frame("KEY", ciphertext)
         self._derive(secret, ciphertext, resumed=False)
 
+    def _revision3(self):
+        self.post_quantum_session = True
+        self.record_cipher = self._record_named
+
     def _resume(self, ticket):
         self.resumed = True
+        self._ticket_forward_secrecy = ticket.forward_secrecy
+        # §12.5: a revision-3 ticket, the cipher this HELLO names.
+        self._mlkem_public = None
+        if ticket.post_quantum:
+            self.post_quantum_session = True
+            if self._record_named is not None:
+                self.record_cipher = self._record_named
         self.key_payload = ticket.ticket
         self._send_frame("RESUME", ticket.ticket)
         self._derive(ticket.secret, ticket.ticket, resumed=True)
 
     def _derive(self, ikm, payload, resumed):
         self.transcript_hash = transcript_hash(self.hello_payload, payload)
-        client_key, server_key = derive_keys(ikm, self._nonce, self.transcript_hash, resumed)
+        hybrid = self.post_quantum_session and not resumed
+        client_key, server_key = derive_keys(
+            ikm, self._nonce, self.transcript_hash, resumed, hybrid
+        )
         self._resumption_secret = schedule.resumption_secret(ikm, self._nonce, self.transcript_hash)
-        self._sealer = RecordSealer(client_key, self._max_records, self._max_bytes)
-        self._opener = RecordOpener(server_key)
+        self._sealer = RecordSealer(
+            client_key, self._max_records, self._max_bytes, self.record_cipher
+        )
+        self._opener = RecordOpener(server_key, self.record_cipher)
 
     def auth_plaintext(self):
         """The JSON of our AUTH record (§8)."""
@@ -274,7 +389,14 @@ class ClientConnection(_Connection):
             # could derive server_key.  Confirmed before the record's own
             # events, so that its data reaches an application that exists.
             self._enter(State.OPEN)
-            self._event(HandshakeComplete(self.server_fingerprint, self.resumed))
+            self._event(
+                HandshakeComplete(
+                    self.server_fingerprint,
+                    self.resumed,
+                    self.post_quantum_session,
+                    self.record_cipher,
+                )
+            )
 
     def _on_ticket(self, verb, payload):
         obj = _json_object(self._open("TICKET", payload), MALFORMED_FRAME, "TICKET")
@@ -285,7 +407,15 @@ class ClientConnection(_Connection):
         if not _integer(lifetime) or not 1 <= lifetime <= 86400:
             raise ProtocolError(MALFORMED_FRAME, "TICKET lifetime is not 1 to 86400 seconds")
         self._event(
-            TicketReceived(ticket, lifetime, self._resumption_secret, self.server_fingerprint)
+            TicketReceived(
+                ticket,
+                lifetime,
+                self._resumption_secret,
+                self.server_fingerprint,
+                self.post_quantum_session,
+                # The chain's: a resumed session has what its ticket's had.
+                self._ticket_forward_secrecy if self.resumed else self.ephemeral is not None,
+            )
         )
 
     def _on_next_key(self, verb, payload):

@@ -23,15 +23,32 @@ class Event:
 
 class EphemeralOffer(Event):
     """Client side: the ephemeral key a HELLO offered, already checked
-    (size, exponent, signature, expiry): what ``--explain`` shows."""
+    (size, exponent, signature, expiry): what ``--explain`` shows.
 
-    __slots__ = ("bits", "expires", "fingerprint", "public_key")
+    Revision 3: ``mlkem_fingerprint`` names the ML-KEM-768 key offered
+    with it (``SHA256:`` ‖ base64 of SHA-256 of its 1 184 bytes), checked
+    and signed, and ``record_cipher`` the cipher HELLO names; both are
+    ``None`` when HELLO offers no ML-KEM key or the client reads it as
+    revision 2."""
 
-    def __init__(self, public_key, fingerprint, expires):
+    __slots__ = (
+        "bits",
+        "expires",
+        "fingerprint",
+        "mlkem_fingerprint",
+        "public_key",
+        "record_cipher",
+    )
+
+    def __init__(
+        self, public_key, fingerprint, expires, mlkem_fingerprint=None, record_cipher=None
+    ):
         self.public_key = public_key
         self.fingerprint = fingerprint
         self.expires = expires
         self.bits = public_key.n.bit_length()
+        self.mlkem_fingerprint = mlkem_fingerprint
+        self.record_cipher = record_cipher
 
 
 class ServerKeyReceived(Event):
@@ -102,27 +119,52 @@ class HandshakeComplete(Event):
     On the server ``peer_fingerprint`` is the client's key when it
     authenticated (by AUTH, or by the ticket it resumed with), else
     ``None``; on the client it is the server's.  ``resumed`` says whether
-    the session came from a ticket.
+    the session came from a ticket.  ``post_quantum``: its keys depend on an
+    ML-KEM secret (revision 3, §12); ``record_cipher``: its records' (§13).
     """
 
-    __slots__ = ("peer_fingerprint", "resumed")
+    __slots__ = ("peer_fingerprint", "post_quantum", "record_cipher", "resumed")
 
-    def __init__(self, peer_fingerprint=None, resumed=False):
+    def __init__(
+        self, peer_fingerprint=None, resumed=False, post_quantum=False, record_cipher="aes-256-gcm"
+    ):
         self.peer_fingerprint = peer_fingerprint
         self.resumed = resumed
+        self.post_quantum = post_quantum
+        self.record_cipher = record_cipher
 
 
 class TicketReceived(Event):
     """Client side: the server sent a ticket for resuming later.  ``secret``
-    is this session's resumption secret, to be kept with it."""
+    is this session's resumption secret, to be kept with it;
+    ``post_quantum`` and ``forward_secrecy`` say whether the session had an
+    ML-KEM secret and an ephemeral key (§11.2, §11.3: a client that
+    requires one resumes only tickets of sessions that had it)."""
 
-    __slots__ = ("lifetime", "secret", "server_fingerprint", "ticket")
+    __slots__ = (
+        "forward_secrecy",
+        "lifetime",
+        "post_quantum",
+        "secret",
+        "server_fingerprint",
+        "ticket",
+    )
 
-    def __init__(self, ticket, lifetime, secret, server_fingerprint):
+    def __init__(
+        self,
+        ticket,
+        lifetime,
+        secret,
+        server_fingerprint,
+        post_quantum=False,
+        forward_secrecy=True,
+    ):
         self.ticket = ticket
         self.lifetime = lifetime
         self.secret = secret
         self.server_fingerprint = server_fingerprint
+        self.post_quantum = post_quantum
+        self.forward_secrecy = forward_secrecy
 
     def __repr__(self):  # the secret stays out of logs and test output
         return f"TicketReceived(<{len(self.ticket)} bytes>, lifetime={self.lifetime})"

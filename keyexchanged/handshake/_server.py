@@ -5,12 +5,13 @@ import json
 import secrets
 from typing import ClassVar
 
-from keyexchanged import keys, schedule
+from keyexchanged import keys, mlkem, schedule
 from keyexchanged.errors import StaleTicket
 from keyexchanged.framing import (
     AUTH_FAILED,
     AUTH_REQUIRED,
     MALFORMED_FRAME,
+    NO_POST_QUANTUM,
     STALE_TICKET,
     UNEXPECTED_FRAME,
     ProtocolError,
@@ -32,7 +33,7 @@ from keyexchanged.handshake._machine import (
     State,
     _Connection,
 )
-from keyexchanged.records import RecordOpener, RecordSealer
+from keyexchanged.records import GCM, OCB, RECORD_CIPHERS, RecordOpener, RecordSealer
 from keyexchanged.rsa import DecryptionError, FaultError
 from keyexchanged.schedule import derive_keys, transcript_hash
 
@@ -60,12 +61,19 @@ class ServerIdentity:
         empty by default.
     :param announcement: a :class:`~keyexchanged.rotation.ServerAnnouncement`
         of the next key, or ``None``: HELLO offers no rotation (§14).
+    :param record_cipher: the cipher HELLO names beside an ML-KEM key
+        (revision 3, §13): used only with a client whose KEY is of
+        revision 3.
+    :raises ValueError: for a record cipher KX/1 does not define.
 
     ``fingerprint`` is the key's ``SHA256:...`` fingerprint, what clients
     pin.
     """
 
-    def __init__(self, private_key, certificates=(), announcement=None):
+    def __init__(self, private_key, certificates=(), announcement=None, record_cipher=OCB):
+        if record_cipher not in RECORD_CIPHERS:
+            raise ValueError(f"no record cipher {record_cipher!r}")
+        self.record_cipher = record_cipher
         self.private_key = private_key
         self.public_key = private_key.public_key()
         self.der = keys.public_key_to_der(self.public_key)
@@ -90,6 +98,10 @@ class ServerIdentity:
             hello["certificates"] = self.certificates_b64
         if ephemeral is not None:
             hello["ephemeral"] = ephemeral.member
+            if ephemeral.mlkem_member is not None:
+                # Beside the revision-2 member, which stays as it was (§12.1).
+                hello["mlkem768"] = ephemeral.mlkem_member
+                hello["record"] = self.record_cipher
         if self.announcement is not None:
             hello["rotation"] = True
         head, tail = json.dumps(hello).split(json.dumps(marker)[1:-1])
@@ -121,7 +133,8 @@ class ServerConnection(_Connection):
     ``defer_work``: private-key-sized work (KEY decryption, AUTH
     verification) is handed out as events instead of done here.
     ``random`` draws bytes (the nonce and the implicit-rejection secret);
-    tests replace it to replay the vectors.
+    tests replace it to replay the vectors.  ``require_post_quantum``
+    refuses a KEY or ticket of revision 2 with ``no-post-quantum`` (§12.5).
 
     An established session keeps only what its records need: ``ephemeral``
     is ``None`` once the KEY or RESUME has arrived (or the connection
@@ -134,6 +147,8 @@ class ServerConnection(_Connection):
         "_authenticated",
         "_hello",
         "_holds_ephemeral",
+        "_mlkem_secret",
+        "_named_record",
         "_nonce",
         "_pending",
         "_random",
@@ -145,6 +160,9 @@ class ServerConnection(_Connection):
         "ephemeral",
         "forward_secrecy",
         "identity",
+        "post_quantum_session",
+        "record_cipher",
+        "require_post_quantum",
         "tickets",
     )
 
@@ -157,10 +175,19 @@ class ServerConnection(_Connection):
         ephemeral=None,
         tickets=None,
         client_key_max_bits=DEFAULT_CLIENT_KEY_MAX_BITS,
+        require_post_quantum=False,
         **limits,
     ):
         super().__init__(**limits)
         self.identity = identity
+        self.require_post_quantum = require_post_quantum
+        #: Whether the session's keys depend on an ML-KEM secret, and the
+        #: cipher of its records (§12, §13): known once KEY or RESUME came.
+        self.post_quantum_session = False
+        self.record_cipher = GCM
+        self._mlkem_secret = None
+        # The cipher this connection's HELLO names, or None (no ML-KEM key).
+        self._named_record = None
         self.authorized_keys = authorized_keys
         self._random = random
         self.defer_work = defer_work
@@ -183,6 +210,8 @@ class ServerConnection(_Connection):
         """Queue HELLO; call once the connection is accepted."""
         self._nonce = self._random(NONCE_LENGTH)
         self._hello = self.identity.hello_payload(self._nonce, self.ephemeral)
+        if self.ephemeral is not None and self.ephemeral.mlkem_member is not None:
+            self._named_record = self.identity.record_cipher
         if self.ephemeral is not None:
             self.ephemeral.acquire()
             self._holds_ephemeral = True
@@ -196,10 +225,22 @@ class ServerConnection(_Connection):
         return self.identity.private_key
 
     def _check_length(self, verb, length):
+        # §12.2: the KEY's length tells its revision, on the header line.
         if verb == "KEY":
             k = self.ephemeral.key_bytes if self.ephemeral is not None else self.identity.key_bytes
+            if self._named_record is not None and length == k + mlkem.CIPHERTEXT_LENGTH:
+                return
             if length != k:
-                raise ProtocolError(MALFORMED_FRAME, f"KEY must be {k} bytes, not {length}")
+                expected = (
+                    f"{k}"
+                    if self._named_record is None
+                    else f"{k} or {k + mlkem.CIPHERTEXT_LENGTH}"
+                )
+                raise ProtocolError(MALFORMED_FRAME, f"KEY must be {expected} bytes, not {length}")
+            if self.require_post_quantum:
+                raise ProtocolError(
+                    NO_POST_QUANTUM, "this server requires ML-KEM (a KEY of KX/1 revision 3, §12)"
+                )
 
     def _on_key(self, verb, payload):
         # Implicit rejection (§3): the replacement is drawn every time,
@@ -208,6 +249,16 @@ class ServerConnection(_Connection):
         # of a bad KEY only when it cannot open our first record.
         fallback = self._random(SECRET_LENGTH)
         private_key = self._decrypting_key()
+        if self._named_record is not None:
+            k = self.ephemeral.key_bytes
+            if len(payload) == k + mlkem.CIPHERTEXT_LENGTH:
+                payload = bytes(payload)
+                self._start_hybrid(payload[k:])
+                rsa_part = payload[:k]
+            else:
+                rsa_part = payload
+        else:
+            rsa_part = payload
         self._release_ephemeral()
         if private_key is None:
             # The offered key is gone (only when its KEY came later than a
@@ -219,9 +270,9 @@ class ServerConnection(_Connection):
         # says nothing secret, but the protocol wants every KEY to cost the
         # same: decrypt c mod n instead, and throw the result away.
         n = private_key.n
-        value = int.from_bytes(payload, "big")
+        value = int.from_bytes(rsa_part, "big")
         in_range = value < n
-        ciphertext = payload if in_range else (value % n).to_bytes(len(payload), "big")
+        ciphertext = rsa_part if in_range else (value % n).to_bytes(len(rsa_part), "big")
         if self.defer_work:
             self._pending = (payload, fallback, in_range)
             self._enter(State.WORKING)
@@ -243,9 +294,25 @@ class ServerConnection(_Connection):
             self._replay_waiting()
         return self._take_events()
 
+    def _start_hybrid(self, ciphertext):
+        """A revision-3 KEY: decapsulate here (about 0.1 ms, no private-key
+        work to hand out); the RSA half follows its usual path."""
+        key = self.ephemeral.mlkem_key
+        if key is None:
+            # The offered keys are gone (KEY later than a handshake timeout
+            # after retirement): nothing can decrypt; carry on regardless.
+            self._mlkem_secret = self._random(mlkem.SECRET_LENGTH)
+        else:
+            self._mlkem_secret = mlkem.decapsulate(key, ciphertext)
+        self.post_quantum_session = True
+        self.record_cipher = self._named_record
+
     def _key_agreed(self, payload, secret, fallback, in_range):
         good = in_range and secret is not None and len(secret) == SECRET_LENGTH
         secret = secret if good else fallback
+        if self.post_quantum_session:
+            # §12.3: both secrets, concatenated, under a label of their own.
+            secret, self._mlkem_secret = secret + self._mlkem_secret, None
         self._derive(secret, payload, resumed=False)
         if self.authorized_keys is not None:
             self._enter(State.AWAIT_AUTH)
@@ -255,15 +322,19 @@ class ServerConnection(_Connection):
 
     def _derive(self, ikm, payload, resumed):
         self.transcript_hash = transcript_hash(self._hello, payload)
-        client_key, server_key = derive_keys(ikm, self._nonce, self.transcript_hash, resumed)
+        client_key, server_key = derive_keys(
+            ikm, self._nonce, self.transcript_hash, resumed, self.post_quantum_session
+        )
         if self.tickets is not None:
             self._resumption_secret = schedule.resumption_secret(
                 ikm, self._nonce, self.transcript_hash
             )
         # No longer needed: an idle session should hold as little as it can.
         self._hello = self._nonce = None
-        self._sealer = RecordSealer(server_key, self._max_records, self._max_bytes)
-        self._opener = RecordOpener(client_key)
+        self._sealer = RecordSealer(
+            server_key, self._max_records, self._max_bytes, self.record_cipher
+        )
+        self._opener = RecordOpener(client_key, self.record_cipher)
 
     # -- RESUME ------------------------------------------------------------------
 
@@ -277,6 +348,16 @@ class ServerConnection(_Connection):
             raise ProtocolError(STALE_TICKET, str(error)) from None
         secret, client = opened.secret, opened.client_fingerprint
         self._authenticated = opened.authenticated
+        post_quantum = opened.post_quantum
+        if not post_quantum and self.require_post_quantum:
+            raise ProtocolError(
+                NO_POST_QUANTUM, "this server requires ML-KEM (a ticket of KX/1 revision 3, §12)"
+            )
+        # §12.5: a revision-3 ticket makes a revision-3 session, with the
+        # cipher this HELLO names (GCM when it names none).
+        self.post_quantum_session = post_quantum
+        if post_quantum and self._named_record is not None:
+            self.record_cipher = self._named_record
         if self.authorized_keys is not None and (
             client is None or client not in self.authorized_keys
         ):
@@ -351,7 +432,11 @@ class ServerConnection(_Connection):
 
     def _complete(self):
         self._enter(State.OPEN)
-        self._event(HandshakeComplete(self.client_fingerprint, self.resumed))
+        self._event(
+            HandshakeComplete(
+                self.client_fingerprint, self.resumed, self.post_quantum_session, self.record_cipher
+            )
+        )
         if self._announcement:
             # §14.3: before TICKET and before any application data.
             self._seal("NEXTKEY", self._announcement)
@@ -418,7 +503,11 @@ class ServerConnection(_Connection):
     def _send_ticket(self):
         secret, self._resumption_secret = self._resumption_secret, None
         issued = self.tickets.issue(
-            secret, self.identity.fingerprint, self.client_fingerprint, self._authenticated
+            secret,
+            self.identity.fingerprint,
+            self.client_fingerprint,
+            self._authenticated,
+            post_quantum=self.post_quantum_session,
         )
         if issued is None:
             return  # the chain of resumptions has run its time: a full handshake next
@@ -441,7 +530,7 @@ class ServerConnection(_Connection):
 
     def _release(self):
         self._release_ephemeral()
-        self._resumption_secret = None
+        self._resumption_secret = self._mlkem_secret = None
         self._authenticated = None  # when a resumed session's chain began
         self._pending = None
 

@@ -61,6 +61,11 @@ LESSONS = (
         "forward_secrecy",
         "the server's key stolen later decrypts every recorded session",
     ),
+    Lesson(
+        "post-quantum",
+        "post_quantum",
+        "store now, decrypt later: a recording opens once its ephemeral RSA key is factored",
+    ),
 )
 
 _BY_NAME = {lesson.name: lesson for lesson in LESSONS}

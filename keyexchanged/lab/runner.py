@@ -242,10 +242,12 @@ class Kx1Client:
     :mod:`keyexchanged.trust` policy), send KEY, wait for the key
     confirmation, send each command as its own record, then END."""
 
-    def __init__(self, port, policy, server_name=wire.LOOPBACK):
+    def __init__(self, port, policy, server_name=wire.LOOPBACK, post_quantum=False):
         self.port = port
         self.policy = policy
         self.server_name = server_name
+        #: Speak KX/1 revision 3 (an ML-KEM ciphertext in KEY), else revision 2.
+        self.post_quantum = post_quantum
 
     def run(self, commands=()):
         session = Kx1Session()
@@ -254,7 +256,7 @@ class Kx1Client:
             session.secret = secrets.token_bytes(n)
             return session.secret
 
-        connection = handshake.ClientConnection(random=draw)
+        connection = handshake.ClientConnection(random=draw, post_quantum=self.post_quantum)
         sent_frames = wire.FrameSplitter()
         sock = wire.connect(self.port)
 
@@ -349,16 +351,19 @@ def read_hello(payload):
 _SEALED = frozenset({"MSG", "END", "AUTH", "TICKET"})
 
 
-def open_with_secret(secret, hello, key_payload, frames):
+def open_with_secret(secret, hello, key_payload, frames, cipher="aes-256-gcm"):
     """Derive the session keys from a guessed ``secret`` (docs/spec/kx1.rst §4)
-    and open the recorded records in order.  Returns the plaintexts, or
-    raises :class:`keyexchanged.records.BadRecord` at the first record that
-    does not open."""
+    and open the recorded records, sealed with ``cipher`` (§13), in order.
+    Returns the plaintexts, or raises :class:`keyexchanged.records.BadRecord`
+    at the first record that does not open."""
     from keyexchanged.records import RecordOpener
 
     th = handshake.transcript_hash(hello.payload, key_payload)
     client_key, server_key = handshake.derive_keys(secret, hello.nonce, th)
-    openers = {"client": RecordOpener(client_key), "server": RecordOpener(server_key)}
+    openers = {
+        "client": RecordOpener(client_key, cipher),
+        "server": RecordOpener(server_key, cipher),
+    }
     plaintexts = []
     for direction, frame in frames:
         # Every sealed verb takes the next sequence number of its direction.

@@ -332,6 +332,8 @@ class ChannelProtocol(LineReceiver):
             peer_fingerprint=self.peer_fingerprint,
             handshake_seconds=self._handshake_seconds,
             error_sent=self._error_sent,
+            post_quantum=connection.post_quantum_session,
+            record_cipher=connection.record_cipher,
         )
 
     @property
@@ -356,6 +358,8 @@ class SessionSummary:
     @ivar duration: seconds from connectionMade to the end.
     @ivar peer_fingerprint: the client's key when it authenticated (on the
         server), the server's (on the client), else ``None``.
+    @ivar post_quantum: whether its keys depend on an ML-KEM secret (KX/1
+        revision 3), and ``record_cipher`` the cipher of its records.
     """
 
     __slots__ = (
@@ -368,7 +372,9 @@ class SessionSummary:
         "outcome",
         "peer",
         "peer_fingerprint",
+        "post_quantum",
         "reason",
+        "record_cipher",
         "resumed",
     )
 
@@ -385,6 +391,8 @@ class SessionSummary:
         peer_fingerprint,
         handshake_seconds=None,
         error_sent=None,
+        post_quantum=False,
+        record_cipher="aes-256-gcm",
     ):
         self.peer = peer
         self.outcome = outcome
@@ -398,6 +406,8 @@ class SessionSummary:
         self.handshake_seconds = handshake_seconds
         #: The code of the ERROR this side sent, if it sent one.
         self.error_sent = error_sent
+        self.post_quantum = post_quantum
+        self.record_cipher = record_cipher
 
     @property
     def handshake_kind(self):
@@ -406,12 +416,17 @@ class SessionSummary:
 
     @property
     def kind(self):
-        """Full or resumed, with or without forward secrecy: for the log line."""
+        """Full or resumed, with or without forward secrecy, and post-quantum
+        with its record cipher: for the log line."""
         if self.resumed:
-            return "resumed (secrecy bounded by the ticket keys)"
-        if self.forward_secrecy:
-            return "full, forward secrecy"
-        return "full, no forward secrecy"
+            kind = "resumed (secrecy bounded by the ticket keys)"
+        elif self.forward_secrecy:
+            kind = "full, forward secrecy"
+        else:
+            kind = "full, no forward secrecy"
+        if self.post_quantum:
+            kind += f", post-quantum, {self.record_cipher}"
+        return kind
 
 
 def _describe(address):

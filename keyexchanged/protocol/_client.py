@@ -182,6 +182,9 @@ class ChannelClientFactory(ClientFactory):
     :param handshake_timeout: seconds the server gets for HELLO, and again
         for key confirmation after KEY.
     :param require_forward_secrecy: refuse a server without ephemeral keys.
+    :param allow_classical: talk to a server without ML-KEM (KX/1 revision
+        2 and earlier) instead of refusing it with ``no-post-quantum``; this
+        client speaks revision 3 either way.
     :param tickets: a :class:`~keyexchanged.tickets.TicketStore`: a ticket
         for ``server_address`` is used to resume, and the server's new
         ticket is kept there.
@@ -208,6 +211,7 @@ class ChannelClientFactory(ClientFactory):
         tickets=None,
         server_address=None,
         idle_timeout=None,
+        allow_classical=False,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -221,6 +225,7 @@ class ChannelClientFactory(ClientFactory):
         self.observer = observer
         self.record_limits = record_limits or {}
         self.require_forward_secrecy = require_forward_secrecy
+        self.allow_classical = allow_classical
         self.tickets = tickets
         self.server_address = server_address
         #: Whether this connection offered a ticket (RESUME) rather than KEY.
@@ -239,6 +244,8 @@ class ChannelClientFactory(ClientFactory):
             ticket=ticket,
             # §14: a policy that records keys (known hosts) asks for them.
             announcements=getattr(self.trust, "announcements", False),
+            post_quantum=True,
+            allow_classical=self.allow_classical,
             **self.record_limits,
         )
         return self.protocol(
@@ -340,7 +347,8 @@ def connect(
         checks use), ``identity`` (a client
         :class:`~keyexchanged.rsa.PrivateKey` to AUTH with),
         ``record_limits``, ``handshake_timeout`` (seconds, default 30),
-        ``require_forward_secrecy`` (default true),
+        ``require_forward_secrecy`` (default true), ``allow_classical``
+        (default false),
         ``idle_timeout`` (seconds, default ``None``: never).
     :returns: a Deferred that fires with the application protocol once the
         handshake is complete, or fails with :class:`HandshakeFailed`, whose

@@ -19,6 +19,16 @@ from keyexchanged.protocol._exceptions import (
 )
 from keyexchanged.protocol._idle import IdleSessions
 
+#: States in which the keys are agreed and the server waits for the client's
+#: first record, which §5 says a client sends at once.
+_KEYS_AGREED = frozenset(
+    {
+        handshake.State.AWAIT_AUTH,
+        handshake.State.AWAIT_FIRST,
+        handshake.State.AWAIT_FIRST_RESUMED,
+    }
+)
+
 
 class ServerChannelProtocol(ChannelProtocol):
     """Server side: HELLO at once, timeouts, private-key work elsewhere.
@@ -62,7 +72,12 @@ class ServerChannelProtocol(ChannelProtocol):
 
     def _handshake_expired(self):
         self._handshake_timer = None
-        self._handle_events(self.connection.fail(TIMEOUT, "handshake took too long"))
+        if self.connection.state in _KEYS_AGREED:
+            # The client sent KEY or RESUME and then waited: it missed §5's rule.
+            detail = "no record from the client after KEY; a client sends one at once, §5"
+        else:
+            detail = "handshake took too long"
+        self._handle_events(self.connection.fail(TIMEOUT, detail))
 
     def handshake_complete(self, event):
         self._cancel_handshake_timer()
@@ -262,6 +277,7 @@ class SecureChannelFactory(Factory):
         metrics=None,
         limit_warnings=None,
         json_events=False,
+        require_post_quantum=False,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -276,6 +292,8 @@ class SecureChannelFactory(Factory):
         #: A tickets.TicketIssuer, or ``None``: resumption off.
         self.tickets = tickets
         self.client_key_max_bits = client_key_max_bits
+        #: Refuse KX/1 revision 2 clients (no ML-KEM) with no-post-quantum.
+        self.require_post_quantum = require_post_quantum
         self.reactor = reactor
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
@@ -336,6 +354,7 @@ class SecureChannelFactory(Factory):
             ephemeral=ephemeral,
             tickets=self.tickets,
             client_key_max_bits=self.client_key_max_bits,
+            require_post_quantum=self.require_post_quantum,
             **self.record_limits,
         )
 

@@ -27,6 +27,20 @@ byte, nn two, big-endian.)  The server uses the vector nonce, so the
 vector KEY is valid and the sealed records open when the steps are in an
 honest order.
 
+Revision 3.  An input that starts with ``KX3`` runs a revision-3 server
+instead: it offers the ephemeral RSA and ML-KEM-768 keys of
+``kx1-revision3.json`` and names AES-256-OCB, with the vector nonce of its
+OCB session.  The byte after ``KX3`` holds the flags as above, bit 0 now
+meaning ``require_post_quantum``; in ops mode the steps are
+
+    0 n BYTES    n raw bytes                 4   END, sealed
+    1            the vector hybrid KEY       5   UPDATE, sealed (key steps)
+    2 n          that KEY, n bytes short     6 n BYTES  that KEY, its ML-KEM
+    3 n BYTES    MSG sealing those bytes            ciphertext made of BYTES
+    7            the RSA half alone (a revision-2 KEY)
+
+sealed with the client key of that session, in AES-256-OCB.
+
 Run as a script, new inputs go to a scratch directory (the seed corpus is
 only read; set ``FUZZ_WORK_DIR`` to keep them from one run to the next) and
 crash files to ``tests/fuzz/regressions/``, where the regression test picks
@@ -39,7 +53,8 @@ import os
 import sys
 import tempfile
 
-from keyexchanged import handshake, keys, schedule, tickets
+from keyexchanged import handshake, keys, mlkem, schedule, tickets
+from keyexchanged.ephemeral import EphemeralKey
 from keyexchanged.framing import (
     ERROR_CODES,
     FRAME_TOO_LARGE,
@@ -50,7 +65,7 @@ from keyexchanged.framing import (
     ProtocolError,
     encode_frame,
 )
-from keyexchanged.records import RecordSealer
+from keyexchanged.records import OCB, RecordSealer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
@@ -61,6 +76,8 @@ REGRESSIONS = os.path.join(HERE, "regressions")
 _VECTORS = os.path.join(HERE, os.pardir, os.pardir, "docs", "spec", "vectors", "kx1-handshake.json")
 with open(_VECTORS, encoding="utf-8") as _f:
     VECTORS = json.load(_f)
+with open(os.path.join(os.path.dirname(_VECTORS), "kx1-revision3.json"), encoding="utf-8") as _f:
+    VECTORS3 = json.load(_f)
 
 
 def _hex(name):
@@ -89,6 +106,39 @@ def ticket_issuer():
 
 
 KEY_FRAME = encode_frame("KEY", _hex("key_payload"))
+
+REVISION3 = b"KX3"
+_FULL3 = VECTORS3["sessions"][OCB]["full"]
+
+
+def _hex3(name):
+    return binascii.unhexlify(_FULL3[name])
+
+
+def _revision3_offer():
+    """The vector's ephemeral RSA and ML-KEM keys with its signatures (the
+    PSS salts are the vector's, so HELLO is the vector's byte for byte)."""
+    long_term = IDENTITY.private_key
+    ephemeral = keys.private_key_from_bytes(VECTORS3["ephemeral_private_key_pem"].encode())
+    der = keys.public_key_to_der(ephemeral.public_key())
+    expires = VECTORS3["ephemeral_expires"]
+    mlkem_key = mlkem.from_seed(binascii.unhexlify(VECTORS3["mlkem_seed"]))
+    signature = long_term.sign_pss(
+        schedule.ephemeral_message(IDENTITY.der, expires, der),
+        salt_length=32,
+        salt=binascii.unhexlify(VECTORS3["ephemeral_pss_salt"]),
+    )
+    hybrid_signature = long_term.sign_pss(
+        schedule.hybrid_message(IDENTITY.der, expires, der, mlkem_key.ek),
+        salt_length=32,
+        salt=binascii.unhexlify(VECTORS3["hybrid_pss_salt"]),
+    )
+    return EphemeralKey(ephemeral, expires, signature, mlkem_key, hybrid_signature)
+
+
+OFFER3 = _revision3_offer()
+KEY3 = _hex3("key_payload")
+RSA_LENGTH3 = len(KEY3) - mlkem.CIPHERTEXT_LENGTH
 AUTH_FRAME = encode_frame("AUTH", _record("client_auth_seq0"))
 VERBS = [*MAX_PAYLOAD, "PING", "key", "ABCDEFGHI", ""]
 
@@ -135,10 +185,13 @@ class _Reader:
         return self.pos >= len(self.data)
 
 
-def build_stream(program):
+def build_stream(program, revision3=False):
     """Run an ops-mode program (see the module docstring); return the bytes."""
     reader = _Reader(program)
-    sealer = RecordSealer(_hex("client_key"))
+    if revision3:
+        sealer = RecordSealer(_hex3("client_key"), cipher=OCB)
+    else:
+        sealer = RecordSealer(_hex("client_key"))
     out = []
 
     def sealed(verb, plaintext=b""):
@@ -147,7 +200,9 @@ def build_stream(program):
 
     while not reader.done:
         op = reader.take(1)[0] & 7
-        if op == 0:
+        if revision3 and op in (1, 2, 6, 7):
+            out.append(_key3(op, reader))
+        elif op == 0:
             out.append(reader.take(reader.number(1)))
         elif op == 1:
             out.append(KEY_FRAME)
@@ -167,13 +222,33 @@ def build_stream(program):
     return b"".join(out)
 
 
+def _key3(op, reader):
+    """A revision-3 KEY frame, honest or not (ops 1, 2, 6, 7)."""
+    if op == 1:
+        return encode_frame("KEY", KEY3)
+    if op == 2:
+        return encode_frame("KEY", KEY3[: len(KEY3) - reader.number(1)])
+    if op == 6:
+        pattern = reader.take(reader.number(1)) or b"\0"
+        altered = (pattern * (mlkem.CIPHERTEXT_LENGTH // len(pattern) + 1))[
+            : mlkem.CIPHERTEXT_LENGTH
+        ]
+        return encode_frame("KEY", KEY3[:RSA_LENGTH3] + altered)
+    return encode_frame("KEY", KEY3[:RSA_LENGTH3])
+
+
 def decode_input(data):
-    """``(stream, chunk size or None, AUTH required)`` for one fuzz input."""
+    """``(stream, chunk size or None, AUTH required)`` for one fuzz input;
+    for a revision-3 input (``KX3`` first), the third is
+    ``require_post_quantum``."""
+    revision3 = data[:3] == REVISION3
+    if revision3:
+        data = data[3:]
     if not data:
         return b"", None, False
     flags, rest = data[0], data[1:]
     size = flags >> 2 or None
-    stream = build_stream(rest) if flags & OPS else rest
+    stream = build_stream(rest, revision3) if flags & OPS else rest
     return stream, size, bool(flags & AUTH_REQUIRED)
 
 
@@ -221,17 +296,30 @@ def _frames_of(output):
     return decoded
 
 
-def run_server(pieces, authorized):
+def run_server(pieces, authorized, revision3=False):
     """Feed the server; return ``(events, output)`` after checking that the
-    answer is events, or exactly one ERROR that is the last thing said."""
-    server = handshake.ServerConnection(
-        IDENTITY,
-        authorized_keys=AUTHORIZED if authorized else None,
-        random=_replay(_hex("nonce"), b"\0" * 32),
-        tickets=ticket_issuer(),
-    )
+    answer is events, or exactly one ERROR that is the last thing said.
+    ``revision3``: the server of revision 3, ``authorized`` then meaning
+    that it requires post-quantum clients."""
+    if revision3:
+        server = handshake.ServerConnection(
+            IDENTITY,
+            random=_replay(_hex3("nonce"), b"\0" * 32),
+            tickets=ticket_issuer(),
+            ephemeral=OFFER3,
+            require_post_quantum=authorized,
+        )
+        hello = _hex3("hello_frame")
+    else:
+        server = handshake.ServerConnection(
+            IDENTITY,
+            authorized_keys=AUTHORIZED if authorized else None,
+            random=_replay(_hex("nonce"), b"\0" * 32),
+            tickets=ticket_issuer(),
+        )
+        hello = _hex("hello_frame")
     server.start()
-    check(server.data_to_send() == _hex("hello_frame"), "HELLO differs from the vector")
+    check(server.data_to_send() == hello, "HELLO differs from the vector")
     events, output = [], b""
     for piece in pieces:
         was_closed = server.closed
@@ -286,14 +374,19 @@ def _replay(*values):
 
 def fuzz_one_input(data):
     """The fuzz target: raises only when something is wrong."""
-    stream, size, authorized = decode_input(bytes(data))
+    data = bytes(data)
+    revision3 = data[:3] == REVISION3
+    stream, size, authorized = decode_input(data)
     pieces = chunks(stream, size)
     # The parser: the cut must not change a thing.
     check(run_parser(pieces) == run_parser([stream]), "parser depends on chunking")
     # The server state machine: the same, and its answer well formed.
-    events, output = run_server(pieces, authorized)
+    events, output = run_server(pieces, authorized, revision3)
     if size is not None:
-        check((events, output) == run_server([stream], authorized), "server depends on chunking")
+        check(
+            (events, output) == run_server([stream], authorized, revision3),
+            "server depends on chunking",
+        )
 
 
 # -- seeds --------------------------------------------------------------------------------
@@ -342,6 +435,21 @@ def seeds():
         + b"\x01\x02\x00\x20"
         + b'{"key": "AAAA", "signature": ""}',
         "ops-headers": bytes([OPS | (1 << 2)]) + b"\x07\x01\x01\x00\x07\x02\xff\xff\x00\x03ab\r",
+        # Revision 3: the hybrid KEY and its downgrades.
+        "kx3-ops-honest": REVISION3 + bytes([OPS | (17 << 2)]) + b"\x01\x03\x02hi\x05\x03\x01!\x04",
+        "kx3-raw-honest": REVISION3
+        + bytes([0])
+        + encode_frame("KEY", KEY3)
+        + encode_frame("MSG", binascii.unhexlify(_FULL3["records"]["client_msg_seq0"]))
+        + encode_frame("MSG", binascii.unhexlify(_FULL3["records"]["client_msg_seq1"]))
+        + encode_frame("END", binascii.unhexlify(_FULL3["records"]["client_end_seq2"])),
+        "kx3-ops-truncated-mlkem": REVISION3 + bytes([OPS]) + b"\x02\x01\x03\x00",
+        "kx3-ops-altered-mlkem": REVISION3 + bytes([OPS]) + b"\x06\x02\xa5\x5a\x03\x00",
+        "kx3-ops-mlkem-dropped": REVISION3 + bytes([OPS]) + b"\x07\x03\x00",
+        "kx3-ops-mlkem-dropped-required": REVISION3
+        + bytes([OPS | AUTH_REQUIRED])
+        + b"\x07\x03\x00",
+        "kx3-ops-two-keys": REVISION3 + bytes([OPS | (3 << 2)]) + b"\x07\x01",
     }
 
 

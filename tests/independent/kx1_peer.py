@@ -1,10 +1,16 @@
-"""A minimal KX/1 revision 2 peer, written from ``docs/spec/kx1.rst`` only.
+"""A minimal KX/1 revision 3 peer, written from ``docs/spec/kx1.rst`` only.
 
 It exists to judge keyexchanged: the tests run it against the real daemon
 and the real client.  It therefore shares no code with keyexchanged (it
 imports nothing from it) and uses the plainest tools there are: blocking
 sockets with timeouts, one thread per server, and ``cryptography`` (OpenSSL)
-for RSA, HKDF and AES-GCM.  Section numbers (§n) are those of the spec.
+for RSA, HKDF, ML-KEM-768, AES-GCM and AES-OCB3.  The HPKE export of §12.3
+is written here from RFC 9180, on HMAC and HKDF-Expand.  Section numbers
+(§n) are those of the spec.
+
+The client speaks revision 2 (``revision=2``, the default: the daemon's
+own tests rely on it) or revision 3 (§12, §13); the server speaks both at
+once, as a revision-3 server does (§12.5).
 
 - :class:`IndependentClient` requires forward secrecy (§10.3), pins the
   server's long-term key by fingerprint (§7.1), sends KEY under the
@@ -21,6 +27,7 @@ this peer is meant to notice deviations, not to smooth them over.
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -32,7 +39,11 @@ import time
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.asymmetric.mlkem import (
+    MLKEM768PrivateKey,
+    MLKEM768PublicKey,
+)
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESOCB3
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 PROTOCOL = "kx/1"
@@ -45,7 +56,7 @@ SOCKET_TIMEOUT = 10.0
 #: The largest payload of each verb (§1 table).
 PAYLOAD_LIMITS = {
     "HELLO": 65536,
-    "KEY": 1024,
+    "KEY": 1024 + 1088,  # revision 3: the RSA and the ML-KEM ciphertexts
     "RESUME": 512,
     "AUTH": 8192,
     "TICKET": 1024,
@@ -298,21 +309,26 @@ class Hello:
     """A parsed HELLO.  ``payload`` is the bytes as received: they are the
     OAEP label and enter the transcript hash (§3, §4)."""
 
-    def __init__(self, payload, key_der, nonce, certificates, ephemeral):
+    def __init__(self, payload, key_der, nonce, certificates, ephemeral, mlkem=None, record=None):
         self.payload = payload
         self.key_der = key_der
         self.nonce = nonce
         self.certificates = certificates
         #: ``(der, expires, signature)`` or None.
         self.ephemeral = ephemeral
+        #: Revision 3 (§12.1): ``(encapsulation key, signature)`` or None,
+        #: and the record cipher HELLO names, or None.
+        self.mlkem = mlkem
+        self.record = record
 
     @property
     def fingerprint(self):
         return fingerprint(self.key_der)
 
 
-def hello_payload(key_der, nonce, ephemeral=None):
-    """The HELLO a server sends (§2): ``ephemeral`` is the member of §10.1."""
+def hello_payload(key_der, nonce, ephemeral=None, mlkem=None, record=None):
+    """The HELLO a server sends (§2): ``ephemeral`` is the member of §10.1,
+    ``mlkem`` and ``record`` those of §12.1."""
     hello = {
         "protocol": PROTOCOL,
         "key": base64.b64encode(key_der).decode("ascii"),
@@ -320,11 +336,15 @@ def hello_payload(key_der, nonce, ephemeral=None):
     }
     if ephemeral is not None:
         hello["ephemeral"] = ephemeral
+    if mlkem is not None:
+        hello["mlkem768"] = mlkem
+        hello["record"] = record
     return json.dumps(hello).encode("utf-8")
 
 
-def parse_hello(payload):
-    """§2 and §10.1: the members, strictly; unknown members are ignored."""
+def parse_hello(payload, revision=2):
+    """§2, §10.1 and (``revision`` 3) §12.1: the members, strictly; unknown
+    members are ignored, so a revision-2 reader ignores those of §12."""
     hello = json_object(payload, "HELLO")
     protocol = member(hello, "protocol", str, "HELLO")
     if protocol != PROTOCOL:
@@ -345,12 +365,30 @@ def parse_hello(payload):
             member(offer, "expires", int, "ephemeral"),
             strict_b64decode(member(offer, "signature", str, "ephemeral"), "ephemeral signature"),
         )
-    return Hello(payload, key_der, nonce, certificates, ephemeral)
+    mlkem = record = None
+    if revision >= 3 and ("mlkem768" in hello or "record" in hello):
+        # §12.4: together, and only with an ephemeral offer.
+        if "mlkem768" not in hello or "record" not in hello or ephemeral is None:
+            raise ProtocolFailure(
+                "malformed-frame", "HELLO mlkem768 and record go together, with ephemeral"
+            )
+        offer = member(hello, "mlkem768", dict, "HELLO")
+        mlkem = (
+            strict_b64decode(member(offer, "key", str, "mlkem768"), "ML-KEM key"),
+            strict_b64decode(member(offer, "signature", str, "mlkem768"), "ML-KEM signature"),
+        )
+        record = member(hello, "record", str, "HELLO")
+        if record not in RECORD_CIPHERS:
+            raise ProtocolFailure(
+                "malformed-frame", f"HELLO names the record cipher {record[:40]!r}"
+            )
+    return Hello(payload, key_der, nonce, certificates, ephemeral, mlkem, record)
 
 
-def verify_ephemeral(hello, long_term_key, now):
+def verify_ephemeral(hello, long_term_key, now, longest=LONGEST_EXPIRY):
     """§10.3: the ephemeral key as any server key, its signature under the
-    long-term key, and its expiry window.  Any failure is untrusted-key."""
+    long-term key, and its expiry window (``longest`` ahead: a day in
+    revision 2, 1 800 s in revision 3).  Any failure is untrusted-key."""
     der, expires, signature = hello.ephemeral
     key = acceptable_key(der, "the ephemeral key", "untrusted-key")
     if not 0 <= expires < 2**64:
@@ -363,11 +401,123 @@ def verify_ephemeral(hello, long_term_key, now):
         raise ProtocolFailure(
             "untrusted-key", "the ephemeral key's signature does not verify"
         ) from None
-    if not now - CLOCK_SLACK <= expires <= now + LONGEST_EXPIRY + CLOCK_SLACK:
+    if not now - CLOCK_SLACK <= expires <= now + longest + CLOCK_SLACK:
         raise ProtocolFailure(
             "untrusted-key", f"the ephemeral key expires at {expires}, outside the window"
         )
     return key
+
+
+# -- §12 ML-KEM-768 and the hybrid key exchange ------------------------------------------
+
+#: FIPS 203 sizes of ML-KEM-768.
+MLKEM768_KEY_LENGTH = 1184
+MLKEM768_CIPHERTEXT_LENGTH = 1088
+#: §12.2: a revision-3 server signs ``expires`` at most this far ahead.
+LONGEST_EXPIRY_REVISION3 = 1800
+
+HYBRID_CONTEXT = b"kx/1 hybrid ephemeral keys"
+HPKE_INFO = b"kx/1 hybrid ml-kem-768"
+HPKE_EXPORTER_CONTEXT = b"kx/1 hybrid secret"
+#: RFC 9180 §5.1: "HPKE" ‖ kem_id (ML-KEM-768) ‖ kdf_id (HKDF-SHA256) ‖
+#: aead_id (export only).
+HPKE_SUITE_ID = b"HPKE" + struct.pack(">HHH", 0x0041, 0x0001, 0xFFFF)
+
+
+def hybrid_signed_message(long_term_der, expires, ephemeral_der, encapsulation_key):
+    """The message the long-term key signs in ``mlkem768`` (§12.1)."""
+    return (
+        HYBRID_CONTEXT
+        + b"\x00"
+        + hashlib.sha256(long_term_der).digest()
+        + struct.pack(">Q", expires)
+        + hashlib.sha256(ephemeral_der).digest()
+        + encapsulation_key
+    )
+
+
+def mlkem_member(long_term_private, expires, ephemeral_der, encapsulation_key):
+    """The ``mlkem768`` member of HELLO (§12.1), signed now."""
+    long_term_der = spki_der(long_term_private.public_key())
+    message = hybrid_signed_message(long_term_der, expires, ephemeral_der, encapsulation_key)
+    signature = long_term_private.sign(message, PSS, hashes.SHA256())
+    return {
+        "key": base64.b64encode(encapsulation_key).decode("ascii"),
+        "signature": base64.b64encode(signature).decode("ascii"),
+    }
+
+
+def verify_mlkem(hello, long_term_key):
+    """§12.4: the encapsulation key (length, FIPS 203 modulus check) and
+    its signature; any failure is untrusted-key.  Returns the public key."""
+    encapsulation_key, signature = hello.mlkem
+    if len(encapsulation_key) != MLKEM768_KEY_LENGTH:
+        raise ProtocolFailure(
+            "untrusted-key", f"an ML-KEM-768 key of {len(encapsulation_key)} bytes"
+        )
+    try:
+        public = MLKEM768PublicKey.from_public_bytes(encapsulation_key)
+    except ValueError:
+        raise ProtocolFailure("untrusted-key", "the ML-KEM-768 key fails its check") from None
+    ephemeral_der, expires, _ = hello.ephemeral
+    message = hybrid_signed_message(hello.key_der, expires, ephemeral_der, encapsulation_key)
+    try:
+        long_term_key.verify(signature, message, PSS, hashes.SHA256())
+    except InvalidSignature:
+        raise ProtocolFailure(
+            "untrusted-key", "the ML-KEM key's signature does not verify"
+        ) from None
+    return public
+
+
+def _hkdf_extract(salt, ikm):
+    """RFC 5869 §2.2: an empty salt is HashLen zero bytes."""
+    return hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
+
+
+def _hkdf_expand(prk, info, length):
+    return HKDFExpand(algorithm=hashes.SHA256(), length=length, info=info).derive(prk)
+
+
+def labeled_extract(salt, label, ikm):
+    """RFC 9180 §4."""
+    return _hkdf_extract(salt, b"HPKE-v1" + HPKE_SUITE_ID + label + ikm)
+
+
+def labeled_expand(prk, label, info, length):
+    """RFC 9180 §4."""
+    return _hkdf_expand(
+        prk, struct.pack(">H", length) + b"HPKE-v1" + HPKE_SUITE_ID + label + info, length
+    )
+
+
+def hpke_export(shared_secret):
+    """RFC 9180 §5.1 (base mode, export only) and §5.3, step by step, with
+    the parameters of §12.3: every intermediate value, ``mlkem_secret`` last."""
+    steps = {"shared_secret": shared_secret}
+    steps["psk_id_hash"] = labeled_extract(b"", b"psk_id_hash", b"")
+    steps["info_hash"] = labeled_extract(b"", b"info_hash", HPKE_INFO)
+    steps["key_schedule_context"] = b"\x00" + steps["psk_id_hash"] + steps["info_hash"]
+    steps["secret"] = labeled_extract(shared_secret, b"secret", b"")
+    steps["exporter_secret"] = labeled_expand(
+        steps["secret"], b"exp", steps["key_schedule_context"], 32
+    )
+    steps["mlkem_secret"] = labeled_expand(
+        steps["exporter_secret"], b"sec", HPKE_EXPORTER_CONTEXT, 32
+    )
+    return steps
+
+
+def encapsulate(public):
+    """§12.3, client: ``(ML-KEM ciphertext, mlkem_secret)``."""
+    shared_secret, ciphertext = public.encapsulate()
+    assert len(ciphertext) == MLKEM768_CIPHERTEXT_LENGTH
+    return ciphertext, hpke_export(shared_secret)["mlkem_secret"]
+
+
+def decapsulate(private, ciphertext):
+    """§12.3, server: ``mlkem_secret`` (ML-KEM rejects implicitly)."""
+    return hpke_export(private.decapsulate(ciphertext))["mlkem_secret"]
 
 
 # -- §4, §11.1 key schedule ---------------------------------------------------------
@@ -381,9 +531,13 @@ def _hkdf(ikm, salt, info, length):
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
 
 
-def session_keys(ikm, nonce, th, resumed):
-    """``(client_key, server_key, resumption_secret)`` (§4, §11.1)."""
-    label = b"kx/1 resumed keys" if resumed else b"kx/1 keys"
+def session_keys(ikm, nonce, th, resumed, hybrid=False):
+    """``(client_key, server_key, resumption_secret)`` (§4, §11.1; §12.3
+    after a revision-3 KEY, whose ``ikm`` is both secrets)."""
+    if resumed:
+        label = b"kx/1 resumed keys"
+    else:
+        label = b"kx/1 hybrid keys" if hybrid else b"kx/1 keys"
     okm = _hkdf(ikm, nonce, label + th, 64)
     return okm[:32], okm[32:], _hkdf(ikm, nonce, b"kx/1 resumption" + th, 32)
 
@@ -395,12 +549,19 @@ def next_key(key):
 
 # -- §5 records ---------------------------------------------------------------------
 
+#: §13: the record ciphers a HELLO may name.  Both seal alike: 12-byte
+#: nonce, the verb as associated data, a 16-byte tag.
+RECORD_CIPHERS = {"aes-256-gcm": AESGCM, "aes-256-ocb": AESOCB3}
+CLASSICAL_RECORD = "aes-256-gcm"
+
 
 class Direction:
-    """One direction of a connection: its key and 64-bit sequence number."""
+    """One direction of a connection: its key, cipher (§13) and 64-bit
+    sequence number."""
 
-    def __init__(self, key):
+    def __init__(self, key, cipher=CLASSICAL_RECORD):
         self.key = key
+        self.aead = RECORD_CIPHERS[cipher]
         self.sequence = 0
 
     def _nonce(self):
@@ -409,7 +570,7 @@ class Direction:
         return self.sequence.to_bytes(12, "big")
 
     def seal(self, verb, plaintext):
-        sealed = AESGCM(self.key).encrypt(self._nonce(), plaintext, verb.encode("ascii"))
+        sealed = self.aead(self.key).encrypt(self._nonce(), plaintext, verb.encode("ascii"))
         self.sequence += 1
         return sealed
 
@@ -417,7 +578,7 @@ class Direction:
         if len(payload) < TAG_LENGTH:
             raise ProtocolFailure("bad-record", f"{verb} shorter than a tag")
         try:
-            plaintext = AESGCM(self.key).decrypt(self._nonce(), payload, verb.encode("ascii"))
+            plaintext = self.aead(self.key).decrypt(self._nonce(), payload, verb.encode("ascii"))
         except InvalidTag:
             raise ProtocolFailure(
                 "bad-record", f"{verb} number {self.sequence} does not open"
@@ -436,7 +597,18 @@ class Direction:
 class Ticket:
     """A ticket as §11.2 says a client keeps it."""
 
-    def __init__(self, ticket, secret, lifetime, expires, fingerprint, host, port):
+    def __init__(
+        self,
+        ticket,
+        secret,
+        lifetime,
+        expires,
+        fingerprint,
+        host,
+        port,
+        forward_secrecy=True,
+        hybrid=False,
+    ):
         self.ticket = ticket
         self.secret = secret
         self.lifetime = lifetime
@@ -444,6 +616,10 @@ class Ticket:
         self.fingerprint = fingerprint
         self.host = host
         self.port = port
+        #: What the issuing session had (§11.2): an ephemeral key, and an
+        #: ML-KEM secret (revision 3).
+        self.forward_secrecy = forward_secrecy
+        self.hybrid = hybrid
 
 
 def ticket_plaintext(ticket, lifetime):
@@ -472,9 +648,10 @@ class ServerRecords:
     ends the server's data.  ``on_ticket(ticket, lifetime)`` sees tickets.
     """
 
-    def __init__(self, server_key, on_ticket):
-        self.direction = Direction(server_key)
+    def __init__(self, server_key, on_ticket, cipher=CLASSICAL_RECORD, on_confirmed=None):
+        self.direction = Direction(server_key, cipher)
         self.on_ticket = on_ticket
+        self.on_confirmed = on_confirmed
         self.confirmed = False
         self.ended = False
         self.data = b""
@@ -488,7 +665,10 @@ class ServerRecords:
         if verb == "TICKET" and not self.confirmed:
             raise ProtocolFailure("unexpected-frame", "TICKET before the server's first record")
         plaintext = self.direction.open(verb, payload)
-        self.confirmed = True
+        if not self.confirmed:
+            self.confirmed = True
+            if self.on_confirmed is not None:
+                self.on_confirmed()
         if verb == "MSG":
             self.data += plaintext
         elif verb == "TICKET":
@@ -505,10 +685,14 @@ class ServerRecords:
 class SessionResult:
     """What :meth:`IndependentClient.connect` reports."""
 
-    def __init__(self, data, resumed, tickets, ephemeral, updates):
+    def __init__(self, data, resumed, tickets, ephemeral, updates, hybrid=False, record=None):
         self.data = data
         self.resumed = resumed
         self.tickets = tickets
+        #: Revision 3: whether the session's keys depend on an ML-KEM
+        #: secret (§12), and its record cipher (§13).
+        self.hybrid = hybrid
+        self.record = record or CLASSICAL_RECORD
         #: True when HELLO offered a valid ephemeral key (§10).
         self.forward_secrecy = ephemeral is not None
         #: Its size in bits and its ``expires``, or None.
@@ -526,7 +710,10 @@ class SessionResult:
 class IndependentClient:
     """A KX/1 client: pinned key, forward secrecy required by default.
 
-    ``send`` is the application data sent after the first (empty) MSG.
+    ``send`` is the application data, sent once the server's first record
+    has opened (§5: at most four records before the key confirmation).
+    ``revision`` 3 makes it a revision-3 client (§12.4): it requires
+    ML-KEM unless ``allow_classical``.
     """
 
     def __init__(
@@ -536,12 +723,16 @@ class IndependentClient:
         send=b"",
         timeout=SOCKET_TIMEOUT,
         clock=time.time,
+        revision=2,
+        allow_classical=False,
     ):
         self.fingerprint = fingerprint
         self.require_forward_secrecy = require_forward_secrecy
         self.send = send
         self.timeout = timeout
         self.clock = clock
+        self.revision = revision
+        self.allow_classical = allow_classical
 
     def connect(self, host, port, ticket=None):
         """One session; a :class:`SessionResult`, or an exception that says
@@ -565,38 +756,60 @@ class IndependentClient:
             raise PeerError(*read_error(payload))
         if verb != "HELLO":
             raise ProtocolFailure("unexpected-frame", f"{verb} before HELLO")
-        hello = parse_hello(payload)
+        hello = parse_hello(payload, self.revision)
         long_term = acceptable_key(hello.key_der, "the server key", "weak-key")
+        now = self.clock()
+        # §2's order: the ephemeral offer, the ML-KEM offer, then trust.
+        encrypt_to, ephemeral = long_term, None
+        if hello.ephemeral is not None:
+            longest = LONGEST_EXPIRY_REVISION3 if self.revision >= 3 else LONGEST_EXPIRY
+            encrypt_to = verify_ephemeral(hello, long_term, now, longest)
+            ephemeral = (encrypt_to, hello.ephemeral[1])
+        elif self.require_forward_secrecy:
+            raise ProtocolFailure("no-forward-secrecy", "HELLO offers no ephemeral key")
+        mlkem_public = None
+        if self.revision >= 3:
+            if hello.mlkem is not None:
+                mlkem_public = verify_mlkem(hello, long_term)
+            elif not self.allow_classical:
+                raise ProtocolFailure("no-post-quantum", "HELLO offers no ML-KEM-768 key")
         # §7.1: the long-term key is the one pinned, whatever else HELLO offers.
         if hello.fingerprint != self.fingerprint:
             raise ProtocolFailure(
                 "untrusted-key", f"{hello.fingerprint} is not the pinned fingerprint"
             )
-        now = self.clock()
-        encrypt_to, ephemeral = long_term, None
-        if hello.ephemeral is not None:
-            encrypt_to = verify_ephemeral(hello, long_term, now)
-            ephemeral = (encrypt_to, hello.ephemeral[1])
-        elif self.require_forward_secrecy:
-            raise ProtocolFailure("no-forward-secrecy", "HELLO offers no ephemeral key")
 
         usable = (
             ticket is not None
             and ticket.fingerprint == hello.fingerprint
             and (ticket.host, ticket.port) == (host, port)
             and now < ticket.expires
+            # §11.3: never a ticket from a session weaker than we require.
+            and (ticket.forward_secrecy or not self.require_forward_secrecy)
+            and (ticket.hybrid or self.revision < 3 or self.allow_classical)
         )
         if usable:
             frames.send("RESUME", ticket.ticket)
             th = transcript_hash(hello.payload, ticket.ticket)
             ikm = ticket.secret
+            hybrid = ticket.hybrid
         else:
-            ikm = os.urandom(32)
-            key_payload = encrypt_to.encrypt(ikm, oaep(hello.payload))
+            secret = os.urandom(32)
+            key_payload = encrypt_to.encrypt(secret, oaep(hello.payload))
             assert len(key_payload) == modulus_bytes(encrypt_to)
+            ikm, hybrid = secret, mlkem_public is not None
+            if hybrid:
+                ciphertext, mlkem_secret = encapsulate(mlkem_public)
+                key_payload += ciphertext
+                ikm = secret + mlkem_secret
             frames.send("KEY", key_payload)
             th = transcript_hash(hello.payload, key_payload)
-        client_key, server_key, resumption_secret = session_keys(ikm, hello.nonce, th, usable)
+        forward_secrecy = ephemeral is not None and (not usable or ticket.forward_secrecy)
+        # §12.5: a revision-3 session uses the cipher HELLO names.
+        record = hello.record if hybrid and hello.record else CLASSICAL_RECORD
+        client_key, server_key, resumption_secret = session_keys(
+            ikm, hello.nonce, th, usable, hybrid
+        )
 
         tickets = []
 
@@ -610,16 +823,20 @@ class IndependentClient:
                     hello.fingerprint,
                     host,
                     port,
+                    forward_secrecy=forward_secrecy,
+                    hybrid=hybrid,
                 )
             )
 
-        sending = Direction(client_key)
+        sending = Direction(client_key, record)
         # §5: the first record right after KEY or RESUME, an empty MSG.
         frames.send("MSG", sending.seal("MSG", b""))
-        for start in range(0, len(self.send), MSG_DATA_LIMIT):
-            frames.send("MSG", sending.seal("MSG", self.send[start : start + MSG_DATA_LIMIT]))
 
-        records = ServerRecords(server_key, on_ticket)
+        def on_confirmed():
+            for start in range(0, len(self.send), MSG_DATA_LIMIT):
+                frames.send("MSG", sending.seal("MSG", self.send[start : start + MSG_DATA_LIMIT]))
+
+        records = ServerRecords(server_key, on_ticket, record, on_confirmed)
         while not records.ended:
             try:
                 verb, payload = frames.receive()
@@ -628,7 +845,9 @@ class IndependentClient:
             records.receive(verb, payload)
         frames.send("END", sending.seal("END", b""))
         frames.wait_closed()
-        return SessionResult(records.data, usable, tickets, ephemeral, records.updates)
+        return SessionResult(
+            records.data, usable, tickets, ephemeral, records.updates, hybrid, record
+        )
 
 
 # -- the server ---------------------------------------------------------------------
@@ -648,6 +867,9 @@ class ServedSession:
         self.decrypted_with = None
         self.decryption_failed = False
         self.resume_payload = None
+        #: Revision 3: an ML-KEM secret in the keys, and the record cipher.
+        self.hybrid = False
+        self.record = None
         self.stale_reason = None
         self.tickets_issued = []
         self.peer_error = None
@@ -667,7 +889,12 @@ class IndependentServer:
 
     Its tickets have a format of its own (§11.2 lets it choose): ``"IT1"`` ‖
     a 12-byte nonce ‖ AES-256-GCM under its ticket key of
-    ``uint64-be(expires) ‖ SHA-256(long-term DER) ‖ resumption secret``.
+    ``uint64-be(expires) ‖ SHA-256(long-term DER) ‖ resumption secret ‖
+    revision`` (one byte, 2 or 3: §12.5).
+
+    With ``post_quantum`` (and ``ephemeral``) it offers an ML-KEM-768 key
+    and names ``record`` (§12.1), serving revision-2 and revision-3 clients
+    alike unless ``require_post_quantum``.
     """
 
     TICKET_MAGIC = b"IT1"
@@ -681,8 +908,15 @@ class IndependentServer:
         key_update=False,
         timeout=SOCKET_TIMEOUT,
         bits=2048,
+        post_quantum=True,
+        record="aes-256-ocb",
+        require_post_quantum=False,
     ):
         self.message = message
+        self.record = record
+        self.require_post_quantum = require_post_quantum
+        self.mlkem = None
+        self._mlkem_member = None
         self.connections = connections
         self.ticket_lifetime = ticket_lifetime
         self.key_update = key_update
@@ -701,6 +935,15 @@ class IndependentServer:
             self._ephemeral_member = ephemeral_member(
                 self.long_term, self.ephemeral.public_key(), self.ephemeral_expires
             )
+            if post_quantum:
+                # §12.2: made, offered and retired with the ephemeral RSA key.
+                self.mlkem = MLKEM768PrivateKey.generate()
+                self._mlkem_member = mlkem_member(
+                    self.long_term,
+                    self.ephemeral_expires,
+                    spki_der(self.ephemeral.public_key()),
+                    self.mlkem.public_key().public_bytes_raw(),
+                )
         self._lock = threading.Condition()
         self._ticket_key = AESGCM.generate_key(bit_length=256)
         self.sessions = []
@@ -769,12 +1012,13 @@ class IndependentServer:
 
     # -- tickets
 
-    def _issue_ticket(self, resumption_secret):
+    def _issue_ticket(self, resumption_secret, hybrid):
         expires = int(time.time()) + self.ticket_lifetime
         state = (
             struct.pack(">Q", expires)
             + hashlib.sha256(self.long_term_der).digest()
             + resumption_secret
+            + bytes([3 if hybrid else 2])
         )
         nonce = os.urandom(12)
         with self._lock:
@@ -782,7 +1026,7 @@ class IndependentServer:
         return self.TICKET_MAGIC + nonce + AESGCM(key).encrypt(nonce, state, self.TICKET_MAGIC)
 
     def _open_ticket(self, ticket):
-        """``(secret, None)``, or ``(None, why it is stale)`` (§11.3)."""
+        """``((secret, hybrid), None)``, or ``(None, why it is stale)`` (§11.3)."""
         magic, nonce, sealed = ticket[:3], ticket[3:15], ticket[15:]
         if magic != self.TICKET_MAGIC or len(sealed) < TAG_LENGTH:
             return None, "not one of our tickets"
@@ -797,7 +1041,7 @@ class IndependentServer:
             return None, "issued under another long-term key"
         if time.time() >= expires:
             return None, "expired"
-        return state[40:72], None
+        return (state[40:72], state[72] == 3), None
 
     # -- one connection
 
@@ -815,7 +1059,9 @@ class IndependentServer:
 
     def _run(self, frames, session):
         nonce = os.urandom(32)
-        hello = hello_payload(self.long_term_der, nonce, self._ephemeral_member)
+        hello = hello_payload(
+            self.long_term_der, nonce, self._ephemeral_member, self._mlkem_member, self.record
+        )
         frames.send("HELLO", hello)
 
         verb, payload = frames.receive()
@@ -824,13 +1070,15 @@ class IndependentServer:
         if verb == "KEY":
             private = self.ephemeral if self.ephemeral is not None else self.long_term
             session.decrypted_with = "ephemeral" if self.ephemeral is not None else "long-term"
-            if len(payload) != modulus_bytes(private):
-                raise ProtocolFailure(
-                    "malformed-frame",
-                    f"KEY of {len(payload)} bytes, not {modulus_bytes(private)}",
-                )
+            k = modulus_bytes(private)
+            # §12.2: the length tells the revision.
+            hybrid = self.mlkem is not None and len(payload) == k + MLKEM768_CIPHERTEXT_LENGTH
+            if len(payload) != k and not hybrid:
+                raise ProtocolFailure("malformed-frame", f"KEY of {len(payload)} bytes")
+            if not hybrid and self.require_post_quantum:
+                raise ProtocolFailure("no-post-quantum", "this server requires ML-KEM (KX/1 §12)")
             try:
-                ikm = private.decrypt(payload, oaep(hello))
+                ikm = private.decrypt(payload[:k], oaep(hello))
             except ValueError:
                 # §3 implicit rejection: carry on with a random secret; the
                 # client will not open our first record.
@@ -838,24 +1086,34 @@ class IndependentServer:
             if ikm is None or len(ikm) != 32:
                 session.decryption_failed = True
                 ikm = os.urandom(32)
+            if hybrid:
+                ikm += decapsulate(self.mlkem, payload[k:])
             resumed = False
         elif verb == "RESUME":
             session.resume_payload = payload
-            ikm, session.stale_reason = self._open_ticket(payload)
-            if ikm is None:
+            opened, session.stale_reason = self._open_ticket(payload)
+            if opened is None:
                 raise ProtocolFailure("stale-ticket", session.stale_reason)
+            ikm, hybrid = opened
+            if not hybrid and self.require_post_quantum:
+                raise ProtocolFailure("no-post-quantum", "this server requires ML-KEM (KX/1 §12)")
             resumed = True
         else:
             raise ProtocolFailure("unexpected-frame", f"{verb} in place of KEY or RESUME")
         session.kind = "resumed" if resumed else "full"
+        session.hybrid = hybrid
+        session.record = record = (
+            self.record if hybrid and self._mlkem_member is not None else CLASSICAL_RECORD
+        )
         th = transcript_hash(hello, payload)
-        client_key, server_key, resumption_secret = session_keys(ikm, nonce, th, resumed)
-        sending, receiving = Direction(server_key), Direction(client_key)
+        client_key, server_key, resumption_secret = session_keys(ikm, nonce, th, resumed, hybrid)
+        sending, receiving = Direction(server_key, record), Direction(client_key, record)
 
-        # §5 key confirmation, then a ticket (§11.2: after the first record).
+        # §5 key confirmation, then a ticket (§11.2: after the first record;
+        # §11.3: a new one in every session, resumed or not).
         frames.send("MSG", sending.seal("MSG", b""))
         if self.ticket_lifetime:
-            ticket = self._issue_ticket(resumption_secret)
+            ticket = self._issue_ticket(resumption_secret, hybrid)
             session.tickets_issued.append(ticket)
             plaintext = ticket_plaintext(ticket, self.ticket_lifetime)
             frames.send("TICKET", sending.seal("TICKET", plaintext))
