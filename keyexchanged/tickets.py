@@ -487,9 +487,9 @@ class StoredTicket:
         secret,
         ticket,
         expires,
-        client_fingerprint=None,
         post_quantum=False,
         forward_secrecy=True,
+        client_fingerprint=None,
     ):
         self.host = host
         self.port = port
@@ -547,9 +547,9 @@ class StoredTicket:
             secret,
             ticket,
             obj["expires"],
-            obj["client"],
-            obj.get("post_quantum") is True,
-            obj.get("forward_secrecy") is not False,
+            post_quantum=obj.get("post_quantum") is True,
+            forward_secrecy=obj.get("forward_secrecy") is not False,
+            client_fingerprint=obj["client"],
         )
 
 
@@ -665,9 +665,9 @@ class TicketStore:
                 event.secret,
                 event.ticket,
                 expires,
-                client_fingerprint,
-                event.post_quantum,
-                event.forward_secrecy,
+                post_quantum=event.post_quantum,
+                forward_secrecy=event.forward_secrecy,
+                client_fingerprint=client_fingerprint,
             )
         )
 
