@@ -253,8 +253,17 @@ def describe(value):
         return f"protocol failure ({value.code}): {value.detail}", EXIT_FAILED
     if isinstance(value, protocol.Truncated):
         return "connection closed before the server's END: output is truncated", EXIT_TRUNCATED
+    if isinstance(value, error.ConnectionRefusedError):
+        return (
+            "cannot connect: connection refused: nothing listens there (is the daemon "
+            "running, and on that port?)",
+            EXIT_FAILED,
+        )
     if isinstance(value, error.ConnectError):
-        return f"cannot connect: {value.osError or value}".strip(), EXIT_FAILED
+        reason = value.osError
+        if isinstance(reason, int):
+            reason = os.strerror(reason).lower()
+        return f"cannot connect: {reason or value}".strip(), EXIT_FAILED
     if isinstance(value, (error.ConnectionDone, error.ConnectionLost)):
         return "connection closed during the handshake", EXIT_FAILED
     return f"{type(value).__name__}: {value}", EXIT_FAILED

@@ -142,6 +142,14 @@ SETTINGS = [
         "the server's private key file; generated (0600) if missing",
         path=True,
     ),
+    Setting(
+        "private-key-passphrase-file",
+        None,
+        _text,
+        "the passphrase of an encrypted private-key: the first line of this file "
+        "(0600, or a pipe)",
+        path=True,
+    ),
     Setting("key-bits", 3072, key_bits, "size of a key generated on first start"),
     Setting(
         "message",

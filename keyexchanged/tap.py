@@ -27,6 +27,7 @@ from keyexchanged import (
     ephemeral,
     files,
     keys,
+    listening,
     logs,
     metrics,
     processes,
@@ -50,7 +51,15 @@ from keyexchanged.protocol import SecureChannelFactory
 from keyexchanged.service import KeyexchangeService
 from keyexchanged.workers import InlineWork, WorkerPool, default_workers
 
-__all__ = ["KeyexchangeService", "Options", "load_or_create_key", "makeService"]
+__all__ = [
+    "EXIT_STATUSES",
+    "CommandLineOptions",
+    "KeyexchangeService",
+    "Options",
+    "SettingError",
+    "load_or_create_key",
+    "makeService",
+]
 
 
 #: Bytes of KX/1's HELLO limit (64 KiB, framing.py) kept free for the
@@ -150,12 +159,18 @@ class Options(usage.Options):
 
     argv = ()
 
+    #: The first start, not a reload: the ports (listen, metrics) are tried
+    #: before serving (on a reload the daemon holds them itself), and a
+    #: missing key is generated (on a reload it is refused).
+    first_start = True
+
     def reread(self):
         """New options from the same command line and environment: the
         config file and every file it names read and checked again, as at
         start.  For a reload (SIGHUP), a single daemon's or the parent's of
         ``--processes N``.  Raises :class:`usage.UsageError`."""
-        new = type(self)(environ=self.environ)
+        new = Options(environ=self.environ)
+        new.first_start = False
         new.parseOptions(self.argv)
         return new
 
@@ -163,7 +178,7 @@ class Options(usage.Options):
         try:
             self._check()
         except KeyexchangedError as error:
-            raise usage.UsageError(str(error)) from None
+            raise SettingError(str(error)) from None
 
     def _check(self):
         """Everything, before twistd daemonizes; raises KeyexchangedError."""
@@ -171,9 +186,20 @@ class Options(usage.Options):
         if self["no-forward-secrecy"]:
             self.settings["forward-secrecy"] = False
         try:
-            proxyproto.parse_listen(self.settings["listen"], self.settings["trusted-proxies"])
+            inner, _ = proxyproto.parse_listen(
+                self.settings["listen"], self.settings["trusted-proxies"]
+            )
         except ValueError as error:
             raise ConfigError(f"listen: {error}") from None
+        from twisted.internet import reactor
+
+        self.child = processes.child_settings(self.environ)
+        if self.first_start and self.child is None:
+            # Before anything serves, and before twistd daemonizes: a port
+            # that cannot be had is one line on the terminal.
+            listening.check_endpoint(reactor, inner, "listen")
+            if self.settings["metrics"] is not None:
+                listening.check_endpoint(reactor, self.settings["metrics"], "--metrics")
         self.settings["message"] = self._message()
         if self["message"] is not None:
             self.warnings.append(
@@ -183,8 +209,6 @@ class Options(usage.Options):
         self.application = get_application(self.settings["application"], self.applications)
         # Made now, so that an application's bad settings stop twistd with
         # a usage error before it daemonizes; makeService serves it.
-        from twisted.internet import reactor
-
         self.reactor = reactor
         try:
             self.wrapped_factory = self.application.makeFactory(self.settings, reactor)
@@ -192,10 +216,9 @@ class Options(usage.Options):
             raise ConfigError(str(error)) from None
         key_path = self.settings["private-key"] or default_key_path(self.environ)
         self.settings["private-key"] = key_path
-        private_key, self.generated_key = load_or_create_key(key_path, self.settings["key-bits"])
+        private_key = self._private_key(key_path)
         self.identity = ServerIdentity(private_key, self._certificates(private_key))
         self._check_hello_size()
-        self.child = processes.child_settings(self.environ)
         if self.child is not None and self.child.ticket_keys and self.settings["ticket-lifetime"]:
             if self.settings["ticket-keys"] is None:
                 # The parent's file, as if it were --ticket-keys: a ticket
@@ -208,6 +231,39 @@ class Options(usage.Options):
         path = self.settings["authorized-keys"]
         if path is not None:
             self.authorized_keys = trust.load_authorized_keys(path)
+
+    def _private_key(self, path):
+        """The server's key.  Generated only at the first start: a reload
+        that finds no key file is refused, for a new key would fail every
+        client pinned to the one served."""
+        passphrase = None
+        passphrase_file = self.settings["private-key-passphrase-file"]
+        if passphrase_file is not None:
+            passphrase = keys.read_passphrase_file(passphrase_file)
+        if not os.path.exists(path):
+            if not self.first_start:
+                raise keys.KeyFileError(
+                    f"{path}: no such key file: a reload never makes a new key (every "
+                    "client pinned to the one served would fail): put the key back"
+                )
+            if passphrase is not None:
+                raise keys.KeyFileError(
+                    f"{path}: no such key file (with private-key-passphrase-file set, "
+                    "no key is generated): give the encrypted key's path"
+                )
+        try:
+            if passphrase is not None:
+                return keys.load_private_key(path, passphrase)
+            private_key, self.generated_key = load_or_create_key(path, self.settings["key-bits"])
+        except keys.KeyFileError as error:
+            if passphrase is None and "a passphrase is required" in str(error):
+                raise keys.KeyFileError(
+                    f"{path}: the private key is encrypted: give its passphrase in a file "
+                    "with --private-key-passphrase-file FILE (or private-key-passphrase-file "
+                    "in the config file)"
+                ) from None
+            raise
+        return private_key
 
     def _certificates(self, private_key):
         """The chain to send in HELLO (DER), refused unless it is for our key."""
@@ -261,6 +317,40 @@ class Options(usage.Options):
             "message file is larger than 16 MiB",
             cannot="cannot read message file",
         )
+
+
+class SettingError(usage.UsageError):
+    """A setting, a file or a port that cannot be used (exit status 1);
+    any other usage error is a mistake on the command line (status 2)."""
+
+
+#: ``twistd keyexchange``'s exit statuses (the README's table).
+EXIT_STATUSES = (
+    (0, "stopped by SIGTERM or SIGINT (after the grace period)"),
+    (1, "cannot start: a setting, a file or a port that cannot be used (the line says which)"),
+    (2, "the command line: an unknown option, an option without its value"),
+)
+
+
+class CommandLineOptions(Options):
+    """What twistd parses (the plugin's options): a mistake is one line on
+    standard error and an exit status, not twistd's usage text with the
+    mistake at its end.  A reload reads the same :class:`Options` and
+    keeps every error to log it."""
+
+    def parseOptions(self, options=None):
+        try:
+            super().parseOptions(options)
+        except SettingError as error:
+            self._refuse(f"{error}", 1)
+        except usage.UsageError as error:
+            self._refuse(f"{error}: see twistd keyexchange --help", 2)
+
+    @staticmethod
+    def _refuse(line, status):
+        sys.stderr.write(f"twistd keyexchange: {line}\n")
+        sys.stderr.flush()
+        raise SystemExit(status)
 
 
 def load_or_create_key(path, bits, report=None):

@@ -292,9 +292,13 @@ def add_tunnel(subparsers) -> None:
 def cmd_tunnel(args: argparse.Namespace) -> int:
     """Serve the local listener until interrupted."""
     from twisted.internet import defer, error, task
+    from twisted.internet import reactor as global_reactor
 
     from keyexchanged import tunnel
+    from keyexchanged.listening import check_endpoint
 
+    # One line for a description that is no endpoint, or a port in use.
+    check_endpoint(global_reactor, args.listen, "--listen")
     host, port = _server_address(args.server)
     policy = _trust_policy(args, port, interactive=False)  # no prompts from a relay
     options = _session_options(args)
