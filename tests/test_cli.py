@@ -10,10 +10,12 @@ import atexit
 import io
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 
+from twisted.trial import unittest
 from twisted.trial.unittest import SkipTest
 
 from keyexchanged import cli, keys
@@ -495,3 +497,14 @@ class SendFileTests(CommandTestCase):
         self.assertIn("TEXT is in the process list, which every local user can read (ps)", text)
         self.assertIn("for a secret use --send-file", text)
         self.assertIn("--send-file FILE send the contents of FILE", text)
+
+
+class TicketKeysCommandTests(unittest.TestCase):
+    def test_new_creates_a_missing_directory_private(self):
+        directory = os.path.join(os.path.abspath(self.mktemp()), "keyexchanged")
+        path = os.path.join(directory, "ticket.keys")
+        self.patch(sys, "stdout", io.StringIO())
+        self.assertEqual(cli.main(["ticket-keys", "new", path]), 0)
+        self.assertEqual(stat.S_IMODE(os.stat(directory).st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertIn(f"{directory}: created (mode 0700)", sys.stdout.getvalue())
