@@ -186,14 +186,14 @@ class KeyexchangeService(Service):
         old = self.options
         if old is None:
             self.log.warn("reload: nothing to reload from")
-            return
+            raise systemd.ReloadRefused("nothing to reload from")
         try:
             new = old.reread()
         except usage.UsageError as error:
             self.log.error("reload failed, nothing changed: {reason}", reason=str(error))
             if metrics_ is not None:
                 metrics_.reload("failed")
-            return
+            raise systemd.ReloadRefused(str(error)) from None
         apply_reload(self, old, new, self.log)
         self.options = new
         if metrics_ is not None:

@@ -314,7 +314,7 @@ class ProcessesService(service.Service):
             )
             if self.metrics is not None:
                 self.metrics.reload("failed")
-            return
+            raise systemd.ReloadRefused(str(error_)) from None
         if str(new.settings.get("processes")) != str(old.settings.get("processes")):
             self.log.warn(
                 "reload: processes changes only at a restart; still {count}", count=self.count
