@@ -155,7 +155,7 @@ class ProcessesService(service.Service):
             "--nodaemon",
             "--pidfile=",
             "--logger",
-            "keyexchanged.logs.json_observer",
+            "keyexchanged.logs.relay_observer",
             "keyexchange",
             *self.options.argv,
         ]
