@@ -120,9 +120,16 @@ class Explainer:
             "from now; once it is gone, nothing the server holds can decrypt this session"
         )
 
+    #: What the server's first record proves it holds: set by key_accepted.
+    _proof = "the private key"
+
     def key_accepted(self, connection):
         label = connection.hello_payload
         if connection.resumed:
+            self._proof = (
+                "the ticket key that opened our ticket (no private key was used: "
+                "resumption trusts the earlier session's check of the server's key)"
+            )
             self.say(
                 "resuming: RESUME carries the ticket from an earlier session instead of KEY; "
                 "the ticket gives the server back that session's resumption secret, so "
@@ -134,6 +141,7 @@ class Explainer:
             )
             return
         target = "the ephemeral key" if connection.ephemeral is not None else "the server's key"
+        self._proof = f"the private half of {target}"
         self.say("key trusted; drew a fresh 32-byte session secret")
         self.say(
             f"KEY: secret encrypted to {target} with RSA-OAEP (SHA-256, MGF1-SHA-256) into "
@@ -159,8 +167,8 @@ class Explainer:
 
     def confirmed(self):
         self.say(
-            "the server's first record opened with server_key: it holds the private "
-            "key. Handshake complete (AES-256-GCM, nonce = record number)"
+            f"the server's first record opened with server_key: it holds {self._proof}. "
+            "Handshake complete (AES-256-GCM, nonce = record number)"
         )
 
 

@@ -301,6 +301,11 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     check_endpoint(global_reactor, args.listen, "--listen")
     host, port = _server_address(args.server)
     policy = _trust_policy(args, port, interactive=False)  # no prompts from a relay
+    if hasattr(policy, "unknown_host_advice"):
+        policy.unknown_host_advice = (
+            f"add it with 'keyexchange connect {args.server}' (which asks on a terminal, "
+            "or takes --accept-new), or give this tunnel --fingerprint {fingerprint}."
+        )
     options = _session_options(args)
     failures = []
 

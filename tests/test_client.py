@@ -1,0 +1,51 @@
+"""keyexchanged.client: what --explain says, and the error lines."""
+
+import io
+
+from twisted.internet import error
+from twisted.trial import unittest
+
+from keyexchanged import client
+
+
+class Connection:
+    """What the explainer reads of a client connection."""
+
+    hello_payload = b'{"kx": 1}'
+    key_payload = b"\0" * 384
+    transcript_hash = b"\1" * 32
+    identity = None
+
+    def __init__(self, resumed, ephemeral=None):
+        self.resumed = resumed
+        self.ephemeral = ephemeral
+
+
+class ExplainerTests(unittest.TestCase):
+    def explained(self, connection):
+        stream = io.StringIO()
+        explainer = client.Explainer(stream)
+        explainer.key_accepted(connection)
+        explainer.confirmed()
+        return stream.getvalue().splitlines()[-1]
+
+    def test_a_resumed_session_proves_the_ticket_key(self):
+        line = self.explained(Connection(resumed=True))
+        self.assertIn("it holds the ticket key that opened our ticket", line)
+        self.assertNotIn("private key.", line)
+
+    def test_a_full_handshake_proves_the_ephemeral_key(self):
+        line = self.explained(Connection(resumed=False, ephemeral=object()))
+        self.assertIn("it holds the private half of the ephemeral key.", line)
+
+    def test_without_forward_secrecy_the_servers_key(self):
+        line = self.explained(Connection(resumed=False))
+        self.assertIn("it holds the private half of the server's key.", line)
+
+
+class DescribeTests(unittest.TestCase):
+    def test_connection_refused_says_so(self):
+        text, status = client.describe(error.ConnectionRefusedError(111))
+        self.assertEqual(status, 4)
+        self.assertTrue(text.startswith("cannot connect: connection refused: "), text)
+        self.assertNotIn("111", text)
