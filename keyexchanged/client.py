@@ -205,10 +205,29 @@ class StdioApplication(Protocol):
         else:
             self.transport.loseConnection()
 
+    #: The last byte written to ``output`` (b"" before any).
+    last = b""
+
     def dataReceived(self, data):
         self.received += len(data)
         self.output.write(data)
         self.output.flush()
+        if data:
+            self.last = data[-1:]
+
+    def end_line(self):
+        """On a terminal, end the server's text with a newline if it did
+        not, so the shell's prompt starts on a line of its own; a pipe or a
+        file gets the bytes exactly as sent."""
+        if self.last in (b"", b"\n"):
+            return
+        try:
+            terminal = self.output.isatty()
+        except (AttributeError, ValueError, OSError):
+            terminal = False
+        if terminal:
+            self.output.write(b"\n")
+            self.output.flush()
 
     def connectionLost(self, reason):
         self.ended.callback(reason.value)
@@ -343,6 +362,7 @@ def run_connect(
     if explainer is not None:
         explainer.confirmed()
     value = protocol.cause_of((yield application.ended))
+    application.end_line()
     if isinstance(value, error.ConnectionDone):
         if explainer is not None:
             explainer.say(f"END received after {application.received} bytes: clean end")

@@ -80,10 +80,10 @@ def check_endpoint(reactor, description: str, what: str) -> None:
     if address is None:
         return
     family, host, port = address
-    if what == "listen":
-        failed = f"cannot listen on {description}"
-    else:
+    if what == "--metrics":
         failed = f"{what} {description}: cannot listen"
+    else:
+        failed = f"cannot listen on {description}"
     if not 0 <= port <= 65535:
         raise ConfigError(
             f"{what} {description}: port {port} is not a port (0 to 65535): "

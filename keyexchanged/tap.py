@@ -44,7 +44,7 @@ from keyexchanged.config import (
     find_config,
     read_config,
 )
-from keyexchanged.errors import KeyexchangedError
+from keyexchanged.errors import EXIT_STATUS_TABLE, KeyexchangedError
 from keyexchanged.framing import MAX_PAYLOAD
 from keyexchanged.handshake import ServerIdentity
 from keyexchanged.protocol import SecureChannelFactory
@@ -52,7 +52,6 @@ from keyexchanged.service import KeyexchangeService
 from keyexchanged.workers import InlineWork, WorkerPool, default_workers
 
 __all__ = [
-    "EXIT_STATUSES",
     "CommandLineOptions",
     "KeyexchangeService",
     "Options",
@@ -140,6 +139,10 @@ class Options(usage.Options):
         self.ticket_keys_check = 30.0
         #: A child of ``--processes N``: what its parent gave it, else None.
         self.child = None
+
+    def getUsage(self, width=None):
+        # After the options, as the keyexchange command's --help ends.
+        return super().getUsage(width) + "\n" + EXIT_STATUS_TABLE
 
     def opt_help_applications(self):
         """List the installed applications (for --application) and exit."""
@@ -322,14 +325,6 @@ class Options(usage.Options):
 class SettingError(usage.UsageError):
     """A setting, a file or a port that cannot be used (exit status 1);
     any other usage error is a mistake on the command line (status 2)."""
-
-
-#: ``twistd keyexchange``'s exit statuses (the README's table).
-EXIT_STATUSES = (
-    (0, "stopped by SIGTERM or SIGINT (after the grace period)"),
-    (1, "cannot start: a setting, a file or a port that cannot be used (the line says which)"),
-    (2, "the command line: an unknown option, an option without its value"),
-)
 
 
 class CommandLineOptions(Options):

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SkipTest
 
 from keyexchanged import cli, keys
 from keyexchanged.cli import _session
+from keyexchanged.errors import EXIT_STATUS_TABLE
 from tests.fixtures import (
     PASSPHRASE,
     CommandTestCase,
@@ -508,3 +509,35 @@ class TicketKeysCommandTests(unittest.TestCase):
         self.assertEqual(stat.S_IMODE(os.stat(directory).st_mode), 0o700)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         self.assertIn(f"{directory}: created (mode 0700)", sys.stdout.getvalue())
+
+
+class ExitStatusHelpTests(unittest.TestCase):
+    """Every --help ends with the one table of exit statuses."""
+
+    def help_of(self, *argv):
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.assertEqual(cli.main([*argv, "--help"]), 0)
+        return out.getvalue()
+
+    def assert_table(self, text):
+        self.assertTrue(text.endswith(EXIT_STATUS_TABLE), text[-600:])
+
+    def test_keyexchange(self):
+        self.assert_table(self.help_of())
+
+    def test_connect(self):
+        text = self.help_of("connect")
+        self.assert_table(text)
+        self.assertIn("2    usage", text)
+
+    def test_tunnel_idle_timeout_is_no_exit_status(self):
+        text = self.help_of("tunnel")
+        self.assert_table(text)
+        self.assertIn("the tunnelled connection is closed", " ".join(text.split()))
+
+    def test_ca_issue(self):
+        self.assert_table(self.help_of("ca", "issue"))
+
+    def test_keygen(self):
+        self.assert_table(self.help_of("keygen"))

@@ -49,3 +49,33 @@ class DescribeTests(unittest.TestCase):
         self.assertEqual(status, 4)
         self.assertTrue(text.startswith("cannot connect: connection refused: "), text)
         self.assertNotIn("111", text)
+
+
+class Output(io.BytesIO):
+    def __init__(self, terminal):
+        super().__init__()
+        self.terminal = terminal
+
+    def isatty(self):
+        return self.terminal
+
+
+class EndLineTests(unittest.TestCase):
+    def received(self, data, terminal):
+        output = Output(terminal)
+        application = client.StdioApplication(output)
+        application.dataReceived(data)
+        application.end_line()
+        return output.getvalue()
+
+    def test_a_terminal_gets_a_newline_after_the_message(self):
+        self.assertEqual(self.received(b"hello", terminal=True), b"hello\n")
+
+    def test_not_a_second_one(self):
+        self.assertEqual(self.received(b"hello\n", terminal=True), b"hello\n")
+
+    def test_a_pipe_gets_the_bytes_exactly(self):
+        self.assertEqual(self.received(b"hello", terminal=False), b"hello")
+
+    def test_nothing_received_nothing_added(self):
+        self.assertEqual(self.received(b"", terminal=True), b"")

@@ -13,6 +13,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
 
 from keyexchanged import keys
+from keyexchanged.errors import EXIT_STATUS_TABLE
 from tests.daemon import CLIENT, TWISTD, Daemon, DaemonTestCase, Output, environment, run_client
 from tests.fixtures import SERVER_KEY
 from tests.vectors import RAW
@@ -223,3 +224,12 @@ class PassphraseFileTests(DaemonTestCase):
             "connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT
         )
         self.assertEqual((code, out), (0, b"The secret message: hello from keyexchanged."), err)
+
+
+class HelpTests(DaemonTestCase):
+    @defer.inlineCallbacks
+    def test_twistd_keyexchange_help_ends_with_the_exit_statuses(self):
+        out, err, code = yield run([*TWISTD, "keyexchange", "--help"])
+        self.assertEqual(code, 0, err)
+        text = out.decode().rstrip("\n")
+        self.assertTrue(text.endswith(EXIT_STATUS_TABLE.rstrip("\n")), text[-600:])

@@ -79,7 +79,8 @@ def _add_trust_arguments(parser, accept_new=True) -> None:
         "--idle-timeout",
         default=300.0,
         help="end a session on which nothing has passed either way for SECONDS: a "
-        "server gone silent (default 300; exit status 4)",
+        "server gone silent (default 300; "
+        + ("exit status 4)" if accept_new else "the tunnelled connection is closed)"),
     )
 
 
@@ -143,9 +144,7 @@ def add_connect(subparsers) -> None:
             "encrypted to it, and print what the server sends (byte for byte) on stdout. "
             "--send-file FILE, --send TEXT, or data piped on stdin goes to the server; "
             "--send puts TEXT in the process list, where every local user can read it, "
-            "so give a secret with --send-file. Exit status: 0 clean "
-            "end, 3 server key not trusted (nothing was sent), 4 connection or protocol "
-            "failure, 5 truncated (the connection closed before the server's END)."
+            "so give a secret with --send-file."
         ),
     )
     parser.add_argument("server", metavar="HOST[:PORT]", help="server address (port 51424)")
