@@ -11,6 +11,7 @@ reactor runs, instead of leaving a process that serves nothing.
 """
 
 import errno
+import os
 import re
 import socket
 
@@ -72,10 +73,26 @@ def _tcp_address(description: str):
     return family, host, int(port)
 
 
+def _check_unix_directory(description: str, what: str) -> None:
+    """A unix: socket goes in a directory that must be there."""
+    kind, *fields = _FIELDS.split(description)
+    if kind != "unix" or not fields:
+        return
+    named = dict(field.split("=", 1) for field in fields if "=" in field)
+    path = named.get("address") or next((f for f in fields if "=" not in f), "")
+    directory = os.path.dirname(os.path.abspath(path.replace("\\:", ":")))
+    if not os.path.isdir(directory):
+        raise CannotListen(
+            f"cannot listen on {description}: {directory} is not a directory: "
+            "create it first (systemd: RuntimeDirectory=)"
+        )
+
+
 def check_endpoint(reactor, description: str, what: str) -> None:
     """Refuse, with one line, a description that is no endpoint or a TCP
     port this process cannot listen on now.  Raises :class:`ConfigError`."""
     endpoint_from_string(reactor, description, what)
+    _check_unix_directory(description, what)
     address = _tcp_address(description)
     if address is None:
         return

@@ -134,6 +134,14 @@ class StartupErrorTests(DaemonTestCase):
             "socket named 'keyexchanged' was passed by systemd",
         )  # fmt: skip
 
+    def test_listen_unix_socket_in_a_missing_directory(self):
+        missing = os.path.join(self.dir, "missing")
+        return self.daemon(
+            "--listen", f"unix:{missing}/kx.sock",
+            line=f"twistd keyexchange: cannot listen on unix:{missing}/kx.sock: {missing} "
+            "is not a directory: create it first",
+        )  # fmt: skip
+
     # -- --metrics ---------------------------------------------------------------------
 
     def test_metrics_bare_port(self):
