@@ -162,10 +162,14 @@ class Options(usage.Options):
 
     argv = ()
 
-    #: The first start, not a reload: the ports (listen, metrics) are tried
-    #: before serving (on a reload the daemon holds them itself), and a
-    #: missing key is generated (on a reload it is refused).
+    #: The first start, not a reload: a missing key is generated (on a
+    #: reload it is refused).
     first_start = True
+
+    #: Try the ports (listen, metrics) before serving: for twistd's start
+    #: (:class:`CommandLineOptions`), not on a reload, where the daemon
+    #: holds them itself, nor for options made in a test.
+    check_ports = False
 
     def reread(self):
         """New options from the same command line and environment: the
@@ -197,7 +201,7 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         self.child = processes.child_settings(self.environ)
-        if self.first_start and self.child is None:
+        if self.check_ports and self.child is None:
             # Before anything serves, and before twistd daemonizes: a port
             # that cannot be had is one line on the terminal.
             listening.check_endpoint(reactor, inner, "listen")
@@ -236,15 +240,19 @@ class Options(usage.Options):
             self.authorized_keys = trust.load_authorized_keys(path)
 
     def _private_key(self, path):
-        """The server's key.  Generated only at the first start: a reload
-        that finds no key file is refused, for a new key would fail every
-        client pinned to the one served."""
+        """The server's key.  Generated only at the first start (of a
+        single daemon, or of the parent of ``--processes N``): a reload or a
+        child that finds no key file is refused, for a new key would fail
+        every client pinned to the one served."""
         passphrase = None
         passphrase_file = self.settings["private-key-passphrase-file"]
         if passphrase_file is not None:
             passphrase = keys.read_passphrase_file(passphrase_file)
         if not os.path.exists(path):
-            if not self.first_start:
+            # A child of --processes N starts after its parent made or
+            # read the key: one that finds none (a child restarted after
+            # the file went) must not serve an identity of its own.
+            if not self.first_start or self.child is not None:
                 raise keys.KeyFileError(
                     f"{path}: no such key file: a reload never makes a new key (every "
                     "client pinned to the one served would fail): put the key back"
@@ -330,8 +338,10 @@ class SettingError(usage.UsageError):
 class CommandLineOptions(Options):
     """What twistd parses (the plugin's options): a mistake is one line on
     standard error and an exit status, not twistd's usage text with the
-    mistake at its end.  A reload reads the same :class:`Options` and
-    keeps every error to log it."""
+    mistake at its end; the ports are tried before anything serves.  A
+    reload reads the same :class:`Options` and keeps every error to log it."""
+
+    check_ports = True
 
     def parseOptions(self, options=None):
         try:
