@@ -201,12 +201,18 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         self.child = processes.child_settings(self.environ)
+        # What to listen on, checked before anything serves and before
+        # twistd daemonizes, so that a mistake is one line on the terminal:
+        # the descriptions now, the ports last (after a key generation,
+        # which takes seconds, so that another process has no time to take
+        # a port between its check and the daemon's listening).
+        endpoints = []
         if self.check_ports and self.child is None:
-            # Before anything serves, and before twistd daemonizes: a port
-            # that cannot be had is one line on the terminal.
-            listening.check_endpoint(reactor, inner, "listen")
+            endpoints.append((inner, "listen"))
             if self.settings["metrics"] is not None:
-                listening.check_endpoint(reactor, self.settings["metrics"], "--metrics")
+                endpoints.append((self.settings["metrics"], "--metrics"))
+        for description, what in endpoints:
+            listening.endpoint_from_string(reactor, description, what)
         self.settings["message"] = self._message()
         if self["message"] is not None:
             self.warnings.append(
@@ -238,6 +244,8 @@ class Options(usage.Options):
         path = self.settings["authorized-keys"]
         if path is not None:
             self.authorized_keys = trust.load_authorized_keys(path)
+        for description, what in endpoints:
+            listening.check_endpoint(reactor, description, what)
 
     def _private_key(self, path):
         """The server's key.  Generated only at the first start (of a
