@@ -2,10 +2,15 @@
 
 import io
 
-from twisted.internet import error
+from twisted.internet import defer, error, protocol, reactor
 from twisted.trial import unittest
 
 from keyexchanged import client
+from tests.daemon import CLIENT, Daemon, DaemonTestCase, environment
+from tests.vectors import RAW
+
+FINGERPRINT = RAW["server_fingerprint"]
+MESSAGE = b"The secret message: hello from keyexchanged."
 
 
 class Connection:
@@ -79,3 +84,33 @@ class EndLineTests(unittest.TestCase):
 
     def test_nothing_received_nothing_added(self):
         self.assertEqual(self.received(b"", terminal=True), b"")
+
+
+class _Terminal(protocol.ProcessProtocol):
+    """A command on a pseudo-terminal: what the user's screen shows."""
+
+    def __init__(self):
+        self.output = b""
+        self.done = defer.Deferred()
+
+    def childDataReceived(self, fd, data):
+        self.output += data
+
+    def processEnded(self, reason):
+        self.done.callback((self.output, reason.value.exitCode))
+
+
+class TerminalTests(DaemonTestCase):
+    @defer.inlineCallbacks
+    def test_on_a_terminal_the_message_ends_its_line(self):
+        self.write_config("")
+        daemon = Daemon.start(["--config", self.conf])
+        self.addCleanup(daemon.stop)
+        port = yield daemon.listening
+        terminal = _Terminal()
+        argv = [*CLIENT, "connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT]
+        reactor.spawnProcess(terminal, argv[0], argv, env=environment(), usePTY=True)
+        output, code = yield terminal.done
+        self.assertEqual(code, 0, output)
+        # The terminal's line discipline makes "\n" "\r\n".
+        self.assertTrue(output.endswith(MESSAGE + b"\r\n"), output)
