@@ -227,11 +227,19 @@ class ForwardFactory(Factory):
         peer = getattr(address, "host", address)
         splice = Splice(
             f"forward from {peer} to {self.target}",
-            connect=lambda end: endpoints.connectProtocol(self.endpoint, end),
+            connect=self._connect,
         )
         splice.on_done = lambda reason: self.splices.discard(splice)
         self.splices.add(splice)
         return splice.first
+
+
+    def _connect(self, end):
+        # Not endpoints.connectProtocol: its factory logs "Starting factory"
+        # and "Stopping factory" for every session; the splice logs its own.
+        factory = Factory.forProtocol(lambda: end)
+        factory.noisy = False
+        return self.endpoint.connect(factory)
 
 
 def check_forward_target(text):

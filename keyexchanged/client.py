@@ -4,16 +4,7 @@ What the server sends goes to stdout byte for byte; ``--send-file FILE``,
 ``--send TEXT`` or data piped on stdin goes to the server, then END.  The exit code says how it
 ended, so scripts can tell a refused key from a dropped connection:
 
-==  =====================================================
-0   the server sent END: everything it sent was printed
-2   usage
-3   the server's key was not trusted, or it offers no forward secrecy, or
-    no ML-KEM key (post-quantum; ``--allow-classical``) (nothing was sent)
-4   connection or protocol failure, or the server went silent for
-    ``--idle-timeout`` seconds
-5   truncated: the connection closed before the server's END
-==  =====================================================
-
+==  ==============================================
 ``-v/--explain`` narrates each step on stderr for someone learning how the
 exchange works.  It shows public values only.
 """
@@ -141,10 +132,17 @@ class Explainer:
         )
         self.say(f"HELLO: the server names the record cipher {ephemeral.record_cipher}")
 
+    #: What the server's first record proves it holds: set by key_accepted.
+    _proof = "the private key"
+
     def key_accepted(self, connection):
         self.connection = connection
         label = connection.hello_payload
         if connection.resumed:
+            self._proof = (
+                "the ticket key that opened our ticket (no private key was used: "
+                "resumption trusts the earlier session's check of the server's key)"
+            )
             self.say(
                 "resuming: RESUME carries the ticket from an earlier session instead of KEY; "
                 "the ticket gives the server back that session's resumption secret, so "
@@ -161,6 +159,7 @@ class Explainer:
                 )
             return
         target = "the ephemeral key" if connection.ephemeral is not None else "the server's key"
+        self._proof = f"the private half of {target}"
         hybrid = connection.post_quantum_session
         rsa_length = len(connection.key_payload) - (MLKEM_CIPHERTEXT if hybrid else 0)
         self.say("key trusted; drew a fresh 32-byte session secret")
@@ -231,8 +230,8 @@ class Explainer:
     def confirmed(self):
         cipher = self.connection.record_cipher if self.connection is not None else "aes-256-gcm"
         self.say(
-            "the server's first record opened with server_key: it holds the private "
-            f"key. Handshake complete (records in {cipher.upper()}, nonce = record number)"
+            f"the server's first record opened with server_key: it holds {self._proof}. "
+            f"Handshake complete (records in {cipher.upper()}, nonce = record number)"
         )
 
 
@@ -281,10 +280,29 @@ class StdioApplication(Protocol):
         else:
             self.transport.loseConnection()
 
+    #: The last byte written to ``output`` (b"" before any).
+    last = b""
+
     def dataReceived(self, data):
         self.received += len(data)
         self.output.write(data)
         self.output.flush()
+        if data:
+            self.last = data[-1:]
+
+    def end_line(self):
+        """On a terminal, end the server's text with a newline if it did
+        not, so the shell's prompt starts on a line of its own; a pipe or a
+        file gets the bytes exactly as sent."""
+        if self.last in (b"", b"\n"):
+            return
+        try:
+            terminal = self.output.isatty()
+        except (AttributeError, ValueError, OSError):
+            terminal = False
+        if terminal:
+            self.output.write(b"\n")
+            self.output.flush()
 
     def connectionLost(self, reason):
         self.ended.callback(reason.value)
@@ -343,8 +361,17 @@ def describe(value):
         return f"protocol failure ({value.code}): {value.detail}", EXIT_FAILED
     if isinstance(value, protocol.Truncated):
         return "connection closed before the server's END: output is truncated", EXIT_TRUNCATED
+    if isinstance(value, error.ConnectionRefusedError):
+        return (
+            "cannot connect: connection refused: nothing listens there (is the daemon "
+            "running, and on that port?)",
+            EXIT_FAILED,
+        )
     if isinstance(value, error.ConnectError):
-        return f"cannot connect: {value.osError or value}".strip(), EXIT_FAILED
+        reason = value.osError
+        if isinstance(reason, int):
+            reason = os.strerror(reason).lower()
+        return f"cannot connect: {reason or value}".strip(), EXIT_FAILED
     if isinstance(value, (error.ConnectionDone, error.ConnectionLost)):
         return "connection closed during the handshake", EXIT_FAILED
     return f"{type(value).__name__}: {value}", EXIT_FAILED
@@ -416,6 +443,7 @@ def run_connect(
     if explainer is not None:
         explainer.confirmed()
     value = protocol.cause_of((yield application.ended))
+    application.end_line()
     if isinstance(value, error.ConnectionDone):
         if explainer is not None:
             explainer.say(f"END received after {application.received} bytes: clean end")

@@ -166,6 +166,14 @@ SETTINGS = [
         "as revoked to clients that use known hosts",
         path=True,
     ),
+    Setting(
+        "private-key-passphrase-file",
+        None,
+        _text,
+        "the passphrase of an encrypted private-key: the first line of this file "
+        "(0600, or a pipe)",
+        path=True,
+    ),
     Setting("key-bits", 3072, key_bits, "size of a key generated on first start"),
     Setting(
         "message",
@@ -389,7 +397,10 @@ def read_config(path, settings=None):
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read config file: {error.strerror}") from None
+        hint = ""
+        if isinstance(error, FileNotFoundError):
+            hint = ": give a config file that exists (etc/keyexchanged.conf is an example)"
+        raise ConfigError(f"{path}: cannot read config file: {error.strerror}{hint}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: config file is not UTF-8 text") from None
     parser = configparser.ConfigParser(interpolation=None, default_section="\0none")

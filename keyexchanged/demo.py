@@ -45,20 +45,21 @@ def bin_path(name):
     return candidate if os.path.exists(candidate) else name
 
 
-def wait_for_port(port, process, log_path):
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            pass
-        if process.poll() not in (None, 0):
-            break
-        time.sleep(0.1)
-    with open(log_path, encoding="utf-8", errors="replace") as f:
-        sys.stderr.write(f.read())
-    raise SystemExit("demo: the daemon did not start; its log is above")
+def wait_until_serving(starter, log_path):
+    """twistd returns once the daemon it forked listens (it listens before
+    it tells its parent it started), so its exit is the readiness signal:
+    no probe connection, which the daemon would log as a session."""
+    try:
+        code = starter.wait(timeout=STARTUP_SECONDS)
+    except subprocess.TimeoutExpired:
+        starter.kill()
+        code = None
+    if code == 0:
+        return
+    if os.path.exists(log_path):
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            sys.stderr.write(f.read())
+    raise SystemExit("demo: the daemon did not start; the reason is above")
 
 
 def main():
@@ -95,8 +96,7 @@ def main():
     show(daemon)
     starter = subprocess.Popen(daemon)  # noqa: S603 (our argv) — twistd forks the daemon and returns
     try:
-        wait_for_port(port, starter, log_path)
-        starter.wait(timeout=STARTUP_SECONDS)
+        wait_until_serving(starter, log_path)
         with open(pid_path) as f:
             pid = int(f.read().strip())
         print(f"    daemon running, pid {pid}")

@@ -17,6 +17,7 @@ an ML-KEM-768 key, made, signed, offered, retired and destroyed with it.
 """
 
 import base64
+import time
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -348,10 +349,11 @@ class EphemeralKeys:
 
     def _log_new(self, key):
         self.log.info(
-            "new ephemeral key {fingerprint} ({bits} bits), signed until {expires}",
+            "new ephemeral key {fingerprint} ({bits} bits), signed until {until}",
             fingerprint=key.fingerprint,
             bits=key.bits,
             expires=key.expires,
+            until=_utc(key.expires),
         )
 
     def _retire(self, key):
@@ -371,3 +373,8 @@ class EphemeralKeys:
             call.cancel()
         key._on_released = None
         key.destroy()
+
+
+def _utc(seconds):
+    """A log's date for ``seconds`` since the epoch: 2026-12-06 04:40:01 UTC."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))

@@ -18,6 +18,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_STATUS_TABLE",
     "EXIT_TRUNCATED",
     "EXIT_UNTRUSTED",
     "EXIT_USAGE",
@@ -46,6 +47,21 @@ EXIT_UNTRUSTED = 3  #: connect: the server's key was not trusted; nothing was se
 EXIT_FAILED = 4  #: connect: connection or protocol failure
 EXIT_TRUNCATED = 5  #: connect: the connection closed before the server's END
 EXIT_INTERRUPTED = 130  #: as a shell reports SIGINT
+
+#: The exit statuses of ``keyexchange`` and ``twistd keyexchange``, as
+#: every ``--help`` ends and the README shows them.
+EXIT_STATUS_TABLE = """\
+exit status (keyexchange and twistd keyexchange):
+  0    success: a clean END (connect); a stop on SIGTERM or SIGINT (the daemon)
+  1    an error you can fix, told in one line: a file, a setting, a port
+  2    usage: an unknown option, an argument missing or malformed
+  3    connect: the server's key is not trusted, or it offers no forward
+       secrecy or no ML-KEM (nothing was sent)
+  4    connect: connection or protocol failure, or the server silent for
+       --idle-timeout
+  5    connect: truncated (the connection closed before the server's END)
+  130  keyexchange: interrupted (^C)
+"""
 
 
 class KeyexchangedError(Exception):

@@ -435,6 +435,13 @@ class KnownHostsTrust:
 
     #: Ask servers that offer rotation for their next key (§14.2).
     announcements = True
+    #: What to do about an unknown host when nobody can be asked, for
+    #: ``connect``; a command without a terminal prompt or --accept-new
+    #: (``tunnel``) gives its own.  ``{fingerprint}`` is the key offered.
+    unknown_host_advice = (
+        "run again on a terminal to be asked, or with --accept-new to add it, "
+        "or with --fingerprint {fingerprint} to pin it."
+    )
 
     def __init__(self, path, port, ask=None, accept_new=False, report=None):
         self.path = path
@@ -555,9 +562,8 @@ class KnownHostsTrust:
                     f"{name} is not a known host, and there is no terminal to ask whether "
                     f"to trust its key {offer.fingerprint}",
                     f"{name} is not in {self.path}.  Check its key with the server's "
-                    "operator, then run again on a terminal to be asked, or with "
-                    f"--accept-new to add it, or with --fingerprint {offer.fingerprint} "
-                    "to pin it.",
+                    "operator, then "
+                    + self.unknown_host_advice.format(fingerprint=offer.fingerprint),
                 )
             question = (
                 f"The authenticity of {name} cannot be established.\n"

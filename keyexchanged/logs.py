@@ -3,10 +3,23 @@
 JSON lines (``--log-format json``)
 ----------------------------------
 
-One JSON object per line, as ``twisted.logger``'s JSON observer writes them
-(:func:`twisted.logger.eventAsJSON`: the event's fields, ``log_format``,
-``log_time``, ``log_level``, ``log_namespace``...), so that
-:func:`twisted.logger.eventsFromJSONLogFile` reads them back.  Two ways in:
+One flat JSON object per line, for ``jq`` and log shippers::
+
+    {"time": "2026-12-06T04:40:01.250Z", "level": "info",
+     "logger": "keyexchanged.service.KeyexchangeService",
+     "message": "listening on 127.0.0.1:51424"}
+
+``time`` is RFC 3339 in UTC, ``level`` one of debug, info, warn, error,
+critical, ``logger`` the event's namespace, ``message`` the text a text log
+would show.  The end of a session is one event, ``"event": "session_end"``,
+with its fields beside the message (:data:`SESSION_END_FIELDS`).  Events a
+child of ``--processes N`` logged carry ``child`` and ``child_pid``; a
+failure's traceback, if ever there is one, is in ``traceback``.  No other
+field of an event is written: the message is made from the fields its
+format names, which never hold a secret, and the session's are listed one
+by one (docs/deployment.rst has the schema).
+
+Two ways in:
 
 - ``twistd --logger keyexchanged.logs.json_observer keyexchange ...``:
   twistd calls :func:`json_observer` with no arguments; it writes to
@@ -16,48 +29,41 @@ One JSON object per line, as ``twisted.logger``'s JSON observer writes them
   ``makeService`` returns, and takes the application's ``ILogObserver``
   component when it has one; the wrapper sets that component when twistd
   makes it the application's child.  :func:`twistd_log_file` picks the file
-  twistd itself would have written to (``--logfile``, ``--nodaemon``).
+  twistd itself would have written to (``--logfile``, ``--nodaemon``), and
+  SIGUSR1 rotates it, as twistd's own log.
 
-A JSON line holds every field of an event, where the text shows only those
-its format names; so the JSON observer writes a copy of the event in which
-a field whose name says secret, ticket, password or token, and any bytes
-value, is replaced by a placeholder.  That is a second line of defence: our
-events carry no secret in the first place.
-
-The session end
----------------
-
-:func:`log_session_end` logs one event per connection, namespace
-``keyexchanged.session``, whose fields are exactly
-:data:`SESSION_END_FIELDS`, read from the summary's public attributes one by
-one (never the summary object itself, nor anything else it holds).
-
-Limits hit
-----------
-
-:class:`LimitWarnings`: a limit that refuses connections ("busy",
-"per-source", "max-handshakes") logs a warning the first time, then at most
-one per interval with the count refused meanwhile, so that a flood of
-refusals is a few lines and not a flood of lines.
+The children of ``--processes N`` write :func:`relay_observer`'s lines
+instead, for their parent only: Twisted's own serialisation of each event
+(:func:`twisted.logger.eventAsJSON`), which the parent reads back into
+events and logs as its own.  A field whose name says secret, ticket,
+password or token, and any bytes value, is replaced by a placeholder
+there: a second line of defence, for our events carry no secret.
 """
-
+import datetime
+import json
+import signal
 import sys
+import time
 from typing import Optional, Protocol
 
 from twisted.application import service
-from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
+from twisted.logger import ILogObserver, Logger, formatEvent, jsonFileLogObserver
 from twisted.python import logfile
 from zope.interface import implementer
 
 __all__ = [
     "LIMITS",
     "SESSION_END_FIELDS",
+    "JSONLines",
     "JSONLogging",
     "LimitWarnings",
+    "RelayLines",
     "SessionEnd",
+    "flat_event",
     "json_file_observer",
     "json_observer",
     "log_session_end",
+    "relay_observer",
     "session_end_fields",
     "twistd_log_file",
     "use_json_logs",
@@ -84,6 +90,11 @@ class SessionEnd(Protocol):
     duration: float
     #: The client's key fingerprint ("SHA256:..."), when it authenticated.
     client_fingerprint: Optional[str]
+    #: Optional: the session's secret also came from a post-quantum KEM
+    #: (false when the summary does not say).
+    post_quantum: bool
+    #: Optional: the records' AEAD (RECORD_CIPHER when the summary does not say).
+    record_cipher: str
 
 
 #: The fields of the session-end event, and the only ones it has.
@@ -92,19 +103,30 @@ SESSION_END_FIELDS = (
     "client_fingerprint",
     "kind",
     "forward_secrecy",
+    "post_quantum",
+    "record_cipher",
     "bytes_in",
     "bytes_out",
     "duration",
     "outcome",
 )
 
+#: KX/1's record cipher, for a summary that does not name its own.
+RECORD_CIPHER = "aes-256-gcm"
+
+#: The ``event`` of a session end in JSON lines.
+SESSION_END_EVENT = "session_end"
+
 SESSION_END_FORMAT = (
-    "session with {peer} ended: {outcome}; {kind}, forward secrecy: {forward_secrecy}; "
+    "session with {peer} ended: {outcome}; {kind}, forward secrecy: {forward_secrecy}, "
+    "post-quantum: {post_quantum}, {record_cipher}; "
     "{bytes_in} bytes in, {bytes_out} bytes out, {duration} s; "
     "client key: {client_fingerprint}"
 )
 
-session_log = Logger(namespace="keyexchanged.session")
+SESSION_NAMESPACE = "keyexchanged.session"
+
+session_log = Logger(namespace=SESSION_NAMESPACE)
 
 
 def _address(peer):
@@ -125,6 +147,8 @@ def session_end_fields(summary):
         "client_fingerprint": None if fingerprint is None else str(fingerprint),
         "kind": str(kind),
         "forward_secrecy": bool(summary.forward_secrecy),
+        "post_quantum": bool(getattr(summary, "post_quantum", False)),
+        "record_cipher": str(getattr(summary, "record_cipher", None) or RECORD_CIPHER),
         "bytes_in": int(summary.bytes_in),
         "bytes_out": int(summary.bytes_out),
         # To the microsecond, in the field itself: a format spec would be
@@ -168,12 +192,61 @@ def _redacted(event):
     return copy
 
 
+def _rfc3339(when):
+    """``when`` (seconds since the epoch) as RFC 3339 in UTC, to the millisecond."""
+    if when is None:
+        when = time.time()
+    stamp = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def flat_event(event):
+    """The JSON object written for ``event`` (see the module docstring)."""
+    level = event.get("log_level")
+    record = {
+        "time": _rfc3339(event.get("log_time")),
+        "level": getattr(level, "name", None) or "info",
+        "logger": event.get("log_namespace") or "-",
+        # From the placeholders' copy: a field named as a secret, or bytes,
+        # stays out of the text too.
+        "message": formatEvent(_redacted(event)),
+    }
+    if "child_index" in event:
+        record["child"] = event["child_index"]
+        record["child_pid"] = event.get("child_pid")
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            record["traceback"] = failure.getTraceback()
+        except Exception:  # a failure read back from a child's line
+            record["traceback"] = str(failure)
+    if event.get("log_namespace") == SESSION_NAMESPACE and "outcome" in event:
+        record["event"] = SESSION_END_EVENT
+        for name in SESSION_END_FIELDS:
+            record[name] = event.get(name)
+    return record
+
+
 @implementer(ILogObserver)
 class JSONLines:
-    """Writes each event to ``stream`` as one line of JSON (flushed)."""
+    """Writes each event to ``stream`` as one flat JSON object, one line
+    (flushed); ``stream`` may be twistd's rotating log file."""
 
     def __init__(self, stream):
         self.stream = stream
+
+    def __call__(self, event):
+        line = json.dumps(flat_event(event), ensure_ascii=False, default=str)
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+@implementer(ILogObserver)
+class RelayLines:
+    """For a child of ``--processes N``: each event as Twisted serialises
+    it, one line, for the parent to read back (see the module docstring)."""
+
+    def __init__(self, stream):
         self._write = jsonFileLogObserver(stream, recordSeparator="")
 
     def __call__(self, event):
@@ -181,7 +254,7 @@ class JSONLines:
 
 
 def json_file_observer(stream):
-    """A log observer writing one JSON object per line to ``stream``."""
+    """A log observer writing one flat JSON object per line to ``stream``."""
     return JSONLines(stream)
 
 
@@ -189,6 +262,13 @@ def json_observer():
     """For ``twistd --logger keyexchanged.logs.json_observer``: JSON lines
     on standard output."""
     return JSONLines(sys.stdout)
+
+
+def relay_observer():
+    """For a child of ``--processes N`` (``twistd --logger
+    keyexchanged.logs.relay_observer``): its events for its parent, on
+    standard output."""
+    return RelayLines(sys.stdout)
 
 
 def twistd_log_file(options):
@@ -214,11 +294,29 @@ def twistd_log_file(options):
 class JSONLogging(service.MultiService):
     """Holds the daemon's service; made a child of twistd's application,
     makes ``observer`` the application's log observer, which twistd then
-    uses instead of its own (twisted.application.app.AppLogger.start)."""
+    uses instead of its own (twisted.application.app.AppLogger.start).
 
-    def __init__(self, observer):
+    twistd rotates its own log file on SIGUSR1, and not one an application
+    brings: a ``rotate``-able file (``twistd_log_file``'s) gets the same
+    handler here, installed as twistd installs its own (only over the
+    default or an ignored signal)."""
+
+    def __init__(self, observer, log_file=None):
         super().__init__()
         self.observer = observer
+        self.log_file = log_file
+
+    def privilegedStartService(self):
+        rotate = getattr(self.log_file, "rotate", None)
+        if rotate is not None and hasattr(signal, "SIGUSR1"):
+            if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, signal.SIG_IGN):
+                from twisted.internet import reactor
+
+                def rotate_on_signal(number, frame):
+                    reactor.callFromThread(rotate)
+
+                signal.signal(signal.SIGUSR1, rotate_on_signal)
+        super().privilegedStartService()
 
     def setServiceParent(self, parent):
         set_component = getattr(parent, "setComponent", None)
@@ -233,7 +331,7 @@ def use_json_logs(top, stream):
     """``top`` (the service ``makeService`` would return) inside a
     :class:`JSONLogging` that writes JSON lines to ``stream``: return this
     from ``makeService`` instead of ``top``."""
-    wrapper = JSONLogging(json_file_observer(stream))
+    wrapper = JSONLogging(json_file_observer(stream), log_file=stream)
     top.setServiceParent(wrapper)
     return wrapper
 

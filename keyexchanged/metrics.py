@@ -73,6 +73,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from keyexchanged.framing import ERROR_CODES
+from keyexchanged.listening import listen_now
 
 __all__ = [
     "DIRECTORY_VARIABLE",
@@ -526,28 +527,22 @@ class MetricsService(service.Service):
     def _listen(self):
         if self.listening is not None:
             return
-        site = metrics_site(self.metrics, self.reactor)
-        self.listening = self.endpoint.listen(BoundedConnections(site, self.reactor))
-        failed = []
-        answered_now = True
+        self.listening = listen_now(
+            lambda: self.endpoint.listen(
+                BoundedConnections(metrics_site(self.metrics, self.reactor), self.reactor)
+            ),
+            f"--metrics {self.description}: cannot listen",
+            self._listened,
+            self._cannot_listen,
+            error=MetricsError,
+        )
 
-        def cannot_listen(failure):
-            if answered_now:
-                failed.append(failure)  # raised below
-            else:
-                self.log.critical(
-                    "--metrics {description}: cannot listen: {reason}",
-                    description=self.description,
-                    reason=failure.getErrorMessage(),
-                )
-
-        self.listening.addCallbacks(self._listened, cannot_listen)
-        answered_now = False
-        if failed:
-            # TCP and UNIX endpoints answer at once.
-            self.listening = None
-            reason = failed[0].getErrorMessage()
-            raise MetricsError(f"--metrics {self.description}: cannot listen: {reason}")
+    def _cannot_listen(self, failure):
+        self.log.critical(
+            "--metrics {description}: cannot listen: {reason}",
+            description=self.description,
+            reason=failure.getErrorMessage(),
+        )
 
     def _listened(self, port):
         self.port = port

@@ -481,11 +481,9 @@ class ProxyProtocolWrapper(policies.ProtocolWrapper):
         self._cancel_timer()
         self._header = header
         if header.local:
+            # Logged by the server when it ends, as one line: a balancer
+            # checks every few seconds.
             self.health_check = True
-            log.debug(
-                "PROXY protocol: LOCAL connection from {proxy} (a health check)",
-                proxy=_describe(self.transport.getPeer()),
-            )
         protocol = self.factory.wrappedFactory.buildProtocol(self.getPeer())
         if protocol is None:
             self.transport.loseConnection()

@@ -16,12 +16,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from keyexchanged import processes, proxyproto, rotation, systemd, tickets
+from keyexchanged.listening import CannotListen, listen_now
 
 __all__ = ["RESTART_ONLY", "CannotListen", "KeyexchangeService", "apply_reload"]
-
-
-class CannotListen(Exception):
-    """The listening endpoint could not be had (a port in use, say)."""
 
 
 class KeyexchangeService(Service):
@@ -84,30 +81,24 @@ class KeyexchangeService(Service):
             self.listen, self.trusted_proxies, self.reactor, self.proxy_header_timeout
         )
         if self.child is not None:
-            self.listening = defer.maybeDeferred(
-                processes.adopt_listening_socket, self.reactor, self.child.fd, wrap(self.factory)
-            )
+
+            def listen():
+                return processes.adopt_listening_socket(
+                    self.reactor, self.child.fd, wrap(self.factory)
+                )
         else:
             endpoint = serverFromString(self.reactor, inner)
-            self.listening = endpoint.listen(wrap(self.factory))
-        failed = []
-        answered_now = True
 
-        def cannot_listen(failure):
-            if answered_now:
-                failed.append(failure)  # raised below, before twistd goes on
-            else:
-                self._cannot_listen(failure)
+            def listen():
+                return endpoint.listen(wrap(self.factory))
 
-        self.listening.addCallbacks(self._listening, cannot_listen)
-        answered_now = False
-        if failed:
-            # TCP and UNIX endpoints answer at once.
-            reason = failed[0].getErrorMessage()
-            self.log.critical(
-                "cannot listen on {listen}: {reason}", listen=self.listen, reason=reason
+        try:
+            self.listening = listen_now(
+                listen, f"cannot listen on {self.listen}", self._listening, self._cannot_listen
             )
-            raise CannotListen(f"cannot listen on {self.listen}: {reason}")
+        except CannotListen as error:
+            self.log.critical("{error}", error=str(error))
+            raise
 
     def startService(self):
         super().startService()
@@ -195,14 +186,14 @@ class KeyexchangeService(Service):
         old = self.options
         if old is None:
             self.log.warn("reload: nothing to reload from")
-            return
+            raise systemd.ReloadRefused("nothing to reload from")
         try:
             new = old.reread()
         except usage.UsageError as error:
             self.log.error("reload failed, nothing changed: {reason}", reason=str(error))
             if metrics_ is not None:
                 metrics_.reload("failed")
-            return
+            raise systemd.ReloadRefused(str(error)) from None
         apply_reload(self, old, new, self.log)
         self.options = new
         if metrics_ is not None:

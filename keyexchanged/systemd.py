@@ -28,6 +28,7 @@ from twisted.logger import Logger
 __all__ = [
     "Notifier",
     "ReloadOnHangup",
+    "ReloadRefused",
     "ready",
     "reloading",
     "status",
@@ -135,11 +136,18 @@ def status(text):
     return Notifier().status(text)
 
 
+class ReloadRefused(Exception):
+    """A reload refused as a whole (a setting or a file it cannot use),
+    already logged with its reason: the daemon serves what it had."""
+
+
 class ReloadOnHangup:
     """SIGHUP: tell systemd a reload is under way, run ``reload``, say ready.
 
     ``reload`` is called in the reactor thread with no arguments and may
-    return a Deferred.  If it fails, the failure is logged and the daemon
+    return a Deferred.  "reload done" is logged only when it succeeds.  If
+    it raises :class:`ReloadRefused` (logged by ``reload`` itself), or fails
+    otherwise (logged here with its traceback), the daemon
     goes on with what it had: READY=1 is still sent (systemd would
     otherwise wait for it until its timeout) with a STATUS saying the
     reload failed.  A SIGHUP during a reload is folded into one more
@@ -186,7 +194,9 @@ class ReloadOnHangup:
         log.info("reload done")
 
     def _failed(self, failure):
-        log.failure("reload failed; serving with the settings it had", failure)
+        if not failure.check(ReloadRefused):
+            # Not a mistake in the files: a bug, with its traceback.
+            log.failure("reload failed; serving with the settings it had", failure)
         self.notifier.ready(f"serving; reload failed: {failure.getErrorMessage()}")
 
     def _finished(self, result):

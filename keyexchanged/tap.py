@@ -27,6 +27,7 @@ from keyexchanged import (
     ephemeral,
     files,
     keys,
+    listening,
     logs,
     metrics,
     processes,
@@ -44,14 +45,21 @@ from keyexchanged.config import (
     find_config,
     read_config,
 )
-from keyexchanged.errors import KeyexchangedError
+from keyexchanged.errors import EXIT_STATUS_TABLE, KeyexchangedError
 from keyexchanged.framing import MAX_PAYLOAD
 from keyexchanged.handshake import ServerIdentity
 from keyexchanged.protocol import SecureChannelFactory
 from keyexchanged.service import KeyexchangeService
 from keyexchanged.workers import InlineWork, WorkerPool, default_workers
 
-__all__ = ["KeyexchangeService", "Options", "load_or_create_key", "makeService"]
+__all__ = [
+    "CommandLineOptions",
+    "KeyexchangeService",
+    "Options",
+    "SettingError",
+    "load_or_create_key",
+    "makeService",
+]
 
 
 #: Bytes of KX/1's HELLO limit (64 KiB, framing.py) kept free for the
@@ -149,6 +157,10 @@ class Options(usage.Options):
         #: A child of ``--processes N``: what its parent gave it, else None.
         self.child = None
 
+    def getUsage(self, width=None):
+        # After the options, as the keyexchange command's --help ends.
+        return super().getUsage(width) + "\n" + EXIT_STATUS_TABLE
+
     def opt_help_applications(self):
         """List the installed applications (for --application) and exit."""
         width = max((len(name) for name in self.applications), default=0)
@@ -167,12 +179,22 @@ class Options(usage.Options):
 
     argv = ()
 
+    #: The first start, not a reload: a missing key is generated (on a
+    #: reload it is refused).
+    first_start = True
+
+    #: Try the ports (listen, metrics) before serving: for twistd's start
+    #: (:class:`CommandLineOptions`), not on a reload, where the daemon
+    #: holds them itself, nor for options made in a test.
+    check_ports = False
+
     def reread(self):
         """New options from the same command line and environment: the
         config file and every file it names read and checked again, as at
         start.  For a reload (SIGHUP), a single daemon's or the parent's of
         ``--processes N``.  Raises :class:`usage.UsageError`."""
-        new = type(self)(environ=self.environ)
+        new = Options(environ=self.environ)
+        new.first_start = False
         new.parseOptions(self.argv)
         return new
 
@@ -180,7 +202,7 @@ class Options(usage.Options):
         try:
             self._check()
         except KeyexchangedError as error:
-            raise usage.UsageError(str(error)) from None
+            raise SettingError(str(error)) from None
 
     def _check(self):
         """Everything, before twistd daemonizes; raises KeyexchangedError."""
@@ -189,9 +211,26 @@ class Options(usage.Options):
             self.settings["forward-secrecy"] = False
         self._check_post_quantum()
         try:
-            proxyproto.parse_listen(self.settings["listen"], self.settings["trusted-proxies"])
+            inner, _ = proxyproto.parse_listen(
+                self.settings["listen"], self.settings["trusted-proxies"]
+            )
         except ValueError as error:
             raise ConfigError(f"listen: {error}") from None
+        from twisted.internet import reactor
+
+        self.child = processes.child_settings(self.environ)
+        # What to listen on, checked before anything serves and before
+        # twistd daemonizes, so that a mistake is one line on the terminal:
+        # the descriptions now, the ports last (after a key generation,
+        # which takes seconds, so that another process has no time to take
+        # a port between its check and the daemon's listening).
+        endpoints = []
+        if self.check_ports and self.child is None:
+            endpoints.append((inner, "listen"))
+            if self.settings["metrics"] is not None:
+                endpoints.append((self.settings["metrics"], "--metrics"))
+        for description, what in endpoints:
+            listening.endpoint_from_string(reactor, description, what)
         self.settings["message"] = self._message()
         if self["message"] is not None:
             self.warnings.append(
@@ -201,8 +240,6 @@ class Options(usage.Options):
         self.application = get_application(self.settings["application"], self.applications)
         # Made now, so that an application's bad settings stop twistd with
         # a usage error before it daemonizes; makeService serves it.
-        from twisted.internet import reactor
-
         self.reactor = reactor
         try:
             self.wrapped_factory = self.application.makeFactory(self.settings, reactor)
@@ -210,7 +247,7 @@ class Options(usage.Options):
             raise ConfigError(str(error)) from None
         key_path = self.settings["private-key"] or default_key_path(self.environ)
         self.settings["private-key"] = key_path
-        private_key, self.generated_key = load_or_create_key(key_path, self.settings["key-bits"])
+        private_key = self._private_key(key_path)
         self.identity = ServerIdentity(
             private_key,
             self._certificates(private_key),
@@ -218,7 +255,6 @@ class Options(usage.Options):
             record_cipher=self.settings["record-cipher"],
         )
         self._check_hello_size()
-        self.child = processes.child_settings(self.environ)
         if self.child is not None and self.child.ticket_keys and self.settings["ticket-lifetime"]:
             if self.settings["ticket-keys"] is None:
                 # The parent's file, as if it were --ticket-keys: a ticket
@@ -231,6 +267,45 @@ class Options(usage.Options):
         path = self.settings["authorized-keys"]
         if path is not None:
             self.authorized_keys = trust.load_authorized_keys(path)
+        for description, what in endpoints:
+            listening.check_endpoint(reactor, description, what)
+
+    def _private_key(self, path):
+        """The server's key.  Generated only at the first start (of a
+        single daemon, or of the parent of ``--processes N``): a reload or a
+        child that finds no key file is refused, for a new key would fail
+        every client pinned to the one served."""
+        passphrase = None
+        passphrase_file = self.settings["private-key-passphrase-file"]
+        if passphrase_file is not None:
+            passphrase = keys.read_passphrase_file(passphrase_file)
+        if not os.path.exists(path):
+            # A child of --processes N starts after its parent made or
+            # read the key: one that finds none (a child restarted after
+            # the file went) must not serve an identity of its own.
+            if not self.first_start or self.child is not None:
+                raise keys.KeyFileError(
+                    f"{path}: no such key file: a reload never makes a new key (every "
+                    "client pinned to the one served would fail): put the key back"
+                )
+            if passphrase is not None:
+                raise keys.KeyFileError(
+                    f"{path}: no such key file (with private-key-passphrase-file set, "
+                    "no key is generated): give the encrypted key's path"
+                )
+        try:
+            if passphrase is not None:
+                return keys.load_private_key(path, passphrase)
+            private_key, self.generated_key = load_or_create_key(path, self.settings["key-bits"])
+        except keys.KeyFileError as error:
+            if passphrase is None and "a passphrase is required" in str(error):
+                raise keys.KeyFileError(
+                    f"{path}: the private key is encrypted: give its passphrase in a file "
+                    "with --private-key-passphrase-file FILE (or private-key-passphrase-file "
+                    "in the config file)"
+                ) from None
+            raise
+        return private_key
 
     def _announcement(self, private_key):
         """The key rotation announcement (§14), or None: the next key and
@@ -340,6 +415,34 @@ class Options(usage.Options):
             "message file is larger than 16 MiB",
             cannot="cannot read message file",
         )
+
+
+class SettingError(usage.UsageError):
+    """A setting, a file or a port that cannot be used (exit status 1);
+    any other usage error is a mistake on the command line (status 2)."""
+
+
+class CommandLineOptions(Options):
+    """What twistd parses (the plugin's options): a mistake is one line on
+    standard error and an exit status, not twistd's usage text with the
+    mistake at its end; the ports are tried before anything serves.  A
+    reload reads the same :class:`Options` and keeps every error to log it."""
+
+    check_ports = True
+
+    def parseOptions(self, options=None):
+        try:
+            super().parseOptions(options)
+        except SettingError as error:
+            self._refuse(f"{error}", 1)
+        except usage.UsageError as error:
+            self._refuse(f"{error}: see twistd keyexchange --help", 2)
+
+    @staticmethod
+    def _refuse(line, status):
+        sys.stderr.write(f"twistd keyexchange: {line}\n")
+        sys.stderr.flush()
+        raise SystemExit(status)
 
 
 def load_or_create_key(path, bits, report=None):

@@ -75,7 +75,7 @@ class TunnelFactory(Factory):
             session = application.transport
             self.log.info(
                 "session to {server}: {kind}",
-                server=self.opener.host,
+                server=f"{self.opener.host}:{self.opener.port}",
                 kind="resumed (no RSA)" if session.resumed else "full handshake",
             )
             if self.report is not None and name is not None:

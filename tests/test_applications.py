@@ -6,10 +6,11 @@ import os
 import sys
 import tracemalloc
 
-from twisted.internet import abstract, error
+from twisted.internet import abstract, defer, error, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -340,3 +341,27 @@ class MessageBackpressureTests(unittest.TestCase):
         producer.resumeProducing()  # a late call writes nothing more
         self.assertEqual(session.socket.buffered(), waiting)
         self.assertEqual(factory.connections, set())
+
+
+class ForwardLogTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_forwarded_connection_logs_no_factory_start_or_stop(self):
+        target = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(target.stopListening)
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        forward = applications.ForwardFactory(f"tcp:127.0.0.1:{target.getHost().port}", reactor)
+
+        class End(Protocol):
+            ended = defer.Deferred()
+
+            def connectionLost(self, reason):
+                self.ended.callback(None)
+
+        end = End()
+        yield forward._connect(end)
+        end.transport.loseConnection()
+        yield end.ended
+        texts = [formatEvent(event) for event in logged]
+        self.assertEqual([t for t in texts if "factory" in t.lower()], [], texts)

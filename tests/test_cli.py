@@ -10,14 +10,17 @@ import atexit
 import io
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 
+from twisted.trial import unittest
 from twisted.trial.unittest import SkipTest
 
 from keyexchanged import cli, keys
 from keyexchanged.cli import _session
+from keyexchanged.errors import EXIT_STATUS_TABLE
 from tests.fixtures import (
     PASSPHRASE,
     CommandTestCase,
@@ -495,3 +498,46 @@ class SendFileTests(CommandTestCase):
         self.assertIn("TEXT is in the process list, which every local user can read (ps)", text)
         self.assertIn("for a secret use --send-file", text)
         self.assertIn("--send-file FILE send the contents of FILE", text)
+
+
+class TicketKeysCommandTests(unittest.TestCase):
+    def test_new_creates_a_missing_directory_private(self):
+        directory = os.path.join(os.path.abspath(self.mktemp()), "keyexchanged")
+        path = os.path.join(directory, "ticket.keys")
+        self.patch(sys, "stdout", io.StringIO())
+        self.assertEqual(cli.main(["ticket-keys", "new", path]), 0)
+        self.assertEqual(stat.S_IMODE(os.stat(directory).st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertIn(f"{directory}: created (mode 0700)", sys.stdout.getvalue())
+
+
+class ExitStatusHelpTests(unittest.TestCase):
+    """Every --help ends with the one table of exit statuses."""
+
+    def help_of(self, *argv):
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.assertEqual(cli.main([*argv, "--help"]), 0)
+        return out.getvalue()
+
+    def assert_table(self, text):
+        self.assertTrue(text.endswith(EXIT_STATUS_TABLE), text[-600:])
+
+    def test_keyexchange(self):
+        self.assert_table(self.help_of())
+
+    def test_connect(self):
+        text = self.help_of("connect")
+        self.assert_table(text)
+        self.assertIn("2    usage", text)
+
+    def test_tunnel_idle_timeout_is_no_exit_status(self):
+        text = self.help_of("tunnel")
+        self.assert_table(text)
+        self.assertIn("the tunnelled connection is closed", " ".join(text.split()))
+
+    def test_ca_issue(self):
+        self.assert_table(self.help_of("ca", "issue"))
+
+    def test_keygen(self):
+        self.assert_table(self.help_of("keygen"))

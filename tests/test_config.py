@@ -144,6 +144,22 @@ class OptionsTests(unittest.TestCase):
         options.parseOptions(list(argv))
         return options
 
+    def test_a_reload_never_generates_a_key(self):
+        options = self.parse("--config", self.conf)
+        os.unlink(self.key_path)
+        with self.assertRaises(usage.UsageError) as caught:
+            options.reread()
+        self.assertIn("no such key file: a reload never makes a new key", str(caught.exception))
+        self.assertFalse(os.path.exists(self.key_path))
+
+    def test_a_child_of_processes_never_generates_a_key(self):
+        os.unlink(self.key_path)
+        child = {"KEYEXCHANGED_CHILD": "1", "KEYEXCHANGED_LISTEN_FD": "3"}
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("--config", self.conf, environ=child)
+        self.assertIn("no such key file", str(caught.exception))
+        self.assertFalse(os.path.exists(self.key_path))
+
     def test_config_then_command_line(self):
         options = self.parse("--config", self.conf, "--max-connections", "9")
         self.assertEqual(options.settings["max-connections"], 9)

@@ -3,9 +3,11 @@ destruction, failures — and that a recorded session cannot be decrypted
 with anything the server still holds afterwards."""
 
 import base64
+import time
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent
 from twisted.trial import unittest
 
 from keyexchanged import ephemeral, keys, mlkem, rsa, schedule
@@ -424,3 +426,21 @@ class PostQuantumTests(unittest.TestCase):
         self.assertIsNotNone(keys_.current.mlkem_key)
         keys_.stop()
         self.assertEqual(keys_.held(), [])
+
+
+class LogTests(unittest.TestCase):
+    def test_a_new_key_is_logged_with_its_expiry_as_a_date(self):
+        logged = []
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        keys_ = manager(clock)
+        keys_.log = Logger(observer=logged.append)
+        clock.advance(INTERVAL)
+        (event,) = logged
+        expires = 1_800_000_000 + 2 * INTERVAL + TIMEOUT + ephemeral.EXPIRY_SLACK
+        self.assertEqual(event["expires"], expires)
+        self.assertIn(
+            "signed until " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expires)),
+            formatEvent(event),
+        )
+        self.assertNotIn(str(expires), formatEvent(event))

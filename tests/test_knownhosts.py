@@ -203,6 +203,24 @@ class PolicyTests(unittest.TestCase):
             policy.verify(host, offer)
         return caught.exception
 
+    def test_unknown_host_without_a_terminal_says_what_connect_offers(self):
+        self.write("")
+        refusal = self.refused(self.trust())
+        self.assertIn(
+            "run again on a terminal to be asked, or with --accept-new", refusal.explanation
+        )
+        self.assertIn(f"--fingerprint {SERVER_FP} to pin it", refusal.explanation)
+
+    def test_unknown_host_advice_of_a_command_without_prompt(self):
+        """tunnel has no prompt and no --accept-new: it says what it has."""
+        self.write("")
+        policy = self.trust()
+        policy.unknown_host_advice = "pin it with --fingerprint {fingerprint}."
+        refusal = self.refused(policy)
+        self.assertNotIn("--accept-new", refusal.explanation)
+        self.assertNotIn("terminal", refusal.explanation)
+        self.assertIn(f"pin it with --fingerprint {SERVER_FP}.", refusal.explanation)
+
     def test_known_key_is_accepted_silently(self):
         # The same key on two lines says one thing twice: still known.
         self.write(

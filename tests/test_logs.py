@@ -3,7 +3,11 @@
 import io
 import json
 import os
+import re
+import shutil
+import signal
 import sys
+import tempfile
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, protocol, reactor
@@ -21,7 +25,8 @@ from twisted.trial import unittest
 
 from keyexchanged import logs
 from keyexchanged.logs import SESSION_END_FIELDS, LimitWarnings
-from tests.daemon import TWISTD, Daemon, DaemonTestCase, run_client
+from tests.daemon import TWISTD, Daemon, DaemonTestCase, environment, run_client
+from tests.test_service import Notifications
 from tests.vectors import RAW
 
 FINGERPRINT = "SHA256:" + "B" * 43
@@ -61,6 +66,39 @@ def own_fields(event):
     return {name for name in event if not name.startswith("log_")}
 
 
+#: Every JSON line has these; a session end also "event" and SESSION_END_FIELDS.
+LINE_FIELDS = {"time", "level", "logger", "message"}
+RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
+LEVELS = {"debug", "info", "warn", "error", "critical"}
+SESSION_TYPES = {
+    "peer": str,
+    "client_fingerprint": (str, type(None)),
+    "kind": str,
+    "forward_secrecy": bool,
+    "post_quantum": bool,
+    "record_cipher": str,
+    "bytes_in": int,
+    "bytes_out": int,
+    "duration": (int, float),
+    "outcome": str,
+}
+
+
+def assert_schema(test, record):
+    """``record`` is a JSON line as docs/deployment.rst describes it."""
+    optional = {"child", "child_pid", "traceback"}
+    if record.get("event") == "session_end":
+        test.assertEqual(set(record) - optional, LINE_FIELDS | {"event"} | set(SESSION_END_FIELDS))
+        for name, kind in SESSION_TYPES.items():
+            test.assertIsInstance(record[name], kind, name)
+    else:
+        test.assertEqual(set(record) - optional, LINE_FIELDS, record)
+    test.assertRegex(record["time"], RFC3339_UTC)
+    test.assertIn(record["level"], LEVELS)
+    test.assertIsInstance(record["logger"], str)
+    test.assertIsInstance(record["message"], str)
+
+
 class SessionEndTests(unittest.TestCase):
     def setUp(self):
         self.stream = io.StringIO()
@@ -69,7 +107,7 @@ class SessionEndTests(unittest.TestCase):
     def test_one_line_with_exactly_the_fields(self):
         logs.log_session_end(Summary(), log=self.log)
         (event,) = json_lines(self.stream)
-        self.assertEqual(own_fields(event), set(SESSION_END_FIELDS))
+        assert_schema(self, event)
         self.assertEqual(
             {name: event[name] for name in SESSION_END_FIELDS},
             {
@@ -77,14 +115,24 @@ class SessionEndTests(unittest.TestCase):
                 "client_fingerprint": FINGERPRINT,
                 "kind": "full",
                 "forward_secrecy": True,
+                "post_quantum": False,
+                "record_cipher": "aes-256-gcm",
                 "bytes_in": 1234,
                 "bytes_out": 56789,
                 "duration": 1.25,
                 "outcome": "ok",
             },
         )
-        self.assertEqual(event["log_namespace"], "keyexchanged.session")
-        self.assertEqual(event["log_level"]["name"], "info")
+        self.assertEqual(
+            (event["event"], event["logger"], event["level"]),
+            ("session_end", "keyexchanged.session", "info"),
+        )
+
+    def test_a_summary_that_names_its_cipher_and_kem(self):
+        summary = Summary(post_quantum=True, record_cipher="aes-256-ocb")
+        logs.log_session_end(summary, log=self.log)
+        (event,) = json_lines(self.stream)
+        self.assertEqual((event["post_quantum"], event["record_cipher"]), (True, "aes-256-ocb"))
 
     def test_nothing_else_the_summary_holds(self):
         logs.log_session_end(Summary(), log=self.log)
@@ -98,6 +146,7 @@ class SessionEndTests(unittest.TestCase):
         )
         logs.log_session_end(summary, log=self.log)
         (event,) = json_lines(self.stream)
+        assert_schema(self, event)
         self.assertEqual(event["kind"], "resumed")
         self.assertIs(event["forward_secrecy"], False)
         self.assertIsNone(event["client_fingerprint"])
@@ -108,13 +157,13 @@ class SessionEndTests(unittest.TestCase):
         del summary.resumed
         self.assertEqual(logs.session_end_fields(summary)["kind"], "resumed")
 
-    def test_reads_back_and_reads_as_text(self):
-        """Twisted's own reader takes the lines back, and the text says it all."""
+    def test_the_message_says_it_all(self):
         logs.log_session_end(Summary(outcome="idle-timeout"), log=self.log)
-        (event,) = eventsFromJSONLogFile(io.StringIO(self.stream.getvalue()))
+        (event,) = json_lines(self.stream)
         self.assertEqual(
-            formatEvent(event),
-            "session with 192.0.2.7:51000 ended: idle-timeout; full, forward secrecy: True; "
+            event["message"],
+            "session with 192.0.2.7:51000 ended: idle-timeout; full, forward secrecy: True, "
+            "post-quantum: False, aes-256-gcm; "
             f"1234 bytes in, 56789 bytes out, 1.25 s; client key: {FINGERPRINT}",
         )
 
@@ -123,23 +172,74 @@ class JSONLinesTests(unittest.TestCase):
     def setUp(self):
         self.stream = io.StringIO()
         self.observer = logs.json_file_observer(self.stream)
-        self.log = Logger(observer=self.observer)
+        self.log = Logger(observer=self.observer, namespace="keyexchanged.test")
 
-    def test_one_object_per_line(self):
+    def test_one_flat_object_per_line(self):
         self.log.info("first {n}", n=1)
         self.log.warn("second\nwith a newline {what}", what="in\nit")
         self.log.error("third")
-        self.assertNotIn("\x1e", self.stream.getvalue())
         events = json_lines(self.stream)
+        self.assertEqual(len(self.stream.getvalue().splitlines()), 3)
+        for event in events:
+            assert_schema(self, event)
+        self.assertEqual([event["level"] for event in events], ["info", "warn", "error"])
         self.assertEqual(
-            [event["log_level"]["name"] for event in events], ["info", "warn", "error"]
+            [event["message"] for event in events],
+            ["first 1", "second\nwith a newline in\nit", "third"],
         )
-        self.assertEqual(events[0]["n"], 1)
-        self.assertEqual(events[1]["what"], "in\nit")
+        self.assertEqual({event["logger"] for event in events}, {"keyexchanged.test"})
+
+    def test_time_is_rfc3339_utc(self):
+        self.observer(
+            {"log_format": "x", "log_time": 1796527238.25, "log_level": LogLevel.info}
+        )
+        (event,) = json_lines(self.stream)
+        self.assertEqual(event["time"], "2026-12-06T03:20:38.250Z")
+
+    def test_none_of_twisteds_internals(self):
+        self.log.info("hello {who}", who=object())
+        text = self.stream.getvalue()
+        for internal in ("log_flattened", "unpersistable", "__class_uuid__", "log_format"):
+            self.assertNotIn(internal, text)
 
     def test_secret_names_and_bytes_are_not_written(self):
-        """JSON shows every field, not only those the text names: a field
-        named as a secret, and raw bytes, are kept out."""
+        """Only the message's text is written, made with placeholders for a
+        field named as a secret, and for raw bytes."""
+        self.log.info(
+            "resumed with {ticket}, {payload}",
+            ticket="T0PS3CRET-ticket",
+            session_secret="T0PS3CRET-secret",
+            payload=b"T0PS3CRET-bytes",
+        )
+        self.assertNotIn("T0PS3CRET", self.stream.getvalue())
+        (event,) = json_lines(self.stream)
+        self.assertEqual(event["message"], "resumed with [redacted], [15 bytes]")
+
+    def test_json_observer_is_for_twistd_logger(self):
+        """``twistd --logger`` calls it with no arguments: stdout."""
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        observer = logs.json_observer()
+        self.assertTrue(ILogObserver.providedBy(observer))
+        Logger(observer=observer).info("hello {who}", who="ops")
+        (event,) = json_lines(stdout)
+        self.assertEqual(event["message"], "hello ops")
+
+
+class RelayLinesTests(unittest.TestCase):
+    """A child's lines for its parent: Twisted's serialisation, read back."""
+
+    def setUp(self):
+        self.stream = io.StringIO()
+        self.observer = logs.RelayLines(self.stream)
+        self.log = Logger(observer=self.observer)
+
+    def test_read_back_as_events(self):
+        self.log.info("first {n}", n=1)
+        (event,) = eventsFromJSONLogFile(io.StringIO(self.stream.getvalue()))
+        self.assertEqual((event["n"], formatEvent(event)), (1, "first 1"))
+
+    def test_secret_names_and_bytes_are_not_written(self):
         self.log.info(
             "resumed with {ticket}",
             ticket="T0PS3CRET-ticket",
@@ -150,8 +250,7 @@ class JSONLinesTests(unittest.TestCase):
             fingerprint=FINGERPRINT,
             count=3,
         )
-        text = self.stream.getvalue()
-        self.assertNotIn("T0PS3CRET", text)
+        self.assertNotIn("T0PS3CRET", self.stream.getvalue())
         (event,) = json_lines(self.stream)
         self.assertEqual(event["ticket"], "[redacted]")
         self.assertEqual(event["session_secret"], "[redacted]")
@@ -175,16 +274,6 @@ class JSONLinesTests(unittest.TestCase):
         self.assertNotIn("T0PS3CRET", self.stream.getvalue())
         self.assertEqual(event["ticket"], "T0PS3CRET", "the event itself is left alone")
 
-    def test_json_observer_is_for_twistd_logger(self):
-        """``twistd --logger`` calls it with no arguments: stdout."""
-        stdout = io.StringIO()
-        self.patch(sys, "stdout", stdout)
-        observer = logs.json_observer()
-        self.assertTrue(ILogObserver.providedBy(observer))
-        Logger(observer=observer).info("hello {who}", who="ops")
-        (event,) = json_lines(stdout)
-        self.assertEqual(event["who"], "ops")
-
 
 class UseJSONLogsTests(unittest.TestCase):
     def test_twistd_application_gets_the_observer(self):
@@ -200,7 +289,7 @@ class UseJSONLogsTests(unittest.TestCase):
         self.assertIs(observer, wrapper.observer)
         Logger(observer=observer).info("from {where}", where="twistd")
         (event,) = json_lines(stream)
-        self.assertEqual(event["where"], "twistd")
+        self.assertEqual(event["message"], "from twistd")
         # Starting the application starts the daemon's service.
         service.IService(application).startService()
         self.addCleanup(service.IService(application).stopService)
@@ -345,7 +434,8 @@ class DaemonJSONLogTests(DaemonTestCase):
     @defer.inlineCallbacks
     def test_twistd_logger_option(self):
         """``twistd --logger keyexchanged.logs.json_observer``: every line
-        the daemon writes is a JSON object, structured fields included."""
+        the daemon writes is a flat JSON object of the schema (a session
+        end is an event with its fields under ``log-format = json``)."""
         self.write_config()
         argv = [
             *TWISTD,
@@ -358,27 +448,20 @@ class DaemonJSONLogTests(DaemonTestCase):
             self.conf,
         ]
         daemon = JSONDaemon.spawn(argv)
-        daemon.listening.addErrback(lambda failure: None)  # its text never comes
         self.addCleanup(daemon.stop)
-        output = yield daemon.wait_for(b'"log_format": "listening on {host}:{port}"')
-        (listening,) = [
-            e
-            for e in map(json.loads, output.decode().splitlines())
-            if e.get("log_format") == "listening on {host}:{port}"
-        ]
-        self.assertEqual(listening["host"], "127.0.0.1")
-        # A connection that says nothing: its end is logged with fields.
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", listening["port"])
+        port = yield daemon.listening  # "listening on HOST:PORT" in a message
+        # A connection that says nothing: its end is a line too.
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
         client = yield endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
         client.transport.loseConnection()
-        yield daemon.wait_for(b'"outcome": "closed"')
+        yield daemon.wait_for(b" ended: closed")
         code = yield daemon.stop()
         self.assertEqual(code, 0, daemon.err.decode())
         events = self.events(daemon)
-        self.assertTrue(all("log_time" in e and "log_level" in e for e in events))
-        (ended,) = [e for e in events if e.get("outcome") == "closed"]
-        self.assertTrue(ended["peer"].startswith("127.0.0.1:"), ended)
-        self.assertEqual(ended["bytes_in"], 0)
+        for event in events:
+            assert_schema(self, event)
+        (ended,) = [e for e in events if " ended: closed" in e["message"]]
+        self.assertIn("connection from 127.0.0.1:", ended["message"])
 
     @defer.inlineCallbacks
     def test_use_json_logs_under_twistd(self):
@@ -399,34 +482,71 @@ class DaemonJSONLogTests(DaemonTestCase):
         yield daemon.wait_for(b"reactor class: ")  # in JSON, and in text if broken
         yield daemon.stop()
         events = self.events(daemon)
-        self.assertIn(
-            "twistd {version} ({exe} {pyVersion}) starting up.", [e["log_format"] for e in events]
-        )
+        for event in events:
+            assert_schema(self, event)
+        self.assertTrue(any(e["message"].startswith("twistd ") for e in events), events)
 
     @defer.inlineCallbacks
     def test_log_format_json_session_end(self):
         self.write_config()
         daemon = JSONDaemon.start(["--config", self.conf, "--log-format", "json"])
-        daemon.listening.addErrback(lambda failure: None)
         self.addCleanup(daemon.stop)
-        output = yield daemon.wait_for(b'"log_format": "listening on {host}:{port}"')
-        port = next(
-            e["port"]
-            for e in map(json.loads, output.decode().splitlines())
-            if e.get("log_format") == "listening on {host}:{port}"
-        )
+        port = yield daemon.listening
         _, err, code = yield run_client(
             "connect", f"127.0.0.1:{port}", "--fingerprint", RAW["server_fingerprint"]
         )
         self.assertEqual(code, 0, err)
-        yield daemon.wait_for(b'"log_namespace": "keyexchanged.session"')
+        yield daemon.wait_for(b'"event": "session_end"')
         yield daemon.stop()
-        (end,) = [
-            e for e in self.events(daemon) if e.get("log_namespace") == "keyexchanged.session"
-        ]
-        self.assertEqual(own_fields(end), set(SESSION_END_FIELDS))
+        events = self.events(daemon)
+        for event in events:
+            assert_schema(self, event)
+        (end,) = [e for e in events if e.get("event") == "session_end"]
+        # One event per session end: not a text line beside it.
+        self.assertEqual([e for e in events if " ended: " in e["message"]], [end])
         self.assertEqual((end["outcome"], end["kind"]), ("ok", "full"))
         self.assertIs(end["forward_secrecy"], True)
+        self.assertIs(end["post_quantum"], False)
+        self.assertEqual(end["record_cipher"], "aes-256-gcm")
         self.assertGreater(end["bytes_in"], 256)
         self.assertTrue(end["peer"].startswith("127.0.0.1:"))
 
+    @defer.inlineCallbacks
+    def test_sigusr1_rotates_a_json_log_file(self):
+        """twistd rotates its log file on SIGUSR1: the JSON one too."""
+        self.write_config()
+        # The log is in the file: READY=1 on NOTIFY_SOCKET says it serves.
+        directory = tempfile.mkdtemp(prefix="kx-notify-")  # AF_UNIX paths are short
+        self.addCleanup(shutil.rmtree, directory)
+        notify_path = os.path.join(directory, "notify")
+        notifications = Notifications()
+        notify = reactor.listenUNIXDatagram(notify_path, notifications)
+        self.addCleanup(notify.stopListening)
+        free = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        port = free.getHost().port
+        yield free.stopListening()
+        log_file = os.path.join(self.dir, "kx.log")
+        argv = [*TWISTD, "-n", "--pidfile=", "--logfile", log_file, "keyexchange"]
+        argv += ["--config", self.conf, "--log-format", "json"]
+        argv += ["--listen", f"tcp:{port}:interface=127.0.0.1"]
+        daemon = JSONDaemon.spawn(argv, env=environment(NOTIFY_SOCKET=notify_path))
+        daemon.listening.addErrback(lambda failure: None)  # said in the file
+        self.addCleanup(daemon.stop)
+        [ready] = yield notifications.until(1)
+        self.assertTrue(ready.startswith(b"READY=1"), ready)
+        daemon.signal(signal.SIGUSR1)  # Twisted knows only HUP, INT, KILL, TERM by name
+        _, err, code = yield run_client(
+            "connect", f"127.0.0.1:{port}", "--fingerprint", RAW["server_fingerprint"]
+        )
+        self.assertEqual(code, 0, err)
+        code = yield daemon.stop()
+        self.assertEqual(code, 0, daemon.output.decode())
+        with open(log_file + ".1") as f:
+            before = [json.loads(line) for line in f]
+        with open(log_file) as f:
+            after = [json.loads(line) for line in f]
+        for event in before + after:
+            assert_schema(self, event)
+        self.assertTrue(any("listening on" in e["message"] for e in before), before)
+        self.assertEqual([e for e in before if e.get("event") == "session_end"], [])
+        self.assertEqual(len([e for e in after if e.get("event") == "session_end"]), 1)

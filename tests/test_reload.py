@@ -87,3 +87,67 @@ class ReloadTests(DaemonTestCase):
         # Clients pinned to the old key now refuse: the new one is served.
         _out, err, code = yield self.connect(port)
         self.assertEqual(code, 3, err)
+
+
+class ReloadIdentityTests(DaemonTestCase):
+    """A key is generated only at the first start: a reload that finds no
+    key file is refused as a whole, and the served key stays."""
+
+    def connect(self, port):
+        return run_client("connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT)
+
+    @defer.inlineCallbacks
+    def assert_missing_key_refused(self, daemon, port, refusal):
+        # A first session: the daemon serves, so SIGHUP has its handler.
+        _out, err, code = yield self.connect(port)
+        self.assertEqual(code, 0, err)
+        os.unlink(self.key)
+        daemon.signal("HUP")
+        output = yield daemon.wait_for(refusal)
+        self.assertIn(
+            f"{self.key}: no such key file: a reload never makes a new key".encode(), output
+        )
+        # A session after the refusal: the reactor has gone on since, and
+        # the old key still serves the clients pinned to it.
+        out, err, code = yield self.connect(port)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out, b"The secret message: hello from keyexchanged.")
+        self.assertFalse(os.path.exists(self.key), "a reload generated a key")
+        self.assertNotIn(b"generating", daemon.output)
+        self.assertNotIn(b"reload done", daemon.output)
+        self.assertNotIn(b"reload: done", daemon.output)
+        self.assertNotIn(b"Traceback", daemon.output)
+
+    @defer.inlineCallbacks
+    def test_a_missing_key_file_is_refused(self):
+        self.write_config("")
+        daemon = Daemon.start(["--config", self.conf])
+        self.addCleanup(daemon.stop)
+        port = yield daemon.listening
+        yield self.assert_missing_key_refused(daemon, port, b"reload failed, nothing changed: ")
+
+    @defer.inlineCallbacks
+    def test_a_missing_key_file_is_refused_by_the_processes_parent(self):
+        self.write_config("processes = 2\nworkers = 0\nephemeral-bits = 2048\n")
+        daemon = Daemon.start(["--config", self.conf])
+        self.addCleanup(daemon.stop)
+        port = yield daemon.listening
+        yield daemon.wait_for(b"all 2 child processes serve")
+        yield self.assert_missing_key_refused(
+            daemon, port, b"reload failed, nothing changed (no child told): "
+        )
+        # The parent logged SIGHUP once; no child was told.
+        self.assertEqual(daemon.output.count(b"SIGHUP: reloading"), 1)
+
+    @defer.inlineCallbacks
+    def test_a_refused_reload_is_not_called_done(self):
+        self.write_config("")
+        daemon = Daemon.start(["--config", self.conf])
+        self.addCleanup(daemon.stop)
+        port = yield daemon.listening
+        _out, err, code = yield self.connect(port)  # SIGHUP has its handler now
+        self.assertEqual(code, 0, err)
+        yield self.assert_reload_refused(daemon, "")
+        _out, err, code = yield self.connect(port)
+        self.assertEqual(code, 0, err)
+        self.assertNotIn(b"reload done", daemon.output)

@@ -10,7 +10,7 @@ import time
 import uuid
 
 from twisted.internet import defer
-from twisted.logger import globalLogPublisher
+from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from keyexchanged import systemd
@@ -195,6 +195,22 @@ class ReloadOnHangupTests(unittest.SynchronousTestCase):
             ("ready", "serving; reload failed: tickets.keys: cannot read ticket keys"),
         )
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_refused_reload_says_ready_and_not_done(self):
+        """A refusal was logged by the reload itself, with its reason: no
+        traceback, no "reload done"."""
+
+        def reload():
+            raise systemd.ReloadRefused("server.key: no such key file")
+
+        logged = []
+        self.patch(systemd, "log", Logger(observer=logged.append))
+        self.reloader(reload).reload_now()
+        self.assertEqual(
+            self.notifier.sent[-1],
+            ("ready", "serving; reload failed: server.key: no such key file"),
+        )
+        self.assertEqual([formatEvent(event) for event in logged], ["SIGHUP: reloading"])
 
     def test_hangup_during_a_reload_reloads_once_more_after_it(self):
         pending = []

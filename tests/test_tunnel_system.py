@@ -168,6 +168,28 @@ class SystemTunnelTests(DaemonTestCase):
         reply.transport.loseConnection()
 
 
+    @defer.inlineCallbacks
+    def test_an_unknown_host_is_refused_with_what_tunnel_can_do(self):
+        """No terminal prompt and no --accept-new in a tunnel: its advice
+        names connect and --fingerprint instead."""
+        _daemon, port = yield self.start_daemon()
+        known_hosts = os.path.join(self.dir, "known_hosts")
+        open(known_hosts, "w").close()
+        server = f"127.0.0.1:{port}"
+        argv = [*CLIENT, "tunnel", "--listen", "tcp:0:interface=127.0.0.1"]
+        tunnel = Daemon.spawn([*argv, "--server", server, "--known-hosts", known_hosts])
+        self.addCleanup(tunnel.stop)
+        local_port = yield tunnel.listening
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", local_port)
+        local = Target(echo=False)
+        yield endpoints.connectProtocol(endpoint, local)
+        output = yield tunnel.wait_for(b"is not a known host")
+        text = " ".join(output.decode().split())
+        self.assertIn(f"add it with 'keyexchange connect {server}'", text)
+        self.assertIn(f"give this tunnel --fingerprint {FINGERPRINT}", text)
+        self.assertNotIn("run again on a terminal", text)
+
+
 class Reply(Protocol):
     """Collects ``size`` bytes of answer."""
 

@@ -28,9 +28,8 @@ cannot be read, say): :func:`main` turns it into one ``keyexchange: error:
 ...`` line on stderr.  Anything else is a bug, and
 keeps its traceback.
 
-Exit status: 0 success, 1 error, 2 usage error (as argparse), 130 interrupted;
-``connect`` adds its own (see :mod:`keyexchanged.client`): 3 untrusted key,
-4 connection or protocol failure, 5 truncated.
+Exit status: :data:`keyexchanged.errors.EXIT_STATUS_TABLE`, which every
+``--help`` ends with (:class:`HelpParser`).
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ import argparse
 # ``rsa as rsa``: tests replace cli.rsa.generate_private_key.
 from keyexchanged import rsa as rsa
 from keyexchanged.cli._ca import add_ca
-from keyexchanged.cli._common import PROG, CommandError, UsageError, error
+from keyexchanged.cli._common import PROG, CommandError, HelpParser, UsageError, error
 from keyexchanged.cli._keys import add_fingerprint, add_keygen, add_rotate_key, add_ticket_keys
 from keyexchanged.cli._lab import add_lab
 from keyexchanged.cli._session import add_connect, add_tunnel
@@ -69,7 +68,7 @@ COMMANDS = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the whole command; each subcommand sets ``func``."""
-    parser = argparse.ArgumentParser(
+    parser = HelpParser(
         prog=PROG,
         description=(
             "The client and tools of keyexchanged, the KX/1 key-exchange daemon: "

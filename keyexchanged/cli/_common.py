@@ -8,7 +8,7 @@ import sys
 import time
 
 from keyexchanged import config, keys, rsa
-from keyexchanged.errors import KeyexchangedError
+from keyexchanged.errors import EXIT_STATUS_TABLE, KeyexchangedError
 
 PROG = "keyexchange"
 DEFAULT_KEY_FILE = "keyexchange.key"
@@ -121,6 +121,26 @@ def checked(validator):
 _DAYS = checked(config.ranged_int(1, 100 * 366, f"a number of days from 1 to {100 * 366}"))
 _SECONDS = checked(config.seconds)
 _KEY_BITS = checked(config.key_bits)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's, except that a text of several lines (the exit-status
+    table) is shown as written, not wrapped into one paragraph."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+class HelpParser(argparse.ArgumentParser):
+    """A parser whose --help ends with the exit statuses; its subcommands'
+    parsers are of the same class (argparse's default), so every --help does."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("epilog", EXIT_STATUS_TABLE)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def add_command(subparsers, name: str, func, help: str, description: str):

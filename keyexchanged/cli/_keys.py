@@ -172,6 +172,15 @@ def cmd_ticket_keys(args: argparse.Namespace) -> int:
     from keyexchanged import tickets
 
     if args.action == "new":
+        directory = os.path.dirname(os.path.abspath(args.file))
+        if not os.path.isdir(directory):
+            try:
+                os.makedirs(directory, mode=0o700)
+            except OSError as error:
+                raise CommandError(
+                    f"{directory}: cannot create the directory: {error.strerror}"
+                ) from None
+            print(f"{directory}: created (mode 0700)")
         tickets.new_ticket_key_file(args.file)
         print(f"{args.file}: one fresh ticket key (mode 0600)")
     else:

@@ -86,7 +86,8 @@ def _add_trust_arguments(parser, accept_new=True) -> None:
         "--idle-timeout",
         default=300.0,
         help="end a session on which nothing has passed either way for SECONDS: a "
-        "server gone silent (default 300; exit status 4)",
+        "server gone silent (default 300; "
+        + ("exit status 4)" if accept_new else "the tunnelled connection is closed)"),
     )
 
 
@@ -151,9 +152,7 @@ def add_connect(subparsers) -> None:
             "encrypted to it, and print what the server sends (byte for byte) on stdout. "
             "--send-file FILE, --send TEXT, or data piped on stdin goes to the server; "
             "--send puts TEXT in the process list, where every local user can read it, "
-            "so give a secret with --send-file. Exit status: 0 clean "
-            "end, 3 server key not trusted (nothing was sent), 4 connection or protocol "
-            "failure, 5 truncated (the connection closed before the server's END)."
+            "so give a secret with --send-file."
         ),
     )
     parser.add_argument("server", metavar="HOST[:PORT]", help="server address (port 51424)")
@@ -302,11 +301,20 @@ def add_tunnel(subparsers) -> None:
 def cmd_tunnel(args: argparse.Namespace) -> int:
     """Serve the local listener until interrupted."""
     from twisted.internet import defer, error, task
+    from twisted.internet import reactor as global_reactor
 
     from keyexchanged import tunnel
+    from keyexchanged.listening import check_endpoint
 
+    # One line for a description that is no endpoint, or a port in use.
+    check_endpoint(global_reactor, args.listen, "--listen")
     host, port = _server_address(args.server)
     policy = _trust_policy(args, port, interactive=False)  # no prompts from a relay
+    if hasattr(policy, "unknown_host_advice"):
+        policy.unknown_host_advice = (
+            f"add it with 'keyexchange connect {args.server}' (which asks on a terminal, "
+            "or takes --accept-new), or give this tunnel --fingerprint {fingerprint}."
+        )
     options = _session_options(args)
     failures = []
 

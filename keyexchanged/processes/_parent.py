@@ -12,11 +12,10 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python import usage
-from twisted.python.failure import Failure
 
 from keyexchanged import metrics as metrics_module
 from keyexchanged import proxyproto, systemd
-from keyexchanged.errors import ConfigError
+from keyexchanged.listening import CannotListen, listen_now
 from keyexchanged.processes._children import Backoff, _Child, _how_it_ended, spawn_child
 from keyexchanged.processes._settings import (
     CHILD_FD,
@@ -99,18 +98,22 @@ class ProcessesService(service.Service):
             return
         settings = self.options.settings
         inner, _wrap = proxyproto.parse_listen(self.listen, settings["trusted-proxies"])
-        listening = serverFromString(self.reactor, inner).listen(_NoAccept())
+        endpoint = serverFromString(self.reactor, inner)
         result = []
-        listening.addBoth(result.append)
-        if not result or isinstance(result[0], Failure):
-            reason = result[0].getErrorMessage() if result else "no answer from the endpoint"
-            self.log.critical(
-                "cannot listen on {listen}: {reason}", listen=self.listen, reason=reason
+        try:
+            listen_now(
+                lambda: endpoint.listen(_NoAccept()),
+                f"cannot listen on {self.listen}",
+                result.append,
             )
+        except CannotListen as error:
+            self.log.critical("{error}", error=str(error))
             # The process ends here: stopService will not clean up.
             if self.runtime is not None:
                 shutil.rmtree(self.runtime, ignore_errors=True)
-            raise ConfigError(f"cannot listen on {self.listen}: {reason}")
+            raise
+        if not result:
+            raise CannotListen(f"cannot listen on {self.listen}: no answer from the endpoint")
         self.port = result[0]
         # The children accept; the parent never does.
         self.port.stopReading()
@@ -163,7 +166,7 @@ class ProcessesService(service.Service):
             "--nodaemon",
             "--pidfile=",
             "--logger",
-            "keyexchanged.logs.json_observer",
+            "keyexchanged.logs.relay_observer",
             "keyexchange",
             *self.options.argv,
         ]
@@ -322,7 +325,7 @@ class ProcessesService(service.Service):
             )
             if self.metrics is not None:
                 self.metrics.reload("failed")
-            return
+            raise systemd.ReloadRefused(str(error_)) from None
         if str(new.settings.get("processes")) != str(old.settings.get("processes")):
             self.log.warn(
                 "reload: processes changes only at a restart; still {count}", count=self.count

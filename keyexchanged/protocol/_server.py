@@ -415,6 +415,8 @@ class SecureChannelFactory(Factory):
             self._health_checks.seen(summary.peer)
             return
         self._observe(summary)
+        if self.json_events:
+            return  # one event per session end: logs.log_session_end's, with its fields
         self.log.info(
             "connection from {peer} ended: {outcome}; {kind}; {bytes_in} bytes in, "
             "{bytes_out} bytes out, {duration:.3f} s{client}",
