@@ -32,6 +32,27 @@ from keyexchanged.trust import PinnedKey
 from tests.rev2 import StaticEphemeralKeys
 from tests.vectors import RAW, hexbytes
 
+# -- many cases, one test -------------------------------------------------------
+
+
+def assert_every_case(testcase, cases, check, label=repr):
+    """Run ``check(case)`` for every case and fail once, naming each case
+    that failed and why.
+
+    trial ignores ``subTest``: a loop of assertions stops at the first
+    failing case and hides the others.  This runs them all.
+    """
+    cases = list(cases)
+    failures = []
+    for case in cases:
+        try:
+            check(case)
+        except Exception as e:  # an unexpected error is a failing case too
+            failures.append(f"{label(case)}: {type(e).__name__}: {e}")
+    if failures:
+        testcase.fail(f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures))
+
+
 # -- the vector keys -----------------------------------------------------------
 
 SERVER_KEY = keys.private_key_from_bytes(RAW["server_private_key_pem"].encode())
@@ -152,6 +173,14 @@ def ended_sessions(testcase):
     globalLogPublisher.addObserver(observe)
     testcase.addCleanup(globalLogPublisher.removeObserver, observe)
     return ended
+
+
+def log_events(testcase):
+    """Every log event published from now until the test ends, in a list."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    testcase.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
 
 
 def address(host="10.0.0.1", port=40000):

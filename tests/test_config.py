@@ -77,6 +77,7 @@ class ReadConfigTests(unittest.TestCase):
             ("max-handshakes = 0", "at least 1"),
             ("workers = -1", "auto, or a whole number of at least 0"),
             ("workers = many", "auto, or a whole number of at least 0"),
+            ("processes = 0", "auto, or a whole number of at least 1"),
             ("application = Echo!", "application name"),
             ("ipv6-source-prefix = 0", "must be a prefix length from 1 to 128"),
             ("ipv6-source-prefix = 129", "must be a prefix length from 1 to 128"),
@@ -87,6 +88,19 @@ class ReadConfigTests(unittest.TestCase):
                 "# comment\n[keyexchanged]\n" + line + "\n", "line 3", reason
             )
             self.assertIn(line.split(" =")[0], message)
+
+    def test_processes_is_auto_or_at_least_one(self):
+        self.assertEqual(config.processes("auto"), "auto")
+        self.assertEqual(config.processes("1"), 1)
+        self.assertEqual(config.processes("16"), 16)
+        refused = {}
+        for text in ("0", "-1", "abc", "", "1.5", "Auto"):
+            try:
+                config.processes(text)
+            except ValueError as error:
+                refused[text] = str(error)
+        reason = "must be auto, or a whole number of at least 1"
+        self.assertEqual(refused, dict.fromkeys(("0", "-1", "abc", "", "1.5", "Auto"), reason))
 
     def test_unknown_setting(self):
         self.assertRefused(
@@ -151,6 +165,10 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(options.settings["private-key"], self.key_path)
         self.assertEqual(options.identity.fingerprint, keys.fingerprint(SERVER_KEY.public_key()))
 
+    def test_listens_on_51424_on_every_interface_by_default(self):
+        options = self.parse("--private-key", self.key_path)
+        self.assertEqual(options.settings["listen"], "tcp:51424")
+
     def test_environment_names_the_config(self):
         options = self.parse(environ={"KEYEXCHANGED_CONFIG": self.conf})
         self.assertEqual(options.settings["max-connections"], 5)
@@ -192,6 +210,10 @@ class OptionsTests(unittest.TestCase):
             (["--message-file", "/nonexistent"], "cannot read message file"),
             (["--config", "/nonexistent.conf"], "cannot read config file"),
             (["--workers", "two"], "auto, or a whole number"),
+            (
+                ["--processes", "0"],
+                "processes = '0': must be auto, or a whole number of at least 1",
+            ),
             (["--max-handshakes", "-5"], "--max-handshakes"),
             (["--application", "nope"], "no application named 'nope'"),
             (["--application", "forward"], "needs --forward-to"),

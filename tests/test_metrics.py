@@ -8,6 +8,7 @@ import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.error import ConnectionRefusedError
 from twisted.logger import Logger
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
@@ -224,7 +225,7 @@ class ScrapeTests(unittest.TestCase):
         self.assertIsNone(service.port)
         agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         yield self.assertFailure(
-            agent.request(b"GET", b"http://127.0.0.1:%d/metrics" % port), Exception
+            agent.request(b"GET", b"http://127.0.0.1:%d/metrics" % port), ConnectionRefusedError
         )
 
 

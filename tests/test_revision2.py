@@ -24,7 +24,14 @@ from keyexchanged.handshake import (
 )
 from keyexchanged.records import RecordOpener, RecordSealer
 from keyexchanged.rsa import DecryptionError, PublicKey
-from tests.fixtures import CLIENT_KEY, IDENTITY, SERVER_KEY, frames, replay
+from tests.fixtures import (
+    CLIENT_KEY,
+    IDENTITY,
+    SERVER_KEY,
+    assert_every_case,
+    frames,
+    replay,
+)
 from tests.rev2 import EPHEMERAL_PRIVATE, ephemeral_key
 from tests.vectors import RESUME_RAW, resume_hexbytes
 
@@ -377,28 +384,34 @@ class ClientRefusalTests(unittest.TestCase):
         )
 
     def test_bad_exponent(self):
-        for e in (3, 2**16 - 1, 2**256 + 1):
-            with self.subTest(e=e):
-                self.assertRefused(
-                    hello_offering(member(e=e)),
-                    "untrusted-key",
-                    "ephemeral key: RSA public exponent out of range",
-                )
+        assert_every_case(
+            self,
+            (3, 2**16 - 1, 2**256 + 1),
+            lambda e: self.assertRefused(
+                hello_offering(member(e=e)),
+                "untrusted-key",
+                "ephemeral key: RSA public exponent out of range",
+            ),
+        )
 
     def test_ill_typed_members(self):
         good = member()
-        for name, value in [
+
+        def check(case):
+            name, value = case
+            bad = dict(good, **{name: value})
+            event = ClientConnection(clock=lambda: NOW).receive_data(hello_offering(bad))[0]
+            self.assertEqual(event.code, "malformed-frame")
+
+        cases = [
             ("expires", "1764259200"),
             ("expires", True),
             ("expires", 1.5),
             ("key", 5),
             ("key", "!!"),
             ("signature", None),
-        ]:
-            with self.subTest(name=name, value=value):
-                bad = dict(good, **{name: value})
-                event = ClientConnection(clock=lambda: NOW).receive_data(hello_offering(bad))[0]
-                self.assertEqual(event.code, "malformed-frame")
+        ]
+        assert_every_case(self, cases, check)
         for value in ("text", [1], 5):
             event = ClientConnection(clock=lambda: NOW).receive_data(hello_offering(value))[0]
             self.assertEqual(
@@ -479,15 +492,17 @@ class ServerResumptionTests(unittest.TestCase):
 
     def test_tampered(self):
         r = Resumption()
-        for position in (0, 20, 40, -1):
+
+        def check(position):
             ticket = bytearray(r.ticket.ticket)
             ticket[position] ^= 1
             stored = tickets.StoredTicket(
                 "h", 1, r.ticket.server_fingerprint, r.ticket.secret, bytes(ticket), 0
             )
             detail = "unknown or retired ticket key" if position == 0 else "ticket does not open"
-            with self.subTest(position=position):
-                self.assertStale(r, detail, ticket=stored)
+            self.assertStale(r, detail, ticket=stored)
+
+        assert_every_case(self, (0, 20, 40, -1), check)
 
     def test_too_short(self):
         r = Resumption()
@@ -618,7 +633,20 @@ class ClientTicketRefusalTests(unittest.TestCase):
         )
 
     def test_malformed_ticket_plaintext(self):
-        for plaintext, detail in [
+        def check(case):
+            plaintext, detail = case
+            server = ServerConnection(IDENTITY, ephemeral=ephemeral_key())
+            server.start()
+            client = ClientConnection()
+            client.receive_data(server.data_to_send())
+            client.accept_key()
+            server.receive_data(client.data_to_send())
+            client.receive_data(server.data_to_send())  # the confirmation
+            sealed = server._sealer.seal("TICKET", plaintext)
+            events = client.receive_data(encode_frame("TICKET", sealed))
+            self.assertEqual(events, [ProtocolFailed("malformed-frame", detail)])
+
+        cases = [
             (b"[]", "TICKET is not a JSON object"),
             (b'{"ticket": "", "lifetime": 5}', "TICKET ticket is not 1 to 512 bytes"),
             (
@@ -628,18 +656,8 @@ class ClientTicketRefusalTests(unittest.TestCase):
             (b'{"ticket": "AAAA", "lifetime": 0}', "TICKET lifetime is not 1 to 86400 seconds"),
             (b'{"ticket": "AAAA", "lifetime": 86401}', "TICKET lifetime is not 1 to 86400 seconds"),
             (b'{"ticket": "AAAA", "lifetime": "5"}', "TICKET lifetime is not 1 to 86400 seconds"),
-        ]:
-            with self.subTest(plaintext=plaintext[:30]):
-                server = ServerConnection(IDENTITY, ephemeral=ephemeral_key())
-                server.start()
-                client = ClientConnection()
-                client.receive_data(server.data_to_send())
-                client.accept_key()
-                server.receive_data(client.data_to_send())
-                client.receive_data(server.data_to_send())  # the confirmation
-                sealed = server._sealer.seal("TICKET", plaintext)
-                events = client.receive_data(encode_frame("TICKET", sealed))
-                self.assertEqual(events, [ProtocolFailed("malformed-frame", detail)])
+        ]
+        assert_every_case(self, cases, check, label=lambda case: repr(case[0][:30]))
 
 
 class ForwardSecrecyTests(unittest.TestCase):

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from keyexchanged import cli, tickets
 from keyexchanged.handshake import TicketReceived
-from tests.fixtures import IDENTITY
+from tests.fixtures import IDENTITY, assert_every_case, log_events
 
 NOW = 1_800_000_000
 
@@ -41,7 +41,18 @@ class TicketFileTests(unittest.TestCase):
         self.assertEqual(new.open(ticket, IDENTITY.fingerprint), (b"s" * 32, None))
 
     def test_malformed_lines_are_named(self):
-        for text, message in [
+        def check(case):
+            text, message = case
+            self.write(text)
+            error = self.assertRaises(
+                tickets.TicketKeyFileError, tickets.load_ticket_keys, self.path
+            )
+            self.assertEqual(
+                str(error),
+                f"{self.path}, {message}" if "line" in message else f"{self.path}: {message}",
+            )
+
+        cases = [
             (f"{key_line(1)}\nnot base64!\n", "line 2: not base64"),
             (
                 f"# c\n{base64.b64encode(b'short').decode()}\n",
@@ -49,16 +60,8 @@ class TicketFileTests(unittest.TestCase):
             ),
             ("# only a comment\n", "no ticket key in the file"),
             ("", "no ticket key in the file"),
-        ]:
-            with self.subTest(text=text):
-                self.write(text)
-                error = self.assertRaises(
-                    tickets.TicketKeyFileError, tickets.load_ticket_keys, self.path
-                )
-                self.assertEqual(
-                    str(error),
-                    f"{self.path}, {message}" if "line" in message else f"{self.path}: {message}",
-                )
+        ]
+        assert_every_case(self, cases, check)
 
     def test_readable_by_others_is_refused(self):
         self.write(key_line(1) + "\n", mode=0o640)
@@ -232,9 +235,14 @@ class StoreTests(unittest.TestCase):
         with open(path, "w") as f:
             f.write("not json")
         os.chmod(path, 0o600)
+        events = log_events(self)
         store = tickets.TicketStore(path, clock=lambda: NOW)
         self.assertEqual(len(store), 0)
-        self.flushLoggedErrors()
+        warned = [e for e in events if e.get("log_format", "").startswith("ignoring unreadable")]
+        self.assertEqual([e["path"] for e in warned], [path])
+        # and it starts afresh: the next ticket is written over the junk
+        store.add(tickets.StoredTicket("h", 1, "SHA256:x", b"S" * 32, b"t", NOW + 60))
+        self.assertEqual(len(tickets.TicketStore(path, clock=lambda: NOW)), 1)
 
 
 class ReloadTests(unittest.TestCase):
