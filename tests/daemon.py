@@ -9,6 +9,7 @@ import re
 import sys
 
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.error import ProcessExitedAlready
 from twisted.trial import unittest
 
 from keyexchanged import keys
@@ -99,8 +100,8 @@ class Daemon(protocol.ProcessProtocol):
         if not self.ended.called:
             try:
                 self.signal("TERM")
-            except OSError:
-                pass
+            except (OSError, ProcessExitedAlready):
+                pass  # it has ended, or is ending: what stop waits for
         code = yield self.ended
         return code
 
