@@ -13,8 +13,7 @@ from twisted.trial import unittest
 
 from keyexchanged import keys, protocol, tap
 from keyexchanged.admission import DEFAULT_IPV6_PREFIX, Admission, source_key
-from tests.test_handshake import SERVER_KEY, frames
-from tests.test_protocol import server_factory
+from tests.fixtures import SERVER_KEY, frames, server_factory
 
 
 class SourceKeyTests(unittest.TestCase):
