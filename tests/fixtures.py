@@ -9,7 +9,9 @@ its import-time work again and, for a TestCase, its tests.
 
 import hashlib
 import io
+import math
 import os
+import random
 import shlex
 import subprocess
 import sys
@@ -26,8 +28,15 @@ from zope.interface import implementer
 
 from keyexchanged import cli, handshake, keys, rsa
 from keyexchanged.applications import MessageFactory
-from keyexchanged.handshake import ClientConnection, ServerConnection, ServerIdentity
-from keyexchanged.protocol import ChannelClientFactory, SecureChannelFactory
+from keyexchanged.handshake import (
+    ClientConnection,
+    ServerConnection,
+    ServerIdentity,
+)
+from keyexchanged.protocol import (
+    ChannelClientFactory,
+    SecureChannelFactory,
+)
 from keyexchanged.trust import PinnedKey
 from tests.rev2 import StaticEphemeralKeys
 from tests.vectors import RAW, hexbytes
@@ -437,3 +446,43 @@ class Pusher(Protocol):
 
     def stopProducing(self):
         self.paused = True
+
+
+class JunkIdentity:
+    """A stranger's AUTH: a public key of its choosing and a signature of
+    random numbers below n, which costs the server a whole verification
+    and never verifies.  Nobody holds the private key: none is needed."""
+
+    def __init__(self, bits, e=65537, seed=0):
+        draw = random.Random(f"{bits}-{e}-{seed}")
+        n = 0
+        while math.gcd(n, e) != 1:
+            n = draw.getrandbits(bits) | 1 << (bits - 1) | 1
+        self._public = rsa.PublicKey(n, e)
+        self._draw = draw
+        self.fingerprint = keys.fingerprint(self._public)
+
+    def public_key(self):
+        return self._public
+
+    def sign_pss(self, message, salt_length, **options):
+        value = self._draw.randrange(self._public.n)
+        return value.to_bytes(self._public.k, "big")
+
+
+class MemoryEndpoint:
+    """An endpoint whose connections reach ``server_factory`` through iosim."""
+
+    def __init__(self, server_factory, clock):
+        self.server_factory = server_factory
+        self.clock = clock
+        self.server = None
+        self.pump = None
+
+    def connect(self, factory):
+        client_protocol, self.server, self.pump = iosim.connectedServerAndClient(
+            lambda: self.server_factory.buildProtocol(address()),
+            lambda: factory.buildProtocol(address("127.0.0.1", 51424)),
+            clock=self.clock,
+        )
+        return defer.succeed(client_protocol)

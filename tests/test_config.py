@@ -6,15 +6,23 @@ import json
 import os
 import re
 import sys
+import time
 
 from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial import unittest
 
-from keyexchanged import config, keys, tap
+from keyexchanged import config, keys, rsa, tap
 from keyexchanged.config import ConfigError, read_config
+from keyexchanged.protocol import PeerError
 from tests import certs
-from tests.fixtures import SERVER_KEY
+from tests.fixtures import (
+    CLIENT_KEY,
+    SERVER_KEY,
+    JunkIdentity,
+    Pair,
+)
+from tests.rev2 import EPHEMERAL_PRIVATE
 
 SHIPPED = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "keyexchanged.conf")
 
@@ -347,3 +355,101 @@ class HelloSizeTests(unittest.TestCase):
         service = self.start(path)
         self.assertEqual(len(service.factory.identity.certificates), count)
         self.assertEqual(len(service.factory.identity.hello_payload(b"\1" * 32)), size)
+
+
+class AuthKeyBoundOptionTests(unittest.TestCase):
+    """Item 1 (a) and (c): ``--client-key-max-bits`` and the config file,
+    from the option to the wire."""
+
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        keys.save_private_key(SERVER_KEY, os.path.join(self.dir, "server.key"))
+        self.conf = self.write(
+            "[keyexchanged]\nprivate-key = server.key\nworkers = 0\nmessage = hi\n"
+        )
+        # The first ephemeral key is made at start: the vector one, at once.
+        self.patch(rsa, "generate_private_key", lambda bits: EPHEMERAL_PRIVATE)
+
+    def write(self, text, name="k.conf"):
+        path = os.path.join(self.dir, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def factory(self, *argv):
+        options = tap.Options(environ={})
+        options.parseOptions(["--config", self.conf, *argv])
+        # The ephemeral key's expiry comes from this clock, and the client
+        # checks it against the real one.
+        clock = Clock()
+        clock.advance(time.time())
+        return tap.makeService(options, reactor=clock).factory
+
+    def auth(self, factory, identity):
+        pair = Pair(clock=factory.reactor, factory=factory, identity=identity)
+        pair.flush()
+        return pair
+
+    def assertAuthFailed(self, pair, detail):
+        self.assertEqual(pair.application.data, b"")
+        self.assertIsInstance(pair.application.reason.value, PeerError)
+        self.assertEqual(
+            (pair.application.reason.value.code, pair.application.reason.value.detail),
+            ("auth-failed", detail),
+        )
+
+    def test_default_is_4096(self):
+        factory = self.factory()
+        self.assertEqual(factory.client_key_max_bits, 4096)
+        self.assertEqual(factory.make_connection().client_key_max_bits, 4096)
+        self.assertAuthFailed(self.auth(factory, JunkIdentity(8192)), "RSA modulus of 8192 bits")
+
+    def test_command_line_8192_lets_the_key_through(self):
+        factory = self.factory("--client-key-max-bits", "8192")
+        self.assertEqual(factory.make_connection().client_key_max_bits, 8192)
+        # Past the bound: refused only for its junk signature.
+        self.assertAuthFailed(self.auth(factory, JunkIdentity(8192)), "bad AUTH signature")
+
+    def test_config_file_value(self):
+        self.conf = self.write(
+            "[keyexchanged]\nprivate-key = server.key\nworkers = 0\nmessage = hi\n"
+            "client-key-max-bits = 3072\n"
+        )
+        factory = self.factory()
+        self.assertEqual(factory.client_key_max_bits, 3072)
+        self.assertAuthFailed(self.auth(factory, JunkIdentity(4096)), "RSA modulus of 4096 bits")
+        pair = self.auth(factory, CLIENT_KEY)  # 2048 bits: fine
+        self.assertEqual(pair.application.data, b"hi")
+
+    def test_a_real_key_within_the_bound_authenticates(self):
+        pair = self.auth(self.factory(), CLIENT_KEY)
+        self.assertEqual(pair.application.data, b"hi")
+
+    BAD_VALUES = ("1024", "2047", "8193", "16384", "-4096", "4k", "4096.0", "")
+
+    def test_bad_values_in_the_config_file(self):
+        for value in self.BAD_VALUES:
+            path = self.write(f"[keyexchanged]\nclient-key-max-bits = {value}\n", "bad.conf")
+            with self.assertRaises(config.ConfigError) as caught:
+                config.read_config(path)
+            self.assertEqual(
+                str(caught.exception),
+                f"{path}, line 2: client-key-max-bits = {value!r}: "
+                "must be a number of bits from 2048 to 8192",
+            )
+
+    def test_bad_values_on_the_command_line(self):
+        for value in self.BAD_VALUES:
+            with self.assertRaises(usage.UsageError) as caught:
+                self.factory(f"--client-key-max-bits={value}")
+            self.assertEqual(
+                str(caught.exception),
+                f"--client-key-max-bits: client-key-max-bits = {value!r}: "
+                "must be a number of bits from 2048 to 8192",
+            )
+
+    def test_bounds_are_accepted(self):
+        for value in ("2048", "8192", " 4096 "):
+            path = self.write(f"[keyexchanged]\nclient-key-max-bits = {value}\n", "ok.conf")
+            self.assertEqual(config.read_config(path)["client-key-max-bits"], int(value))
