@@ -1,5 +1,5 @@
-"""Faults a review found in the channel, each with the test that shows it
-fixed: closes that could hang, pauses undone, counters that could leak,
+"""Faults of the channel, each with the test that would catch it: closes
+that could hang, pauses undone, counters that could leak,
 exceptions from applications and worker pools, and what a reset after the
 peer's END means."""
 

@@ -406,8 +406,8 @@ class SessionCommandTests(CommandTestCase):
 
 
 class SendFileTests(CommandTestCase):
-    """``connect --send-file``: a secret out of the process list (review
-    issue 12, item 9).  What the command hands the session is checked here,
+    """``connect --send-file``: a secret out of the process list.  What the
+    command hands the session is checked here,
     with the reactor and the session replaced; a real one is in
     test_daemon."""
 
@@ -499,7 +499,7 @@ class SendFileTests(CommandTestCase):
 
 
 class IdleTimeoutOptionTests(CommandTestCase):
-    """Item 11: ``--idle-timeout`` of connect and tunnel."""
+    """``--idle-timeout`` of connect and tunnel."""
 
     def setUp(self):
         super().setUp()

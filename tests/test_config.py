@@ -287,8 +287,8 @@ class OptionsTests(unittest.TestCase):
 
 
 class HelloSizeTests(unittest.TestCase):
-    """A certificate chain that makes HELLO too large is refused at start
-    (review issue 12, item 12): accepted, it broke every connection."""
+    """A certificate chain that makes HELLO too large is refused at start:
+    accepted, it would break every connection."""
 
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())
@@ -358,8 +358,8 @@ class HelloSizeTests(unittest.TestCase):
 
 
 class AuthKeyBoundOptionTests(unittest.TestCase):
-    """Item 1 (a) and (c): ``--client-key-max-bits`` and the config file,
-    from the option to the wire."""
+    """``--client-key-max-bits`` and the config file, from the option to
+    the wire."""
 
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())

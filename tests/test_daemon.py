@@ -273,7 +273,11 @@ class Collect(Protocol):
         self.ended.callback(reason.value)
 
 
-class Revision2SystemTests(DaemonTestCase):
+class ForwardSecrecyAndResumptionTests(DaemonTestCase):
+    """Forward secrecy by default, full then resumed sessions, daemons
+    sharing a ticket-key file, a restarted daemon's stale tickets, and the
+    tunnel resuming its connections."""
+
     @defer.inlineCallbacks
     def start(self, *args, listen="tcp:0:interface=127.0.0.1"):
         daemon = Daemon.start(["--listen", listen, "--private-key", self.key, *args])

@@ -1,4 +1,4 @@
-"""System tests of issue 4: the real ``twistd keyexchange`` with
+"""System tests of trust: the real ``twistd keyexchange`` with
 certificates and authorized keys, and the real ``keyexchange connect`` with
 --ca, known hosts (answering its prompt through a pseudo-terminal) and
 --identity, as child processes on 127.0.0.1."""
@@ -110,7 +110,7 @@ class DaemonTrustTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_keyexchange_ca_certificate(self):
-        """The "done when" of issue 4: --ca connects, a wrong name is refused."""
+        """--ca connects, a wrong name is refused."""
         cadir = os.path.join(self.dir, "ca")
         out, err, code = yield run_client("ca", "init", cadir, "--bits", "2048", env=self.env)
         self.assertEqual(code, 0, err)

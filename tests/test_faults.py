@@ -1,4 +1,4 @@
-"""Faults (issue 5 §5), with the real daemon and the real client.
+"""Faults, with the real daemon and the real client.
 
 - SIGTERM or SIGINT while a session is open: the daemon stops accepting,
   lets the session finish (its data whole, its END delivered) inside the

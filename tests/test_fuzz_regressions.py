@@ -73,8 +73,8 @@ class RegressionTests(unittest.TestCase):
         self.assertEqual(sorted(set(_expected()) - on_disk), [])
 
     def test_the_seeded_bugs_are_there(self):
-        # The directory once held only its README, and the replay tested
-        # nothing.  Inputs for the bugs fixed before fuzzing stay.
+        # A directory of only its README would replay nothing: the inputs
+        # for the bugs fixed before fuzzing stay.
         names = set(_expected())
         for name in (
             "auth-nested-json",

@@ -608,6 +608,8 @@ class ClientRefusalTests(unittest.TestCase):
         self.assertNotIn(b"\x1b", error)
 
 
+# -- the client's AUTH and a peer's ERROR, whatever they hold ---------------------------
+
 CLIENT_FP = RAW["client_fingerprint"]
 
 
@@ -624,7 +626,7 @@ def core_pair(identity, **server_options):
 
 
 class AuthKeyBoundTests(unittest.TestCase):
-    """Item 1 (a): the key of an AUTH, in the core."""
+    """The key of an AUTH is bounded (``client-key-max-bits``, e = 65537)."""
 
     def test_8192_bit_key_is_refused_by_default(self):
         server, client_core = core_pair(JunkIdentity(8192))
@@ -694,7 +696,9 @@ WIDE = ("€", "\U0001f600", "\u2028", "\x00", '"', "\\", "\ud800")
 
 
 class PeerErrorCoreTests(unittest.TestCase):
-    """Item 5, the cores: every member of a peer's ERROR is type-checked."""
+    """Nothing in a peer's ERROR (or HELLO) can raise, and every ERROR we
+    send fits its frame, whatever the detail holds: every member of a peer's
+    ERROR is type-checked."""
 
     def cores(self):
         server = ServerConnection(IDENTITY)
@@ -807,6 +811,9 @@ class PeerErrorCoreTests(unittest.TestCase):
         client_core.accept_key()
         return server.receive_data(client_core.data_to_send())
 
+
+# -- forward secrecy (§10) and resumption (§11), byte for byte against
+# kx1-ephemeral-resume.json, and every refusal those sections name ---------------------
 
 EXPIRES = RESUME_RAW["ephemeral_expires"]
 
@@ -1048,6 +1055,9 @@ class ResumeVectorTests(unittest.TestCase):
         self.assertEqual(state["server"], RESUME_RAW["server_fingerprint"])
 
 
+# -- §10.3: what a client refuses -----------------------------------------------------
+
+
 def hello_offering(member, key=IDENTITY):
     hello = {
         "protocol": "kx/1",
@@ -1189,6 +1199,9 @@ class EphemeralKeyRefusalTests(unittest.TestCase):
             self.assertEqual(
                 event, ProtocolFailed("malformed-frame", "HELLO ephemeral is not an object")
             )
+
+
+# -- §11.3: what a server refuses -----------------------------------------------------
 
 
 class Resumption:

@@ -1,4 +1,4 @@
-"""Hostile input through the Twisted layer (issue 5 §2, docs/spec/kx1.rst §6).
+"""Hostile input through the Twisted layer (docs/spec/kx1.rst §6).
 
 Every bad input gets one precise answer: the ERROR code *and* detail of
 §6, or a silent close where the peer is already gone.  Each test also shows

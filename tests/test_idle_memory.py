@@ -1,4 +1,4 @@
-"""What an established, idle session keeps (issue 14: memory per session).
+"""What an established, idle session keeps: memory per session.
 
 Thousands of idle sessions are the daemon's steady state, so each keeps
 its state in slots rather than an instance dict, refers to what every

@@ -1,5 +1,4 @@
-"""``--processes N``: a parent that listens and N children that serve
-(issue 13 §5).
+"""``--processes N``: a parent that listens and N children that serve.
 
 The system tests run the real ``twistd -n keyexchange --processes 2`` on
 127.0.0.1.  Which child accepts a connection is the kernel's choice, so

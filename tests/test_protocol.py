@@ -161,7 +161,7 @@ class EndToEndTests(unittest.TestCase):
 
 
 class SessionSummaryTests(unittest.TestCase):
-    """Issue 10: a protocol gets what it needs when it is built, and reports
+    """A protocol gets what it needs when it is built, and reports
     its end in one summary; neither side reads the other's attributes."""
 
     def test_protocols_never_read_their_factory(self):
@@ -614,7 +614,7 @@ def deliver(protocol_instance, data):
 
 
 class AuthInWorkersTests(unittest.TestCase):
-    """Item 1 (b): through the Twisted layer, an AUTH nobody asked for is
+    """Through the Twisted layer, an AUTH nobody asked for is
     work for the workers, and it counts against max-handshakes."""
 
     def setUp(self):
@@ -733,8 +733,8 @@ class AuthInWorkersTests(unittest.TestCase):
 
 
 class PeerErrorChannelTests(unittest.TestCase):
-    """Item 5, the Twisted layer: nothing a peer says reaches the log as a
-    traceback (one per connection was a log flood)."""
+    """The Twisted layer: nothing a peer says reaches the log as a
+    traceback (one per connection would be a log flood)."""
 
     def test_server_given_an_error_of_any_shape(self):
         for code in ([], ["busy", "timeout"], {}, {"error": "busy"}, 5, None):
@@ -799,7 +799,7 @@ class PeerErrorChannelTests(unittest.TestCase):
 
 
 class PeerFingerprintAtStartTests(unittest.TestCase):
-    """Item 7: AUTH optional but given: the application knows who it is
+    """AUTH optional but given: the application knows who it is
     talking to from ``connectionMade`` on."""
 
     def pair(self, identity, pool=None):
@@ -844,7 +844,8 @@ class PeerFingerprintAtStartTests(unittest.TestCase):
 
 
 class ClientIdleTimeoutTests(unittest.TestCase):
-    """Item 11: a server that goes silent after the handshake."""
+    """The client ends a session whose server goes silent after the
+    handshake."""
 
     def connect(self, idle_timeout):
         servers = []

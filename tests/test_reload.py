@@ -1,6 +1,6 @@
 """SIGHUP reloads the real daemon: a broken config changes nothing and it
 keeps serving; a good one takes effect for new sessions while an open
-session goes on with what it started with (issue 13 §1)."""
+session goes on with what it started with."""
 
 import os
 

@@ -674,7 +674,7 @@ class _FaultAndBlindingTests(_BackendMixin):
         """A glitch in ``c mod p`` feeds the exponentiation mod p.  The old
         check compared mᵉ mod p with that same faulty c_p, so it passed, and
         the output — right mod q, wrong mod p — gave away q through
-        gcd(mᵉ − c, n) (issue 12).  The check against the caller's c mod n
+        gcd(mᵉ − c, n).  The check against the caller's c mod n
         refuses it."""
         key = self._copy(_shared_key())
         n, e, p, q = key.n, key.e, key.p, key.q

@@ -121,7 +121,7 @@ class PolicyForTests(unittest.TestCase):
 
 
 class CertificateAuthorityTests(unittest.TestCase):
-    """Every accept path and every refusal of --ca (issue 4, §4)."""
+    """Every accept path and every refusal of --ca."""
 
     def assertRefused(self, verifier, offer, fragment, server_name="server.example"):
         with self.assertRaises(UntrustedKey) as caught:
@@ -296,7 +296,7 @@ class CertificateAuthorityTests(unittest.TestCase):
         self.assertRefused(verifier, offer, "keyEncipherment")
 
     def test_not_for_a_server(self):
-        """A certificate issued for other purposes than serverAuth (issue 12)."""
+        """A certificate issued for other purposes than serverAuth."""
         for purposes, named in [
             ([CLIENT_AUTH], "clientAuth"),
             ([ExtendedKeyUsageOID.CODE_SIGNING], "codeSigning"),
@@ -337,7 +337,7 @@ class CertificateAuthorityTests(unittest.TestCase):
 
     def test_a_ca_certificate_as_the_servers(self):
         """CA:TRUE on the leaf, whatever its keyUsage and extendedKeyUsage
-        (issue 12): refused, though the chain and the name are right."""
+        refused, though the chain and the name are right."""
         for usage, purposes in [(CA_AND_SERVER_USAGE, [SERVER_AUTH]), ("ca", None)]:
             chain = [leaf(ca=True, usage=usage, purposes=purposes)]
             refusal = self.assertRefused(policy(), certs.offer(SERVER_KEY, chain), "")
@@ -438,7 +438,7 @@ class InMemoryEndpoint:
 
 class ExplainedRefusalTests(unittest.TestCase):
     """What ``keyexchange connect --ca ... --explain`` prints when the
-    server's certificate is not a server certificate (issue 12)."""
+    server's certificate is not a server certificate."""
 
     def connect(self, chain, trust_policy=None):
         clock = Clock()
@@ -637,12 +637,13 @@ SERVER_FP = IDENTITY.fingerprint
 OTHER_FP = keys.fingerprint(EPHEMERAL_PRIVATE.public_key())
 
 
-#: All a refused server learns (item 10).
+#: All a refused server learns.
 GENERIC_REFUSAL = {"error": "untrusted-key", "detail": "the client does not trust this key"}
 
 
 class TrustRefusalTests(unittest.TestCase):
-    """Item 10: what a refused server receives, and what the user reads."""
+    """A trust refusal tells the server only that we refused: what a
+    refused server receives, and what the user reads."""
 
     def setUp(self):
         self.known_hosts = os.path.join(os.path.abspath(self.mktemp()), "known_hosts")

@@ -196,9 +196,9 @@ class TunnelTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_changed_key_banner(self):
-        """Issue 10, item 2: a refused key keeps its full explanation all the
-        way to the user; the tunnel printed only the short detail, and a
-        changed key went without its banner."""
+        """A refused key keeps its full explanation all the way to the
+        user: not only the short detail, and a changed key with its
+        banner."""
         chain = yield Chain.start(self)
         known_hosts = os.path.abspath(self.mktemp())
         opener = chain.tunnel.opener
