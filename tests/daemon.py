@@ -12,8 +12,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.error import ProcessExitedAlready
 from twisted.trial import unittest
 
-from keyexchanged import keys
-from tests.fixtures import SERVER_KEY
+from tests.fixtures import ServerFiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -136,26 +135,12 @@ def run_client(*args, stdin=None, env=None):
     return output.done
 
 
-class DaemonTestCase(unittest.TestCase):
-    """A temporary directory with the vector server key in it (``self.key``)
-    and the path of a config file beside it (``self.conf``)."""
+class DaemonTestCase(ServerFiles, unittest.TestCase):
+    """The server's files (:class:`~tests.fixtures.ServerFiles`); a config
+    written with :meth:`write_config` listens on 127.0.0.1, a free port."""
 
     timeout = 120
-
-    def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.key = os.path.join(self.dir, "server.key")
-        keys.save_private_key(SERVER_KEY, self.key)
-        self.conf = os.path.join(self.dir, "keyexchanged.conf")
-
-    def write_config(self, body):
-        """Write ``self.conf``: listening on 127.0.0.1, ``self.key``, and ``body``."""
-        with open(self.conf, "w") as f:
-            f.write(
-                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\n"
-                f"private-key = {self.key}\n{body}"
-            )
+    base_config = "listen = tcp:0:interface=127.0.0.1\n"
 
     @defer.inlineCallbacks
     def assert_reload_refused(self, daemon, body):

@@ -164,6 +164,39 @@ def openssl_pipeline_fingerprint(public_path):
     return "SHA256:" + output.strip()
 
 
+# -- the files a server starts from ------------------------------------------
+
+
+def temporary_directory(testcase):
+    """A new, empty directory of the test's own (an absolute path)."""
+    path = os.path.abspath(testcase.mktemp())
+    os.makedirs(path)
+    return path
+
+
+class ServerFiles:
+    """Mixed into a TestCase: a temporary directory (``self.dir``) with the
+    vector server key in it (``self.key``, mode 0600) and the path of a
+    config file beside it (``self.conf``), which :meth:`write_config` writes."""
+
+    #: Settings every config of the test case starts with.
+    base_config = ""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = temporary_directory(self)
+        self.key = os.path.join(self.dir, "server.key")
+        keys.save_private_key(SERVER_KEY, self.key)
+        self.conf = os.path.join(self.dir, "keyexchanged.conf")
+
+    def write_config(self, body=""):
+        """Write ``self.conf``: ``self.key``, :attr:`base_config`, then
+        ``body`` (so ``body`` starts on line 4 when the base is one line)."""
+        with open(self.conf, "w", encoding="utf-8") as f:
+            f.write(f"[keyexchanged]\n{self.base_config}private-key = {self.key}\n{body}")
+        return self.conf
+
+
 # -- a server and a client joined in memory ------------------------------------
 
 MESSAGE = hexbytes("server_message")

@@ -21,6 +21,7 @@ from tests.fixtures import (
     SERVER_KEY,
     JunkIdentity,
     Pair,
+    ServerFiles,
 )
 from tests.rev2 import EPHEMERAL_PRIVATE
 
@@ -148,18 +149,10 @@ class FindConfigTests(unittest.TestCase):
         )
 
 
-class OptionsTests(unittest.TestCase):
+class OptionsTests(ServerFiles, unittest.TestCase):
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.key_path = os.path.join(self.dir, "server.key")
-        keys.save_private_key(SERVER_KEY, self.key_path)
-        self.conf = os.path.join(self.dir, "k.conf")
-        with open(self.conf, "w") as f:
-            f.write(
-                "[keyexchanged]\nprivate-key = server.key\n"
-                "max-connections = 5\nmessage = from file\n"
-            )
+        super().setUp()
+        self.write_config("max-connections = 5\nmessage = from file\n")
 
     def parse(self, *argv, environ=None):
         options = tap.Options(environ=environ if environ is not None else {})
@@ -170,11 +163,11 @@ class OptionsTests(unittest.TestCase):
         options = self.parse("--config", self.conf, "--max-connections", "9")
         self.assertEqual(options.settings["max-connections"], 9)
         self.assertEqual(options.settings["message"], b"from file")
-        self.assertEqual(options.settings["private-key"], self.key_path)
+        self.assertEqual(options.settings["private-key"], self.key)
         self.assertEqual(options.identity.fingerprint, keys.fingerprint(SERVER_KEY.public_key()))
 
     def test_listens_on_51424_on_every_interface_by_default(self):
-        options = self.parse("--private-key", self.key_path)
+        options = self.parse("--private-key", self.key)
         self.assertEqual(options.settings["listen"], "tcp:51424")
 
     def test_environment_names_the_config(self):
@@ -268,7 +261,7 @@ class OptionsTests(unittest.TestCase):
             self.assertIn(name, out.getvalue())
 
     def test_key_readable_by_others_is_refused(self):
-        os.chmod(self.key_path, 0o644)
+        os.chmod(self.key, 0o644)
         with self.assertRaises(usage.UsageError) as caught:
             self.parse("--config", self.conf)
         self.assertIn("chmod 600", str(caught.exception))
@@ -286,17 +279,13 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(again.public_key(), key.public_key())
 
 
-class HelloSizeTests(unittest.TestCase):
+class HelloSizeTests(ServerFiles, unittest.TestCase):
     """A certificate chain that makes HELLO too large is refused at start:
     accepted, it would break every connection."""
 
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        keys.save_private_key(SERVER_KEY, os.path.join(self.dir, "server.key"))
-        self.conf = os.path.join(self.dir, "k.conf")
-        with open(self.conf, "w") as f:
-            f.write("[keyexchanged]\nprivate-key = server.key\nworkers = 0\n")
+        super().setUp()
+        self.write_config("workers = 0\n")
         self.leaf = certs.build(SERVER_KEY, names=["a.example"])
 
     def chain(self, count):
@@ -357,17 +346,13 @@ class HelloSizeTests(unittest.TestCase):
         self.assertEqual(len(service.factory.identity.hello_payload(b"\1" * 32)), size)
 
 
-class AuthKeyBoundOptionTests(unittest.TestCase):
+class AuthKeyBoundOptionTests(ServerFiles, unittest.TestCase):
     """``--client-key-max-bits`` and the config file, from the option to
     the wire."""
 
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        keys.save_private_key(SERVER_KEY, os.path.join(self.dir, "server.key"))
-        self.conf = self.write(
-            "[keyexchanged]\nprivate-key = server.key\nworkers = 0\nmessage = hi\n"
-        )
+        super().setUp()
+        self.write_config("workers = 0\nmessage = hi\n")
         # The first ephemeral key is made at start: the vector one, at once.
         self.patch(rsa, "generate_private_key", lambda bits: EPHEMERAL_PRIVATE)
 

@@ -35,7 +35,7 @@ from keyexchanged.handshake import (
     ServerKeyReceived,
 )
 from tests.daemon import Daemon, DaemonTestCase, run_client
-from tests.fixtures import IDENTITY, SERVER_KEY
+from tests.fixtures import IDENTITY, SERVER_KEY, temporary_directory
 from tests.rev2 import EPHEMERAL
 from tests.vectors import RAW
 
@@ -421,8 +421,7 @@ class InProcessKeyGenerationTests(unittest.TestCase):
     """The same without a tmpfs: ``os.write`` fails as a full disk does."""
 
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
+        self.dir = temporary_directory(self)
         self.path = os.path.join(self.dir, "keys", "server.key")
         # Generation itself is not under test here.
         self.patch(rsa, "generate_private_key", lambda bits, progress=None: SERVER_KEY)

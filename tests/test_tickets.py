@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from keyexchanged import cli, tickets
 from keyexchanged.handshake import TicketReceived
-from tests.fixtures import IDENTITY, assert_every_case, log_events
+from tests.fixtures import IDENTITY, assert_every_case, log_events, temporary_directory
 
 NOW = 1_800_000_000
 
@@ -22,8 +22,7 @@ def key_line(byte):
 
 class TicketFileTests(unittest.TestCase):
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
+        self.dir = temporary_directory(self)
         self.path = os.path.join(self.dir, "ticket.keys")
 
     def write(self, text, mode=0o600):
@@ -117,8 +116,7 @@ class RotationTests(unittest.TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_the_file_is_read_again_when_it_changes(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = temporary_directory(self)
         path = os.path.join(directory, "ticket.keys")
         tickets.new_ticket_key_file(path)
         clock = Clock()
@@ -200,8 +198,7 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(len(store), 0)
 
     def test_file_is_private_survives_and_is_pruned(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = temporary_directory(self)
         path = os.path.join(directory, "tickets.json")
         now = [NOW]
         store = tickets.TicketStore(path, clock=lambda: now[0])
@@ -219,8 +216,7 @@ class StoreTests(unittest.TestCase):
             self.assertEqual(json.load(f)["tickets"], [])  # used, so gone
 
     def test_a_cache_readable_by_others_is_refused(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = temporary_directory(self)
         path = os.path.join(directory, "tickets.json")
         with open(path, "w") as f:
             f.write('{"tickets": []}')
@@ -229,8 +225,7 @@ class StoreTests(unittest.TestCase):
         self.assertIn("ticket cache is readable by others", str(error))
 
     def test_an_unreadable_cache_is_ignored(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = temporary_directory(self)
         path = os.path.join(directory, "tickets.json")
         with open(path, "w") as f:
             f.write("not json")
@@ -250,8 +245,7 @@ class ReloadTests(unittest.TestCase):
     rotation: the file's keys are served and random rotation stops."""
 
     def test_from_random_keys_to_a_file_and_back(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = temporary_directory(self)
         path = os.path.join(directory, "ticket.keys")
         tickets.new_ticket_key_file(path)
         clock = Clock()
