@@ -15,6 +15,7 @@ import random
 import shlex
 import subprocess
 import sys
+import time
 
 from Crypto.IO import PEM
 from twisted.internet import defer, interfaces
@@ -28,6 +29,7 @@ from zope.interface import implementer
 
 from keyexchanged import cli, handshake, keys, rsa
 from keyexchanged.applications import MessageFactory
+from keyexchanged.ephemeral import EphemeralKey, sign_ephemeral
 from keyexchanged.handshake import (
     ClientConnection,
     ServerConnection,
@@ -38,8 +40,7 @@ from keyexchanged.protocol import (
     SecureChannelFactory,
 )
 from keyexchanged.trust import PinnedKey
-from tests.rev2 import StaticEphemeralKeys
-from tests.vectors import RAW, hexbytes
+from tests.vectors import RAW, RESUME_RAW, hexbytes
 
 # -- many cases, one test -------------------------------------------------------
 
@@ -67,6 +68,35 @@ def assert_every_case(testcase, cases, check, label=repr):
 SERVER_KEY = keys.private_key_from_bytes(RAW["server_private_key_pem"].encode())
 CLIENT_KEY = keys.private_key_from_bytes(RAW["client_private_key_pem"].encode())
 IDENTITY = ServerIdentity(SERVER_KEY)
+
+
+# -- an ephemeral key the tests can offer (forward secrecy, spec §10) -----------
+#
+# The key of ``kx1-ephemeral-resume.json`` (2048 bits, so cheap), signed by
+# the vector server key with an expiry an hour from the import: valid by the
+# client's real clock whatever Clock the test drives.
+
+EPHEMERAL_PRIVATE = keys.private_key_from_bytes(RESUME_RAW["ephemeral_private_key_pem"].encode())
+
+
+def ephemeral_key(private_key=EPHEMERAL_PRIVATE, expires=None, long_term=SERVER_KEY):
+    """A fresh :class:`EphemeralKey` offering ``private_key``, signed by ``long_term``."""
+    if expires is None:
+        expires = int(time.time()) + 3600
+    der = keys.public_key_to_der(private_key.public_key())
+    return EphemeralKey(private_key, expires, sign_ephemeral(long_term, der, expires))
+
+
+#: Signed once, at import: tests that patch the RSA code (to corrupt a
+#: client's signature, say) leave it alone.
+EPHEMERAL = ephemeral_key()
+
+
+class StaticEphemeralKeys:
+    """What SecureChannelFactory needs of EphemeralKeys: a current key."""
+
+    def __init__(self, key=None):
+        self.current = key if key is not None else EPHEMERAL
 
 
 # -- the sans-IO state machines ------------------------------------------------

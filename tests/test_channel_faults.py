@@ -21,8 +21,7 @@ from keyexchanged.protocol import (
     Truncated,
 )
 from keyexchanged.trust import PinnedKey
-from tests.fixtures import IDENTITY, FakePool
-from tests.rev2 import StaticEphemeralKeys
+from tests.fixtures import IDENTITY, FakePool, StaticEphemeralKeys
 
 
 def address(host="10.0.0.1", port=40000):

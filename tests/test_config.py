@@ -18,12 +18,12 @@ from keyexchanged.protocol import PeerError
 from tests import certs
 from tests.fixtures import (
     CLIENT_KEY,
+    EPHEMERAL_PRIVATE,
     SERVER_KEY,
     JunkIdentity,
     Pair,
     ServerFiles,
 )
-from tests.rev2 import EPHEMERAL_PRIVATE
 
 SHIPPED = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "keyexchanged.conf")
 

@@ -35,8 +35,7 @@ from keyexchanged.handshake import (
     ServerKeyReceived,
 )
 from tests.daemon import Daemon, DaemonTestCase, run_client
-from tests.fixtures import IDENTITY, SERVER_KEY, temporary_directory
-from tests.rev2 import EPHEMERAL
+from tests.fixtures import EPHEMERAL, IDENTITY, SERVER_KEY, temporary_directory
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]

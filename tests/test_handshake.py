@@ -31,17 +31,18 @@ from keyexchanged.records import RecordOpener, RecordSealer
 from keyexchanged.rsa import DecryptionError, PublicKey
 from tests.fixtures import (
     CLIENT_KEY,
+    EPHEMERAL_PRIVATE,
     IDENTITY,
     SERVER_KEY,
     JunkIdentity,
     assert_every_case,
+    ephemeral_key,
     frames,
     replay,
     rev1_client,
     vector_client,
     vector_server,
 )
-from tests.rev2 import EPHEMERAL_PRIVATE, ephemeral_key
 from tests.vectors import RAW, RESUME_RAW, hexbytes, record, resume_hexbytes
 
 

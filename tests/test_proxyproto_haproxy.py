@@ -16,9 +16,8 @@ from keyexchanged.metrics import Metrics
 from keyexchanged.protocol import SecureChannelFactory, connect
 from keyexchanged.proxyproto import ProxyProtocolFactory, parse_trusted_proxies
 from keyexchanged.trust import PinnedKey
-from tests.fixtures import IDENTITY, ended_sessions
+from tests.fixtures import IDENTITY, StaticEphemeralKeys, ended_sessions
 from tests.haproxy import SKIP, HAProxy
-from tests.rev2 import StaticEphemeralKeys
 
 CONFIG = """\
 global

@@ -36,11 +36,13 @@ from tests import certs
 from tests.certs import world
 from tests.fixtures import (
     CLIENT_KEY,
+    EPHEMERAL_PRIVATE,
     IDENTITY,
     SERVER_KEY,
     Collector,
     MemoryEndpoint,
     Pair,
+    StaticEphemeralKeys,
     address,
     client_writes,
     data,
@@ -50,7 +52,6 @@ from tests.fixtures import (
     server_factory,
     vector_client,
 )
-from tests.rev2 import EPHEMERAL_PRIVATE, StaticEphemeralKeys
 from tests.vectors import RAW, hexbytes
 
 SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH

@@ -20,8 +20,7 @@ from keyexchanged.protocol import SecureChannelFactory, SessionOpener
 from keyexchanged.tickets import TicketStore
 from keyexchanged.trust import PinnedKey
 from keyexchanged.tunnel import TunnelFactory
-from tests.fixtures import IDENTITY, Pusher, Target
-from tests.rev2 import StaticEphemeralKeys
+from tests.fixtures import IDENTITY, Pusher, StaticEphemeralKeys, Target
 
 #: A key the known hosts list for the server instead of its own.
 OTHER_FINGERPRINT = "SHA256:" + "A" * 43
