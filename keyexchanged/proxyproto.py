@@ -31,6 +31,8 @@ Spec: https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt
 
 import ipaddress
 import struct
+from dataclasses import dataclass
+from typing import Optional, Union
 
 from twisted.internet import address
 from twisted.internet.protocol import Protocol
@@ -82,6 +84,7 @@ class ProxyHeaderError(Exception):
     """A connection that did not start with an acceptable PROXY header."""
 
 
+@dataclass(frozen=True)
 class ProxyHeader:
     """What a complete header said.
 
@@ -92,26 +95,10 @@ class ProxyHeader:
     spec asks.
     """
 
-    def __init__(self, version, local, source=None, destination=None):
-        self.version = version
-        self.local = local
-        self.source = source
-        self.destination = destination
-
-    def _key(self):
-        return (self.version, self.local, self.source, self.destination)
-
-    def __eq__(self, other):
-        return isinstance(other, ProxyHeader) and self._key() == other._key()
-
-    def __hash__(self):
-        return hash(self._key())
-
-    def __repr__(self):
-        return (
-            f"ProxyHeader(version={self.version}, local={self.local}, "
-            f"source={self.source!r}, destination={self.destination!r})"
-        )
+    version: int
+    local: bool
+    source: Optional[Union[address.IPv4Address, address.IPv6Address]] = None
+    destination: Optional[Union[address.IPv4Address, address.IPv6Address]] = None
 
 
 class HeaderReader:
@@ -225,23 +212,17 @@ def _checked(addr, version):
     return address.IPv6Address("TCP", ip.compressed, addr.port)
 
 
+@dataclass(frozen=True)
 class TrustedProxies:
     """The networks whose connections may carry a PROXY header."""
 
-    def __init__(self, networks):
-        self.networks = tuple(networks)
+    networks: tuple[Union[ipaddress.IPv4Network, ipaddress.IPv6Network], ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "networks", tuple(self.networks))
 
     def __str__(self):
         return ",".join(str(network) for network in self.networks)
-
-    def __repr__(self):
-        return f"TrustedProxies({str(self)!r})"
-
-    def __eq__(self, other):
-        return isinstance(other, TrustedProxies) and self.networks == other.networks
-
-    def __hash__(self):
-        return hash(self.networks)
 
     def allows(self, peer):
         """Whether ``peer`` (an IAddress) is in one of the networks.  An
