@@ -219,11 +219,13 @@ class ServerFiles:
         keys.save_private_key(SERVER_KEY, self.key)
         self.conf = os.path.join(self.dir, "keyexchanged.conf")
 
-    def write_config(self, body=""):
-        """Write ``self.conf``: ``self.key``, :attr:`base_config`, then
-        ``body`` (so ``body`` starts on line 4 when the base is one line)."""
+    def write_config(self, body="", key=None):
+        """Write ``self.conf``: :attr:`base_config`, the key (``self.key``
+        unless ``key`` names another), then ``body`` (which starts on line
+        4 when the base is one line)."""
+        key = self.key if key is None else key
         with open(self.conf, "w", encoding="utf-8") as f:
-            f.write(f"[keyexchanged]\n{self.base_config}private-key = {self.key}\n{body}")
+            f.write(f"[keyexchanged]\n{self.base_config}private-key = {key}\n{body}")
         return self.conf
 
 

@@ -101,12 +101,6 @@ class SlowClient(Protocol):
 
 
 class DaemonCase(DaemonTestCase):
-    def write_config(self, extra="", key="server.key"):
-        with open(self.conf, "w") as f:
-            f.write("[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\n")
-            f.write(f"private-key = {key}\n")
-            f.write(extra)
-
     @defer.inlineCallbacks
     def start(self, *args):
         daemon = Daemon.start(["--config", self.conf, *args])
