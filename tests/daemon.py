@@ -135,12 +135,28 @@ def run_client(*args, stdin=None, env=None):
     return output.done
 
 
+#: For a daemon whose key sizes and worker processes are not under test:
+#: a 2048-bit ephemeral key costs a tenth of a 3072-bit one to make, and
+#: worker processes, each a Python interpreter, only add to the CPU time
+#: of a test.
+LIGHT = ("--workers", "0", "--ephemeral-bits", "2048")
+LIGHT_CONFIG = "workers = 0\nephemeral-bits = 2048\n"
+
+
 class DaemonTestCase(ServerFiles, unittest.TestCase):
     """The server's files (:class:`~tests.fixtures.ServerFiles`); a config
-    written with :meth:`write_config` listens on 127.0.0.1, a free port."""
+    written with :meth:`write_config` listens on 127.0.0.1, a free port,
+    and ends with :attr:`light_config`."""
 
     timeout = 120
     base_config = "listen = tcp:0:interface=127.0.0.1\n"
+    #: After the test's own settings (so that its line numbers stay):
+    #: :data:`LIGHT_CONFIG`, or what a test case that measures the defaults
+    #: or sets these itself keeps of it.
+    light_config = LIGHT_CONFIG
+
+    def write_config(self, body="", key=None):
+        return super().write_config(body + self.light_config, key)
 
     @defer.inlineCallbacks
     def assert_reload_refused(self, daemon, body):

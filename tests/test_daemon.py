@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from keyexchanged import config, keys, protocol, tickets
 from keyexchanged.framing import encode_frame
 from keyexchanged.trust import PinnedKey
-from tests.daemon import CLIENT, Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import CLIENT, LIGHT, Daemon, DaemonTestCase, environment, run_client
 from tests.fixtures import SERVER_KEY, frames
 from tests.vectors import RAW
 
@@ -41,14 +41,7 @@ class Raw(Protocol):
 class DaemonTests(DaemonTestCase):
     def setUp(self):
         super().setUp()
-        self.write_config("")
-
-    def write_config(self, extra):
-        with open(self.conf, "w") as f:
-            f.write(
-                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\nprivate-key = server.key\n"
-            )
-            f.write(extra)
+        self.write_config()
 
     @defer.inlineCallbacks
     def start(self, *args):
@@ -80,10 +73,10 @@ class DaemonTests(DaemonTestCase):
             b"2048 bits",
             FINGERPRINT.encode(),
             b"OAEP",
-            b"ephemeral RSA key of 3072 bits",
+            b"ephemeral RSA key of 2048 bits",
             b"signature by the long-term key verifies",
             b"forward secrecy",
-            b"384 bytes",
+            b"256 bytes",
             b"transcript hash",
             b"server_key",
             b"Handshake complete",
@@ -280,7 +273,7 @@ class ForwardSecrecyAndResumptionTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def start(self, *args, listen="tcp:0:interface=127.0.0.1"):
-        daemon = Daemon.start(["--listen", listen, "--private-key", self.key, *args])
+        daemon = Daemon.start(["--listen", listen, "--private-key", self.key, *LIGHT, *args])
         self.addCleanup(daemon.stop)
         port = yield daemon.listening
         return daemon, port

@@ -74,20 +74,12 @@ class DaemonTrustTests(DaemonTestCase):
         keys.save_public_key(SERVER_KEY, self.key + ".pub")
         self.client_key = os.path.join(self.dir, "client.key")
         keys.save_private_key(CLIENT_KEY, self.client_key)
-        self.conf = os.path.join(self.dir, "keyexchanged.conf")
-        self.write_config("")
+        self.write_config()
         self.known_hosts = os.path.join(self.dir, "config", "keyexchange", "known_hosts")
         # The client's own files stay in the test's directory.
         self.env = environment(
             XDG_CONFIG_HOME=os.path.join(self.dir, "config"), HOME=os.path.join(self.dir, "home")
         )
-
-    def write_config(self, extra):
-        with open(self.conf, "w") as f:
-            f.write(
-                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\nprivate-key = server.key\n"
-            )
-            f.write(extra)
 
     def write(self, name, content):
         path = os.path.join(self.dir, name)

@@ -418,13 +418,11 @@ class DaemonInteropTests(DaemonTestCase):
     against ``twistd keyexchange`` with default settings."""
 
     timeout = 60
+    light_config = ""  # the defaults are under test
 
     @defer.inlineCallbacks
     def test_full_then_resumed_session(self):
-        with open(self.conf, "w") as f:
-            f.write(
-                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\nprivate-key = server.key\n"
-            )
+        self.write_config()
         daemon = Daemon.start(["--config", self.conf])
         self.addCleanup(daemon.stop)
         port = yield daemon.listening

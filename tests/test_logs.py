@@ -333,12 +333,6 @@ class JSONDaemon(Daemon):
 
 
 class DaemonJSONLogTests(DaemonTestCase):
-    def write_config(self):
-        with open(self.conf, "w") as f:
-            f.write(
-                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\nprivate-key = server.key\n"
-            )
-
     def events(self, daemon):
         return [json.loads(line) for line in daemon.output.decode().splitlines()]
 

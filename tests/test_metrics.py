@@ -443,10 +443,7 @@ class DaemonMetricsTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_scrape_the_daemon_after_a_session(self):
-        with open(self.conf, "w") as f:
-            f.write(
-                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\nprivate-key = server.key\n"
-            )
+        self.write_config()
         daemon = Daemon.start(["--config", self.conf, "--metrics", LOCAL])
         self.addCleanup(daemon.stop)
         port = yield daemon.listening

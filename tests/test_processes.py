@@ -26,14 +26,11 @@ from zope.interface import implementer
 from keyexchanged import processes, protocol, tickets
 from keyexchanged.config import ConfigError
 from keyexchanged.trust import PinnedKey
-from tests.daemon import Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import LIGHT, Daemon, DaemonTestCase, environment, run_client
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]
 LOCAL = "tcp:0:interface=127.0.0.1"
-# Small and fast: a 2048-bit ephemeral key per child, private-key work in
-# the reactor (no worker pools on a shared 2-core machine).
-LIGHT = ["--workers", "0", "--ephemeral-bits", "2048"]
 
 #: How long orphaned children may take to notice and stop.
 ORPHANS_STOP_WITHIN = 30

@@ -36,6 +36,9 @@ class Echoed(Protocol):
 
 
 class ReloadTests(DaemonTestCase):
+    # A reload that changes workers needs a daemon started without them.
+    light_config = "ephemeral-bits = 2048\n"
+
     def connect(self, port):
         return run_client("connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT)
 
