@@ -14,7 +14,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from keyexchanged import proxyproto
@@ -259,6 +259,9 @@ class RefusalTests(unittest.SynchronousTestCase):
         self.assertEqual(connection.transport.value(), b"")
         self.assertEqual(connection.wrapped.built, [])
         self.assertEqual(events[-1]["reason"], reason)
+        # The header's timer is gone; only the refusal log's remains, until
+        # the port closes.
+        connection.factory.doStop()
         self.assertEqual(connection.clock.getDelayedCalls(), [])
 
     def test_malformed_headers(self):
@@ -387,11 +390,22 @@ class RefusalTests(unittest.SynchronousTestCase):
             protocol.dataReceived(b"junk")
         factory.buildProtocol(IPv4Address("TCP", "203.0.113.9", 1))  # another kind
         self.assertEqual([e["kind"] for e in events], ["malformed", "untrusted"])
+        counts = []
+        globalLogPublisher.addObserver(counts.append)
+        self.addCleanup(globalLogPublisher.removeObserver, counts.append)
         factory.reactor.advance(60)
-        protocol = factory.buildProtocol(PROXY_PEER)
-        protocol.makeConnection(StringTransport(peerAddress=PROXY_PEER))
-        protocol.dataReceived(b"junk")
-        self.assertEqual(events[-1]["suppressed"], 4)
+        # A minute on: the four left out are counted in one line; the
+        # other kind had none, and its next refusal is logged at once.
+        (count,) = counts
+        self.assertEqual((count["kind"], count["count"]), ("malformed", 4))
+        self.assertEqual(
+            formatEvent(count),
+            "PROXY protocol: 4 more connection(s) dropped (malformed) in the last 60 s",
+        )
+        factory.buildProtocol(IPv4Address("TCP", "203.0.113.9", 2))
+        self.assertEqual([e["kind"] for e in events], ["malformed", "untrusted", "untrusted"])
+        factory.doStop()
+        self.assertEqual(factory.reactor.getDelayedCalls(), [])
 
 
 class LifecycleTests(unittest.SynchronousTestCase):
