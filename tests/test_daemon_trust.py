@@ -185,7 +185,7 @@ class DaemonTrustTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_prompt_yes_then_silent(self):
-        """The "done when": an empty known-hosts file prompts on a terminal,
+        """An empty known-hosts file prompts on a terminal,
         and the second connection is silent."""
         self.write(self.known_hosts, "")
         yield self.start()
@@ -229,7 +229,7 @@ class DaemonTrustTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_changed_key_names_the_line(self):
-        """The "done when": a changed key is refused naming the line, even
+        """A changed key is refused naming the line, even
         with --accept-new."""
         yield self.start()
         path = os.path.join(self.dir, "hosts")
@@ -255,7 +255,7 @@ class DaemonTrustTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_authorized_keys(self):
-        """The "done when": --identity is served, a client without is refused."""
+        """--identity is served, a client without is refused."""
         pem = public_pem(CLIENT_KEY)
         authorized = self.write(
             "authorized_keys", f"# alice\n{pem}\n# bob\n{'SHA256:' + 'A' * 43}\n"
