@@ -980,15 +980,15 @@ class KeyGenerationArgumentTests(TestCase):
         survivors = _primes.sieve_window(base, e, 1 << 16)
         self.assertTrue(survivors)
         self.assertEqual([j for j in survivors if j % 2 == 0], [])
-        # Every odd prime below the bound, from pycryptodome's table (not
-        # ours): a survivor has none of them as a factor and is not 1 mod e,
-        # and every such candidate (every prime among them) survives.
-        small = math.prod(p for p in sieve_base if 2 < p < 1 << 16)
-        expected = [
-            j
-            for j in range(1, _primes.WINDOW, 2)
-            if math.gcd(base + j, small) == 1 and (base + j) % e != 1
-        ]
+        # The sieve in its plainest form, with every odd prime below the
+        # bound from pycryptodome's table (not ours): a survivor has none of
+        # them as a factor and is not 1 mod e, and every such candidate
+        # (every prime among them) survives.
+        removed = {j for j in range(0, _primes.WINDOW, 2)}
+        for p in (p for p in sieve_base if 2 < p < 1 << 16):
+            removed.update(range(-base % p, _primes.WINDOW, p))
+        removed.update(range((1 - base) % e, _primes.WINDOW, e))
+        expected = [j for j in range(_primes.WINDOW) if j not in removed]
         self.assertEqual(sorted(survivors), expected)
 
     def test_sieve_drops_candidates_one_mod_e(self):
