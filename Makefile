@@ -5,7 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-TRIAL_ARGS ?= -j2
+# One trial worker per CPU this process may run on (make test TRIAL_ARGS=-j1
+# for a serial run).
+JOBS := $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1)")
+TRIAL_ARGS ?= -j$(JOBS)
 SECONDS ?= 60
 
 .PHONY: all test lint demo bench load fuzz clean

@@ -26,6 +26,7 @@ import ipaddress
 import os
 import re
 
+from Crypto.Util.asn1 import DerSequence
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -101,41 +102,18 @@ def read_certificates(path):
         raise CertificateFileError(f"{path}: a certificate in it is not valid PEM X.509") from None
 
 
-def _der_element(data, offset):
-    """``(contents, end)``: where the contents of the DER element at
-    ``offset`` start, and where the element ends."""
-    if offset + 2 > len(data) or data[offset] & 0x1F == 0x1F:
-        raise ValueError("not DER")
-    first = data[offset + 1]
-    if first < 0x80:
-        header, length = 2, first
-    else:
-        count = first & 0x7F
-        if not 1 <= count <= 4 or offset + 2 + count > len(data):
-            raise ValueError("not DER")
-        header = 2 + count
-        length = int.from_bytes(data[offset + 2 : offset + header], "big")
-    end = offset + header + length
-    if end > len(data):
-        raise ValueError("not DER")
-    return offset + header, end
-
-
-def subject_public_key_info(certificate):
+def subject_public_key_info(certificate: x509.Certificate) -> bytes:
     """The certificate's SubjectPublicKeyInfo exactly as encoded in it.
 
     Not ``public_key().public_bytes()``: that is a re-encoding, and KX/1 asks
     that the leaf's key *equal* HELLO's ``key`` byte for byte.
     """
-    tbs = certificate.tbs_certificate_bytes
     # TBSCertificate ::= SEQUENCE { [0] version OPTIONAL, serialNumber,
     #   signature, issuer, validity, subject, subjectPublicKeyInfo, ... }
-    offset = _der_element(tbs, 0)[0]
-    if tbs[offset] == 0xA0:  # explicit version
-        offset = _der_element(tbs, offset)[1]
-    for _ in range(5):  # serialNumber, signature, issuer, validity, subject
-        offset = _der_element(tbs, offset)[1]
-    return tbs[offset : _der_element(tbs, offset)[1]]
+    # DerSequence keeps each element that is not an INTEGER as its encoding.
+    fields = DerSequence().decode(certificate.tbs_certificate_bytes)
+    explicit_version = isinstance(fields[0], bytes) and fields[0][:1] == b"\xa0"
+    return fields[6 if explicit_version else 5]
 
 
 def describe_names(certificate):

@@ -1,10 +1,14 @@
 """``keyexchange connect``: talk to a KX/1 server from the command line.
 
-What the server sends goes to stdout byte for byte; ``--send-file FILE``,
-``--send TEXT`` or data piped on stdin goes to the server, then END.  The exit code says how it
-ended, so scripts can tell a refused key from a dropped connection:
+What the server sends goes to stdout byte for byte (a newline after it on a
+terminal); ``--send-file FILE``, ``--send TEXT`` or data piped on stdin goes
+to the server, then END.  The exit code says how it ended, so scripts can
+tell a refused key from a dropped connection: 0 the server sent END, 3 its
+key was not trusted or it offers no forward secrecy or no ML-KEM key
+(``--allow-classical``), 4 connection or protocol failure (or the server
+silent for ``--idle-timeout`` seconds), 5 truncated; the one table of them
+all is :data:`keyexchanged.errors.EXIT_STATUS_TABLE`.
 
-==  ==============================================
 ``-v/--explain`` narrates each step on stderr for someone learning how the
 exchange works.  It shows public values only.
 """

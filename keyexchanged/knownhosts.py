@@ -11,8 +11,8 @@ The file, ``$XDG_CONFIG_HOME/keyexchange/known_hosts`` (else
 
 A host (``host:port``, the host as it was dialled, in lower case) has one
 key.  Several lines may name it with that same key; lines that give it
-*different* keys (written by versions before issue 12, which could record a
-second key when two clients added a host at once, or by hand) are refused
+*different* keys (written by older versions, which could record a second
+key when two clients added a host at once, or by hand) are refused
 loudly whatever key the server offers, naming the lines: such a file cannot
 say which key is the host's, and accepting either would let the wrong one
 in.  The user keeps the one right line.  A key listed ``@revoked`` is

@@ -57,6 +57,7 @@ __all__ = [
     "JSONLines",
     "JSONLogging",
     "LimitWarnings",
+    "RateLimitedLog",
     "RelayLines",
     "SessionEnd",
     "flat_event",
@@ -350,40 +351,88 @@ LIMITS = {
 DEFAULT_INTERVAL = 60.0
 
 
-class LimitWarnings:
-    """Warnings for limits hit, at most one per ``interval`` per limit.
+class RateLimitedLog:
+    """Warnings of one kind at most once per ``interval``, so that a flood
+    leaves a readable log.
 
-    The first refusal warns at once.  Refusals after it are counted, and
-    when ``interval`` seconds have passed (``clock``'s time) one warning
-    gives their number; an interval with none closes the account, and the
-    next refusal warns at once again.  ``start`` and ``stop`` make it one
-    of the daemon's timers; ``stop`` reports what is counted and not told.
+    The first warning of a kind goes out at once.  The ones after it are
+    counted, and when ``interval`` seconds have passed (``clock``'s time)
+    one line gives their number (``summary``, a format with the fields
+    ``kind``, ``count`` and ``seconds``); an interval with none closes the
+    account, and the next warning goes out at once again.  ``start`` and
+    ``stop`` make it one of the daemon's timers; ``stop`` gives the counts
+    not yet told.
     """
 
     log = Logger(namespace="keyexchanged.limits")
 
-    def __init__(self, clock, interval=DEFAULT_INTERVAL, log=None):
+    def __init__(self, clock, summary="", interval=DEFAULT_INTERVAL, log=None):
         if not interval > 0:
             raise ValueError(f"interval must be greater than 0, not {interval!r}")
         self.clock = clock
+        self.summary = summary
         self.interval = interval
         if log is not None:
             self.log = log
-        #: limit -> refusals counted since its last warning
+        #: kind -> warnings counted since its last line
         self._counted = {}
-        #: limit -> when its count began
+        #: kind -> when its count began
         self._since = {}
-        #: limit -> the DelayedCall that reports its count
+        #: kind -> the DelayedCall that reports its count
         self._calls = {}
+
+    def warn(self, kind, format, /, **fields):
+        """Log ``format`` with ``fields`` now, or count it if a warning of
+        ``kind`` went out less than ``interval`` seconds ago."""
+        if kind in self._calls:
+            self._counted[kind] += 1
+            return
+        self.log.warn(format, **fields)
+        self._counted[kind] = 0
+        self._since[kind] = self.clock.seconds()
+        self._calls[kind] = self.clock.callLater(self.interval, self._report, kind)
+
+    def _report(self, kind):
+        del self._calls[kind]
+        count = self._counted.pop(kind)
+        since = self._since.pop(kind)
+        if count:
+            self._summarize(kind, count, self.clock.seconds() - since)
+            self._counted[kind] = 0
+            self._since[kind] = self.clock.seconds()
+            self._calls[kind] = self.clock.callLater(self.interval, self._report, kind)
+
+    def _summarize(self, kind, count, seconds):
+        self.log.warn(self.summary, kind=kind, count=count, seconds=seconds)
+
+    def start(self):
+        pass
+
+    def stop(self):
+        """Cancel the reports to come, and give their counts now."""
+        for kind, call in sorted(self._calls.items()):
+            call.cancel()
+            count = self._counted[kind]
+            if count:
+                self._summarize(kind, count, self.clock.seconds() - self._since[kind])
+        self._calls.clear()
+        self._counted.clear()
+        self._since.clear()
+
+
+class LimitWarnings(RateLimitedLog):
+    """Warnings for limits hit (the keys of :data:`LIMITS`), at most one
+    per ``interval`` per limit."""
+
+    def __init__(self, clock, interval=DEFAULT_INTERVAL, log=None):
+        super().__init__(clock, interval=interval, log=log)
 
     def refused(self, limit):
         """``limit`` (a key of :data:`LIMITS`) has refused one connection."""
         if limit not in LIMITS:
             raise ValueError(f"unknown limit {limit!r}: one of {', '.join(sorted(LIMITS))}")
-        if limit in self._calls:
-            self._counted[limit] += 1
-            return
-        self.log.warn(
+        self.warn(
+            limit,
             "limit reached: too many {what}; refusing connections, reported at most "
             "every {interval:.0f} s",
             limit=limit,
@@ -391,41 +440,13 @@ class LimitWarnings:
             refused=1,
             interval=self.interval,
         )
-        self._open(limit)
 
-    def _open(self, limit):
-        self._counted[limit] = 0
-        self._since[limit] = self.clock.seconds()
-        self._calls[limit] = self.clock.callLater(self.interval, self._report, limit)
-
-    def _report(self, limit):
-        del self._calls[limit]
-        count = self._counted.pop(limit)
-        since = self._since.pop(limit)
-        if count:
-            self._warn_count(limit, count, since)
-            self._open(limit)
-
-    def _warn_count(self, limit, count, since):
+    def _summarize(self, limit, count, seconds):
         self.log.warn(
             "limit still reached: too many {what}; {refused} connection(s) refused "
             "in the last {seconds:.0f} s",
             limit=limit,
             what=LIMITS[limit],
             refused=count,
-            seconds=self.clock.seconds() - since,
+            seconds=seconds,
         )
-
-    def start(self):
-        pass
-
-    def stop(self):
-        """Cancel the reports to come, and give their counts now."""
-        for limit, call in sorted(self._calls.items()):
-            call.cancel()
-            count = self._counted[limit]
-            if count:
-                self._warn_count(limit, count, self._since[limit])
-        self._calls.clear()
-        self._counted.clear()
-        self._since.clear()

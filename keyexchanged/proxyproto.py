@@ -31,6 +31,8 @@ Spec: https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt
 
 import ipaddress
 import struct
+from dataclasses import dataclass
+from typing import Optional, Union
 
 from twisted.internet import address
 from twisted.internet.protocol import Protocol
@@ -40,6 +42,8 @@ from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from zope.interface import directlyProvides, providedBy
+
+from keyexchanged import logs
 
 __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
@@ -68,10 +72,6 @@ V1_MAX = 107  # bytes of a v1 line, CRLF included (spec 2.1)
 V2_SIGNATURE = V2Parser.PREFIX  # 12 bytes, then version/command, family, length
 V2_FIXED = 16
 
-# Seconds between two log lines about refused connections of one kind: a
-# scan or a broken balancer must not flood the log.
-_LOG_INTERVAL = 60.0
-
 log = Logger()
 
 
@@ -79,6 +79,7 @@ class ProxyHeaderError(Exception):
     """A connection that did not start with an acceptable PROXY header."""
 
 
+@dataclass(frozen=True)
 class ProxyHeader:
     """What a complete header said.
 
@@ -89,26 +90,10 @@ class ProxyHeader:
     spec asks.
     """
 
-    def __init__(self, version, local, source=None, destination=None):
-        self.version = version
-        self.local = local
-        self.source = source
-        self.destination = destination
-
-    def _key(self):
-        return (self.version, self.local, self.source, self.destination)
-
-    def __eq__(self, other):
-        return isinstance(other, ProxyHeader) and self._key() == other._key()
-
-    def __hash__(self):
-        return hash(self._key())
-
-    def __repr__(self):
-        return (
-            f"ProxyHeader(version={self.version}, local={self.local}, "
-            f"source={self.source!r}, destination={self.destination!r})"
-        )
+    version: int
+    local: bool
+    source: Optional[Union[address.IPv4Address, address.IPv6Address]] = None
+    destination: Optional[Union[address.IPv4Address, address.IPv6Address]] = None
 
 
 class HeaderReader:
@@ -222,23 +207,17 @@ def _checked(addr, version):
     return address.IPv6Address("TCP", ip.compressed, addr.port)
 
 
+@dataclass(frozen=True)
 class TrustedProxies:
     """The networks whose connections may carry a PROXY header."""
 
-    def __init__(self, networks):
-        self.networks = tuple(networks)
+    networks: tuple[Union[ipaddress.IPv4Network, ipaddress.IPv6Network], ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "networks", tuple(self.networks))
 
     def __str__(self):
         return ",".join(str(network) for network in self.networks)
-
-    def __repr__(self):
-        return f"TrustedProxies({str(self)!r})"
-
-    def __eq__(self, other):
-        return isinstance(other, TrustedProxies) and self.networks == other.networks
-
-    def __hash__(self):
-        return hash(self.networks)
 
     def allows(self, peer):
         """Whether ``peer`` (an IAddress) is in one of the networks.  An
@@ -376,35 +355,14 @@ def _describe(peer):
     return f"[{host}]:{peer.port}" if ":" in host else f"{host}:{peer.port}"
 
 
-class _Refusals:
-    """Log lines for refused connections, at most one per kind per interval,
-    with the count of the ones left out."""
-
-    def __init__(self, clock, interval=_LOG_INTERVAL):
-        self.clock = clock
-        self.interval = interval
-        self._last = {}  # kind: [time logged, refusals not logged since]
-
-    def refused(self, kind, peer, reason):
-        now = self.clock.seconds()
-        last = self._last.get(kind)
-        if last is not None and now - last[0] < self.interval:
-            last[1] += 1
-            return
-        suppressed = last[1] if last is not None else 0
-        self._last[kind] = [now, 0]
-        more = (
-            f" ({{suppressed}} more of this kind not logged in the last {self.interval:.0f} s)"
-            if suppressed
-            else ""
-        )
-        log.warn(
-            "PROXY protocol: dropped a connection from {peer}: {reason}" + more,
-            peer=_describe(peer),
-            reason=reason,
-            kind=kind,
-            suppressed=suppressed,
-        )
+def _log_refusal(factory, kind, peer, reason):
+    factory.refusals.warn(
+        kind,
+        "PROXY protocol: dropped a connection from {peer}: {reason}",
+        peer=_describe(peer),
+        reason=reason,
+        kind=kind,
+    )
 
 
 class ProxyProtocolWrapper(policies.ProtocolWrapper):
@@ -449,7 +407,7 @@ class ProxyProtocolWrapper(policies.ProtocolWrapper):
     def _refuse(self, kind, reason):
         self._refused = True
         self._cancel_timer()
-        self.factory.refusals.refused(kind, self.transport.getPeer(), reason)
+        _log_refusal(self.factory, kind, self.transport.getPeer(), reason)
         self.transport.abortConnection()
 
     def _cancel_timer(self):
@@ -539,14 +497,25 @@ class ProxyProtocolFactory(policies.WrappingFactory):
         self.trusted_proxies = trusted_proxies
         self.header_timeout = header_timeout
         self.max_header = max_header
-        self.refusals = _Refusals(reactor)
+        #: One line per kind of refusal per minute at most, with a count.
+        self.refusals = logs.RateLimitedLog(
+            reactor,
+            "PROXY protocol: {count} more connection(s) dropped ({kind}) in the last "
+            "{seconds:.0f} s",
+            log=log,
+        )
 
     def logPrefix(self):
         return f"{super().logPrefix()} (PROXY)"
 
+    def doStop(self):
+        self.refusals.stop()  # its counts told, its timers gone with the port
+        super().doStop()
+
     def buildProtocol(self, addr):
         if not self.trusted_proxies.allows(addr):
-            self.refusals.refused(
+            _log_refusal(
+                self,
                 "untrusted",
                 addr,
                 f"not a trusted proxy (trusted: {self.trusted_proxies})",

@@ -78,7 +78,9 @@ def hkdf_expand(prk, info, length):
     """HKDF-Expand of RFC 5869 with SHA-256.
 
     pycryptodome's HKDF always runs Extract first, and key update must not:
-    the old key already is a pseudorandom key.
+    the old key already is a pseudorandom key.  Not ``cryptography``'s
+    HKDFExpand: it would load that library (8 MiB more per process) into
+    the core and the channel, which test_errors keeps free of it.
     """
     if length > 255 * 32:
         raise ValueError("HKDF-Expand output too long")

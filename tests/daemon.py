@@ -9,10 +9,10 @@ import re
 import sys
 
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.error import ProcessExitedAlready
 from twisted.trial import unittest
 
-from keyexchanged import keys
-from tests.fixtures import SERVER_KEY
+from tests.fixtures import ServerFiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -99,8 +99,8 @@ class Daemon(protocol.ProcessProtocol):
         if not self.ended.called:
             try:
                 self.signal("TERM")
-            except OSError:
-                pass
+            except (OSError, ProcessExitedAlready):
+                pass  # it has ended, or is ending: what stop waits for
         code = yield self.ended
         return code
 
@@ -135,26 +135,28 @@ def run_client(*args, stdin=None, env=None):
     return output.done
 
 
-class DaemonTestCase(unittest.TestCase):
-    """A temporary directory with the vector server key in it (``self.key``)
-    and the path of a config file beside it (``self.conf``)."""
+#: For a daemon whose key sizes and worker processes are not under test:
+#: a 2048-bit ephemeral key costs a tenth of a 3072-bit one to make, and
+#: worker processes, each a Python interpreter, only add to the CPU time
+#: of a test.
+LIGHT = ("--workers", "0", "--ephemeral-bits", "2048")
+LIGHT_CONFIG = "workers = 0\nephemeral-bits = 2048\n"
+
+
+class DaemonTestCase(ServerFiles, unittest.TestCase):
+    """The server's files (:class:`~tests.fixtures.ServerFiles`); a config
+    written with :meth:`write_config` listens on 127.0.0.1, a free port,
+    and ends with :attr:`light_config`."""
 
     timeout = 120
+    base_config = "listen = tcp:0:interface=127.0.0.1\n"
+    #: After the test's own settings (so that its line numbers stay):
+    #: :data:`LIGHT_CONFIG`, or what a test case that measures the defaults
+    #: or sets these itself keeps of it.
+    light_config = LIGHT_CONFIG
 
-    def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.key = os.path.join(self.dir, "server.key")
-        keys.save_private_key(SERVER_KEY, self.key)
-        self.conf = os.path.join(self.dir, "keyexchanged.conf")
-
-    def write_config(self, body):
-        """Write ``self.conf``: listening on 127.0.0.1, ``self.key``, and ``body``."""
-        with open(self.conf, "w") as f:
-            f.write(
-                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\n"
-                f"private-key = {self.key}\n{body}"
-            )
+    def write_config(self, body="", key=None):
+        return super().write_config(body + self.light_config, key)
 
     @defer.inlineCallbacks
     def assert_reload_refused(self, daemon, body):

@@ -9,10 +9,13 @@ its import-time work again and, for a TestCase, its tests.
 
 import hashlib
 import io
+import math
 import os
+import random
 import shlex
 import subprocess
 import sys
+import time
 
 from Crypto.IO import PEM
 from twisted.internet import defer, interfaces
@@ -24,19 +27,90 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from keyexchanged import cli, handshake, keys, rsa
+from keyexchanged import cli, handshake, keys, mlkem, rsa, schedule
 from keyexchanged.applications import MessageFactory
-from keyexchanged.handshake import ClientConnection, ServerConnection, ServerIdentity
-from keyexchanged.protocol import ChannelClientFactory, SecureChannelFactory
+from keyexchanged.ephemeral import EphemeralKey, sign_ephemeral
+from keyexchanged.handshake import (
+    ClientConnection,
+    ServerConnection,
+    ServerIdentity,
+)
+from keyexchanged.protocol import (
+    ChannelClientFactory,
+    SecureChannelFactory,
+)
 from keyexchanged.trust import PinnedKey
-from tests.rev2 import StaticEphemeralKeys
-from tests.vectors import RAW, hexbytes
+from tests.vectors import RAW, RESUME_RAW, hexbytes
+
+# -- many cases, one test -------------------------------------------------------
+
+
+def assert_every_case(testcase, cases, check, label=repr):
+    """Run ``check(case)`` for every case and fail once, naming each case
+    that failed and why.
+
+    trial ignores ``subTest``: a loop of assertions stops at the first
+    failing case and hides the others.  This runs them all.
+    """
+    cases = list(cases)
+    failures = []
+    for case in cases:
+        try:
+            check(case)
+        except Exception as e:  # an unexpected error is a failing case too
+            failures.append(f"{label(case)}: {type(e).__name__}: {e}")
+    if failures:
+        testcase.fail(f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures))
+
 
 # -- the vector keys -----------------------------------------------------------
 
 SERVER_KEY = keys.private_key_from_bytes(RAW["server_private_key_pem"].encode())
 CLIENT_KEY = keys.private_key_from_bytes(RAW["client_private_key_pem"].encode())
 IDENTITY = ServerIdentity(SERVER_KEY)
+
+
+# -- an ephemeral key the tests can offer (forward secrecy, spec §10) -----------
+#
+# The key of ``kx1-ephemeral-resume.json`` (2048 bits, so cheap), signed by
+# the vector server key with an expiry an hour from the import: valid by the
+# client's real clock whatever Clock the test drives.
+
+EPHEMERAL_PRIVATE = keys.private_key_from_bytes(RESUME_RAW["ephemeral_private_key_pem"].encode())
+
+
+def ephemeral_key(
+    private_key=EPHEMERAL_PRIVATE, expires=None, long_term=SERVER_KEY, post_quantum=True
+):
+    """A fresh :class:`EphemeralKey` offering ``private_key``, signed by
+    ``long_term`` with an expiry ten minutes ahead (valid by the client's
+    real clock whatever Clock the test drives, and within the 30 minutes a
+    revision-3 client accepts); with ``post_quantum``, an ML-KEM-768 key
+    beside it, as the daemon offers it (revision 3, §12)."""
+    if expires is None:
+        expires = int(time.time()) + 600
+    der = keys.public_key_to_der(private_key.public_key())
+    signature = sign_ephemeral(long_term, der, expires)
+    if not post_quantum:
+        return EphemeralKey(private_key, expires, signature)
+    mlkem_key = mlkem.generate()
+    mlkem_signature = long_term.sign_pss(
+        schedule.hybrid_message(keys.public_key_to_der(long_term), expires, der, mlkem_key.ek),
+        salt_length=schedule.PSS_SALT_LENGTH,
+    )
+    return EphemeralKey(private_key, expires, signature, mlkem_key, mlkem_signature)
+
+
+#: Signed once, at import: tests that patch the RSA code (to corrupt a
+#: client's signature, say) leave it alone.
+EPHEMERAL = ephemeral_key()
+
+
+class StaticEphemeralKeys:
+    """What SecureChannelFactory needs of EphemeralKeys: a current key."""
+
+    def __init__(self, key=None):
+        self.current = key if key is not None else EPHEMERAL
 
 
 # -- the sans-IO state machines ------------------------------------------------
@@ -134,6 +208,41 @@ def openssl_pipeline_fingerprint(public_path):
     return "SHA256:" + output.strip()
 
 
+# -- the files a server starts from ------------------------------------------
+
+
+def temporary_directory(testcase):
+    """A new, empty directory of the test's own (an absolute path)."""
+    path = os.path.abspath(testcase.mktemp())
+    os.makedirs(path)
+    return path
+
+
+class ServerFiles:
+    """Mixed into a TestCase: a temporary directory (``self.dir``) with the
+    vector server key in it (``self.key``, mode 0600) and the path of a
+    config file beside it (``self.conf``), which :meth:`write_config` writes."""
+
+    #: Settings every config of the test case starts with.
+    base_config = ""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = temporary_directory(self)
+        self.key = os.path.join(self.dir, "server.key")
+        keys.save_private_key(SERVER_KEY, self.key)
+        self.conf = os.path.join(self.dir, "keyexchanged.conf")
+
+    def write_config(self, body="", key=None):
+        """Write ``self.conf``: :attr:`base_config`, the key (``self.key``
+        unless ``key`` names another), then ``body`` (which starts on line
+        4 when the base is one line)."""
+        key = self.key if key is None else key
+        with open(self.conf, "w", encoding="utf-8") as f:
+            f.write(f"[keyexchanged]\n{self.base_config}private-key = {key}\n{body}")
+        return self.conf
+
+
 # -- a server and a client joined in memory ------------------------------------
 
 MESSAGE = hexbytes("server_message")
@@ -152,6 +261,14 @@ def ended_sessions(testcase):
     globalLogPublisher.addObserver(observe)
     testcase.addCleanup(globalLogPublisher.removeObserver, observe)
     return ended
+
+
+def log_events(testcase):
+    """Every log event published from now until the test ends, in a list."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    testcase.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
 
 
 def address(host="10.0.0.1", port=40000):
@@ -426,3 +543,43 @@ sys.modules[__name__] = _real
 """
     with open(os.path.join(directory, name + ".py"), "w") as f:
         f.write(source)
+
+
+class JunkIdentity:
+    """A stranger's AUTH: a public key of its choosing and a signature of
+    random numbers below n, which costs the server a whole verification
+    and never verifies.  Nobody holds the private key: none is needed."""
+
+    def __init__(self, bits, e=65537, seed=0):
+        draw = random.Random(f"{bits}-{e}-{seed}")
+        n = 0
+        while math.gcd(n, e) != 1:
+            n = draw.getrandbits(bits) | 1 << (bits - 1) | 1
+        self._public = rsa.PublicKey(n, e)
+        self._draw = draw
+        self.fingerprint = keys.fingerprint(self._public)
+
+    def public_key(self):
+        return self._public
+
+    def sign_pss(self, message, salt_length, **options):
+        value = self._draw.randrange(self._public.n)
+        return value.to_bytes(self._public.k, "big")
+
+
+class MemoryEndpoint:
+    """An endpoint whose connections reach ``server_factory`` through iosim."""
+
+    def __init__(self, server_factory, clock):
+        self.server_factory = server_factory
+        self.clock = clock
+        self.server = None
+        self.pump = None
+
+    def connect(self, factory):
+        client_protocol, self.server, self.pump = iosim.connectedServerAndClient(
+            lambda: self.server_factory.buildProtocol(address()),
+            lambda: factory.buildProtocol(address("127.0.0.1", 51424)),
+            clock=self.clock,
+        )
+        return defer.succeed(client_protocol)

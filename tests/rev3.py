@@ -7,8 +7,7 @@ import time
 from keyexchanged import handshake, keys, mlkem, schedule
 from keyexchanged.ephemeral import EphemeralKey, sign_ephemeral
 from keyexchanged.records import GCM, OCB
-from tests.fixtures import replay
-from tests.rev2 import EPHEMERAL_PRIVATE, SERVER_KEY, ephemeral_key
+from tests.fixtures import EPHEMERAL_PRIVATE, SERVER_KEY, ephemeral_key, replay
 from tests.vectors import REVISION3_RAW, revision3_hexbytes
 
 CIPHERS = (OCB, GCM)

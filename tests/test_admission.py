@@ -2,7 +2,6 @@
 and the limit applied with it by the server factory."""
 
 import json
-import os
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -11,10 +10,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python import usage
 from twisted.trial import unittest
 
-from keyexchanged import keys, protocol, tap
+from keyexchanged import protocol, tap
 from keyexchanged.admission import DEFAULT_IPV6_PREFIX, Admission, source_key
-from tests.test_handshake import SERVER_KEY, frames
-from tests.test_protocol import server_factory
+from tests.fixtures import ServerFiles, frames, server_factory
 
 
 class SourceKeyTests(unittest.TestCase):
@@ -149,14 +147,10 @@ class PerSourceLimitTests(unittest.TestCase):
         self.assertBusy(self.connect(factory, UNIXAddress(None)))
 
 
-class OptionTests(unittest.TestCase):
+class OptionTests(ServerFiles, unittest.TestCase):
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        keys.save_private_key(SERVER_KEY, os.path.join(self.dir, "server.key"))
-        self.conf = os.path.join(self.dir, "k.conf")
-        with open(self.conf, "w") as f:
-            f.write("[keyexchanged]\nprivate-key = server.key\nworkers = 0\n")
+        super().setUp()
+        self.write_config("workers = 0\n")
 
     def parse(self, *argv):
         options = tap.Options(environ={})

@@ -237,8 +237,8 @@ class Session:
 
 
 class MessageBackpressureTests(unittest.TestCase):
-    """The message application to clients that stop reading (review issue 12,
-    item 3): a 16 MiB message to 24 such clients once held every copy."""
+    """The message application to clients that stop reading: a 16 MiB
+    message to 24 such clients must not be held once per client."""
 
     #: A sealed full record on the wire: header line, data, GCM tag.
     RECORD = len(b"MSG 65552\r\n") + RECORD_DATA_MAX + TAG_LENGTH
@@ -269,7 +269,7 @@ class MessageBackpressureTests(unittest.TestCase):
             self.assertLess(session.application.length, len(message))
         # Everything the four sessions hold, channel and transport and
         # application, with room for their handshake state: not a copy of
-        # the message each (16 MiB before the fix).
+        # the message each (not 16 MiB).
         self.assertLess(held, 4 * (2 * self.RECORD + 64 * 1024))
 
         expected = hashlib.sha256(message).hexdigest()

@@ -1,5 +1,5 @@
-"""Faults a review found in the channel, each with the test that shows it
-fixed: closes that could hang, pauses undone, counters that could leak,
+"""Faults of the channel, each with the test that would catch it: closes
+that could hang, pauses undone, counters that could leak,
 exceptions from applications and worker pools, and what a reset after the
 peer's END means."""
 
@@ -21,8 +21,7 @@ from keyexchanged.protocol import (
     Truncated,
 )
 from keyexchanged.trust import PinnedKey
-from tests.fixtures import IDENTITY, FakePool
-from tests.rev2 import StaticEphemeralKeys
+from tests.fixtures import IDENTITY, FakePool, StaticEphemeralKeys
 
 
 def address(host="10.0.0.1", port=40000):

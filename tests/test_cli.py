@@ -15,10 +15,11 @@ import subprocess
 import sys
 import tempfile
 
+from twisted.internet import defer
 from twisted.trial import unittest
 from twisted.trial.unittest import SkipTest
 
-from keyexchanged import cli, keys
+from keyexchanged import cli, client, keys
 from keyexchanged.cli import _session
 from keyexchanged.errors import EXIT_STATUS_TABLE
 from tests.fixtures import (
@@ -408,8 +409,8 @@ class SessionCommandTests(CommandTestCase):
 
 
 class SendFileTests(CommandTestCase):
-    """``connect --send-file``: a secret out of the process list (review
-    issue 12, item 9).  What the command hands the session is checked here,
+    """``connect --send-file``: a secret out of the process list.  What the
+    command hands the session is checked here,
     with the reactor and the session replaced; a real one is in
     test_daemon."""
 
@@ -541,3 +542,79 @@ class ExitStatusHelpTests(unittest.TestCase):
 
     def test_keygen(self):
         self.assert_table(self.help_of("keygen"))
+
+
+class IdleTimeoutOptionTests(CommandTestCase):
+    """``--idle-timeout`` of connect and tunnel."""
+
+    def setUp(self):
+        super().setUp()
+        from twisted.internet import task
+
+        from keyexchanged import tunnel
+
+        self.sessions = []
+        self.tunnels = []
+
+        def run_connect(reactor, host, port, policy, **options):
+            self.sessions.append(options)
+            return defer.succeed(0)
+
+        def run_tunnel(reactor, listen, host, port, policy, identity, report, **options):
+            self.tunnels.append(options)
+            return defer.succeed(None)
+
+        self.patch(client, "run_connect", run_connect)
+        self.patch(tunnel, "run_tunnel", run_tunnel)
+        self.patch(task, "react", lambda main: main(None))
+
+    def connect(self, *argv):
+        return self.run_main("connect", "h", "--insecure", "--known-hosts", self.path("kh"), *argv)
+
+    def tunnel(self, *argv):
+        return self.run_main(
+            "tunnel", "--listen", "tcp:0", "--server", "h", "--insecure",
+            "--known-hosts", self.path("kh"), *argv,
+        )  # fmt: skip
+
+    def test_connect_default_and_value(self):
+        self.assertEqual(self.connect("--send", "x")[0], 0)
+        self.assertEqual(self.connect("--send", "x", "--idle-timeout", "12.5")[0], 0)
+        self.assertEqual([s["idle_timeout"] for s in self.sessions], [300.0, 12.5])
+
+    def test_tunnel_accepts_it(self):
+        self.assertEqual(self.tunnel()[0], 0)
+        self.assertEqual(self.tunnel("--idle-timeout", "45")[0], 0)
+        self.assertEqual([t["idle_timeout"] for t in self.tunnels], [300.0, 45.0])
+
+    def test_zero_negative_and_nan_are_usage_errors(self):
+        for command in (self.connect, self.tunnel):
+            for value in ("0", "-1", "nan", "-0"):
+                status, out, err = command(f"--idle-timeout={value}")
+                self.assertEqual((status, out), (cli.EXIT_USAGE, ""), err)
+                self.assertTrue(
+                    err.endswith(
+                        "error: argument --idle-timeout: must be a number of seconds "
+                        "greater than 0\n"
+                    ),
+                    err,
+                )
+        self.assertEqual((self.sessions, self.tunnels), ([], []))
+
+    def test_not_a_number_is_a_usage_error(self):
+        status, out, err = self.connect("--idle-timeout", "soon")
+        self.assertEqual((status, out), (cli.EXIT_USAGE, ""))
+        self.assertIn("argument --idle-timeout: must be a number of seconds greater than 0", err)
+
+    def test_help_documents_it_and_exit_status_4(self):
+        status, out, _ = self.run_main("connect", "--help")
+        self.assertEqual(status, 0)
+        text = " ".join(out.split())
+        self.assertIn(
+            "--idle-timeout SECONDS end a session on which nothing has passed either "
+            "way for SECONDS: a server gone silent (default 300; exit status 4)",
+            text,
+        )
+        _, out, _ = self.run_main("connect", "--help")
+        self.assertIn("4 connect: connection or protocol failure", " ".join(out.split()))
+        self.assertIn("--idle-timeout", client.__doc__)

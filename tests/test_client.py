@@ -1,4 +1,5 @@
-"""keyexchanged.client: what --explain says, and the error lines."""
+"""keyexchanged.client: what --explain says, the error lines, and the
+reading of ``HOST[:PORT]`` (the default port and the errors a user sees)."""
 
 import io
 
@@ -20,6 +21,8 @@ class Connection:
     key_payload = b"\0" * 384
     transcript_hash = b"\1" * 32
     identity = None
+    post_quantum_session = False
+    record_cipher = "aes-256-gcm"
 
     def __init__(self, resumed, ephemeral=None):
         self.resumed = resumed
@@ -114,3 +117,35 @@ class TerminalTests(DaemonTestCase):
         self.assertEqual(code, 0, output)
         # The terminal's line discipline makes "\n" "\r\n".
         self.assertTrue(output.endswith(MESSAGE + b"\r\n"), output)
+
+
+class ParseServerTests(unittest.SynchronousTestCase):
+    def test_the_default_port_is_51424(self):
+        self.assertEqual(client.parse_server("localhost"), ("localhost", 51424))
+        self.assertEqual(client.parse_server("[::1]"), ("::1", 51424))
+
+    def test_a_port_given(self):
+        self.assertEqual(client.parse_server("kx.example:1"), ("kx.example", 1))
+        self.assertEqual(client.parse_server("[2001:db8::1]:65535"), ("2001:db8::1", 65535))
+
+    def test_an_ipv6_address_without_brackets_is_all_host(self):
+        self.assertEqual(client.parse_server("2001:db8::1"), ("2001:db8::1", 51424))
+
+    def test_errors_name_the_text_and_what_is_wrong(self):
+        refused = {}
+        for text in ("[::1", "[::1]x", ":5", "h:port", "h:0", "h:65536"):
+            try:
+                client.parse_server(text)
+            except ValueError as error:
+                refused[text] = str(error)
+        self.assertEqual(
+            refused,
+            {
+                "[::1": "'[::1': unclosed [ in IPv6 address",
+                "[::1]x": "'[::1]x': expected :PORT after ]",
+                ":5": "':5': no host name",
+                "h:port": "'h:port': the port must be a number",
+                "h:0": "'h:0': the port must be from 1 to 65535",
+                "h:65536": "'h:65536': the port must be from 1 to 65535",
+            },
+        )

@@ -262,9 +262,10 @@ class ClusterTests(DaemonTestCase):
         self.assertTrue(0 < len(set(retries)) <= CONCURRENCY, retries)
         # HAProxy's health checks (every 200 ms, each a LOCAL connection)
         # reached the daemons and are logged as what they are, not as
-        # sessions that closed before KEY: one line each.
+        # sessions that closed before KEY: a line for the first, then one a
+        # minute with their count.
         self.assertNotIn(b"PROXY protocol: LOCAL connection", outputs)
-        self.assertIn(b"health check from 127.0.0.1:", outputs)
+        self.assertIn(b"health check from 127.0.0.1 (", outputs)
         self.assertNotIn(
             b"connection from 127.0.0.1:",
             b"".join(line for line in outputs.splitlines() if b" ended: " in line),

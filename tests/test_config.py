@@ -6,15 +6,24 @@ import json
 import os
 import re
 import sys
+import time
 
 from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.trial import unittest
 
-from keyexchanged import config, keys, tap
+from keyexchanged import config, keys, rsa, tap
 from keyexchanged.config import ConfigError, read_config
+from keyexchanged.protocol import PeerError
 from tests import certs
-from tests.fixtures import SERVER_KEY
+from tests.fixtures import (
+    CLIENT_KEY,
+    EPHEMERAL_PRIVATE,
+    SERVER_KEY,
+    JunkIdentity,
+    Pair,
+    ServerFiles,
+)
 
 SHIPPED = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "keyexchanged.conf")
 
@@ -77,6 +86,7 @@ class ReadConfigTests(unittest.TestCase):
             ("max-handshakes = 0", "at least 1"),
             ("workers = -1", "auto, or a whole number of at least 0"),
             ("workers = many", "auto, or a whole number of at least 0"),
+            ("processes = 0", "auto, or a whole number of at least 1"),
             ("application = Echo!", "application name"),
             ("ipv6-source-prefix = 0", "must be a prefix length from 1 to 128"),
             ("ipv6-source-prefix = 129", "must be a prefix length from 1 to 128"),
@@ -87,6 +97,19 @@ class ReadConfigTests(unittest.TestCase):
                 "# comment\n[keyexchanged]\n" + line + "\n", "line 3", reason
             )
             self.assertIn(line.split(" =")[0], message)
+
+    def test_processes_is_auto_or_at_least_one(self):
+        self.assertEqual(config.processes("auto"), "auto")
+        self.assertEqual(config.processes("1"), 1)
+        self.assertEqual(config.processes("16"), 16)
+        refused = {}
+        for text in ("0", "-1", "abc", "", "1.5", "Auto"):
+            try:
+                config.processes(text)
+            except ValueError as error:
+                refused[text] = str(error)
+        reason = "must be auto, or a whole number of at least 1"
+        self.assertEqual(refused, dict.fromkeys(("0", "-1", "abc", "", "1.5", "Auto"), reason))
 
     def test_unknown_setting(self):
         self.assertRefused(
@@ -126,18 +149,10 @@ class FindConfigTests(unittest.TestCase):
         )
 
 
-class OptionsTests(unittest.TestCase):
+class OptionsTests(ServerFiles, unittest.TestCase):
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.key_path = os.path.join(self.dir, "server.key")
-        keys.save_private_key(SERVER_KEY, self.key_path)
-        self.conf = os.path.join(self.dir, "k.conf")
-        with open(self.conf, "w") as f:
-            f.write(
-                "[keyexchanged]\nprivate-key = server.key\n"
-                "max-connections = 5\nmessage = from file\n"
-            )
+        super().setUp()
+        self.write_config("max-connections = 5\nmessage = from file\n")
 
     def parse(self, *argv, environ=None):
         options = tap.Options(environ=environ if environ is not None else {})
@@ -164,8 +179,12 @@ class OptionsTests(unittest.TestCase):
         options = self.parse("--config", self.conf, "--max-connections", "9")
         self.assertEqual(options.settings["max-connections"], 9)
         self.assertEqual(options.settings["message"], b"from file")
-        self.assertEqual(options.settings["private-key"], self.key_path)
+        self.assertEqual(options.settings["private-key"], self.key)
         self.assertEqual(options.identity.fingerprint, keys.fingerprint(SERVER_KEY.public_key()))
+
+    def test_listens_on_51424_on_every_interface_by_default(self):
+        options = self.parse("--private-key", self.key)
+        self.assertEqual(options.settings["listen"], "tcp:51424")
 
     def test_environment_names_the_config(self):
         options = self.parse(environ={"KEYEXCHANGED_CONFIG": self.conf})
@@ -250,6 +269,10 @@ class OptionsTests(unittest.TestCase):
             (["--message-file", "/nonexistent"], "cannot read message file"),
             (["--config", "/nonexistent.conf"], "cannot read config file"),
             (["--workers", "two"], "auto, or a whole number"),
+            (
+                ["--processes", "0"],
+                "processes = '0': must be auto, or a whole number of at least 1",
+            ),
             (["--max-handshakes", "-5"], "--max-handshakes"),
             (["--application", "nope"], "no application named 'nope'"),
             (["--application", "forward"], "needs --forward-to"),
@@ -296,7 +319,7 @@ class OptionsTests(unittest.TestCase):
             self.assertIn(name, out.getvalue())
 
     def test_key_readable_by_others_is_refused(self):
-        os.chmod(self.key_path, 0o644)
+        os.chmod(self.key, 0o644)
         with self.assertRaises(usage.UsageError) as caught:
             self.parse("--config", self.conf)
         self.assertIn("chmod 600", str(caught.exception))
@@ -314,17 +337,13 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(again.public_key(), key.public_key())
 
 
-class HelloSizeTests(unittest.TestCase):
-    """A certificate chain that makes HELLO too large is refused at start
-    (review issue 12, item 12): accepted, it broke every connection."""
+class HelloSizeTests(ServerFiles, unittest.TestCase):
+    """A certificate chain that makes HELLO too large is refused at start:
+    accepted, it would break every connection."""
 
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        keys.save_private_key(SERVER_KEY, os.path.join(self.dir, "server.key"))
-        self.conf = os.path.join(self.dir, "k.conf")
-        with open(self.conf, "w") as f:
-            f.write("[keyexchanged]\nprivate-key = server.key\nworkers = 0\n")
+        super().setUp()
+        self.write_config("workers = 0\n")
         self.leaf = certs.build(SERVER_KEY, names=["a.example"])
 
     def chain(self, count):
@@ -383,3 +402,97 @@ class HelloSizeTests(unittest.TestCase):
         service = self.start(path)
         self.assertEqual(len(service.factory.identity.certificates), count)
         self.assertEqual(len(service.factory.identity.hello_payload(b"\1" * 32)), size)
+
+
+class AuthKeyBoundOptionTests(ServerFiles, unittest.TestCase):
+    """``--client-key-max-bits`` and the config file, from the option to
+    the wire."""
+
+    def setUp(self):
+        super().setUp()
+        self.write_config("workers = 0\nmessage = hi\n")
+        # The first ephemeral key is made at start: the vector one, at once.
+        self.patch(rsa, "generate_private_key", lambda bits: EPHEMERAL_PRIVATE)
+
+    def write(self, text, name="k.conf"):
+        path = os.path.join(self.dir, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def factory(self, *argv):
+        options = tap.Options(environ={})
+        options.parseOptions(["--config", self.conf, *argv])
+        # The ephemeral key's expiry comes from this clock, and the client
+        # checks it against the real one.
+        clock = Clock()
+        clock.advance(time.time())
+        return tap.makeService(options, reactor=clock).factory
+
+    def auth(self, factory, identity):
+        pair = Pair(clock=factory.reactor, factory=factory, identity=identity)
+        pair.flush()
+        return pair
+
+    def assertAuthFailed(self, pair, detail):
+        self.assertEqual(pair.application.data, b"")
+        self.assertIsInstance(pair.application.reason.value, PeerError)
+        self.assertEqual(
+            (pair.application.reason.value.code, pair.application.reason.value.detail),
+            ("auth-failed", detail),
+        )
+
+    def test_default_is_4096(self):
+        factory = self.factory()
+        self.assertEqual(factory.client_key_max_bits, 4096)
+        self.assertEqual(factory.make_connection().client_key_max_bits, 4096)
+        self.assertAuthFailed(self.auth(factory, JunkIdentity(8192)), "RSA modulus of 8192 bits")
+
+    def test_command_line_8192_lets_the_key_through(self):
+        factory = self.factory("--client-key-max-bits", "8192")
+        self.assertEqual(factory.make_connection().client_key_max_bits, 8192)
+        # Past the bound: refused only for its junk signature.
+        self.assertAuthFailed(self.auth(factory, JunkIdentity(8192)), "bad AUTH signature")
+
+    def test_config_file_value(self):
+        self.conf = self.write(
+            "[keyexchanged]\nprivate-key = server.key\nworkers = 0\nmessage = hi\n"
+            "client-key-max-bits = 3072\n"
+        )
+        factory = self.factory()
+        self.assertEqual(factory.client_key_max_bits, 3072)
+        self.assertAuthFailed(self.auth(factory, JunkIdentity(4096)), "RSA modulus of 4096 bits")
+        pair = self.auth(factory, CLIENT_KEY)  # 2048 bits: fine
+        self.assertEqual(pair.application.data, b"hi")
+
+    def test_a_real_key_within_the_bound_authenticates(self):
+        pair = self.auth(self.factory(), CLIENT_KEY)
+        self.assertEqual(pair.application.data, b"hi")
+
+    BAD_VALUES = ("1024", "2047", "8193", "16384", "-4096", "4k", "4096.0", "")
+
+    def test_bad_values_in_the_config_file(self):
+        for value in self.BAD_VALUES:
+            path = self.write(f"[keyexchanged]\nclient-key-max-bits = {value}\n", "bad.conf")
+            with self.assertRaises(config.ConfigError) as caught:
+                config.read_config(path)
+            self.assertEqual(
+                str(caught.exception),
+                f"{path}, line 2: client-key-max-bits = {value!r}: "
+                "must be a number of bits from 2048 to 8192",
+            )
+
+    def test_bad_values_on_the_command_line(self):
+        for value in self.BAD_VALUES:
+            with self.assertRaises(usage.UsageError) as caught:
+                self.factory(f"--client-key-max-bits={value}")
+            self.assertEqual(
+                str(caught.exception),
+                f"--client-key-max-bits: client-key-max-bits = {value!r}: "
+                "must be a number of bits from 2048 to 8192",
+            )
+
+    def test_bounds_are_accepted(self):
+        for value in ("2048", "8192", " 4096 "):
+            path = self.write(f"[keyexchanged]\nclient-key-max-bits = {value}\n", "ok.conf")
+            self.assertEqual(config.read_config(path)["client-key-max-bits"], int(value))

@@ -1,4 +1,4 @@
-"""System tests of issue 4: the real ``twistd keyexchange`` with
+"""System tests of trust: the real ``twistd keyexchange`` with
 certificates and authorized keys, and the real ``keyexchange connect`` with
 --ca, known hosts (answering its prompt through a pseudo-terminal) and
 --identity, as child processes on 127.0.0.1."""
@@ -74,20 +74,12 @@ class DaemonTrustTests(DaemonTestCase):
         keys.save_public_key(SERVER_KEY, self.key + ".pub")
         self.client_key = os.path.join(self.dir, "client.key")
         keys.save_private_key(CLIENT_KEY, self.client_key)
-        self.conf = os.path.join(self.dir, "keyexchanged.conf")
-        self.write_config("")
+        self.write_config()
         self.known_hosts = os.path.join(self.dir, "config", "keyexchange", "known_hosts")
         # The client's own files stay in the test's directory.
         self.env = environment(
             XDG_CONFIG_HOME=os.path.join(self.dir, "config"), HOME=os.path.join(self.dir, "home")
         )
-
-    def write_config(self, extra):
-        with open(self.conf, "w") as f:
-            f.write(
-                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\nprivate-key = server.key\n"
-            )
-            f.write(extra)
 
     def write(self, name, content):
         path = os.path.join(self.dir, name)
@@ -110,7 +102,7 @@ class DaemonTrustTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_keyexchange_ca_certificate(self):
-        """The "done when" of issue 4: --ca connects, a wrong name is refused."""
+        """--ca connects, a wrong name is refused."""
         cadir = os.path.join(self.dir, "ca")
         out, err, code = yield run_client("ca", "init", cadir, "--bits", "2048", env=self.env)
         self.assertEqual(code, 0, err)
@@ -193,7 +185,7 @@ class DaemonTrustTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_prompt_yes_then_silent(self):
-        """The "done when": an empty known-hosts file prompts on a terminal,
+        """An empty known-hosts file prompts on a terminal,
         and the second connection is silent."""
         self.write(self.known_hosts, "")
         yield self.start()
@@ -237,7 +229,7 @@ class DaemonTrustTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_changed_key_names_the_line(self):
-        """The "done when": a changed key is refused naming the line, even
+        """A changed key is refused naming the line, even
         with --accept-new."""
         yield self.start()
         path = os.path.join(self.dir, "hosts")
@@ -263,7 +255,7 @@ class DaemonTrustTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_authorized_keys(self):
-        """The "done when": --identity is served, a client without is refused."""
+        """--identity is served, a client without is refused."""
         pem = public_pem(CLIENT_KEY)
         authorized = self.write(
             "authorized_keys", f"# alice\n{pem}\n# bob\n{'SHA256:' + 'A' * 43}\n"

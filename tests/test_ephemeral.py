@@ -16,7 +16,7 @@ from keyexchanged.framing import encode_frame
 from keyexchanged.handshake import ClientConnection, ServerKeyReceived
 from keyexchanged.protocol import SecureChannelFactory
 from keyexchanged.workers import InlineWork
-from tests.fixtures import CLIENT_KEY, IDENTITY, SERVER_KEY, address, frames
+from tests.fixtures import CLIENT_KEY, IDENTITY, SERVER_KEY, address, assert_every_case, frames
 
 INTERVAL = 60
 TIMEOUT = 10
@@ -129,21 +129,24 @@ class RotationTests(unittest.TestCase):
         self.assertEqual(keys_.current.expires, ephemeral.MAX_SIGNED_AHEAD)
 
     def test_interval_and_bits_bounds(self):
-        for options, message in [
+        def check(case):
+            options, message = case
+            error = self.assertRaises(
+                ValueError,
+                ephemeral.EphemeralKeys,
+                SERVER_KEY,
+                work=KeyMill(),
+                reactor=Clock(),
+                **options,
+            )
+            self.assertEqual(str(error), message)
+
+        cases = [
             ({"interval": 9}, "ephemeral interval must be 10 to 86400 seconds"),
             ({"interval": 86401}, "ephemeral interval must be 10 to 86400 seconds"),
             ({"bits": 1024}, "ephemeral keys have at least 2048 bits"),
-        ]:
-            with self.subTest(options=options):
-                error = self.assertRaises(
-                    ValueError,
-                    ephemeral.EphemeralKeys,
-                    SERVER_KEY,
-                    work=KeyMill(),
-                    reactor=Clock(),
-                    **options,
-                )
-                self.assertEqual(str(error), message)
+        ]
+        assert_every_case(self, cases, check)
 
     def test_a_failed_rotation_keeps_the_key_and_retries(self):
         clock = Clock()
@@ -333,9 +336,14 @@ class RetirementTests(unittest.TestCase):
         for retired in self.keys.retired:
             self.assertIsNone(retired.private_key)
         self.assertEqual(len(held), 2)  # the newest ephemeral key and the long-term key
-        for private_key in held:
-            with self.subTest(key=keys.fingerprint(private_key)):
-                self.assertRaises(rsa.DecryptionError, private_key.decrypt_oaep, key, label=hello)
+        assert_every_case(
+            self,
+            held,
+            lambda private_key: self.assertRaises(
+                rsa.DecryptionError, private_key.decrypt_oaep, key, label=hello
+            ),
+            label=keys.fingerprint,
+        )
 
 
 class InlineWorkTests(unittest.TestCase):

@@ -28,8 +28,8 @@ def modules_after_import(module):
 
 class ImportTests(SynchronousTestCase):
     def test_adapter_imports_no_certificate_code(self):
-        """Issue 10, item 3: the adapter needed UntrustedKey, and imported
-        pyOpenSSL, cryptography and service-identity through trust for it."""
+        """The adapter needs UntrustedKey, which must not import pyOpenSSL,
+        cryptography and service-identity through trust."""
         for module in ("keyexchanged.protocol", "keyexchanged.handshake", "keyexchanged.errors"):
             loaded = modules_after_import(module)
             self.assertEqual(loaded & set(HEAVY), set(), module)

@@ -1,4 +1,4 @@
-"""Faults (issue 5 §5), with the real daemon and the real client.
+"""Faults, with the real daemon and the real client.
 
 - SIGTERM or SIGINT while a session is open: the daemon stops accepting,
   lets the session finish (its data whole, its END delivered) inside the
@@ -35,8 +35,7 @@ from keyexchanged.handshake import (
     ServerKeyReceived,
 )
 from tests.daemon import Daemon, DaemonTestCase, run_client
-from tests.fixtures import IDENTITY, SERVER_KEY
-from tests.rev2 import EPHEMERAL
+from tests.fixtures import EPHEMERAL, IDENTITY, SERVER_KEY, temporary_directory
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]
@@ -102,12 +101,6 @@ class SlowClient(Protocol):
 
 
 class DaemonCase(DaemonTestCase):
-    def write_config(self, extra="", key="server.key"):
-        with open(self.conf, "w") as f:
-            f.write("[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\n")
-            f.write(f"private-key = {key}\n")
-            f.write(extra)
-
     @defer.inlineCallbacks
     def start(self, *args):
         daemon = Daemon.start(["--config", self.conf, *args])
@@ -421,8 +414,7 @@ class InProcessKeyGenerationTests(unittest.TestCase):
     """The same without a tmpfs: ``os.write`` fails as a full disk does."""
 
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
+        self.dir = temporary_directory(self)
         self.path = os.path.join(self.dir, "keys", "server.key")
         # Generation itself is not under test here.
         self.patch(rsa, "generate_private_key", lambda bits, progress=None: SERVER_KEY)

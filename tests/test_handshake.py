@@ -9,30 +9,44 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from keyexchanged import handshake, mlkem, tickets
+from keyexchanged import handshake, keys, mlkem, schedule, tickets
+from keyexchanged.ephemeral import EphemeralKey, sign_ephemeral
 from keyexchanged.framing import MAX_PAYLOAD, encode_frame
 from keyexchanged.handshake import (
+    ClientConnection,
     DataReceived,
+    DecryptionNeeded,
     EndReceived,
     ErrorReceived,
     HandshakeComplete,
     ProtocolFailed,
     ServerConnection,
+    ServerIdentity,
     ServerKeyReceived,
+    TicketReceived,
+    VerificationNeeded,
+    error_payload,
+    parse_error_payload,
 )
-from keyexchanged.records import GCM, OCB, RecordOpener
+from keyexchanged.records import GCM, OCB, RecordOpener, RecordSealer
+from keyexchanged.rsa import DecryptionError, PublicKey
 from tests import rev3
 from tests.fixtures import (
     CLIENT_KEY,
+    EPHEMERAL,
+    EPHEMERAL_PRIVATE,
     IDENTITY,
     SERVER_KEY,
+    JunkIdentity,
+    assert_every_case,
+    ephemeral_key,
     frames,
+    replay,
     rev1_client,
     vector_client,
     vector_server,
 )
-from tests.rev2 import EPHEMERAL
-from tests.vectors import RAW, hexbytes, record, revision3_hexbytes
+from tests.vectors import RAW, RESUME_RAW, hexbytes, record, resume_hexbytes, revision3_hexbytes
 
 SERVER_FINGERPRINT = IDENTITY.fingerprint
 
@@ -598,6 +612,859 @@ class ClientRefusalTests(unittest.TestCase):
         error = frames(client.data_to_send())[0][1]
         self.assertLessEqual(len(error), MAX_PAYLOAD["ERROR"])
         self.assertNotIn(b"\x1b", error)
+
+
+# -- the client's AUTH and a peer's ERROR, whatever they hold ---------------------------
+
+CLIENT_FP = RAW["client_fingerprint"]
+
+
+def core_pair(identity, **server_options):
+    """A server core that has sent HELLO and a client core that trusts it
+    (revision 1: no ephemeral key, cheaper and the same for AUTH)."""
+    server = ServerConnection(IDENTITY, **server_options)
+    server.start()
+    client_core = rev1_client(identity=identity)
+    (offer,) = client_core.receive_data(server.data_to_send())
+    assert isinstance(offer, ServerKeyReceived), offer
+    client_core.accept_key()
+    return server, client_core
+
+
+class AuthKeyBoundTests(unittest.TestCase):
+    """The key of an AUTH is bounded (``client-key-max-bits``, e = 65537)."""
+
+    def test_8192_bit_key_is_refused_by_default(self):
+        server, client_core = core_pair(JunkIdentity(8192))
+        self.assertEqual(
+            server.receive_data(client_core.data_to_send()),
+            [ProtocolFailed("auth-failed", "RSA modulus of 8192 bits")],
+        )
+        self.assertEqual(
+            json.loads(frames(server.data_to_send())[-1][1]),
+            {"error": "auth-failed", "detail": "RSA modulus of 8192 bits"},
+        )
+
+    def test_4096_bits_is_the_default_bound(self):
+        # Refused on its size, before its (junk) signature is looked at.
+        server, client_core = core_pair(JunkIdentity(4104))
+        self.assertEqual(
+            server.receive_data(client_core.data_to_send()),
+            [ProtocolFailed("auth-failed", "RSA modulus of 4104 bits")],
+        )
+        # Passes the bound, then fails on its signature.
+        server, client_core = core_pair(JunkIdentity(4096))
+        self.assertEqual(
+            server.receive_data(client_core.data_to_send()),
+            [ProtocolFailed("auth-failed", "bad AUTH signature")],
+        )
+
+    def test_8192_bit_key_is_accepted_when_allowed(self):
+        identity = JunkIdentity(8192)
+        server, client_core = core_pair(identity, client_key_max_bits=8192, defer_work=True)
+        (decryption,) = server.receive_data(client_core.data_to_send())
+        self.assertIsInstance(decryption, DecryptionNeeded)
+        secret = decryption.private_key.decrypt_oaep(decryption.ciphertext, label=decryption.label)
+        (verification,) = server.key_decrypted(secret)
+        # Passed the bound: the signature goes to be verified.
+        self.assertIsInstance(verification, VerificationNeeded)
+        self.assertEqual(verification.public_key, identity.public_key())
+        self.assertEqual(server.auth_verified(True), [HandshakeComplete(identity.fingerprint)])
+
+    def test_8192_bit_key_allowed_is_verified_inline_without_workers(self):
+        server, client_core = core_pair(JunkIdentity(8192), client_key_max_bits=8192)
+        self.assertEqual(
+            server.receive_data(client_core.data_to_send()),
+            [ProtocolFailed("auth-failed", "bad AUTH signature")],
+        )
+
+    def test_public_exponent_must_be_65537(self):
+        for e in (65539, 3, 2**255 + 1):
+            server, client_core = core_pair(JunkIdentity(2048, e=e))
+            self.assertEqual(
+                server.receive_data(client_core.data_to_send()),
+                [ProtocolFailed("auth-failed", "RSA public exponent is not 65537")],
+                e,
+            )
+
+    def test_a_real_key_still_authenticates(self):
+        server, client_core = core_pair(CLIENT_KEY)
+        events = server.receive_data(client_core.data_to_send())
+        self.assertEqual(events, [HandshakeComplete(CLIENT_FP)])
+
+
+BAD_TYPES = ([], ["busy"], {}, {"error": "busy"}, 5, 1.5, None, True)
+
+
+#: Characters that JSON escapes into 6 or 12 bytes, or that must not
+#: reach a log as they are.
+WIDE = ("€", "\U0001f600", "\u2028", "\x00", '"', "\\", "\ud800")
+
+
+class PeerErrorCoreTests(unittest.TestCase):
+    """Nothing in a peer's ERROR (or HELLO) can raise, and every ERROR we
+    send fits its frame, whatever the detail holds: every member of a peer's
+    ERROR is type-checked."""
+
+    def cores(self):
+        server = ServerConnection(IDENTITY)
+        server.start()
+        server.data_to_send()
+        return server, rev1_client()
+
+    def test_error_member_of_any_other_type_is_unknown(self):
+        for code in BAD_TYPES:
+            for core in self.cores():
+                payload = json.dumps({"error": code, "detail": "why"}).encode()
+                self.assertEqual(
+                    core.receive_data(encode_frame("ERROR", payload)),
+                    [ErrorReceived("unknown", "why")],
+                    code,
+                )
+                self.assertTrue(core.closed)
+                self.assertEqual(core.data_to_send(), b"")  # no ERROR for an ERROR
+
+    def test_detail_that_is_not_a_string(self):
+        for detail in BAD_TYPES:
+            for core in self.cores():
+                payload = json.dumps({"error": "busy", "detail": detail}).encode()
+                self.assertEqual(
+                    core.receive_data(encode_frame("ERROR", payload)),
+                    [ErrorReceived("busy", "(detail is not a string)")],
+                    detail,
+                )
+
+    def test_detail_missing_or_unprintable(self):
+        self.assertEqual(parse_error_payload(b'{"error": "busy"}'), ("busy", ""))
+        self.assertEqual(
+            parse_error_payload(json.dumps({"error": "timeout", "detail": "a\nb\x1b[2J"}).encode()),
+            ("timeout", "a?b?[2J"),
+        )
+        self.assertEqual(
+            parse_error_payload(b"[1, 2]"), ("malformed-frame", "unreadable ERROR frame")
+        )
+
+    def test_our_error_fits_whatever_the_detail(self):
+        for character in WIDE:
+            for length in (1, 100, 200, 300, 5000):
+                payload = error_payload("unsupported-protocol", character * length)
+                self.assertLessEqual(len(payload), MAX_PAYLOAD["ERROR"])
+                payload.decode("ascii")
+                obj = json.loads(payload)
+                self.assertEqual(obj["error"], "unsupported-protocol")
+                self.assertTrue(obj["detail"])
+                encode_frame("ERROR", payload)  # does not raise
+
+    def hello(self, protocol_name):
+        return encode_frame("HELLO", json.dumps({"protocol": protocol_name}).encode())
+
+    def test_non_ascii_protocol_in_hello(self):
+        for character in ("€", "\U0001f600"):
+            name = character * 300
+            client_core = rev1_client()
+            self.assertEqual(
+                client_core.receive_data(self.hello(name)),
+                [ProtocolFailed("unsupported-protocol", f"protocol {name!r} is not kx/1")],
+            )
+            ((verb, payload),) = frames(client_core.data_to_send())
+            self.assertEqual(verb, "ERROR")
+            self.assertLessEqual(len(payload), 1024)
+            obj = json.loads(payload)
+            self.assertEqual(set(obj), {"error", "detail"})
+            self.assertEqual(obj["error"], "unsupported-protocol")
+            self.assertTrue(obj["detail"].startswith("protocol '" + character * 10))
+            # What the server makes of it.
+            code, _ = parse_error_payload(payload)
+            self.assertEqual(code, "unsupported-protocol")
+
+    def test_every_hello_member_of_every_type(self):
+        """Whatever type a HELLO member has, the client answers ERROR and
+        raises nothing."""
+        good = json.loads(IDENTITY.hello_payload(b"\0" * 32))
+        # What a client without forward secrecy takes: no chain, no ephemeral key.
+        valid = [("certificates", []), ("ephemeral", None)]
+        for member in ("protocol", "key", "nonce", "certificates", "ephemeral"):
+            for value in (None, True, 5, 1.5, [], {}, "x", [5], [None], ["no base64!"], {"key": 5}):
+                hello = dict(good, **{member: value})
+                events = rev1_client().receive_data(
+                    encode_frame("HELLO", json.dumps(hello).encode())
+                )
+                expected = ServerKeyReceived if (member, value) in valid else ProtocolFailed
+                self.assertEqual([type(e) for e in events], [expected], (member, value))
+
+    def test_every_auth_member_of_every_type(self):
+        for member in ("key", "signature"):
+            for value in (*BAD_TYPES, "x", "AAAA"):
+                plaintext = {"key": "AAAA", "signature": "AAAA", member: value}
+                self.assertEqual(
+                    self.auth_with(json.dumps(plaintext).encode()),
+                    [ProtocolFailed("auth-failed", "malformed AUTH")],
+                    (member, value),
+                )
+        for plaintext in (b"[]", b"5", b"null", b'"key"', b"{"):
+            self.assertEqual(
+                self.auth_with(plaintext),
+                [ProtocolFailed("auth-failed", "AUTH is not a JSON object")],
+            )
+
+    def auth_with(self, plaintext):
+        server = ServerConnection(IDENTITY)
+        server.start()
+        # The connection has slots: patch the class for this one call.
+        self.patch(type(rev1_client()), "auth_plaintext", lambda _self: plaintext)
+        client_core = rev1_client(identity=CLIENT_KEY)
+        client_core.receive_data(server.data_to_send())
+        client_core.accept_key()
+        return server.receive_data(client_core.data_to_send())
+
+
+# -- forward secrecy (§10) and resumption (§11), byte for byte against
+# kx1-ephemeral-resume.json, and every refusal those sections name ---------------------
+
+EXPIRES = RESUME_RAW["ephemeral_expires"]
+
+
+#: The vectors' clock: a minute before the ephemeral key's expiry.
+NOW = EXPIRES - 60
+
+
+def vector_ephemeral():
+    """The vector's ephemeral key with the vector's signature (fixed salt)."""
+    der = resume_hexbytes("ephemeral_spki_der")
+    signature = sign_ephemeral(SERVER_KEY, der, EXPIRES, salt=resume_hexbytes("ephemeral_pss_salt"))
+    return EphemeralKey(EPHEMERAL_PRIVATE, EXPIRES, signature)
+
+
+def vector_ticket_keys():
+    """Ticket keys that know the vector's key under the vector's key id (the
+    independent implementation names its keys its own way)."""
+    private = RESUME_RAW["ticket_server_private"]
+    ticket_keys = tickets.TicketKeys([bytes.fromhex(private["ticket_key"])])
+    ticket_keys._by_id = {bytes.fromhex(private["key_id"]): bytes.fromhex(private["ticket_key"])}
+    return ticket_keys
+
+
+def full_client(**options):
+    return ClientConnection(
+        random=replay(resume_hexbytes("full", "secret")),
+        oaep_seed=resume_hexbytes("full", "oaep_seed"),
+        clock=lambda: NOW,
+        **options,
+    )
+
+
+def stored_ticket():
+    return tickets.StoredTicket(
+        "server.example",
+        51424,
+        RESUME_RAW["server_fingerprint"],
+        resume_hexbytes("full", "resumption_secret"),
+        resume_hexbytes("ticket"),
+        NOW + 3600,
+    )
+
+
+class EphemeralVectorTests(unittest.TestCase):
+    def test_signed_message(self):
+        self.assertEqual(
+            schedule.ephemeral_message(
+                IDENTITY.der, EXPIRES, resume_hexbytes("ephemeral_spki_der")
+            ),
+            resume_hexbytes("ephemeral_signed_message"),
+        )
+
+    def test_signature_and_member(self):
+        ephemeral = vector_ephemeral()
+        self.assertEqual(ephemeral.der, resume_hexbytes("ephemeral_spki_der"))
+        self.assertEqual(ephemeral.member, RESUME_RAW["ephemeral_member"])
+
+    def test_hello_with_the_ephemeral_member(self):
+        hello = IDENTITY.hello_payload(resume_hexbytes("full", "nonce"), vector_ephemeral())
+        self.assertEqual(hello, resume_hexbytes("full", "hello_payload"))
+        resumed = IDENTITY.hello_payload(resume_hexbytes("resumed", "nonce"), vector_ephemeral())
+        self.assertEqual(resumed, resume_hexbytes("resumed", "hello_payload"))
+
+    def test_server_says_the_vector_hello(self):
+        server = ServerConnection(
+            IDENTITY,
+            ephemeral=vector_ephemeral(),
+            random=replay(resume_hexbytes("full", "nonce")),
+        )
+        server.start()
+        self.assertEqual(
+            server.data_to_send(), encode_frame("HELLO", resume_hexbytes("full", "hello_payload"))
+        )
+
+    def test_client_checks_the_ephemeral_key_and_sends_key_under_it(self):
+        client = full_client()
+        (offer,) = client.receive_data(
+            encode_frame("HELLO", resume_hexbytes("full", "hello_payload"))
+        )
+        self.assertIsInstance(offer, ServerKeyReceived)
+        self.assertEqual(offer.fingerprint, RESUME_RAW["server_fingerprint"])
+        self.assertEqual(offer.ephemeral.expires, EXPIRES)
+        self.assertEqual(offer.ephemeral.bits, 2048)
+        self.assertEqual(
+            offer.ephemeral.fingerprint, keys.fingerprint(resume_hexbytes("ephemeral_spki_der"))
+        )
+        client.accept_key()
+        key, first = frames(client.data_to_send())
+        self.assertEqual(key, ("KEY", resume_hexbytes("full", "key_payload")))
+        self.assertEqual(client.transcript_hash, resume_hexbytes("full", "transcript_hash"))
+        # The client's first record is the vector's empty MSG.
+        self.assertEqual(first, ("MSG", resume_hexbytes("full", "records", "client_msg_seq0")))
+
+    def test_key_schedule_and_resumption_secret(self):
+        full = RESUME_RAW["full"]
+        th = schedule.transcript_hash(
+            resume_hexbytes("full", "hello_payload"), resume_hexbytes("full", "key_payload")
+        )
+        self.assertEqual(th.hex(), full["transcript_hash"])
+        secret, nonce = resume_hexbytes("full", "secret"), resume_hexbytes("full", "nonce")
+        client_key, server_key = schedule.derive_keys(secret, nonce, th)
+        self.assertEqual(
+            (client_key.hex(), server_key.hex()), (full["client_key"], full["server_key"])
+        )
+        self.assertEqual(
+            schedule.resumption_secret(secret, nonce, th).hex(), full["resumption_secret"]
+        )
+
+    def test_server_decrypts_key_with_the_ephemeral_key(self):
+        server = ServerConnection(
+            IDENTITY,
+            ephemeral=vector_ephemeral(),
+            random=replay(resume_hexbytes("full", "nonce"), b"\0" * 32),
+        )
+        server.start()
+        server.data_to_send()
+        server.receive_data(encode_frame("KEY", resume_hexbytes("full", "key_payload")))
+        self.assertEqual(server.transcript_hash, resume_hexbytes("full", "transcript_hash"))
+        opener = RecordOpener(resume_hexbytes("full", "server_key"))
+        ((verb, confirmation),) = frames(server.data_to_send())
+        self.assertEqual((verb, opener.open("MSG", confirmation)), ("MSG", b""))
+        events = server.receive_data(
+            encode_frame("MSG", resume_hexbytes("full", "records", "client_msg_seq0"))
+        )
+        self.assertEqual(events, [HandshakeComplete(None)])
+
+    def test_records(self):
+        sealer = RecordSealer(resume_hexbytes("full", "server_key"))
+        self.assertEqual(
+            sealer.seal("MSG", resume_hexbytes("server_message")),
+            resume_hexbytes("full", "records", "server_msg_seq0"),
+        )
+        self.assertEqual(
+            sealer.seal("TICKET", resume_hexbytes("full", "ticket_plaintext")),
+            resume_hexbytes("full", "records", "server_ticket_seq1"),
+        )
+        self.assertEqual(sealer.seal("END"), resume_hexbytes("full", "records", "server_end_seq2"))
+
+    def test_client_takes_the_vector_ticket(self):
+        client = full_client()
+        client.receive_data(encode_frame("HELLO", resume_hexbytes("full", "hello_payload")))
+        client.accept_key()
+        records = RESUME_RAW["full"]["records"]
+        stream = b"".join(
+            encode_frame(verb, bytes.fromhex(records[name]))
+            for verb, name in [
+                ("MSG", "server_msg_seq0"),
+                ("TICKET", "server_ticket_seq1"),
+                ("END", "server_end_seq2"),
+            ]
+        )
+        events = client.receive_data(stream)
+        self.assertEqual(
+            [type(e) for e in events],
+            [HandshakeComplete, DataReceived, TicketReceived, EndReceived],
+        )
+        ticket = events[2]
+        self.assertEqual(ticket.ticket, resume_hexbytes("ticket"))
+        self.assertEqual(ticket.lifetime, 3600)
+        self.assertEqual(ticket.secret, resume_hexbytes("full", "resumption_secret"))
+        self.assertEqual(ticket.server_fingerprint, RESUME_RAW["server_fingerprint"])
+        self.assertNotIn(ticket.secret.hex(), repr(ticket))
+
+
+class ResumeVectorTests(unittest.TestCase):
+    def test_client_resumes_with_the_vector_ticket(self):
+        client = ClientConnection(ticket=stored_ticket(), clock=lambda: NOW)
+        client.receive_data(encode_frame("HELLO", resume_hexbytes("resumed", "hello_payload")))
+        client.accept_key()
+        resume, first = frames(client.data_to_send())
+        self.assertEqual(encode_frame(*resume), resume_hexbytes("resumed", "resume_frame"))
+        self.assertTrue(client.resumed)
+        self.assertEqual(client.transcript_hash, resume_hexbytes("resumed", "transcript_hash"))
+        # No AUTH after RESUME, and the first record is the vector's.
+        self.assertEqual(first, ("MSG", resume_hexbytes("resumed", "records", "client_msg_seq0")))
+        records = RESUME_RAW["resumed"]["records"]
+        events = client.receive_data(
+            encode_frame("MSG", bytes.fromhex(records["server_msg_seq0"]))
+            + encode_frame("END", bytes.fromhex(records["server_end_seq1"]))
+        )
+        self.assertEqual(
+            events,
+            [
+                HandshakeComplete(RESUME_RAW["server_fingerprint"], resumed=True),
+                DataReceived(resume_hexbytes("server_message")),
+                EndReceived(),
+            ],
+        )
+
+    def test_resumed_key_schedule(self):
+        resumed = RESUME_RAW["resumed"]
+        th = resume_hexbytes("resumed", "transcript_hash")
+        ikm = resume_hexbytes("full", "resumption_secret")
+        nonce = resume_hexbytes("resumed", "nonce")
+        client_key, server_key = schedule.derive_keys(ikm, nonce, th, resumed=True)
+        self.assertEqual(
+            (client_key.hex(), server_key.hex()), (resumed["client_key"], resumed["server_key"])
+        )
+        self.assertEqual(
+            schedule.resumption_secret(ikm, nonce, th).hex(), resumed["resumption_secret"]
+        )
+
+    def test_server_opens_the_vector_ticket_and_resumes(self):
+        issuer = tickets.TicketIssuer(vector_ticket_keys(), clock=lambda: NOW)
+        server = ServerConnection(
+            IDENTITY,
+            ephemeral=vector_ephemeral(),
+            tickets=issuer,
+            random=replay(resume_hexbytes("resumed", "nonce")),
+        )
+        server.start()
+        server.data_to_send()
+        server.receive_data(resume_hexbytes("resumed", "resume_frame"))
+        self.assertTrue(server.resumed)
+        self.assertFalse(server.forward_secrecy)
+        opener = RecordOpener(resume_hexbytes("resumed", "server_key"))
+        ((verb, confirmation),) = frames(server.data_to_send())
+        self.assertEqual((verb, opener.open("MSG", confirmation)), ("MSG", b""))
+        # The application starts only when the client's first record opened.
+        events = server.receive_data(
+            encode_frame("MSG", resume_hexbytes("resumed", "records", "client_msg_seq0"))
+        )
+        self.assertEqual(events, [HandshakeComplete(None, resumed=True)])
+        # ... and a new ticket for the next time, right after.
+        ((verb, sealed),) = frames(server.data_to_send())
+        self.assertEqual(verb, "TICKET")
+        new = json.loads(opener.open("TICKET", sealed))
+        self.assertEqual(new["lifetime"], 3600)
+        self.assertNotEqual(base64.b64decode(new["ticket"]), resume_hexbytes("ticket"))
+
+    def test_vector_ticket_state(self):
+        private = RESUME_RAW["ticket_server_private"]
+        issuer = tickets.TicketIssuer(vector_ticket_keys(), clock=lambda: NOW)
+        secret, client = issuer.open(resume_hexbytes("ticket"), RESUME_RAW["server_fingerprint"])
+        self.assertEqual(secret, resume_hexbytes("full", "resumption_secret"))
+        self.assertIsNone(client)
+        state = json.loads(bytes.fromhex(private["state"]))
+        self.assertEqual(state["server"], RESUME_RAW["server_fingerprint"])
+
+
+# -- §10.3: what a client refuses -----------------------------------------------------
+
+
+def hello_offering(member, key=IDENTITY):
+    hello = {
+        "protocol": "kx/1",
+        "key": key.key_b64,
+        "nonce": base64.b64encode(b"n" * 32).decode(),
+    }
+    if member is not None:
+        hello["ephemeral"] = member
+    return encode_frame("HELLO", json.dumps(hello).encode())
+
+
+def member(private_key=EPHEMERAL_PRIVATE, expires=NOW + 120, signer=SERVER_KEY, e=None, der=None):
+    if der is None:
+        der = keys.public_key_to_der(private_key.public_key())
+    if e is not None:
+        der = keys.public_key_to_der(PublicKey(private_key.n, e))
+    signature = sign_ephemeral(signer, der, expires)
+    return {
+        "key": base64.b64encode(der).decode(),
+        "expires": expires,
+        "signature": base64.b64encode(signature).decode(),
+    }
+
+
+class EphemeralKeyRefusalTests(unittest.TestCase):
+    def assertRefused(self, hello, code, detail, **options):
+        client = ClientConnection(clock=lambda: NOW, **options)
+        events = client.receive_data(hello)
+        self.assertEqual(events, [ProtocolFailed(code, detail)])
+        sent = frames(client.data_to_send())
+        self.assertEqual([v for v, _ in sent], ["ERROR"])  # and never a KEY
+        self.assertEqual(json.loads(sent[0][1]), {"error": code, "detail": detail})
+
+    def test_a_good_member_is_accepted(self):
+        client = ClientConnection(clock=lambda: NOW)
+        (event,) = client.receive_data(hello_offering(member()))
+        self.assertIsInstance(event, ServerKeyReceived)
+
+    def test_no_ephemeral_key(self):
+        self.assertRefused(
+            hello_offering(None),
+            "no-forward-secrecy",
+            "the server offers no ephemeral key (forward secrecy)",
+        )
+
+    def test_no_ephemeral_key_allowed_explicitly(self):
+        client = ClientConnection(require_forward_secrecy=False, clock=lambda: NOW)
+        (event,) = client.receive_data(hello_offering(None))
+        self.assertIsNone(event.ephemeral)
+        client.accept_key()
+        (key, _first) = frames(client.data_to_send())
+        # Then KEY goes to the long-term key, the original exercise's scheme.
+        self.assertEqual(len(key[1]), IDENTITY.key_bytes)
+
+    def test_bad_signature(self):
+        bad = member()
+        signature = bytearray(base64.b64decode(bad["signature"]))
+        signature[-1] ^= 1
+        bad["signature"] = base64.b64encode(bytes(signature)).decode()
+        self.assertRefused(
+            hello_offering(bad), "untrusted-key", "ephemeral key signature does not verify"
+        )
+
+    def test_signature_by_another_key(self):
+        self.assertRefused(
+            hello_offering(member(signer=CLIENT_KEY)),
+            "untrusted-key",
+            "ephemeral key signature does not verify",
+        )
+
+    def test_signature_over_another_expiry(self):
+        moved = member()
+        moved["expires"] += 1
+        self.assertRefused(
+            hello_offering(moved), "untrusted-key", "ephemeral key signature does not verify"
+        )
+
+    def test_expired(self):
+        # 300 s of clock skew are forgiven; 301 are not.
+        ClientConnection(clock=lambda: NOW).receive_data(hello_offering(member(expires=NOW - 300)))
+        self.assertRefused(
+            hello_offering(member(expires=NOW - 301)),
+            "untrusted-key",
+            "ephemeral key expired 301 s ago",
+        )
+
+    def test_valid_too_long(self):
+        limit = NOW + 86400 + 300
+        (ok,) = ClientConnection(clock=lambda: NOW).receive_data(
+            hello_offering(member(expires=limit))
+        )
+        self.assertIsInstance(ok, ServerKeyReceived)
+        self.assertRefused(
+            hello_offering(member(expires=limit + 1)),
+            "untrusted-key",
+            "ephemeral key is signed for more than a day",
+        )
+
+    def test_too_small(self):
+        # Our own key generation refuses to make one: pycryptodome's does.
+        small = PyCryptodomeRSA.generate(1024).public_key().export_key("DER")
+        self.assertRefused(
+            hello_offering(member(der=small)),
+            "untrusted-key",
+            "ephemeral key: RSA modulus of 1024 bits",
+        )
+
+    def test_bad_exponent(self):
+        assert_every_case(
+            self,
+            (3, 2**16 - 1, 2**256 + 1),
+            lambda e: self.assertRefused(
+                hello_offering(member(e=e)),
+                "untrusted-key",
+                "ephemeral key: RSA public exponent out of range",
+            ),
+        )
+
+    def test_ill_typed_members(self):
+        good = member()
+
+        def check(case):
+            name, value = case
+            bad = dict(good, **{name: value})
+            event = ClientConnection(clock=lambda: NOW).receive_data(hello_offering(bad))[0]
+            self.assertEqual(event.code, "malformed-frame")
+
+        cases = [
+            ("expires", "1764259200"),
+            ("expires", True),
+            ("expires", 1.5),
+            ("key", 5),
+            ("key", "!!"),
+            ("signature", None),
+        ]
+        assert_every_case(self, cases, check)
+        for value in ("text", [1], 5):
+            event = ClientConnection(clock=lambda: NOW).receive_data(hello_offering(value))[0]
+            self.assertEqual(
+                event, ProtocolFailed("malformed-frame", "HELLO ephemeral is not an object")
+            )
+
+
+# -- §11.3: what a server refuses -----------------------------------------------------
+
+
+class Resumption:
+    """A server with tickets on a settable clock, and a full session with it
+    that left a ticket behind."""
+
+    def __init__(self, authorized=None, identity=None, lifetime=3600):
+        self.now = 1_800_000_000
+        self.issuer = tickets.TicketIssuer(
+            tickets.TicketKeys.random(), lifetime=lifetime, clock=lambda: self.now
+        )
+        self.authorized = authorized
+        self.identity = identity
+        self.ticket = self.full_session()
+
+    def server(self, identity=IDENTITY):
+        server = ServerConnection(
+            identity,
+            authorized_keys=self.authorized,
+            ephemeral=ephemeral_key(long_term=identity.private_key),
+            tickets=self.issuer,
+        )
+        server.start()
+        return server
+
+    def full_session(self):
+        server = self.server()
+        client = ClientConnection(identity=self.identity)
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        server.receive_data(client.data_to_send())
+        events = client.receive_data(server.data_to_send())
+        (ticket,) = [e for e in events if isinstance(e, TicketReceived)]
+        return tickets.StoredTicket(
+            "h", 1, ticket.server_fingerprint, ticket.secret, ticket.ticket, self.now + 3600
+        )
+
+    def resume(self, ticket=None, server=None):
+        """A new connection that RESUMEs; returns (server, client, server events)."""
+        server = server or self.server()
+        client = ClientConnection(ticket=ticket or self.ticket)
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        return server, client, server.receive_data(client.data_to_send())
+
+
+class ServerResumptionTests(unittest.TestCase):
+    def test_resumed_session(self):
+        r = Resumption()
+        server, client, events = r.resume()
+        self.assertTrue(client.resumed)
+        self.assertEqual(events, [HandshakeComplete(None, resumed=True)])
+        server.send_data(b"welcome back")
+        events = client.receive_data(server.data_to_send())
+        self.assertEqual(
+            [type(e) for e in events], [HandshakeComplete, TicketReceived, DataReceived]
+        )
+
+    def test_the_ticket_names_the_authenticated_client(self):
+        client_fp = keys.fingerprint(CLIENT_KEY)
+        r = Resumption(authorized={client_fp}, identity=CLIENT_KEY)
+        _server, _client, events = r.resume()
+        self.assertEqual(events, [HandshakeComplete(client_fp, resumed=True)])
+
+    def assertStale(self, r, detail, ticket=None, server=None):
+        server, _client, events = r.resume(ticket=ticket, server=server)
+        self.assertEqual(events, [ProtocolFailed("stale-ticket", detail)])
+        (error,) = frames(server.data_to_send())
+        self.assertEqual(json.loads(error[1]), {"error": "stale-ticket", "detail": detail})
+
+    def test_tampered(self):
+        r = Resumption()
+
+        def check(position):
+            ticket = bytearray(r.ticket.ticket)
+            ticket[position] ^= 1
+            stored = tickets.StoredTicket(
+                "h", 1, r.ticket.server_fingerprint, r.ticket.secret, bytes(ticket), 0
+            )
+            detail = "unknown or retired ticket key" if position == 0 else "ticket does not open"
+            self.assertStale(r, detail, ticket=stored)
+
+        assert_every_case(self, (0, 20, 40, -1), check)
+
+    def test_too_short(self):
+        r = Resumption()
+        short = tickets.StoredTicket("h", 1, r.ticket.server_fingerprint, b"s" * 32, b"x", 0)
+        self.assertStale(r, "ticket too short", ticket=short)
+
+    def test_foreign(self):
+        r, other = Resumption(), Resumption()
+        self.assertStale(r, "unknown or retired ticket key", ticket=other.ticket)
+
+    def test_expired(self):
+        r = Resumption(lifetime=100)
+        r.now += 100
+        self.assertStale(r, "ticket expired")
+
+    def test_retired_key(self):
+        r = Resumption()
+        r.issuer.keys = r.issuer.keys.rotated()
+        # One rotation later the ticket still resumes; two, and it is stale.
+        r.resume()
+        r.issuer.keys = r.issuer.keys.rotated()
+        self.assertStale(r, "unknown or retired ticket key")
+
+    def test_issued_under_another_long_term_key(self):
+        r = Resumption()
+        other = ServerIdentity(CLIENT_KEY)
+        stored = tickets.StoredTicket(
+            "h", 1, other.fingerprint, r.ticket.secret, r.ticket.ticket, 0
+        )
+        self.assertStale(
+            r, "ticket issued under another server key", ticket=stored, server=r.server(other)
+        )
+
+    def test_client_key_no_longer_authorized(self):
+        client_fp = keys.fingerprint(CLIENT_KEY)
+        r = Resumption(authorized={client_fp}, identity=CLIENT_KEY)
+        r.authorized = {keys.fingerprint(SERVER_KEY)}
+        self.assertStale(r, "the ticket's client key is not authorized")
+
+    def test_ticket_without_client_when_auth_is_now_required(self):
+        r = Resumption()
+        r.authorized = {keys.fingerprint(CLIENT_KEY)}
+        self.assertStale(r, "the ticket's client key is not authorized")
+
+    def test_resumption_off(self):
+        server = ServerConnection(IDENTITY, ephemeral=ephemeral_key())
+        server.start()
+        server.data_to_send()
+        events = server.receive_data(encode_frame("RESUME", b"t" * 60))
+        self.assertEqual(
+            events, [ProtocolFailed("stale-ticket", "this server does not resume sessions")]
+        )
+
+    def test_resume_after_key(self):
+        r = Resumption()
+        server = r.server()
+        client = ClientConnection()
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        server.receive_data(client.data_to_send())
+        server.data_to_send()
+        events = server.receive_data(encode_frame("RESUME", r.ticket.ticket))
+        self.assertEqual(
+            events, [ProtocolFailed("unexpected-frame", "RESUME not expected in state open")]
+        )
+
+    def test_ticket_from_a_client(self):
+        server, client, _ = Resumption().resume()
+        sealed = client._sealer.seal("TICKET", b'{"ticket": "AAAA", "lifetime": 1}')
+        events = server.receive_data(encode_frame("TICKET", sealed))
+        self.assertEqual(
+            events, [ProtocolFailed("unexpected-frame", "TICKET not expected in state open")]
+        )
+
+    def test_auth_after_resume(self):
+        r = Resumption()
+        server = r.server()
+        client = ClientConnection(ticket=r.ticket)
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        resume, _first = frames(client.data_to_send())
+        server.receive_data(encode_frame(*resume))
+        server.data_to_send()
+        events = server.receive_data(encode_frame("AUTH", b"\0" * 40))
+        self.assertEqual(
+            events,
+            [ProtocolFailed("unexpected-frame", "AUTH after RESUME: the ticket names the client")],
+        )
+
+    def test_a_replayed_resume_gets_nothing_it_can_read(self):
+        """An eavesdropper who replays RESUME gets the confirmation and waits:
+        the application never starts, and nothing it can open is said."""
+        r = Resumption()
+        r.resume()
+        # On another daemon sharing the ticket keys: this one refuses a used ticket.
+        r.issuer = tickets.TicketIssuer(r.issuer.keys, clock=lambda: r.now)
+        replayer = r.server()
+        replayer.data_to_send()  # HELLO, to someone else
+        replayer.receive_data(encode_frame("RESUME", r.ticket.ticket))
+        ((verb, sealed),) = frames(replayer.data_to_send())
+        self.assertEqual((verb, len(sealed)), ("MSG", 16))
+        # Without the resumption secret its first record cannot be sealed.
+        events = replayer.receive_data(encode_frame("MSG", b"\0" * 16))
+        self.assertEqual(events, [ProtocolFailed("bad-record", "MSG record failed to open")])
+
+
+class ClientTicketRefusalTests(unittest.TestCase):
+    def test_a_ticket_for_another_server_key_is_not_offered(self):
+        r = Resumption()
+        stored = tickets.StoredTicket(
+            "h", 1, keys.fingerprint(CLIENT_KEY), r.ticket.secret, r.ticket.ticket, 0
+        )
+        server = r.server()
+        client = ClientConnection(ticket=stored)
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        self.assertEqual(frames(client.data_to_send())[0][0], "KEY")
+        self.assertFalse(client.resumed)
+
+    def test_ticket_before_the_first_record(self):
+        server = ServerConnection(IDENTITY, ephemeral=ephemeral_key())
+        server.start()
+        client = ClientConnection()
+        client.receive_data(server.data_to_send())
+        client.accept_key()
+        events = client.receive_data(encode_frame("TICKET", b"\0" * 40))
+        self.assertEqual(
+            events,
+            [ProtocolFailed("unexpected-frame", "TICKET before the server's first record")],
+        )
+
+    def test_malformed_ticket_plaintext(self):
+        def check(case):
+            plaintext, detail = case
+            server = ServerConnection(IDENTITY, ephemeral=ephemeral_key())
+            server.start()
+            client = ClientConnection()
+            client.receive_data(server.data_to_send())
+            client.accept_key()
+            server.receive_data(client.data_to_send())
+            client.receive_data(server.data_to_send())  # the confirmation
+            sealed = server._sealer.seal("TICKET", plaintext)
+            events = client.receive_data(encode_frame("TICKET", sealed))
+            self.assertEqual(events, [ProtocolFailed("malformed-frame", detail)])
+
+        cases = [
+            (b"[]", "TICKET is not a JSON object"),
+            (b'{"ticket": "", "lifetime": 5}', "TICKET ticket is not 1 to 512 bytes"),
+            (
+                b'{"ticket": "' + base64.b64encode(b"t" * 513) + b'", "lifetime": 5}',
+                "TICKET ticket is not 1 to 512 bytes",
+            ),
+            (b'{"ticket": "AAAA", "lifetime": 0}', "TICKET lifetime is not 1 to 86400 seconds"),
+            (b'{"ticket": "AAAA", "lifetime": 86401}', "TICKET lifetime is not 1 to 86400 seconds"),
+            (b'{"ticket": "AAAA", "lifetime": "5"}', "TICKET lifetime is not 1 to 86400 seconds"),
+        ]
+        assert_every_case(self, cases, check, label=lambda case: repr(case[0][:30]))
+
+
+class ForwardSecrecyTests(unittest.TestCase):
+    def test_a_recording_does_not_open_with_the_long_term_key(self):
+        """Steal the server's key after the session: the KEY of a recorded
+        session was encrypted to the ephemeral key, not to it."""
+        ephemeral = ephemeral_key()
+        server = ServerConnection(IDENTITY, ephemeral=ephemeral)
+        server.start()
+        hello = frames(server.data_to_send())[0][1]
+        client = ClientConnection()
+        client.receive_data(encode_frame("HELLO", hello))
+        client.accept_key()
+        recorded_key = frames(client.data_to_send())[0][1]
+        self.assertRaises(DecryptionError, SERVER_KEY.decrypt_oaep, recorded_key, label=hello)
+        # The ephemeral key would have opened it: that is what rotation drops.
+        self.assertEqual(len(EPHEMERAL_PRIVATE.decrypt_oaep(recorded_key, label=hello)), 32)
 
 
 class HostileInputProperties(unittest.TestCase):

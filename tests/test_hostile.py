@@ -1,4 +1,4 @@
-"""Hostile input through the Twisted layer (issue 5 §2, docs/spec/kx1.rst §6).
+"""Hostile input through the Twisted layer (docs/spec/kx1.rst §6).
 
 Every bad input gets one precise answer: the ERROR code *and* detail of
 §6, or a silent close where the peer is already gone.  Each test also shows
@@ -43,6 +43,7 @@ from tests.fixtures import (
     SERVER_KEY,
     Collector,
     address,
+    assert_every_case,
     ended_sessions,
     frames,
     replay,
@@ -280,9 +281,7 @@ class HeaderRefusalTests(HostileTestCase):
             (b"AUTH 100\r\n", "unexpected-frame", "AUTH not expected in state await-key"),
             (b"HELLO 2\r\n{}", "unexpected-frame", "HELLO not expected in state await-key"),
         ]
-        for data, code, detail in cases:
-            with self.subTest(data=data):
-                self.refuse(data, code, detail)
+        assert_every_case(self, cases, lambda case: self.refuse(*case))
 
     def test_lf_without_cr_is_not_a_line_end(self):
         # "KEY 256\n" then more: the line goes on, and is too long at 34 bytes.
@@ -480,16 +479,17 @@ class UpdateAbuseTests(HostileTestCase):
         )
 
     def test_update_too_short_or_forged(self):
-        for payload in (b"", b"\0" * 15, b"\0" * 16):
-            with self.subTest(payload=payload):
-                setup, hostile = self.established()
-                self.assertRefused(
-                    setup,
-                    hostile,
-                    encode_frame("UPDATE", payload),
-                    "bad-record",
-                    "UPDATE record failed to open",
-                )
+        def check(payload):
+            setup, hostile = self.established()
+            self.assertRefused(
+                setup,
+                hostile,
+                encode_frame("UPDATE", payload),
+                "bad-record",
+                "UPDATE record failed to open",
+            )
+
+        assert_every_case(self, (b"", b"\0" * 15, b"\0" * 16), check)
 
     def test_update_replayed(self):
         setup, hostile = self.established()
@@ -553,9 +553,12 @@ class AuthGarbageTests(HostileTestCase):
         self.assertEqual(len(setup.apps.made), made)
 
     def test_not_json(self):
-        for plaintext in [b"", b"not json", b"\xff\xfe", b"[]", b'"key"', b"[" * 8000]:
-            with self.subTest(plaintext=plaintext[:20]):
-                self.auth(plaintext, "auth-failed", "AUTH is not a JSON object")
+        assert_every_case(
+            self,
+            [b"", b"not json", b"\xff\xfe", b"[]", b'"key"', b"[" * 8000],
+            lambda plaintext: self.auth(plaintext, "auth-failed", "AUTH is not a JSON object"),
+            label=lambda plaintext: repr(plaintext[:20]),
+        )
 
     def test_duplicate_members(self):
         self.auth(
@@ -566,7 +569,7 @@ class AuthGarbageTests(HostileTestCase):
 
     def test_bad_members(self):
         good = json.loads(hexbytes("auth_plaintext"))
-        for obj in [
+        cases = [
             {},
             {"key": good["key"]},
             {"signature": good["signature"]},
@@ -576,9 +579,13 @@ class AuthGarbageTests(HostileTestCase):
             {"key": good["key"], "signature": good["signature"].rstrip("=")},
             {"key": "AAAA", "signature": good["signature"]},
             {"key": RAW["client_private_key_pem"], "signature": good["signature"]},
-        ]:
-            with self.subTest(obj=sorted(obj)):
-                self.auth(json.dumps(obj).encode(), "auth-failed", "malformed AUTH")
+        ]
+        assert_every_case(
+            self,
+            cases,
+            lambda obj: self.auth(json.dumps(obj).encode(), "auth-failed", "malformed AUTH"),
+            label=lambda obj: repr(sorted(obj)),
+        )
 
     def test_signature_of_another_session(self):
         # The vector AUTH: well formed, signed over another transcript.
@@ -681,7 +688,7 @@ class ImplicitRejectionTests(unittest.TestCase):
         # The key confirmation alone: the application waits for the
         # client's first record, which a forger cannot seal.
         self.assertEqual(expected, ([("MSG", 16)], 1, False, False))
-        for name, make_key in [
+        cases = [
             (
                 "random below n",
                 lambda hello: (int.from_bytes(b"\x5a" * K, "big") % n).to_bytes(K, "big"),
@@ -691,9 +698,13 @@ class ImplicitRejectionTests(unittest.TestCase):
             ("exactly n", lambda hello: n.to_bytes(K, "big")),
             ("n + 1", lambda hello: (n + 1).to_bytes(K, "big")),
             ("all ones, above n", lambda hello: b"\xff" * K),
-        ]:
-            with self.subTest(name):
-                self.assertEqual(self.served(make_key), expected)
+        ]
+        assert_every_case(
+            self,
+            cases,
+            lambda case: self.assertEqual(self.served(case[1]), expected),
+            label=lambda case: case[0],
+        )
 
     def test_a_good_ciphertext_plus_n_is_not_accepted(self):
         """c + n is c mod n: were it decrypted as c, a KEY would have two

@@ -1,4 +1,4 @@
-"""What an established, idle session keeps (issue 14: memory per session).
+"""What an established, idle session keeps: memory per session.
 
 Thousands of idle sessions are the daemon's steady state, so each keeps
 its state in slots rather than an instance dict, refers to what every
@@ -13,8 +13,15 @@ from keyexchanged.applications import EchoFactory
 from keyexchanged.framing import encode_frame
 from keyexchanged.handshake import ClientConnection, HandshakeComplete, ServerConnection, State
 from keyexchanged.protocol import ServerChannelProtocol
-from tests.fixtures import IDENTITY, Collector, Pair, frames
-from tests.rev2 import EPHEMERAL, StaticEphemeralKeys, ephemeral_key
+from tests.fixtures import (
+    EPHEMERAL,
+    IDENTITY,
+    Collector,
+    Pair,
+    StaticEphemeralKeys,
+    ephemeral_key,
+    frames,
+)
 
 
 def issuer():

@@ -4,7 +4,7 @@
 ``docs/spec/kx1.rst``, written from the text alone and sharing no code with
 keyexchanged.  First it must reproduce the spec's vectors byte for byte
 (:class:`IndependentPeerVectorTests`); then it judges the real daemon and
-the real client (issue 11): the independent client, requiring forward
+the real client: the independent client, requiring forward
 secrecy, completes a full and a resumed session against ``twistd
 keyexchange`` with default settings, and ``keyexchange connect`` completes
 against the independent server.
@@ -532,17 +532,15 @@ class IndependentPeersTests(SynchronousTestCase):
 
 
 class DaemonInteropTests(DaemonTestCase):
-    """Issue 11: an independent client that requires forward secrecy
+    """An independent client that requires forward secrecy
     against ``twistd keyexchange`` with default settings."""
 
     timeout = 60
+    light_config = ""  # the defaults are under test
 
     @defer.inlineCallbacks
     def test_full_then_resumed_session(self):
-        with open(self.conf, "w") as f:
-            f.write(
-                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\nprivate-key = server.key\n"
-            )
+        self.write_config()
         daemon = Daemon.start(["--config", self.conf])
         self.addCleanup(daemon.stop)
         port = yield daemon.listening
@@ -625,7 +623,7 @@ class DaemonInteropTests(DaemonTestCase):
 
 
 class ClientInteropTests(DaemonTestCase):
-    """Issue 11: ``keyexchange connect`` against a server that is not
+    """``keyexchange connect`` against a server that is not
     keyexchanged, offering ephemeral keys and tickets."""
 
     timeout = 60

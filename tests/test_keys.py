@@ -505,8 +505,8 @@ def _name_of(uid):
 
 
 class OwnerTests(TemporaryDirectoryMixin, SynchronousTestCase):
-    """A private key must be owned by the user we run as, or root (issue 12):
-    a 0600 key another user owns may be one they planted.  The files are
+    """A private key must be owned by the user we run as, or root: a 0600
+    key another user owns may be one they planted.  The files are
     given away with chown, which takes root; ``keys._effective_uid`` plays
     a user other than root."""
 

@@ -232,7 +232,8 @@ class PolicyTests(unittest.TestCase):
         self.assertEqual((asker.questions, self.reports), ([], []))
 
     def test_two_keys_for_one_host_are_refused_whichever_is_offered(self):
-        """A file from before issue 12 may list two keys for a host: neither
+        """A file written by hand or by an older version may list two keys
+        for a host: neither
         is trusted, and the user is told which lines to settle."""
         self.write(f"# servers\nexample.org:51424 {OTHER_FP}\nexample.org:51424 {SERVER_FP}\n")
         before = self.content()
@@ -270,7 +271,7 @@ class PolicyTests(unittest.TestCase):
 
     def test_another_key_recorded_while_the_user_was_asked(self):
         """Another client recorded a different key for the host while this
-        one asked its user (issue 12): refused as a changed key, and no
+        one asked its user: refused as a changed key, and no
         second line is written."""
 
         def other_client_meanwhile(question, fingerprint):

@@ -422,12 +422,6 @@ class JSONDaemon(Daemon):
 
 
 class DaemonJSONLogTests(DaemonTestCase):
-    def write_config(self):
-        with open(self.conf, "w") as f:
-            f.write(
-                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\nprivate-key = server.key\n"
-            )
-
     def events(self, daemon):
         return [json.loads(line) for line in daemon.output.decode().splitlines()]
 
@@ -506,8 +500,9 @@ class DaemonJSONLogTests(DaemonTestCase):
         self.assertEqual([e for e in events if " ended: " in e["message"]], [end])
         self.assertEqual((end["outcome"], end["kind"]), ("ok", "full"))
         self.assertIs(end["forward_secrecy"], True)
-        self.assertIs(end["post_quantum"], False)
-        self.assertEqual(end["record_cipher"], "aes-256-gcm")
+        # The daemon's defaults: ML-KEM with each ephemeral key, OCB records.
+        self.assertIs(end["post_quantum"], True)
+        self.assertEqual(end["record_cipher"], "aes-256-ocb")
         self.assertGreater(end["bytes_in"], 256)
         self.assertTrue(end["peer"].startswith("127.0.0.1:"))
 

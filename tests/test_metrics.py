@@ -9,7 +9,7 @@ import sys
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -228,7 +228,7 @@ class ScrapeTests(unittest.TestCase):
         self.assertIsNone(service.port)
         agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         yield self.assertFailure(
-            agent.request(b"GET", b"http://127.0.0.1:%d/metrics" % port), Exception
+            agent.request(b"GET", b"http://127.0.0.1:%d/metrics" % port), ConnectionRefusedError
         )
 
 
@@ -525,10 +525,7 @@ class DaemonMetricsTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_scrape_the_daemon_after_a_session(self):
-        with open(self.conf, "w") as f:
-            f.write(
-                "[keyexchanged]\nlisten = tcp:0:interface=127.0.0.1\nprivate-key = server.key\n"
-            )
+        self.write_config()
         daemon = Daemon.start(["--config", self.conf, "--metrics", LOCAL])
         self.addCleanup(daemon.stop)
         port = yield daemon.listening

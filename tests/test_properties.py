@@ -1,4 +1,4 @@
-"""Property tests: any bytes, any chunking (issue 5 §3).
+"""Property tests: any bytes, any chunking.
 
 The frame parser, both state machines and the Twisted adapter are fed
 streams made of valid frames from the vector file, damaged copies of them,

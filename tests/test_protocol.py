@@ -2,6 +2,7 @@
 timeouts, limits and shutdown — in memory, with StringTransport, iosim and
 a Clock.  No sockets here."""
 
+import io
 import json
 
 from twisted.internet import error
@@ -10,12 +11,18 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python import log
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from keyexchanged import handshake, keys, protocol
+from keyexchanged import client, handshake, keys, protocol, rsa
 from keyexchanged.applications import EchoFactory
 from keyexchanged.framing import RECORD_DATA_MAX, encode_frame
+from keyexchanged.handshake import (
+    ClientConnection,
+    ErrorReceived,
+)
+from keyexchanged.protocol import ChannelClientFactory, ProtocolFailure
 from keyexchanged.protocol._transport import AggregateWrites
 from keyexchanged.records import RecordOpener
 from keyexchanged.trust import Insecure, PinnedKey, UntrustedKey
@@ -23,7 +30,11 @@ from tests.fixtures import (
     CLIENT_KEY,
     IDENTITY,
     MESSAGE,
+    SERVER_KEY,
     Collector,
+    FakePool,
+    JunkIdentity,
+    MemoryEndpoint,
     Pair,
     address,
     client_writes,
@@ -150,7 +161,7 @@ class EndToEndTests(unittest.TestCase):
 
 
 class SessionSummaryTests(unittest.TestCase):
-    """Issue 10: a protocol gets what it needs when it is built, and reports
+    """A protocol gets what it needs when it is built, and reports
     its end in one summary; neither side reads the other's attributes."""
 
     def test_protocols_never_read_their_factory(self):
@@ -616,3 +627,357 @@ class ShutdownTests(unittest.TestCase):
         clock.advance(0.1)
         self.assertEqual(aborted, [True])
         self.successResultOf(done)
+
+
+SERVER_FP = IDENTITY.fingerprint
+
+
+CLIENT_FP = RAW["client_fingerprint"]
+
+
+def deliver(protocol_instance, data):
+    """Hand bytes to a protocol as the reactor does: an exception it raises
+    is logged ("Unhandled Error"), not thrown at the caller."""
+    log.callWithLogger(protocol_instance, protocol_instance.dataReceived, data)
+
+
+class AuthInWorkersTests(unittest.TestCase):
+    """Through the Twisted layer, an AUTH nobody asked for is
+    work for the workers, and it counts against max-handshakes."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = FakePool()
+        #: The moduli of every signature verified in this process.
+        self.verified = []
+        original = rsa.PublicKey.verify_pss
+
+        def recording(key, *args, **options):
+            self.verified.append(key.n)
+            return original(key, *args, **options)
+
+        self.patch(rsa.PublicKey, "verify_pss", recording)
+
+    def factory(self, **options):
+        factory = server_factory(clock=self.clock, **options)
+        factory.work = self.pool
+        return factory
+
+    def answer(self, result):
+        """Answer the oldest request without doing it here."""
+        self.pool.requests.pop(0)[3].callback(result)
+
+    def test_auth_is_verified_in_the_workers_not_in_the_reactor(self):
+        factory = self.factory()
+        pair = Pair(clock=self.clock, factory=factory, identity=CLIENT_KEY)
+        pair.flush()
+        self.pool.answer()  # the KEY
+        pair.flush()
+        (request,) = self.pool.requests
+        public_key, signature, message, _ = request
+        self.assertEqual(public_key, CLIENT_KEY.public_key())
+        self.assertEqual(factory.admission.working, 1)
+        # The server application waits for the answer.
+        self.assertEqual(pair.application.data, b"")
+        self.assertTrue(CLIENT_KEY.public_key().verify_pss(message, signature, salt_length=32))
+        self.verified.clear()
+        self.answer(True)
+        pair.flush()
+        self.assertEqual(pair.application.data, MESSAGE)
+        self.assertEqual(factory.admission.working, 0)
+        self.assertNotIn(CLIENT_KEY.n, self.verified)
+
+    def test_junk_auth_fails_on_the_workers_answer(self):
+        factory = self.factory()
+        pair = Pair(clock=self.clock, factory=factory, identity=JunkIdentity(4096))
+        pair.flush()
+        self.pool.answer()
+        pair.flush()
+        self.assertEqual(factory.admission.working, 1)
+        # The client's checks of HELLO only: the ephemeral key, the ML-KEM key.
+        self.assertEqual(self.verified, [SERVER_KEY.n, SERVER_KEY.n])
+        self.answer(False)
+        pair.flush()
+        self.assertEqual(factory.admission.working, 0)
+        self.assertEqual(pair.application.reason.value.code, "auth-failed")
+        self.assertEqual(pair.application.reason.value.detail, "bad AUTH signature")
+
+    def test_a_pending_auth_holds_a_handshake_slot(self):
+        factory = self.factory(max_handshakes=1)
+        first = Pair(clock=self.clock, factory=factory, identity=CLIENT_KEY)
+        first.flush()
+        self.pool.answer()  # its KEY; its AUTH is now in the pool
+        first.flush()
+        self.assertEqual(factory.admission.working, 1)
+        second = Pair(clock=self.clock, factory=factory)
+        second.flush()
+        reason = self.failureResultOf(second.handshake).value.reason.value
+        self.assertEqual((reason.code, reason.detail), ("busy", "too many handshakes in progress"))
+        self.answer(True)
+        first.flush()
+        self.assertEqual(first.application.data, MESSAGE)
+        third = Pair(clock=self.clock, factory=factory)
+        third.flush()
+        self.pool.answer()
+        third.flush()
+        self.assertEqual(third.application.data, MESSAGE)
+        self.assertEqual(factory.admission.working, 0)
+
+    def test_auth_beyond_max_handshakes_is_busy_while_a_bystander_completes(self):
+        factory = self.factory(max_handshakes=1)
+        ended = ended_sessions(self)
+        # A client core on a StringTransport: its KEY and its AUTH go in
+        # separately, so that the slot is taken in between.
+        server = factory.buildProtocol(address("10.0.0.9", 50000))
+        transport = StringTransport(peerAddress=address("10.0.0.9", 50000))
+        server.makeConnection(transport)
+        stranger = ClientConnection(identity=JunkIdentity(4096))
+        stranger.receive_data(transport.value())
+        transport.clear()
+        stranger.accept_key()
+        (key, auth) = frames(stranger.data_to_send())
+        self.assertEqual((key[0], auth[0]), ("KEY", "AUTH"))
+        deliver(server, encode_frame(*key))
+        self.pool.answer()
+        self.assertEqual(factory.admission.working, 0)
+        # A bystander's handshake takes the only slot.
+        bystander = Pair(clock=self.clock, factory=factory)
+        bystander.flush()
+        self.assertEqual(factory.admission.working, 1)
+        deliver(server, encode_frame(*auth))
+        self.assertEqual(
+            stranger.receive_data(transport.value())[-1],
+            ErrorReceived("busy", "too many handshakes in progress"),
+        )
+        self.assertEqual(len(self.pool.requests), 1)  # the AUTH never went
+        self.assertNotIn(stranger.identity.public_key().n, self.verified)
+        self.pool.answer()
+        bystander.flush()
+        self.assertEqual(bystander.application.data, MESSAGE)
+        self.assertEqual(factory.admission.working, 0)
+        self.assertTrue(transport.disconnecting)
+        server.connectionLost(error.ConnectionDone())
+        self.assertEqual(ended["10.0.0.9:50000"], "busy")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class PeerErrorChannelTests(unittest.TestCase):
+    """The Twisted layer: nothing a peer says reaches the log as a
+    traceback (one per connection would be a log flood)."""
+
+    def test_server_given_an_error_of_any_shape(self):
+        for code in ([], ["busy", "timeout"], {}, {"error": "busy"}, 5, None):
+            ended = ended_sessions(self)
+            factory = server_factory()
+            server = factory.buildProtocol(address("10.0.0.7", 41000))
+            transport = StringTransport(peerAddress=address("10.0.0.7", 41000))
+            server.makeConnection(transport)
+            hello = transport.value()
+            payload = json.dumps({"error": code, "detail": {"nested": [1]}}).encode()
+            deliver(server, encode_frame("ERROR", payload))
+            self.assertEqual(self.flushLoggedErrors(), [], code)
+            self.assertTrue(transport.disconnecting)
+            self.assertEqual(transport.value(), hello)  # nothing after HELLO
+            server.connectionLost(error.ConnectionDone())
+            self.assertEqual(ended, {"10.0.0.7:41000": "unknown"})
+            self.assertEqual(factory.connections, set())
+
+    def test_client_given_a_hello_of_non_ascii_protocol(self):
+        for character in ("€", "\U0001f600"):
+            hello = encode_frame("HELLO", json.dumps({"protocol": character * 300}).encode())
+            factory = ChannelClientFactory(
+                Factory.forProtocol(Collector), PinnedKey(SERVER_FP), reactor=Clock()
+            )
+            channel = factory.buildProtocol(address())
+            transport = StringTransport()
+            channel.makeConnection(transport)
+            deliver(channel, hello)
+            self.assertEqual(self.flushLoggedErrors(), [])
+            ((verb, payload),) = frames(transport.value())
+            self.assertEqual(verb, "ERROR")
+            self.assertLessEqual(len(payload), 1024)
+            self.assertEqual(json.loads(payload)["error"], "unsupported-protocol")
+            self.assertTrue(transport.disconnecting)
+            channel.connectionLost(error.ConnectionDone())
+            reason = self.failureResultOf(factory.handshake).value.reason.value
+            self.assertIsInstance(reason, ProtocolFailure)
+            self.assertEqual(reason.code, "unsupported-protocol")
+
+    def test_connect_exits_4_without_a_traceback(self):
+        clock = Clock()
+        name = "€" * 300
+
+        class Liar(Protocol):
+            def connectionMade(self):
+                self.transport.write(encode_frame("HELLO", json.dumps({"protocol": name}).encode()))
+
+        endpoint = MemoryEndpoint(Factory.forProtocol(Liar), clock)
+        output, errors = io.BytesIO(), io.StringIO()
+        done = client.run_connect(
+            clock, "server.example", 51424, PinnedKey(SERVER_FP),
+            output=output, errors=errors, endpoint=endpoint,
+        )  # fmt: skip
+        endpoint.pump.flush()
+        self.assertEqual(self.successResultOf(done), client.EXIT_FAILED)
+        self.assertEqual(
+            errors.getvalue(),
+            "keyexchange: error: protocol failure (unsupported-protocol): "
+            f"protocol {name!r} is not kx/1\n",
+        )
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class PeerFingerprintAtStartTests(unittest.TestCase):
+    """AUTH optional but given: the application knows who it is
+    talking to from ``connectionMade`` on."""
+
+    def pair(self, identity, pool=None):
+        seen = []
+
+        class Recorder(Collector):
+            def connectionMade(self):
+                seen.append((self.transport.peer_fingerprint, self.peer_fingerprint))
+                self.transport.write(b"hello")
+                self.transport.loseConnection()
+
+        clock = Clock()
+        factory = server_factory(Factory.forProtocol(Recorder), clock)
+        self.assertIsNone(factory.authorized_keys)  # AUTH is optional here
+        factory.work = pool
+        pair = Pair(clock=clock, factory=factory, identity=identity)
+        pair.flush()
+        return pair, seen
+
+    def test_reactor_verification(self):
+        ended = ended_sessions(self)
+        pair, seen = self.pair(CLIENT_KEY)
+        self.assertEqual(seen, [(CLIENT_FP, CLIENT_FP)])
+        self.assertEqual(pair.application.data, b"hello")
+        self.assertEqual(list(ended.values()), ["ok"])
+
+    def test_worker_verification(self):
+        pool = FakePool()
+        pair, seen = self.pair(CLIENT_KEY, pool)
+        pool.answer()  # KEY
+        pair.flush()
+        self.assertEqual(seen, [])  # not before the AUTH is checked
+        pool.answer()  # AUTH
+        pair.flush()
+        self.assertEqual(seen, [(CLIENT_FP, CLIENT_FP)])
+        self.assertEqual(pair.application.data, b"hello")
+
+    def test_no_auth(self):
+        pair, seen = self.pair(None)
+        self.assertEqual(seen, [(None, None)])
+        self.assertEqual(pair.application.data, b"hello")
+
+
+class ClientIdleTimeoutTests(unittest.TestCase):
+    """The client ends a session whose server goes silent after the
+    handshake."""
+
+    def connect(self, idle_timeout):
+        servers = []
+
+        class Silent(Protocol):
+            def connectionMade(self):
+                servers.append(self)
+
+        self.clock = Clock()
+        # The server's own idle timeout is far off: it is not the one tested.
+        self.factory = server_factory(Factory.forProtocol(Silent), self.clock, idle_timeout=3600)
+        self.endpoint = MemoryEndpoint(self.factory, self.clock)
+        self.application = Collector()
+        self.sent = client_writes(self)
+        handshake = protocol.connect(
+            self.clock,
+            self.endpoint,
+            PinnedKey(SERVER_FP),
+            Factory.forProtocol(lambda: self.application),
+            idle_timeout=idle_timeout,
+        )
+        self.successResultOf(handshake)
+        self.assertTrue(self.application.made)
+        (self.server_application,) = servers
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+        self.endpoint.pump.flush()
+
+    def assertNotEnded(self):
+        self.assertIsNone(self.application.reason)
+        self.assertEqual(len(self.factory.connections), 1)
+
+    def assertTimedOut(self, idle_timeout):
+        detail = f"the server sent nothing for {idle_timeout} s"
+        reason = self.application.reason.value
+        self.assertIsInstance(reason, ProtocolFailure)
+        self.assertEqual((reason.code, reason.detail), ("timeout", detail))
+        (verb, payload) = frames(b"".join(self.sent))[-1]
+        self.assertEqual(verb, "ERROR")
+        self.assertEqual(json.loads(payload), {"error": "timeout", "detail": detail})
+        self.assertEqual(self.factory.connections, set())
+
+    def test_silence_ends_the_session_after_exactly_the_timeout(self):
+        self.connect(60)
+        self.advance(59.999)
+        self.assertNotEnded()
+        self.advance(0.001)
+        self.assertTimedOut(60)
+
+    def test_data_from_the_server_resets_it(self):
+        self.connect(60)
+        self.advance(40)
+        self.server_application.transport.write(b"still here")
+        self.advance(0)  # the write is sealed at the end of the reactor turn
+        self.assertEqual(self.application.data, b"still here")
+        self.advance(59.999)
+        self.assertNotEnded()
+        self.advance(0.001)
+        self.assertTimedOut(60)
+
+    def test_our_own_writes_reset_it(self):
+        self.connect(60)
+        self.advance(40)
+        self.application.transport.write(b"anyone?")
+        self.advance(0)
+        self.assertEqual(self.server_application.transport.disconnecting, False)
+        self.advance(59.999)
+        self.assertNotEnded()
+        self.advance(0.001)
+        self.assertTimedOut(60)
+
+    def test_none_means_never(self):
+        self.connect(None)
+        self.advance(3599)
+        self.assertNotEnded()
+
+    def test_connect_exits_4_after_the_default_300_s(self):
+        @implementer(IHalfCloseableProtocol)
+        class Deaf(Protocol):
+            """Takes the client's END, and never answers."""
+
+            def readConnectionLost(self):
+                pass
+
+        clock = Clock()
+        factory = server_factory(Factory.forProtocol(Deaf), clock, idle_timeout=3600)
+        endpoint = MemoryEndpoint(factory, clock)
+        output, errors = io.BytesIO(), io.StringIO()
+        done = client.run_connect(
+            clock, "server.example", 51424, PinnedKey(SERVER_FP), send=b"ping",
+            output=output, errors=errors, endpoint=endpoint,
+        )  # fmt: skip
+        clock.advance(0)
+        endpoint.pump.flush()
+        # The server has the client's data and END, and says nothing.
+        clock.advance(299.999)
+        endpoint.pump.flush()
+        self.assertNoResult(done)
+        clock.advance(0.001)
+        endpoint.pump.flush()
+        self.assertEqual(self.successResultOf(done), client.EXIT_FAILED)
+        self.assertEqual(
+            errors.getvalue(),
+            "keyexchange: error: timeout: the server sent nothing for 300 s\n",
+        )

@@ -16,9 +16,8 @@ from keyexchanged.metrics import Metrics
 from keyexchanged.protocol import SecureChannelFactory, connect
 from keyexchanged.proxyproto import ProxyProtocolFactory, parse_trusted_proxies
 from keyexchanged.trust import PinnedKey
-from tests.fixtures import IDENTITY, ended_sessions
+from tests.fixtures import IDENTITY, StaticEphemeralKeys, ended_sessions
 from tests.haproxy import SKIP, HAProxy
-from tests.rev2 import StaticEphemeralKeys
 
 CONFIG = """\
 global
@@ -139,7 +138,7 @@ class HAProxyTests(unittest.TestCase):
         def observe(event):
             text = event.get("log_format", "")
             if text.startswith("health check from") and not checked.called:
-                checked.callback(event["peer"])
+                checked.callback(event["proxy"])
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
@@ -148,10 +147,10 @@ class HAProxyTests(unittest.TestCase):
         metrics = Metrics()
         yield self.start(check=" check check-send-proxy inter 200", metrics=metrics)
         peer = yield self.haproxy.unless_dies(checked)
-        self.assertTrue(peer.startswith("127.0.0.1:"), peer)
+        self.assertEqual(peer, "127.0.0.1")
         self.assertEqual(self.seen, [])  # no session, no application
         # Logged and counted apart: not a session, not a failed handshake.
-        self.assertNotIn(peer, ended)
+        self.assertEqual(ended, {})
         samples = {
             (sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(metrics.render().decode("utf-8"))

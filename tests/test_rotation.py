@@ -402,8 +402,7 @@ class VectorTests(unittest.TestCase):
     def test_the_server_offers_and_announces(self):
         from keyexchanged import tickets
         from keyexchanged.ephemeral import EphemeralKey
-        from tests.fixtures import replay
-        from tests.rev2 import EPHEMERAL_PRIVATE
+        from tests.fixtures import EPHEMERAL_PRIVATE, replay
 
         member = json.loads(vector("hello_payload"))["ephemeral"]
         offered = EphemeralKey(

@@ -20,7 +20,7 @@ from Crypto.Hash import SHA1, SHA256, SHA384, SHA512
 from Crypto.Math.Primality import PROBABLY_PRIME, test_probable_prime
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pss
-from Crypto.Util.number import getPrime
+from Crypto.Util.number import getPrime, sieve_base
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, TestCase
@@ -257,6 +257,14 @@ class _VectorTests(_BackendMixin):
     def test_oaep_custom_hash_vectors(self):
         examples = _oaep_custom_examples()
         self.assertEqual(len(examples), 24 * 60)
+        if self.backend == "python" and HAVE_GMPY2:
+            # The hashes are the padding's, the same code for both backends:
+            # every example on gmpy2, the first of each combination here
+            # (1 440 decryptions in pure Python would take 10 s).
+            first = {}
+            for example in examples:
+                first.setdefault(example[:2], example)
+            examples = list(first.values())
         combos = set()
         keys = {}
         for alg, mgf1, numbers, example in examples:
@@ -674,7 +682,7 @@ class _FaultAndBlindingTests(_BackendMixin):
         """A glitch in ``c mod p`` feeds the exponentiation mod p.  The old
         check compared mᵉ mod p with that same faulty c_p, so it passed, and
         the output — right mod q, wrong mod p — gave away q through
-        gcd(mᵉ − c, n) (issue 12).  The check against the caller's c mod n
+        gcd(mᵉ − c, n).  The check against the caller's c mod n
         refuses it."""
         key = self._copy(_shared_key())
         n, e, p, q = key.n, key.e, key.p, key.q
@@ -966,21 +974,22 @@ class KeyGenerationArgumentTests(TestCase):
         # Spot check against a known value: ⌈√2 · 2^7⌉ = ⌈181.02⌉ = 182.
         self.assertEqual(_primes.prime_lower_bound(8), 182)
 
-    def test_sieve_keeps_only_plausible_candidates(self):
+    def test_sieve_keeps_exactly_the_candidates_without_a_small_factor(self):
         base = 2 * (getPrime(1024) // 2)
         e = rsa.PUBLIC_EXPONENT
         survivors = _primes.sieve_window(base, e, 1 << 16)
         self.assertTrue(survivors)
-        survivor_set = set(survivors)
-        primes_below = (3, 5, 7, 11, 13, 65521)
-        for j in range(1, _primes.WINDOW, 2):
-            c = base + j
-            plausible = all(c % p for p in primes_below) and c % e != 1
-            if j in survivor_set:
-                self.assertTrue(plausible, j)
-            if test_probable_prime(c) == PROBABLY_PRIME and c % e != 1:
-                self.assertIn(j, survivor_set)
         self.assertEqual([j for j in survivors if j % 2 == 0], [])
+        # The sieve in its plainest form, with every odd prime below the
+        # bound from pycryptodome's table (not ours): a survivor has none of
+        # them as a factor and is not 1 mod e, and every such candidate
+        # (every prime among them) survives.
+        removed = {j for j in range(0, _primes.WINDOW, 2)}
+        for p in (p for p in sieve_base if 2 < p < 1 << 16):
+            removed.update(range(-base % p, _primes.WINDOW, p))
+        removed.update(range((1 - base) % e, _primes.WINDOW, e))
+        expected = [j for j in range(_primes.WINDOW) if j not in removed]
+        self.assertEqual(sorted(survivors), expected)
 
     def test_sieve_drops_candidates_one_mod_e(self):
         e = rsa.PUBLIC_EXPONENT

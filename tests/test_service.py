@@ -15,7 +15,7 @@ from twisted.internet import defer, endpoints, reactor
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.trial import unittest
 
-from tests.daemon import TWISTD, Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import LIGHT, TWISTD, Daemon, DaemonTestCase, environment, run_client
 from tests.vectors import RAW
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,8 +114,7 @@ class SocketActivationTests(DaemonTestCase):
             "keyexchange",
             "--private-key",
             self.key,
-            "--ephemeral-bits",
-            "2048",
+            *LIGHT,
             "--listen",
             listen,
         ]
@@ -217,6 +216,8 @@ class NotifyTests(DaemonTestCase):
                 "--private-key",
                 self.key,
                 "--no-forward-secrecy",
+                "--workers",
+                "0",
                 *args,
             ],
             env=environment(NOTIFY_SOCKET=self.notify_path),
@@ -286,6 +287,8 @@ class ProxiedDaemonTests(DaemonTestCase):
                 "--private-key",
                 self.key,
                 "--no-forward-secrecy",
+                "--workers",
+                "0",
             ]
         )
         self.addCleanup(daemon.stop)

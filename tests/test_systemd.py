@@ -10,10 +10,11 @@ import time
 import uuid
 
 from twisted.internet import defer
-from twisted.logger import Logger, formatEvent, globalLogPublisher
+from twisted.logger import Logger, formatEvent
 from twisted.trial import unittest
 
 from keyexchanged import systemd
+from tests.fixtures import log_events
 
 
 class Listener:
@@ -43,13 +44,6 @@ class Listener:
                 out.append(self.sock.recv(65536))
             except BlockingIOError:
                 return out
-
-
-def log_events(testcase):
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    testcase.addCleanup(globalLogPublisher.removeObserver, events.append)
-    return events
 
 
 class NotifierTests(unittest.SynchronousTestCase):

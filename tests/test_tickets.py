@@ -14,7 +14,13 @@ from twisted.trial import unittest
 from keyexchanged import cli, keys, tickets
 from keyexchanged.handshake import ClientConnection, ServerConnection, TicketReceived
 from tests.daemon import Daemon, DaemonTestCase, run_client
-from tests.fixtures import CLIENT_KEY, IDENTITY
+from tests.fixtures import (
+    CLIENT_KEY,
+    IDENTITY,
+    assert_every_case,
+    log_events,
+    temporary_directory,
+)
 from tests.vectors import RAW
 
 CLIENT_FINGERPRINT = keys.fingerprint(CLIENT_KEY)
@@ -28,8 +34,7 @@ def key_line(byte):
 
 class TicketFileTests(unittest.TestCase):
     def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
+        self.dir = temporary_directory(self)
         self.path = os.path.join(self.dir, "ticket.keys")
 
     def write(self, text, mode=0o600):
@@ -47,7 +52,18 @@ class TicketFileTests(unittest.TestCase):
         self.assertEqual(new.open(ticket, IDENTITY.fingerprint), (b"s" * 32, None))
 
     def test_malformed_lines_are_named(self):
-        for text, message in [
+        def check(case):
+            text, message = case
+            self.write(text)
+            error = self.assertRaises(
+                tickets.TicketKeyFileError, tickets.load_ticket_keys, self.path
+            )
+            self.assertEqual(
+                str(error),
+                f"{self.path}, {message}" if "line" in message else f"{self.path}: {message}",
+            )
+
+        cases = [
             (f"{key_line(1)}\nnot base64!\n", "line 2: not base64"),
             (
                 f"# c\n{base64.b64encode(b'short').decode()}\n",
@@ -55,16 +71,8 @@ class TicketFileTests(unittest.TestCase):
             ),
             ("# only a comment\n", "no ticket key in the file"),
             ("", "no ticket key in the file"),
-        ]:
-            with self.subTest(text=text):
-                self.write(text)
-                error = self.assertRaises(
-                    tickets.TicketKeyFileError, tickets.load_ticket_keys, self.path
-                )
-                self.assertEqual(
-                    str(error),
-                    f"{self.path}, {message}" if "line" in message else f"{self.path}: {message}",
-                )
+        ]
+        assert_every_case(self, cases, check)
 
     def test_readable_by_others_is_refused(self):
         self.write(key_line(1) + "\n", mode=0o640)
@@ -120,8 +128,7 @@ class RotationTests(unittest.TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_the_file_is_read_again_when_it_changes(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = temporary_directory(self)
         path = os.path.join(directory, "ticket.keys")
         tickets.new_ticket_key_file(path)
         clock = Clock()
@@ -334,8 +341,7 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(len(store), 0)
 
     def test_file_is_private_survives_and_is_pruned(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = temporary_directory(self)
         path = os.path.join(directory, "tickets.json")
         now = [NOW]
         store = tickets.TicketStore(path, clock=lambda: now[0])
@@ -353,8 +359,7 @@ class StoreTests(unittest.TestCase):
             self.assertEqual(json.load(f)["tickets"], [])  # used, so gone
 
     def test_a_cache_readable_by_others_is_refused(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = temporary_directory(self)
         path = os.path.join(directory, "tickets.json")
         with open(path, "w") as f:
             f.write('{"tickets": []}')
@@ -363,15 +368,19 @@ class StoreTests(unittest.TestCase):
         self.assertIn("ticket cache is readable by others", str(error))
 
     def test_an_unreadable_cache_is_ignored(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = temporary_directory(self)
         path = os.path.join(directory, "tickets.json")
         with open(path, "w") as f:
             f.write("not json")
         os.chmod(path, 0o600)
+        events = log_events(self)
         store = tickets.TicketStore(path, clock=lambda: NOW)
         self.assertEqual(len(store), 0)
-        self.flushLoggedErrors()
+        warned = [e for e in events if e.get("log_format", "").startswith("ignoring unreadable")]
+        self.assertEqual([e["path"] for e in warned], [path])
+        # and it starts afresh: the next ticket is written over the junk
+        store.add(tickets.StoredTicket("h", 1, "SHA256:x", b"S" * 32, b"t", NOW + 60))
+        self.assertEqual(len(tickets.TicketStore(path, clock=lambda: NOW)), 1)
 
 
 class SharedStoreTests(unittest.TestCase):
@@ -473,8 +482,7 @@ class ReloadTests(unittest.TestCase):
     rotation: the file's keys are served and random rotation stops."""
 
     def test_from_random_keys_to_a_file_and_back(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = temporary_directory(self)
         path = os.path.join(directory, "ticket.keys")
         tickets.new_ticket_key_file(path)
         clock = Clock()

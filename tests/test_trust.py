@@ -16,8 +16,14 @@ from twisted.trial import unittest
 
 from keyexchanged import ca, client, keys, knownhosts, protocol, trust
 from keyexchanged.applications import MessageFactory
-from keyexchanged.handshake import ServerIdentity
-from keyexchanged.protocol import SecureChannelFactory
+from keyexchanged.handshake import (
+    ServerIdentity,
+)
+from keyexchanged.knownhosts import KnownHostsTrust
+from keyexchanged.protocol import (
+    PeerError,
+    SecureChannelFactory,
+)
 from keyexchanged.trust import (
     AuthorizedKeysError,
     CertificateAuthority,
@@ -30,19 +36,22 @@ from tests import certs
 from tests.certs import world
 from tests.fixtures import (
     CLIENT_KEY,
+    EPHEMERAL_PRIVATE,
     IDENTITY,
     SERVER_KEY,
     Collector,
+    MemoryEndpoint,
     Pair,
+    StaticEphemeralKeys,
     address,
     client_writes,
     data,
     frames,
     openssl_fingerprint,
     public_pem,
+    server_factory,
     vector_client,
 )
-from tests.rev2 import StaticEphemeralKeys
 from tests.vectors import RAW, hexbytes
 
 SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
@@ -113,7 +122,7 @@ class PolicyForTests(unittest.TestCase):
 
 
 class CertificateAuthorityTests(unittest.TestCase):
-    """Every accept path and every refusal of --ca (issue 4, §4)."""
+    """Every accept path and every refusal of --ca."""
 
     def assertRefused(self, verifier, offer, fragment, server_name="server.example"):
         with self.assertRaises(UntrustedKey) as caught:
@@ -288,7 +297,7 @@ class CertificateAuthorityTests(unittest.TestCase):
         self.assertRefused(verifier, offer, "keyEncipherment")
 
     def test_not_for_a_server(self):
-        """A certificate issued for other purposes than serverAuth (issue 12)."""
+        """A certificate issued for other purposes than serverAuth."""
         for purposes, named in [
             ([CLIENT_AUTH], "clientAuth"),
             ([ExtendedKeyUsageOID.CODE_SIGNING], "codeSigning"),
@@ -329,7 +338,7 @@ class CertificateAuthorityTests(unittest.TestCase):
 
     def test_a_ca_certificate_as_the_servers(self):
         """CA:TRUE on the leaf, whatever its keyUsage and extendedKeyUsage
-        (issue 12): refused, though the chain and the name are right."""
+        refused, though the chain and the name are right."""
         for usage, purposes in [(CA_AND_SERVER_USAGE, [SERVER_AUTH]), ("ca", None)]:
             chain = [leaf(ca=True, usage=usage, purposes=purposes)]
             refusal = self.assertRefused(policy(), certs.offer(SERVER_KEY, chain), "")
@@ -430,7 +439,7 @@ class InMemoryEndpoint:
 
 class ExplainedRefusalTests(unittest.TestCase):
     """What ``keyexchange connect --ca ... --explain`` prints when the
-    server's certificate is not a server certificate (issue 12)."""
+    server's certificate is not a server certificate."""
 
     def connect(self, chain, trust_policy=None):
         clock = Clock()
@@ -620,3 +629,111 @@ class AuthVectorTests(unittest.TestCase):
         self.assertEqual(client.auth_plaintext(), hexbytes("auth_plaintext"))
         sent = frames(client.data_to_send())
         self.assertEqual(sent[1], ("AUTH", bytes.fromhex(RAW["records"]["client_auth_seq0"])))
+
+
+SERVER_FP = IDENTITY.fingerprint
+
+
+#: Some other key's fingerprint: what a pin or a known-hosts line expects.
+OTHER_FP = keys.fingerprint(EPHEMERAL_PRIVATE.public_key())
+
+
+#: All a refused server learns.
+GENERIC_REFUSAL = {"error": "untrusted-key", "detail": "the client does not trust this key"}
+
+
+class TrustRefusalTests(unittest.TestCase):
+    """A trust refusal tells the server only that we refused: what a
+    refused server receives, and what the user reads."""
+
+    def setUp(self):
+        self.known_hosts = os.path.join(os.path.abspath(self.mktemp()), "known_hosts")
+        os.makedirs(os.path.dirname(self.known_hosts))
+
+    def write_known_hosts(self, text):
+        with open(self.known_hosts, "w") as f:
+            f.write(text)
+
+    def refused_on_the_wire(self, policy):
+        """The one frame the client sent, decoded, and what the server made of it."""
+        sent = client_writes(self)
+        pair = Pair(trust=policy)
+        pair.flush()
+        failure = self.failureResultOf(pair.handshake, protocol.HandshakeFailed)
+        ((verb, payload),) = frames(b"".join(sent))
+        self.assertEqual(verb, "ERROR")
+        peer = pair.server._reason.value
+        self.assertIsInstance(peer, PeerError)
+        return json.loads(payload), (peer.code, peer.detail), failure.value.reason.value
+
+    def connect(self, policy):
+        clock = Clock()
+        factory = server_factory(clock=clock)
+        endpoint = MemoryEndpoint(factory, clock)
+        output, errors = io.BytesIO(), io.StringIO()
+        done = client.run_connect(
+            clock, "server.example", 51424, policy,
+            output=output, errors=errors, endpoint=endpoint,
+        )  # fmt: skip
+        endpoint.pump.flush()
+        self.assertEqual(self.successResultOf(done), client.EXIT_UNTRUSTED)
+        self.assertEqual(output.getvalue(), b"")
+        server_saw = endpoint.server._reason.value
+        self.assertEqual((server_saw.code, server_saw.detail), tuple(GENERIC_REFUSAL.values()))
+        return errors.getvalue()
+
+    def test_pinned_fingerprint_mismatch(self):
+        sent, server_saw, reason = self.refused_on_the_wire(PinnedKey(OTHER_FP))
+        self.assertEqual(sent, GENERIC_REFUSAL)
+        self.assertEqual(server_saw, tuple(GENERIC_REFUSAL.values()))
+        # The full story stays here.
+        self.assertIsInstance(reason, UntrustedKey)
+        self.assertEqual(
+            str(reason),
+            f"the server's key {SERVER_FP} does not match the pinned fingerprint {OTHER_FP}",
+        )
+        self.assertEqual(
+            self.connect(PinnedKey(OTHER_FP)),
+            f"keyexchange: error: untrusted server key: the server's key {SERVER_FP} does "
+            f"not match the pinned fingerprint {OTHER_FP}\n",
+        )
+
+    def test_known_hosts_changed_key(self):
+        self.write_known_hosts(
+            f"# mine\nexample:51424 {OTHER_FP}\nserver.example:51424 {OTHER_FP}\n"
+        )
+        policy = KnownHostsTrust(self.known_hosts, 51424, report=self.fail)
+        sent, server_saw, reason = self.refused_on_the_wire(policy)
+        self.assertEqual(sent, GENERIC_REFUSAL)
+        self.assertEqual(server_saw, tuple(GENERIC_REFUSAL.values()))
+        self.assertIn("line 2", str(reason))
+        stderr = self.connect(policy)
+        lines = stderr.splitlines()
+        self.assertEqual(
+            lines[-1],
+            f"keyexchange: error: untrusted server key: the key of server.example:51424 has "
+            f"changed: {SERVER_FP} is not the known {OTHER_FP} (known hosts, line 3)",
+        )
+        explanation = "\n".join(lines[:-1])
+        self.assertIn(f"{self.known_hosts}, line 3", explanation)
+        self.assertIn(SERVER_FP, explanation)
+        self.assertIn(OTHER_FP, explanation)
+
+    def test_unknown_host_and_no_terminal(self):
+        self.write_known_hosts("")
+        policy = KnownHostsTrust(self.known_hosts, 51424, ask=None, report=self.fail)
+        sent, _, reason = self.refused_on_the_wire(policy)
+        self.assertEqual(sent, GENERIC_REFUSAL)
+        self.assertIn("no terminal", str(reason))
+        stderr = self.connect(policy)
+        self.assertIn("there is no terminal to ask", stderr)
+        self.assertIn(f"--fingerprint {SERVER_FP}", stderr)
+
+    def test_a_policy_that_breaks(self):
+        class Broken:
+            def verify(self, server_name, offer):
+                raise OSError(f"/secret/path/{offer.fingerprint} unreadable")
+
+        sent, _, reason = self.refused_on_the_wire(Broken())
+        self.assertEqual(sent, GENERIC_REFUSAL)
+        self.assertIn("/secret/path/", str(reason))

@@ -20,8 +20,7 @@ from keyexchanged.protocol import SecureChannelFactory, SessionOpener
 from keyexchanged.tickets import TicketStore
 from keyexchanged.trust import PinnedKey
 from keyexchanged.tunnel import TunnelFactory
-from tests.fixtures import IDENTITY, Pusher, Target
-from tests.rev2 import StaticEphemeralKeys
+from tests.fixtures import IDENTITY, Pusher, StaticEphemeralKeys, Target
 
 #: A key the known hosts list for the server instead of its own.
 OTHER_FINGERPRINT = "SHA256:" + "A" * 43
@@ -196,9 +195,9 @@ class TunnelTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_changed_key_banner(self):
-        """Issue 10, item 2: a refused key keeps its full explanation all the
-        way to the user; the tunnel printed only the short detail, and a
-        changed key went without its banner."""
+        """A refused key keeps its full explanation all the way to the
+        user: not only the short detail, and a changed key with its
+        banner."""
         chain = yield Chain.start(self)
         known_hosts = os.path.abspath(self.mktemp())
         opener = chain.tunnel.opener

@@ -13,7 +13,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from tests.daemon import CLIENT, Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import CLIENT, LIGHT, Daemon, DaemonTestCase, environment, run_client
 from tests.fixtures import Pusher, Target
 from tests.vectors import RAW
 
@@ -55,7 +55,8 @@ class SystemTunnelTests(DaemonTestCase):
     @defer.inlineCallbacks
     def start_daemon(self, *args, env=None):
         daemon = Daemon.start(
-            ["--listen", "tcp:0:interface=127.0.0.1", "--private-key", self.key, *args], env=env
+            ["--listen", "tcp:0:interface=127.0.0.1", "--private-key", self.key, *LIGHT, *args],
+            env=env,
         )
         self.addCleanup(daemon.stop)
         port = yield daemon.listening

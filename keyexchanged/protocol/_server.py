@@ -404,10 +404,10 @@ class SecureChannelFactory(Factory):
             done.callback(None)
         if _health_check(protocol, summary):
             # A balancer's probe every few seconds is neither a session nor
-            # a failed handshake: a debug line and its own counter.
+            # a failed handshake: its own counter, and a line at info for
+            # the first from each proxy, then one a minute with the count.
             if self.metrics is not None:
                 self.metrics.health_check()
-            self.log.debug("health check from {peer}", peer=summary.peer)
             if self._health_checks is None:
                 from keyexchanged.proxyproto import HealthCheckLines
 

@@ -349,7 +349,7 @@ class PrivateKey:
         # of c, either half, unblinding, recombination) is caught; a result
         # right mod q but wrong mod p would give away q.  It must not reuse
         # c_p or c_q: a fault in reducing c would then feed the exponentiation
-        # and the check alike, and pass (issue 12).
+        # and the check alike, and pass.
         if power(m, e, n) != c_in:
             return None
         return int(m)
