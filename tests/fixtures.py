@@ -49,7 +49,7 @@ def assert_every_case(testcase, cases, check, label=repr):
     """Run ``check(case)`` for every case and fail once, naming each case
     that failed and why.
 
-    trial ignores ``subTest``: a loop of assertions stops at the first
+    trial ignores sub-tests (``unittest``'s): a loop of assertions stops at the first
     failing case and hides the others.  This runs them all.
     """
     cases = list(cases)

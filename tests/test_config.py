@@ -161,19 +161,19 @@ class OptionsTests(ServerFiles, unittest.TestCase):
 
     def test_a_reload_never_generates_a_key(self):
         options = self.parse("--config", self.conf)
-        os.unlink(self.key_path)
+        os.unlink(self.key)
         with self.assertRaises(usage.UsageError) as caught:
             options.reread()
         self.assertIn("no such key file: a reload never makes a new key", str(caught.exception))
-        self.assertFalse(os.path.exists(self.key_path))
+        self.assertFalse(os.path.exists(self.key))
 
     def test_a_child_of_processes_never_generates_a_key(self):
-        os.unlink(self.key_path)
+        os.unlink(self.key)
         child = {"KEYEXCHANGED_CHILD": "1", "KEYEXCHANGED_LISTEN_FD": "3"}
         with self.assertRaises(usage.UsageError) as caught:
             self.parse("--config", self.conf, environ=child)
         self.assertIn("no such key file", str(caught.exception))
-        self.assertFalse(os.path.exists(self.key_path))
+        self.assertFalse(os.path.exists(self.key))
 
     def test_config_then_command_line(self):
         options = self.parse("--config", self.conf, "--max-connections", "9")

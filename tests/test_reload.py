@@ -131,7 +131,7 @@ class ReloadIdentityTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_a_missing_key_file_is_refused_by_the_processes_parent(self):
-        self.write_config("processes = 2\nworkers = 0\nephemeral-bits = 2048\n")
+        self.write_config("processes = 2\n")
         daemon = Daemon.start(["--config", self.conf])
         self.addCleanup(daemon.stop)
         port = yield daemon.listening
