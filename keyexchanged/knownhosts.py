@@ -312,7 +312,7 @@ class KnownHosts:
     def _rewrite(self, edit):
         """Under the lock, on the file as it is now: ``edit(parsed,
         lines)`` returns the new lines, or None to leave the file alone."""
-        path = os.path.realpath(self.path)
+        path = os.path.realpath(self.path)  # a symlinked file is updated, not replaced
         directory = os.path.dirname(path)
         try:
             os.makedirs(directory, mode=DIRECTORY_MODE, exist_ok=True)
@@ -355,36 +355,21 @@ class KnownHosts:
         :raises ~keyexchanged.errors.KnownHostsError: when the file cannot
             be written.
         """
-        path = os.path.realpath(self.path)  # a symlinked file is updated, not replaced
-        directory = os.path.dirname(path)
-        try:
-            os.makedirs(directory, mode=DIRECTORY_MODE, exist_ok=True)
-            with _locked(directory):
-                try:
-                    text = _read(path)
-                    mode = FILE_MODE if text is None else stat.S_IMODE(os.stat(path).st_mode)
-                except FileNotFoundError:  # gone since it was read
-                    text = None
-                if text is None:
-                    text, mode = "", FILE_MODE
-                current = KnownHosts.parse(text, self.path)
-                listed = current.lookup(host, port)
-                if listed:  # another client added the host meanwhile
-                    self.entries = current.entries
-                    if all(same_fingerprint(e.fingerprint, fingerprint) for e in listed):
-                        return listed[0].line
-                    raise HostKeyRecorded(host_entry(host, port), listed)
-                if text and not text.endswith("\n"):
-                    text += "\n"
-                text += f"{host_entry(host, port)} {fingerprint}\n"
-                number = len(text.splitlines())
-                files.write_atomically(path, text.encode("utf-8"), mode, force=True)
-        except OSError as error:
-            raise KnownHostsError(f"{self.path}: cannot write: {error.strerror or error}") from None
-        except keys.KeyFileError as error:
-            raise KnownHostsError(str(error)) from None
-        self.entries = [*current.entries, Entry(host_entry(host, port), fingerprint, number)]
-        return number
+        found = []
+
+        def edit(current, lines):
+            listed = current.lookup(host, port)
+            if listed:  # another client added the host meanwhile
+                if all(same_fingerprint(e.fingerprint, fingerprint) for e in listed):
+                    found.append(listed[0].line)
+                    return None
+                self.entries = current.entries
+                raise HostKeyRecorded(host_entry(host, port), listed)
+            found.append(len(lines) + 1)
+            return [*lines, f"{host_entry(host, port)} {fingerprint}"]
+
+        self._rewrite(edit)
+        return found[0]
 
 
 def _read(path):
