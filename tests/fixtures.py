@@ -13,6 +13,7 @@ import math
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.test import iosim
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 
 from keyexchanged import cli, handshake, keys, mlkem, rsa, schedule
@@ -583,3 +584,25 @@ class MemoryEndpoint:
             clock=self.clock,
         )
         return defer.succeed(client_protocol)
+
+
+# -- files and tools for interoperability tests -----------------------------------
+
+
+def openssl_path():
+    """The ``openssl`` command, or skip the test that needs it."""
+    path = shutil.which("openssl")
+    if path is None:
+        raise SkipTest("openssl is not on PATH")
+    return path
+
+
+def write_file(testcase, name, data):
+    """``data`` (bytes) in a new file ``name`` in a fresh directory of
+    ``testcase``'s; returns its path."""
+    directory = testcase.mktemp()
+    os.makedirs(directory)
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path

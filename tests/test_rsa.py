@@ -10,7 +10,6 @@ and, when it is on PATH, the openssl command.
 import hashlib
 import math
 import os
-import shutil
 import subprocess
 import sys
 
@@ -28,6 +27,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 import keyexchanged
 from keyexchanged import rsa
 from keyexchanged.rsa import _backends, _keys, _primes
+from tests.fixtures import openssl_path, write_file
 
 HAVE_GMPY2 = "gmpy2" in rsa.AVAILABLE_BACKENDS
 NO_GMPY2 = None if HAVE_GMPY2 else "gmpy2 is not installed"
@@ -911,10 +911,10 @@ class _KeyGenerationTests(_BackendMixin):
         self.assertFIPSKey(3072)
 
     def test_openssl_accepts_generated_keys(self):
-        openssl = _openssl()
+        openssl = openssl_path()
         for bits in (2048, 3072):
             key = _generated_key(self.backend, bits)[0]
-            path = _write(self, "key.pem", _pycryptodome_key(key).export_key("PEM"))
+            path = write_file(self, "key.pem", _pycryptodome_key(key).export_key("PEM"))
             result = subprocess.run(
                 [openssl, "rsa", "-check", "-noout", "-in", path],
                 capture_output=True,
@@ -1195,22 +1195,6 @@ class BackendTests(TestCase):
 # ---------------------------------------------------------------------------
 
 
-def _openssl():
-    path = shutil.which("openssl")
-    if path is None:
-        raise SkipTest("openssl is not on PATH")
-    return path
-
-
-def _write(test, name, data):
-    directory = test.mktemp()
-    os.makedirs(directory)
-    path = os.path.join(directory, name)
-    with open(path, "wb") as f:
-        f.write(data)
-    return path
-
-
 class _InteropTests(_BackendMixin):
     def test_pycryptodome_oaep_both_ways(self):
         key = _shared_key()
@@ -1248,10 +1232,10 @@ class _InteropTests(_BackendMixin):
         )
 
     def _openssl_files(self, key):
-        openssl = _openssl()
+        openssl = openssl_path()
         theirs = _pycryptodome_key(key)
-        private = _write(self, "key.pem", theirs.export_key("PEM"))
-        public = _write(self, "pub.pem", theirs.publickey().export_key("PEM"))
+        private = write_file(self, "key.pem", theirs.export_key("PEM"))
+        public = write_file(self, "pub.pem", theirs.publickey().export_key("PEM"))
         return openssl, private, public
 
     def _command(self, *args, data=None):
@@ -1273,7 +1257,7 @@ class _InteropTests(_BackendMixin):
             "-pkeyopt",
             "rsa_oaep_label:" + label.hex(),
         ]
-        ours = _write(self, "ct.bin", key.public_key().encrypt_oaep(b"to openssl", label))
+        ours = write_file(self, "ct.bin", key.public_key().encrypt_oaep(b"to openssl", label))
         plaintext = self._command(
             openssl, "pkeyutl", "-decrypt", "-inkey", private, "-in", ours, *options
         )
@@ -1293,9 +1277,9 @@ class _InteropTests(_BackendMixin):
     def test_openssl_pss_both_ways(self):
         key = _shared_key()
         openssl, private, public = self._openssl_files(key)
-        message = _write(self, "message.bin", b"signed message")
+        message = write_file(self, "message.bin", b"signed message")
         options = ["-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"]
-        ours = _write(self, "ours.sig", key.sign_pss(b"signed message"))
+        ours = write_file(self, "ours.sig", key.sign_pss(b"signed message"))
         output = self._command(
             openssl, "dgst", *options, "-verify", public, "-signature", ours, message
         )

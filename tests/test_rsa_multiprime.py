@@ -7,7 +7,6 @@ backend.  Keys are made once per backend and size per test process.
 import math
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from keyexchanged import rsa
 from keyexchanged.rsa import _backends, _keys, _multiprime, _primes
+from tests.fixtures import openssl_path, write_file
 
 HAVE_GMPY2 = "gmpy2" in rsa.AVAILABLE_BACKENDS
 NO_GMPY2 = None if HAVE_GMPY2 else "gmpy2 is not installed"
@@ -37,22 +37,6 @@ def _key(backend, bits=3072):
 def _copy(key):
     """The same numbers without the original's caches and blinding pair."""
     return rsa.MultiPrimePrivateKey(key.n, key.e, key.d, key.primes)
-
-
-def _openssl():
-    path = shutil.which("openssl")
-    if path is None:
-        raise SkipTest("openssl is not on PATH")
-    return path
-
-
-def _write(test, name, data):
-    directory = test.mktemp()
-    os.makedirs(directory)
-    path = os.path.join(directory, name)
-    with open(path, "wb") as f:
-        f.write(data)
-    return path
 
 
 def _run(test, *args, data=None, ok=True):
@@ -431,9 +415,9 @@ class _InteropTests(_BackendMixin):
             self.assertEqual(key.decrypt_oaep(cipher.encrypt(message), b"kx/1"), message)
 
     def test_openssl_encrypts_to_the_public_half(self):
-        openssl = _openssl()
+        openssl = openssl_path()
         key = self.key()
-        public = _write(self, "pub.pem", RSA.construct((key.n, key.e)).export_key("PEM"))
+        public = write_file(self, "pub.pem", RSA.construct((key.n, key.e)).export_key("PEM"))
         ciphertext = _run(
             self,
             openssl,
@@ -450,15 +434,15 @@ class _InteropTests(_BackendMixin):
     def test_openssl_reads_the_export_back(self):
         """``openssl pkey -check`` accepts the PKCS #1 export, finds three
         primes in it, and decrypts with it what we encrypted."""
-        openssl = _openssl()
+        openssl = openssl_path()
         key = self.key()
-        private = _write(self, "key.pem", rsa.multi_prime_key_to_pem(key))
+        private = write_file(self, "key.pem", rsa.multi_prime_key_to_pem(key))
         checked = _run(self, openssl, "pkey", "-check", "-noout", "-in", private)
         self.assertIn(b"Key is valid", checked.stdout + checked.stderr)
         text = _run(self, openssl, "rsa", "-text", "-noout", "-in", private).stdout
         self.assertIn(b"3 primes", text)
         self.assertIn(b"coefficient3:", text)
-        ours = _write(self, "ct.bin", key.public_key().encrypt_oaep(b"to openssl"))
+        ours = write_file(self, "ct.bin", key.public_key().encrypt_oaep(b"to openssl"))
         plaintext = _run(
             self, openssl, "pkeyutl", "-decrypt", "-inkey", private, "-in", ours, *OAEP_OPTIONS
         ).stdout
@@ -467,12 +451,12 @@ class _InteropTests(_BackendMixin):
     def test_openssl_refuses_a_wrong_coefficient(self):
         """Control for the test above: the same export with t₃ off by one
         fails ``openssl pkey -check``, so the check does look at it."""
-        openssl = _openssl()
+        openssl = openssl_path()
         key = self.key()
         values = list(key.crt_values())
         r, d_i, t = values[2]
         self.patch(type(key), "crt_values", lambda self: (*values[:2], (r, d_i, t + 1)))
-        private = _write(self, "bad.pem", rsa.multi_prime_key_to_pem(key))
+        private = write_file(self, "bad.pem", rsa.multi_prime_key_to_pem(key))
         result = _run(self, openssl, "pkey", "-check", "-noout", "-in", private, ok=False)
         self.assertNotEqual(result.returncode, 0)
         self.assertNotIn(b"Key is valid", result.stdout)
