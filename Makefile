@@ -33,8 +33,13 @@ lint: $(STAMP)
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m keyexchanged.demo
 
+# spiped, the peer of the throughput and tunnel benchmarks, from Debian's
+# packages when it is missing and we may install it (else they skip it).
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
+	@command -v spiped >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	    && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq spiped) >/dev/null 2>&1; } \
+	    || echo "spiped is not installed: its benchmarks will skip (apt-get install spiped)"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/run_all.py
 
 load: $(STAMP)
