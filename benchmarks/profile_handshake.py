@@ -45,7 +45,7 @@ import time
 
 import harness
 
-from keyexchanged import handshake, keys, rsa
+from keyexchanged import handshake, keys, mlkem, rsa, schedule
 
 MESSAGE = b"bench"
 
@@ -64,10 +64,22 @@ class Server:
             # One key for the whole run: a rotation every 60 s is not a
             # handshake's cost (bench_handshakes.py counts it apart).
             ephemeral_private = rsa.generate_multi_prime_key(private_key.n.bit_length())
-            expires = int(time.time()) + 3600
+            # Within the 30 minutes a revision-3 client accepts.
+            expires = int(time.time()) + 1200
             der = keys.public_key_to_der(ephemeral_private.public_key())
             signature = ephemeral.sign_ephemeral(private_key, der, expires)
-            self.ephemeral = ephemeral.EphemeralKey(ephemeral_private, expires, signature)
+            # With an ML-KEM-768 key beside it, as the daemon offers it
+            # (revision 3, what keyexchange connect speaks).
+            mlkem_key = mlkem.generate()
+            mlkem_signature = private_key.sign_pss(
+                schedule.hybrid_message(
+                    keys.public_key_to_der(private_key.public_key()), expires, der, mlkem_key.ek
+                ),
+                salt_length=schedule.PSS_SALT_LENGTH,
+            )
+            self.ephemeral = ephemeral.EphemeralKey(
+                ephemeral_private, expires, signature, mlkem_key, mlkem_signature
+            )
         self.tickets = tickets.TicketIssuer(tickets.TicketKeys.random())
 
     @property
@@ -96,7 +108,10 @@ class Session:
 
     def client_key(self, hello):
         self.client = handshake.ClientConnection(
-            require_forward_secrecy=self.shared.ephemeral is not None, ticket=self.ticket
+            require_forward_secrecy=self.shared.ephemeral is not None,
+            ticket=self.ticket,
+            post_quantum=True,
+            allow_classical=self.shared.ephemeral is None,
         )
         events = self.client.receive_data(hello)
         if not isinstance(events[0], handshake.ServerKeyReceived):
@@ -129,6 +144,8 @@ class Session:
                     event.secret,
                     event.ticket,
                     time.time() + event.lifetime,
+                    post_quantum=event.post_quantum,
+                    forward_secrecy=event.forward_secrecy,
                 )
         self.client.send_end()
         return self.client.data_to_send()
@@ -194,17 +211,24 @@ def pieces(server, count):
     hello = session.server_start()
     key = session.client_key(hello)
     hello_payload = session.client.hello_payload
-    ciphertext = session.client.key_payload
     nonce, th = session.client._nonce, session.client.transcript_hash
     private_key = server.decrypting_key
     identity = server.identity
+    # Revision 3 (what keyexchange connect speaks): KEY is the RSA
+    # ciphertext ‖ the ML-KEM one, and the records are those HELLO names.
+    ciphertext = session.client.key_payload[: (private_key.n.bit_length() + 7) // 8]
+    mlkem_ciphertext = session.client.key_payload[len(ciphertext) :]
+    hybrid = bool(mlkem_ciphertext)
+    cipher = session.client.record_cipher
     secret = private_key.decrypt_oaep(ciphertext, label=hello_payload)
-    client_key, server_key = handshake.derive_keys(secret, nonce, th)
-    sealed_end = records.RecordSealer(client_key).seal("END")
+    if hybrid:
+        secret += mlkem.decapsulate(server.ephemeral.mlkem_key, mlkem_ciphertext)
+    client_key, server_key = schedule.derive_keys(secret, nonce, th, hybrid=hybrid)
+    sealed_end = records.RecordSealer(client_key, cipher=cipher).seal("END")
 
     def seal_four():
         # The key confirmation, the TICKET, the message, END.
-        sealer = records.RecordSealer(server_key)
+        sealer = records.RecordSealer(server_key, cipher=cipher)
         sealer.seal("MSG")
         sealer.seal("TICKET", b"x" * 130)
         sealer.seal("MSG", MESSAGE)
@@ -212,12 +236,12 @@ def pieces(server, count):
 
     def open_two():
         # The client's first record (an empty MSG) and its END.
-        opener = records.RecordOpener(client_key)
+        opener = records.RecordOpener(client_key, cipher)
         try:
             opener.open("MSG", sealed_end)
         except records.BadRecord:
             pass
-        records.RecordOpener(client_key).open("END", sealed_end)
+        records.RecordOpener(client_key, cipher).open("END", sealed_end)
 
     def decode_key_frame():
         framing.FrameDecoder(lambda verb, payload: None).feed(key)
@@ -228,13 +252,19 @@ def pieces(server, count):
         framing.encode_frame("END", sealed_end)
 
     def key_schedule():
-        handshake.derive_keys(secret, nonce, th)
+        schedule.derive_keys(secret, nonce, th, hybrid=hybrid)
         schedule.resumption_secret(secret, nonce, th)
 
     table = [
         (
             "RSA: OAEP decryption (decrypt_oaep)",
             lambda: private_key.decrypt_oaep(ciphertext, label=hello_payload),
+        ),
+        (
+            "ML-KEM-768: decapsulation through HPKE (revision 3)",
+            lambda: (
+                mlkem.decapsulate(server.ephemeral.mlkem_key, mlkem_ciphertext) if hybrid else None
+            ),
         ),
         ("key schedule: keys and resumption secret (HKDF)", key_schedule),
         ("transcript hash", lambda: handshake.transcript_hash(hello_payload, ciphertext)),
