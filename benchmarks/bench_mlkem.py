@@ -19,8 +19,8 @@ import time
 
 import harness
 
-from keyexchanged import handshake, keys, mlkem, schedule
-from keyexchanged.ephemeral import EphemeralKey, sign_ephemeral
+from keyexchanged import handshake, mlkem
+from keyexchanged.ephemeral import signed_key
 from keyexchanged.framing import encode_frame
 from keyexchanged.rsa import generate_private_key
 
@@ -33,15 +33,7 @@ def add_options(parser):
 
 def ephemeral_key(private, long_term, post_quantum):
     """An ephemeral key offer as the daemon makes it, with or without ML-KEM."""
-    expires = int(time.time()) + 600
-    der = keys.public_key_to_der(private.public_key())
-    signature = sign_ephemeral(long_term, der, expires)
-    if not post_quantum:
-        return EphemeralKey(private, expires, signature)
-    mlkem_key = mlkem.generate()
-    message = schedule.hybrid_message(keys.public_key_to_der(long_term), expires, der, mlkem_key.ek)
-    hybrid = long_term.sign_pss(message, salt_length=schedule.PSS_SALT_LENGTH)
-    return EphemeralKey(private, expires, signature, mlkem_key, hybrid)
+    return signed_key(private, int(time.time()) + 600, long_term, post_quantum)
 
 
 def _handshake_inputs(long_term, offer, post_quantum):

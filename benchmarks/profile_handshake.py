@@ -45,7 +45,7 @@ import time
 
 import harness
 
-from keyexchanged import handshake, keys, mlkem, rsa, schedule
+from keyexchanged import handshake, mlkem, rsa, schedule
 
 MESSAGE = b"bench"
 
@@ -64,21 +64,11 @@ class Server:
             # One key for the whole run: a rotation every 60 s is not a
             # handshake's cost (bench_handshakes.py counts it apart).
             ephemeral_private = rsa.generate_multi_prime_key(private_key.n.bit_length())
-            # Within the 30 minutes a revision-3 client accepts.
-            expires = int(time.time()) + 1200
-            der = keys.public_key_to_der(ephemeral_private.public_key())
-            signature = ephemeral.sign_ephemeral(private_key, der, expires)
-            # With an ML-KEM-768 key beside it, as the daemon offers it
-            # (revision 3, what keyexchange connect speaks).
-            mlkem_key = mlkem.generate()
-            mlkem_signature = private_key.sign_pss(
-                schedule.hybrid_message(
-                    keys.public_key_to_der(private_key.public_key()), expires, der, mlkem_key.ek
-                ),
-                salt_length=schedule.PSS_SALT_LENGTH,
-            )
-            self.ephemeral = ephemeral.EphemeralKey(
-                ephemeral_private, expires, signature, mlkem_key, mlkem_signature
+            # Within the 30 minutes a revision-3 client accepts, with an
+            # ML-KEM-768 key beside it, as the daemon offers it (revision 3,
+            # what keyexchange connect speaks).
+            self.ephemeral = ephemeral.signed_key(
+                ephemeral_private, int(time.time()) + 1200, private_key
             )
         self.tickets = tickets.TicketIssuer(tickets.TicketKeys.random())
 
@@ -205,7 +195,7 @@ def _per_call(function, count):
 def pieces(server, count):
     """[(label, µs per session)]: each piece of the server's session timed
     alone, with the arguments a full session gives it, without the profiler."""
-    from keyexchanged import framing, records, schedule
+    from keyexchanged import framing, records
 
     session = Session(server)
     hello = session.server_start()

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from keyexchanged import keys, mlkem, schedule
 
-__all__ = ["EphemeralKey", "EphemeralKeys", "max_interval", "sign_ephemeral"]
+__all__ = ["EphemeralKey", "EphemeralKeys", "max_interval", "sign_ephemeral", "signed_key"]
 
 DEFAULT_INTERVAL = 60
 MIN_INTERVAL = 10
@@ -46,6 +46,22 @@ def sign_ephemeral(long_term, ephemeral_der, expires, salt=None):
     message = schedule.ephemeral_message(keys.public_key_to_der(long_term), expires, ephemeral_der)
     options = {} if salt is None else {"salt": salt}
     return long_term.sign_pss(message, salt_length=schedule.PSS_SALT_LENGTH, **options)
+
+
+def signed_key(private_key, expires, long_term, post_quantum=True):
+    """An :class:`EphemeralKey` offering ``private_key`` until ``expires``,
+    signed here by ``long_term`` (§10.1); with ``post_quantum``, a fresh
+    ML-KEM-768 key beside it under its own signature (§12.1)."""
+    der = keys.public_key_to_der(private_key.public_key())
+    signature = sign_ephemeral(long_term, der, expires)
+    if not post_quantum:
+        return EphemeralKey(private_key, expires, signature)
+    mlkem_key = mlkem.generate()
+    mlkem_signature = long_term.sign_pss(
+        schedule.hybrid_message(keys.public_key_to_der(long_term), expires, der, mlkem_key.ek),
+        salt_length=schedule.PSS_SALT_LENGTH,
+    )
+    return EphemeralKey(private_key, expires, signature, mlkem_key, mlkem_signature)
 
 
 def max_interval(handshake_timeout, post_quantum):
@@ -207,17 +223,7 @@ class EphemeralKeys:
         from keyexchanged.rsa import generate_multi_prime_key
 
         private_key = generate_multi_prime_key(self.bits, self.primes)
-        expires = self._expires()
-        message = self._message(private_key, expires)
-        signature = self.long_term.sign_pss(message, salt_length=schedule.PSS_SALT_LENGTH)
-        mlkem_key = mlkem_signature = None
-        if self.post_quantum:
-            mlkem_key = mlkem.generate()
-            mlkem_signature = self.long_term.sign_pss(
-                self._mlkem_message(private_key, expires, mlkem_key),
-                salt_length=schedule.PSS_SALT_LENGTH,
-            )
-        self.current = EphemeralKey(private_key, expires, signature, mlkem_key, mlkem_signature)
+        self.current = signed_key(private_key, self._expires(), self.long_term, self.post_quantum)
         self.current.forget = getattr(self.work, "forget", None)
         self.rotations += 1
         self._log_new(self.current)

@@ -28,9 +28,9 @@ from twisted.test import iosim
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 
-from keyexchanged import cli, handshake, keys, mlkem, rsa, schedule
+from keyexchanged import cli, handshake, keys, rsa
 from keyexchanged.applications import MessageFactory
-from keyexchanged.ephemeral import EphemeralKey, sign_ephemeral
+from keyexchanged.ephemeral import signed_key
 from keyexchanged.handshake import (
     ClientConnection,
     ServerConnection,
@@ -90,16 +90,7 @@ def ephemeral_key(
     beside it, as the daemon offers it (revision 3, §12)."""
     if expires is None:
         expires = int(time.time()) + 600
-    der = keys.public_key_to_der(private_key.public_key())
-    signature = sign_ephemeral(long_term, der, expires)
-    if not post_quantum:
-        return EphemeralKey(private_key, expires, signature)
-    mlkem_key = mlkem.generate()
-    mlkem_signature = long_term.sign_pss(
-        schedule.hybrid_message(keys.public_key_to_der(long_term), expires, der, mlkem_key.ek),
-        salt_length=schedule.PSS_SALT_LENGTH,
-    )
-    return EphemeralKey(private_key, expires, signature, mlkem_key, mlkem_signature)
+    return signed_key(private_key, expires, long_term, post_quantum)
 
 
 #: Signed once, at import: tests that patch the RSA code (to corrupt a
