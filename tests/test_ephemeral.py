@@ -52,7 +52,7 @@ class KeyMill:
         self.forgotten.append(private_key)
 
 
-def manager(clock, work=None, interval=INTERVAL):
+def manager(clock, work=None, interval=INTERVAL, post_quantum=False):
     keys_ = ephemeral.EphemeralKeys(
         SERVER_KEY,
         work=work or KeyMill(),
@@ -60,8 +60,9 @@ def manager(clock, work=None, interval=INTERVAL):
         interval=interval,
         bits=2048,
         handshake_timeout=TIMEOUT,
-        # Revision 2's bounds (a day-long interval); PostQuantumTests below.
-        post_quantum=False,
+        # Revision 2's bounds (a day-long interval) unless asked; see
+        # PostQuantumTests below.
+        post_quantum=post_quantum,
     )
     # The first key as a daemon makes it, before listening: here from the mill.
     keys_.current = keys_._make().result
@@ -360,18 +361,7 @@ class PostQuantumTests(unittest.TestCase):
     under the revision-3 context, rotated and destroyed with it."""
 
     def manager(self, clock):
-        keys_ = ephemeral.EphemeralKeys(
-            SERVER_KEY,
-            work=KeyMill(),
-            reactor=clock,
-            interval=INTERVAL,
-            bits=2048,
-            handshake_timeout=TIMEOUT,
-            post_quantum=True,
-        )
-        keys_.current = keys_._make().result
-        keys_.start()
-        return keys_
+        return manager(clock, post_quantum=True)
 
     def test_each_key_has_an_mlkem_key_signed_beside_it(self):
         keys_ = self.manager(Clock())
