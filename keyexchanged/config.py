@@ -18,10 +18,6 @@ import re
 
 from keyexchanged import rsa
 from keyexchanged.errors import ConfigError
-from keyexchanged.proxyproto import (
-    DEFAULT_HEADER_TIMEOUT,
-    parse_trusted_proxies,
-)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -105,6 +101,19 @@ _record_cipher = _rule(
 # checks the rest when it listens; this catches the obvious typos early.
 _ENDPOINT = re.compile(r"[a-zA-Z][a-zA-Z0-9]*(:.*)?")
 endpoint = _rule("an endpoint description such as tcp:51424", str, _ENDPOINT.fullmatch)
+
+
+#: Seconds a trusted proxy has to send its PROXY header.  It sends it at
+#: once on connecting; a connection still without one is not a proxy's.
+DEFAULT_HEADER_TIMEOUT = 3.0
+
+
+def _trusted_proxies(text):
+    # Imported here: proxyproto brings Twisted's PROXY parsers, which the
+    # keyexchange command (its options use these validators) never needs.
+    from keyexchanged.proxyproto import parse_trusted_proxies
+
+    return parse_trusted_proxies(text)
 
 
 def _text(text):
@@ -301,7 +310,7 @@ SETTINGS = [
     Setting(
         "trusted-proxies",
         None,
-        parse_trusted_proxies,
+        _trusted_proxies,
         "with --listen haproxy:...: the networks (comma-separated) whose connections "
         "start with a PROXY header naming the client; others are dropped (no default: "
         "required with haproxy:)",

@@ -44,6 +44,7 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from zope.interface import directlyProvides, providedBy
 
 from keyexchanged import logs
+from keyexchanged.config import DEFAULT_HEADER_TIMEOUT  # a setting's default, with the settings
 
 __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
@@ -57,10 +58,6 @@ __all__ = [
     "parse_listen",
     "parse_trusted_proxies",
 ]
-
-#: Seconds a trusted proxy has to send its header.  It sends it at once on
-#: connecting; a connection still without one is not a proxy's.
-DEFAULT_HEADER_TIMEOUT = 3.0
 
 #: The largest header read.  v1 is at most 107 bytes (spec 2.1); v2 may
 #: declare 16 + 65535, but its TLVs (unique id, TLS details) run to a few

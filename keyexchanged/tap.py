@@ -21,20 +21,19 @@ from twisted.application import service
 from twisted.logger import Logger
 from twisted.python import usage
 
+# keyexchanged.ca, .trust and .metrics are imported where they are used,
+# by a daemon whose settings ask for them: every start pays for its imports.
 from keyexchanged import (
     allocator,
-    ca,
     ephemeral,
     files,
     keys,
     listening,
     logs,
-    metrics,
     processes,
     proxyproto,
     rotation,
     tickets,
-    trust,
 )
 from keyexchanged.applications import find_applications, get_application
 from keyexchanged.config import (
@@ -266,6 +265,8 @@ class Options(usage.Options):
             self.ticket_keys = tickets.load_ticket_keys(path)
         path = self.settings["authorized-keys"]
         if path is not None:
+            from keyexchanged import trust  # with authorized-keys only
+
             self.authorized_keys = trust.load_authorized_keys(path)
         for description, what in endpoints:
             listening.check_endpoint(reactor, description, what)
@@ -318,6 +319,8 @@ class Options(usage.Options):
         next_key = None if next_path is None else rotation.load_next_key(next_path, private_key)
         revoked = ()
         if revoked_path is not None:
+            from keyexchanged import trust  # with revoked-keys only
+
             revoked = rotation.check_revoked(
                 trust.load_authorized_keys(revoked_path), keys.fingerprint(private_key), next_key
             )
@@ -330,6 +333,8 @@ class Options(usage.Options):
         path = self.settings["certificate"]
         if path is None:
             return ()
+        from keyexchanged import ca  # X.509, for a daemon with a certificate only
+
         chain, warnings = ca.load_server_chain(path, private_key)
         self.warnings.extend(warnings)
         return chain
@@ -546,6 +551,11 @@ def makeService(options, reactor=None):
             lifetime=settings["ticket-lifetime"],
             source=settings["ticket-keys"] or "random, rotated every lifetime",
         )
+    counted = None
+    if settings["metrics"] is not None:
+        from keyexchanged import metrics  # prometheus_client and twisted.web: --metrics only
+
+        counted = metrics.Metrics()
     factory = SecureChannelFactory(
         wrapped,
         options.identity,
@@ -562,7 +572,7 @@ def makeService(options, reactor=None):
         tickets=issuer,
         client_key_max_bits=settings["client-key-max-bits"],
         require_post_quantum=settings["post-quantum"] == "require",
-        metrics=metrics.Metrics() if settings["metrics"] is not None else None,
+        metrics=counted,
         limit_warnings=limits,
         json_events=settings["log-format"] == "json",
     )
@@ -629,6 +639,8 @@ def make_parent_service(options, count, reactor):
         )
     metrics_ = None
     if settings["metrics"] is not None:
+        from keyexchanged import metrics  # prometheus_client and twisted.web: --metrics only
+
         directory = metrics.prepare_process_directory(os.path.join(runtime, "metrics"))
         metrics_ = metrics.Metrics(process_directory=directory)
     parent = processes.ProcessesService(

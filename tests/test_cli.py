@@ -8,7 +8,9 @@ generation is replaced by the KX/1 vector key, so the tests stay fast.
 
 import atexit
 import io
+import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -341,6 +343,18 @@ class FingerprintTests(CommandTestCase):
 
 
 class ParserTests(CommandTestCase):
+    #: Every command, in the order --help lists them.
+    COMMANDS = (
+        "keygen",
+        "fingerprint",
+        "connect",
+        "ca",
+        "tunnel",
+        "ticket-keys",
+        "rotate-key",
+        "lab",
+    )
+
     def test_no_command(self):
         status, _, err = self.run_main()
         self.assertEqual(status, 2)
@@ -354,6 +368,66 @@ class ParserTests(CommandTestCase):
         status, out, _ = self.run_main("keygen", "--help")
         self.assertEqual(status, 0)
         self.assertIn("keyexchange.key", out)
+
+
+    def test_help_lists_every_command(self):
+        status, out, _ = self.run_main("--help")
+        self.assertEqual(status, 0)
+        listed = re.findall(r"^    (\S+)", out, re.MULTILINE)
+        self.assertEqual(tuple(listed), self.COMMANDS)
+
+    def test_unknown_command(self):
+        """A mistake is told with every command to choose from."""
+        status, out, err = self.run_main("conect", "localhost")
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn("invalid choice: 'conect'", err)
+        for name in self.COMMANDS:
+            self.assertIn(repr(name), err)
+
+
+class ImportTests(unittest.TestCase):
+    """A command imports what it runs: connect does not pay for the CA's,
+    the lab's or the daemon's imports (each test that runs keyexchange, each
+    user)."""
+
+    #: What connect's parser leaves out.  Running it imports the reactor,
+    #: and cryptography.x509 with it (pyOpenSSL, Twisted's TLS), but not
+    #: the others.
+    UNUSED = (
+        "keyexchanged.cli._ca",
+        "keyexchanged.cli._keys",
+        "keyexchanged.cli._lab",
+        "keyexchanged.ca",
+        "keyexchanged.lab",
+        "keyexchanged.proxyproto",
+        "cryptography.x509",
+        "prometheus_client",
+        "twisted.web",
+    )
+
+    PROGRAM = (
+        "import contextlib, io, json, sys\n"
+        "from keyexchanged import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    status = cli.main(['connect', '--help'])\n"
+        "print(json.dumps([status, 'HOST[:PORT]' in out.getvalue(),\n"
+        "                  [name for name in sys.argv[1:] if name in sys.modules]]))\n"
+    )
+
+    def test_connect_imports_only_its_own_command(self):
+        # In a fresh interpreter: this one has imported every command.
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPOSITORY, env.get("PYTHONPATH")]))
+        result = subprocess.run(
+            [sys.executable, "-c", self.PROGRAM, "keyexchanged.cli._session", *self.UNUSED],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout), [0, True, ["keyexchanged.cli._session"]])
 
 
 class SessionCommandTests(CommandTestCase):

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -16,6 +17,7 @@ from keyexchanged import config, keys, rsa, tap
 from keyexchanged.config import ConfigError, read_config
 from keyexchanged.protocol import PeerError
 from tests import certs
+from tests.daemon import environment
 from tests.fixtures import (
     CLIENT_KEY,
     EPHEMERAL_PRIVATE,
@@ -335,6 +337,50 @@ class OptionsTests(ServerFiles, unittest.TestCase):
         again, generated = tap.load_or_create_key(path, 2048, report=reports.append)
         self.assertFalse(generated)
         self.assertEqual(again.public_key(), key.public_key())
+
+
+class StartupImportTests(ServerFiles, unittest.TestCase):
+    """What a daemon imports is what its settings use: every start pays for
+    its imports (each test that starts a daemon, each user)."""
+
+    #: Imported only by a daemon whose settings use them: --certificate,
+    #: --authorized-keys or --revoked-keys, --metrics.  cryptography.x509 is
+    #: not among them: pyOpenSSL imports it with the reactor (Twisted's TLS).
+    UNUSED = (
+        "keyexchanged.ca",
+        "keyexchanged.trust",
+        "keyexchanged.knownhosts",
+        "keyexchanged.metrics",
+        "prometheus_client",
+        "twisted.web",
+        "keyexchanged.lab",
+    )
+
+    PROGRAM = (
+        "import json, sys\n"
+        "from twisted.internet.task import Clock\n"
+        "from twisted.plugins.keyexchanged_plugin import keyexchange\n"
+        "from keyexchanged import tap\n"
+        "options = keyexchange.options()  # what twistd parses: the ports are tried\n"
+        "options.parseOptions(['--config', sys.argv[1]])\n"
+        "tap.makeService(options, reactor=Clock())\n"
+        "print(json.dumps([name for name in sys.argv[2:] if name in sys.modules]))\n"
+    )
+
+    def test_a_plain_daemon_imports_nothing_it_does_not_use(self):
+        # In a fresh interpreter: this one has imported everything.
+        self.write_config("listen = tcp:0:interface=127.0.0.1\nworkers = 0\nforward-secrecy = no\n")
+        result = subprocess.run(
+            [sys.executable, "-c", self.PROGRAM, self.conf, "keyexchanged.tap", *self.UNUSED],
+            capture_output=True,
+            text=True,
+            env=environment(),
+            cwd=self.dir,
+            timeout=120,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(json.loads(result.stdout), ["keyexchanged.tap"])
 
 
 class HelloSizeTests(ServerFiles, unittest.TestCase):

@@ -35,14 +35,12 @@ Exit status: :data:`keyexchanged.errors.EXIT_STATUS_TABLE`, which every
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 
 # ``rsa as rsa``: tests replace cli.rsa.generate_private_key.
 from keyexchanged import rsa as rsa
-from keyexchanged.cli._ca import add_ca
 from keyexchanged.cli._common import PROG, CommandError, HelpParser, UsageError, error
-from keyexchanged.cli._keys import add_fingerprint, add_keygen, add_rotate_key, add_ticket_keys
-from keyexchanged.cli._lab import add_lab
-from keyexchanged.cli._session import add_connect, add_tunnel
 from keyexchanged.errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -53,21 +51,25 @@ from keyexchanged.errors import (
 
 __all__ = ["CommandError", "UsageError", "build_parser", "main"]
 
-#: Each adds one subcommand to the parser, in the order ``--help`` lists them.
+#: Each subcommand, in the order ``--help`` lists them: its name, the module
+#: of keyexchanged.cli that declares it, and the function there that adds it.
+#: A module is imported only to add its command, so that ``connect`` does not
+#: pay for the CA's or the lab's imports.
 COMMANDS = (
-    add_keygen,
-    add_fingerprint,
-    add_connect,
-    add_ca,
-    add_tunnel,
-    add_ticket_keys,
-    add_rotate_key,
-    add_lab,
+    ("keygen", "_keys", "add_keygen"),
+    ("fingerprint", "_keys", "add_fingerprint"),
+    ("connect", "_session", "add_connect"),
+    ("ca", "_ca", "add_ca"),
+    ("tunnel", "_session", "add_tunnel"),
+    ("ticket-keys", "_keys", "add_ticket_keys"),
+    ("rotate-key", "_keys", "add_rotate_key"),
+    ("lab", "_lab", "add_lab"),
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of the whole command; each subcommand sets ``func``."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of the whole command, or of ``command`` alone (the one
+    being run); each subcommand sets ``func``."""
     parser = HelpParser(
         prog=PROG,
         description=(
@@ -78,15 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", title="commands", required=True
     )
-    for add_command in COMMANDS:
-        add_command(subparsers)
+    for name, module, add in COMMANDS:
+        if command is None or command == name:
+            add_command = getattr(importlib.import_module(f"{__name__}.{module}"), add)
+            add_command(subparsers)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` runs, or None (``--help``, a mistake): the
+    command is the first argument, for ``keyexchange`` itself has no options
+    but ``--help``."""
+    if argv and argv[0] in {name for name, _, _ in COMMANDS}:
+        return argv[0]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the
     exit status."""
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(_command(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0), or a usage error argparse printed (2)

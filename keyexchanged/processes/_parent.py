@@ -13,7 +13,6 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python import usage
 
-from keyexchanged import metrics as metrics_module
 from keyexchanged import proxyproto, systemd
 from keyexchanged.listening import CannotListen, listen_now
 from keyexchanged.processes._children import Backoff, _Child, _how_it_ended, spawn_child
@@ -150,6 +149,10 @@ class ProcessesService(service.Service):
         env[CHILD_VARIABLE] = str(index)
         env[FD_VARIABLE] = str(CHILD_FD)
         env.pop(TICKET_KEYS_VARIABLE, None)
+        # Here, not at the top: a child, which imports this module too, has
+        # no use for prometheus_client (keyexchanged.metrics imports it).
+        from keyexchanged import metrics as metrics_module
+
         env.pop(metrics_module.DIRECTORY_VARIABLE, None)
         if self.shared_ticket_keys is not None:
             env[TICKET_KEYS_VARIABLE] = self.shared_ticket_keys.path
@@ -256,6 +259,8 @@ class ProcessesService(service.Service):
         if self.children.get(child.index) is child:
             del self.children[child.index]
         if self.metrics is not None and child.pid is not None:
+            from keyexchanged import metrics as metrics_module  # as in child_environment
+
             metrics_module.process_ended(self.metrics.process_directory, child.pid)
         how = _how_it_ended(value)
         if self.stopping:
