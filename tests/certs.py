@@ -44,8 +44,18 @@ def fast_key():
     return keys.private_key_from_bytes(pem)
 
 
+_crypto_keys = {}
+
+
 def _crypto_private(key):
-    return serialization.load_pem_private_key(keys.private_key_to_pem(key), None)
+    """``key`` as cryptography's, converted once per key: loading checks
+    the key (its primes too), ~35 ms each, and a key signs many
+    certificates."""
+    numbers = (key.n, key.e, key.d)
+    if numbers not in _crypto_keys:
+        pem = keys.private_key_to_pem(key)
+        _crypto_keys[numbers] = serialization.load_pem_private_key(pem, None)
+    return _crypto_keys[numbers]
 
 
 def _crypto_public(key):
