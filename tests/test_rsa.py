@@ -220,8 +220,8 @@ _SMALL_ODD_PRIMES = math.prod(p for p in sieve_base if 2 < p < 1000)
 
 def _usable_prime_after(x, e=rsa.PUBLIC_EXPONENT):
     """The least prime q ≥ x (x odd) with gcd(e, q − 1) = 1, by
-    pycryptodome's test; the gcd with the small primes first skips ~85 % of
-    the candidates for the price of one multiplication each."""
+    pycryptodome's test, after a gcd with the small primes that turns away
+    ~85 % of the candidates for far less than that test costs."""
     while (
         math.gcd(x, _SMALL_ODD_PRIMES) != 1
         or test_probable_prime(x) != PROBABLY_PRIME
@@ -1048,7 +1048,7 @@ class KeyGenerationArgumentTests(TestCase):
         small_primes = math.prod(_primes.odd_primes_below(1 << 16))
         # base ≡ 0 (mod e) and even, so base + 1 ≡ 1 (mod e); pick one where
         # base + 1 has no small factor, so only the e rule can remove it.
-        base = 2 * e * ((1 << 998) | randbits(998))  # random, 1000 bits before the 2e
+        base = 2 * e * ((1 << 998) | randbits(998))  # 2e times a random 999-bit number
         while math.gcd(base + 1, small_primes) != 1:
             base += 2 * e
         survivors = _primes.sieve_window(base, e, 1 << 16)
