@@ -44,8 +44,18 @@ def fast_key():
     return keys.private_key_from_bytes(pem)
 
 
+_crypto_keys = {}
+
+
 def _crypto_private(key):
-    return serialization.load_pem_private_key(keys.private_key_to_pem(key), None)
+    """``key`` as cryptography's, converted once per key: loading checks
+    the key (its primes too), ~35 ms each, and a key signs many
+    certificates."""
+    numbers = (key.n, key.e, key.d)
+    if numbers not in _crypto_keys:
+        pem = keys.private_key_to_pem(key)
+        _crypto_keys[numbers] = serialization.load_pem_private_key(pem, None)
+    return _crypto_keys[numbers]
 
 
 def _crypto_public(key):
@@ -229,27 +239,40 @@ def save_key(key, path):
     return path
 
 
+#: How each of the shared CAs and keys is made, from the others.
+_WORLD_MAKERS = {
+    "root_key": lambda w: fast_key(),
+    "root": lambda w: build(w["root_key"], subject="Our Root", ca=True, usage="ca"),
+    "inter_key": lambda w: fast_key(),
+    "inter": lambda w: build(
+        w["inter_key"], w["root_key"], w["root"], subject="Our Intermediate", ca=True, usage="ca"
+    ),
+    "other_key": lambda w: fast_key(),
+    "other_root": lambda w: build(w["other_key"], subject="Other Root", ca=True, usage="ca"),
+    "openssl": lambda w: OpenSSLCA(os.path.join(w["dir"], "openssl")),
+    "server_key_file": lambda w: save_key(SERVER_KEY, os.path.join(w["dir"], "server.key")),
+}
+
+
+class _World(dict):
+    """The shared CAs and keys by name, each made on first use: the openssl
+    CA (three openssl runs, each generating a key) only for the tests that
+    ask for it."""
+
+    def __missing__(self, name):
+        value = self[name] = _WORLD_MAKERS[name](self)
+        return value
+
+
 _world = None
 
 
 def world():
     """CAs and keys shared by the tests of one process: made once, since
-    each openssl run costs a key generation."""
+    each openssl run costs a key generation, and only when first asked for."""
     global _world
     if _world is None:
         directory = tempfile.mkdtemp(prefix="keyexchange-trust-test-")
         atexit.register(shutil.rmtree, directory, True)
-        w = {"dir": directory}
-        w["root_key"] = fast_key()
-        w["root"] = build(w["root_key"], subject="Our Root", ca=True, usage="ca")
-        w["inter_key"] = fast_key()
-        w["inter"] = build(
-            w["inter_key"], w["root_key"], w["root"], subject="Our Intermediate", ca=True,
-            usage="ca",
-        )  # fmt: skip
-        w["other_key"] = fast_key()
-        w["other_root"] = build(w["other_key"], subject="Other Root", ca=True, usage="ca")
-        w["openssl"] = OpenSSLCA(os.path.join(directory, "openssl"))
-        w["server_key_file"] = save_key(SERVER_KEY, os.path.join(directory, "server.key"))
-        _world = w
+        _world = _World(dir=directory)
     return _world

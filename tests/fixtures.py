@@ -128,6 +128,35 @@ def frames(data):
     return out
 
 
+def decrypt_each_key_once(testcase):
+    """For ``testcase``, answer a repeated RSA-OAEP decryption from memory.
+
+    Patches :meth:`keyexchanged.rsa.PrivateKey.decrypt_oaep` so that each
+    (key, ciphertext, label, hashes) is decrypted for real once, and its
+    plaintext (or its error, raised afresh) given again when the same
+    arguments come back.  For the tests that feed the same KEY to a server
+    many times over (every chunk size, every cut, every chunking): their
+    subject is what the server does around the decryption, and a server that
+    reassembled another ciphertext would ask for a decryption not yet made.
+    """
+    decrypt = rsa.PrivateKey.decrypt_oaep
+    answers = {}
+
+    def decrypt_oaep(key, ciphertext, label=b"", hash="sha256", mgf_hash=None):
+        question = (key.n, key.d, bytes(ciphertext), bytes(label), hash, mgf_hash)
+        if question not in answers:
+            try:
+                answers[question] = decrypt(key, ciphertext, label, hash, mgf_hash), None
+            except Exception as e:
+                answers[question] = None, e
+        plaintext, error = answers[question]
+        if error is not None:
+            raise type(error)(*error.args)
+        return plaintext
+
+    testcase.patch(rsa.PrivateKey, "decrypt_oaep", decrypt_oaep)
+
+
 def vector_server(**options):
     server = ServerConnection(IDENTITY, random=replay(hexbytes("nonce"), b"\x00" * 32), **options)
     server.start()

@@ -2,6 +2,7 @@
 its ML-KEM-768 key (``kx1-revision3.json``), and a fresh offer of both that
 a test server can make with the real clock."""
 
+import functools
 import time
 
 from keyexchanged import handshake, keys, mlkem, schedule
@@ -37,6 +38,12 @@ def offer(
     """An :class:`EphemeralKey` with an ML-KEM key, both signed by
     ``long_term`` (ten minutes from now unless ``expires``: a revision-3
     client takes no offer signed for more than 30 minutes)."""
+    return EphemeralKey(*offer_arguments(private_key, expires, mlkem_key, long_term, salts))
+
+
+def offer_arguments(private_key, expires, mlkem_key, long_term, salts):
+    """:func:`offer`'s :class:`EphemeralKey` arguments: the two signatures
+    are made here."""
     if expires is None:
         expires = int(time.time()) + 600
     if mlkem_key is None:
@@ -49,7 +56,7 @@ def offer(
         salt_length=schedule.PSS_SALT_LENGTH,
         **options,
     )
-    return EphemeralKey(private_key, expires, signature, mlkem_key, hybrid_signature)
+    return private_key, expires, signature, mlkem_key, hybrid_signature
 
 
 def classical_offer():
@@ -58,11 +65,20 @@ def classical_offer():
 
 
 def vector_offer():
-    """The file's ephemeral RSA and ML-KEM keys with its signatures."""
-    return offer(
-        expires=EXPIRES,
-        mlkem_key=mlkem.from_seed(MLKEM_SEED),
-        salts=(revision3_hexbytes("ephemeral_pss_salt"), revision3_hexbytes("hybrid_pss_salt")),
+    """The file's ephemeral RSA and ML-KEM keys with its signatures: a fresh
+    :class:`EphemeralKey` each time, of arguments made once (with the file's
+    salts and expiry the signatures are always the same)."""
+    return EphemeralKey(*_vector_offer_arguments())
+
+
+@functools.cache
+def _vector_offer_arguments():
+    return offer_arguments(
+        EPHEMERAL_PRIVATE,
+        EXPIRES,
+        mlkem.from_seed(MLKEM_SEED),
+        SERVER_KEY,
+        (revision3_hexbytes("ephemeral_pss_salt"), revision3_hexbytes("hybrid_pss_salt")),
     )
 
 

@@ -3,18 +3,21 @@ the Sphinx extensions in docs/_ext do what the build relies on, and the
 README's shell examples for keys, certificates and ticket keys run."""
 
 import argparse
+import atexit
+import contextlib
 import importlib.util
+import io
 import os
 import re
 import shutil
 import stat
 import subprocess
-import sys
+import tempfile
 from typing import ClassVar
 
 from twisted.trial import unittest
 
-from keyexchanged import keys
+from keyexchanged import cli, keys
 from keyexchanged.cli import build_parser
 from keyexchanged.interfaces import IApplication
 from keyexchanged.tap import Options
@@ -157,17 +160,37 @@ class EscapeTests(unittest.TestCase):
         self.assertEqual(extension("kxoptions").escape("tcp:51424"), "tcp\\:51424")
 
 
+_man_build = None
+
+
+def man_pages():
+    """(exit status, output directory) of one ``sphinx-build -b man`` of
+    docs/, run once per test process: each page's test reads its own page
+    from it.
+
+    Only docs/man/ is read (``include_patterns``, with its index as the root
+    document): the pages are the same bytes as from the whole tree, which
+    make docs builds, at a third of the cost (no autodoc of the API pages).
+    """
+    global _man_build
+    if _man_build is None:
+        from sphinx.cmd.build import build_main
+
+        output = tempfile.mkdtemp(prefix="keyexchanged-man-")
+        atexit.register(shutil.rmtree, output, True)
+        # Warnings are make docs's to report; here only the pages matter.
+        only_man = ["-D", "root_doc=man/index", "-D", "include_patterns=man/**"]
+        _man_build = build_main(["-b", "man", "-q", "-E", *only_man, DOCS, output]), output
+    return _man_build
+
+
 class ManPageBuildTests(unittest.TestCase):
     """Sphinx's man builder writes every option into the pages."""
 
     def setUp(self):
-        try:
-            from sphinx.cmd.build import build_main
-        except ImportError:
-            raise unittest.SkipTest("Sphinx is not installed: make docs installs it") from None
-        self.output = self.mktemp()
-        # Warnings are make docs's to report; here only the pages matter.
-        code = build_main(["-b", "man", "-q", "-E", DOCS, self.output])
+        if importlib.util.find_spec("sphinx") is None:
+            raise unittest.SkipTest("Sphinx is not installed: make docs installs it")
+        code, self.output = man_pages()
         self.assertEqual(code, 0)
 
     def options_in_page(self, name, program):
@@ -308,7 +331,9 @@ class ReadmeShellExamplesTests(unittest.TestCase):
     file of ``/etc/keyexchanged/`` goes to ``etc/`` there, as a test may not
     write to /etc.  (The commands that need a server, ``connect``,
     ``tunnel`` and ``twistd``, are not run here: docs/examples.rst says
-    which tests run them.)"""
+    which tests run them.)  Each runs through the command's ``main`` in this
+    process, its output captured: the command line is the README's, and
+    tests/test_cli.py's RealKeygenTests run the command as a process."""
 
     timeout = 300
 
@@ -316,15 +341,11 @@ class ReadmeShellExamplesTests(unittest.TestCase):
         command = command.replace("/etc/keyexchanged/", "etc/")
         argv = command.split()
         self.assertEqual(argv[0], "keyexchange")
-        result = subprocess.run(
-            [sys.executable, "-m", "keyexchanged.cli", *argv[1:]],
-            cwd=self.directory,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        self.assertEqual((result.returncode, result.stderr), (0, ""), command)
-        return result.stdout
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            status = cli.main(argv[1:])
+        self.assertEqual((status, stderr.getvalue()), (0, ""), command)
+        return stdout.getvalue()
 
     def path(self, name):
         return os.path.join(self.directory, name)
@@ -335,8 +356,10 @@ class ReadmeShellExamplesTests(unittest.TestCase):
             sorted({next(r for r in RUN if c.startswith("keyexchange " + r)) for c in commands}),
             sorted(RUN),
         )
-        self.directory = self.mktemp()
+        self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.path("etc"))
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.directory)  # the README's paths are relative
         printed = {}
         for command in commands:
             printed[command] = self.run_command(command)

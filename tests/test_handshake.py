@@ -39,6 +39,7 @@ from tests.fixtures import (
     SERVER_KEY,
     JunkIdentity,
     assert_every_case,
+    decrypt_each_key_once,
     ephemeral_key,
     frames,
     replay,
@@ -206,6 +207,7 @@ class VectorTests(unittest.TestCase):
         )
 
     def test_every_chunk_size_server(self):
+        decrypt_each_key_once(self)  # the same KEY at every chunk size
         stream = (
             encode_frame("KEY", hexbytes("key_payload"))
             + frame("AUTH", "client_auth_seq0")

@@ -44,6 +44,7 @@ from tests.fixtures import (
     Collector,
     address,
     assert_every_case,
+    decrypt_each_key_once,
     ended_sessions,
     frames,
     replay,
@@ -764,6 +765,7 @@ class TruncationTests(HostileTestCase):
         AUTH required: the server sends nothing but HELLO until AUTH is
         complete, nothing at all after the close, and forgets the
         connection."""
+        decrypt_each_key_once(self)  # the same KEY at every cut past it
         ended = ended_sessions(self)
         stream = (
             encode_frame("KEY", hexbytes("key_payload"))

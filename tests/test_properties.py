@@ -44,7 +44,15 @@ from keyexchanged.handshake import (
 from keyexchanged.protocol import SecureChannelFactory
 from keyexchanged.records import OCB, RecordSealer
 from tests import rev3
-from tests.fixtures import IDENTITY, address, frames, replay, vector_client, vector_server
+from tests.fixtures import (
+    IDENTITY,
+    address,
+    decrypt_each_key_once,
+    frames,
+    replay,
+    vector_client,
+    vector_server,
+)
 from tests.vectors import RAW, hexbytes, record, revision3_hexbytes
 
 # Bounded so that the whole suite stays quick on two cores; every example
@@ -241,6 +249,10 @@ CLIENT_EVENTS = (
 
 
 class ServerProperties(unittest.TestCase, Invariants):
+    def setUp(self):
+        # Every example offers a server the same few KEYs: each is decrypted once.
+        decrypt_each_key_once(self)
+
     def run_server(self, chunks, authorized):
         server = vector_server(authorized_keys=AUTHORIZED if authorized else None)
         hello = server.data_to_send()
@@ -342,6 +354,10 @@ class AdapterProperties(unittest.TestCase, Invariants):
     """The daemon reads with LineReceiver, not FrameDecoder: the two paths
     must give the same answer to the same bytes."""
 
+    def setUp(self):
+        # Every example offers a server the same few KEYs: each is decrypted once.
+        decrypt_each_key_once(self)
+
     def adapter(self, chunks, authorized):
         apps = Factory.forProtocol(Recorder)
         apps.made = []
@@ -429,6 +445,10 @@ REVISION3_SERVER_FRAMES = [
 class Revision3Properties(unittest.TestCase, Invariants):
     """The revision-3 server and client on any stream of the hybrid KEY
     layout and OCB records, whole or damaged, in any chunking."""
+
+    def setUp(self):
+        # Every example offers a server the same few KEYs: each is decrypted once.
+        decrypt_each_key_once(self)
 
     def run_server(self, chunks, required):
         server = rev3.vector_server(

@@ -7,11 +7,13 @@ cryptography-vectors package; interoperability is checked against pycryptodome
 and, when it is on PATH, the openssl command.
 """
 
+import functools
 import hashlib
 import math
 import os
 import subprocess
 import sys
+from secrets import randbits
 
 import cryptography_vectors
 from Crypto.Cipher import PKCS1_OAEP
@@ -197,6 +199,46 @@ def _shared_key():
     return _generated_key("gmpy2" if HAVE_GMPY2 else "python", 2048)[0]
 
 
+@functools.cache
+def _vector_primes(bits):
+    """The ``bits``-bit primes of the RFC 8017 OAEP and PSS vector keys, in
+    file order: primes made by someone else, where a test needs known primes
+    of a size rather than fresh ones (searching for fresh 1024-bit primes with
+    pycryptodome takes tenths of a second each).  Every one is usable with
+    e = 65537: gcd(65537, p − 1) = 1."""
+    primes = []
+    for numbers, _ in _oaep_rfc_examples() + _pss_rfc_examples():
+        for prime in (numbers["p"], numbers["q"]):
+            if prime.bit_length() == bits and prime not in primes:
+                primes.append(prime)
+    return tuple(primes)
+
+
+#: The product of the odd primes below 1000 (pycryptodome's table, not ours).
+_SMALL_ODD_PRIMES = math.prod(p for p in sieve_base if 2 < p < 1000)
+
+
+def _usable_prime_after(x, e=rsa.PUBLIC_EXPONENT):
+    """The least prime q ≥ x (x odd) with gcd(e, q − 1) = 1, by
+    pycryptodome's test, after a gcd with the small primes that turns away
+    ~85 % of the candidates for far less than that test costs."""
+    while (
+        math.gcd(x, _SMALL_ODD_PRIMES) != 1
+        or test_probable_prime(x) != PROBABLY_PRIME
+        or math.gcd(e, x - 1) != 1
+    ):
+        x += 2
+    return x
+
+
+@functools.cache
+def _close_primes():
+    """(p, q): a 1024-bit vector prime p and the next usable prime q after
+    it, as close as two such primes get."""
+    p = _vector_primes(1024)[0]
+    return p, _usable_prime_after(p + 2)
+
+
 def _flip(data, bit):
     data = bytearray(data)
     data[bit // 8] ^= 0x80 >> (bit % 8)
@@ -229,11 +271,25 @@ def _pycryptodome_key(key):
 
 
 class _VectorTests(_BackendMixin):
+    def first_of_each(self, examples, group):
+        """``examples`` to run with the private key on this backend: all of
+        them, except on the pure-Python backend when gmpy2 is there too, where
+        the first of each ``group(example)``.  The padding is the same code
+        on both backends and every example runs on gmpy2; in pure Python,
+        where each private-key operation costs milliseconds, one per key
+        (per size) or per hash pair checks the arithmetic."""
+        if self.backend != "python" or not HAVE_GMPY2:
+            return examples
+        first = {}
+        for example in examples:
+            first.setdefault(group(example), example)
+        return list(first.values())
+
     def test_oaep_rfc_vectors_decrypt(self):
         examples = _oaep_rfc_examples()
         self.assertEqual(len(examples), 60)
         keys = {}
-        for numbers, example in examples:
+        for numbers, example in self.first_of_each(examples, lambda x: x[0]["n"]):
             key = keys.get(numbers["n"])
             if key is None:
                 key = keys[numbers["n"]] = _key_from(numbers)
@@ -257,17 +313,10 @@ class _VectorTests(_BackendMixin):
     def test_oaep_custom_hash_vectors(self):
         examples = _oaep_custom_examples()
         self.assertEqual(len(examples), 24 * 60)
-        if self.backend == "python" and HAVE_GMPY2:
-            # The hashes are the padding's, the same code for both backends:
-            # every example on gmpy2, the first of each combination here
-            # (1 440 decryptions in pure Python would take 10 s).
-            first = {}
-            for example in examples:
-                first.setdefault(example[:2], example)
-            examples = list(first.values())
         combos = set()
         keys = {}
-        for alg, mgf1, numbers, example in examples:
+        # 1 440 decryptions in pure Python would take 10 s.
+        for alg, mgf1, numbers, example in self.first_of_each(examples, lambda x: x[:2]):
             key = keys.get(numbers["n"])
             if key is None:
                 key = keys[numbers["n"]] = _key_from(numbers)
@@ -309,8 +358,10 @@ class _VectorTests(_BackendMixin):
             self.assertFalse(public.verify_pss(message + b"x", signature, hash="sha1"))
 
     def test_pss_rfc_vectors_sign_with_salt(self):
+        examples = _pss_rfc_examples()
+        self.assertEqual(len(examples), 60)
         keys = {}
-        for numbers, example in _pss_rfc_examples():
+        for numbers, example in self.first_of_each(examples, lambda x: x[0]["n"]):
             key = keys.get(numbers["n"])
             if key is None:
                 key = keys[numbers["n"]] = _key_from(numbers)
@@ -319,6 +370,7 @@ class _VectorTests(_BackendMixin):
                 example["Message to be signed"], hash="sha1", salt=example["Salt"]
             )
             self.assertEqual(signature, example["Signature"], example["title"])
+        self.assertEqual(len(keys), 10)
 
 
 class VectorPythonTests(_VectorTests, TestCase):
@@ -975,7 +1027,7 @@ class KeyGenerationArgumentTests(TestCase):
         self.assertEqual(_primes.prime_lower_bound(8), 182)
 
     def test_sieve_keeps_exactly_the_candidates_without_a_small_factor(self):
-        base = 2 * (getPrime(1024) // 2)
+        base = 2 * ((1 << 1022) | randbits(1022))  # a random even 1024-bit base
         e = rsa.PUBLIC_EXPONENT
         survivors = _primes.sieve_window(base, e, 1 << 16)
         self.assertTrue(survivors)
@@ -996,7 +1048,7 @@ class KeyGenerationArgumentTests(TestCase):
         small_primes = math.prod(_primes.odd_primes_below(1 << 16))
         # base ≡ 0 (mod e) and even, so base + 1 ≡ 1 (mod e); pick one where
         # base + 1 has no small factor, so only the e rule can remove it.
-        base = 2 * e * (getPrime(1000) // 2)
+        base = 2 * e * ((1 << 998) | randbits(998))  # 2e times a random 999-bit number
         while math.gcd(base + 1, small_primes) != 1:
             base += 2 * e
         survivors = _primes.sieve_window(base, e, 1 << 16)
@@ -1008,14 +1060,9 @@ class KeyGenerationArgumentTests(TestCase):
         """FIPS 186-5 A.1.3 step 5.4: q too close to p is drawn again."""
         e = rsa.PUBLIC_EXPONENT
 
-        def usable_prime_after(x):
-            while test_probable_prime(x) != PROBABLY_PRIME or math.gcd(e, x - 1) != 1:
-                x += 2
-            return x
-
-        p = usable_prime_after(getPrime(1024) | 1)
-        close_q = usable_prime_after(p + 2)
-        far_q = usable_prime_after(getPrime(1024) | 1)
+        p, close_q = _close_primes()
+        far_q = _vector_primes(1024)[1]
+        self.assertEqual(math.gcd(e, far_q - 1), 1)
         drawn = iter([p, close_q, far_q])
         self.patch(_primes, "generate_prime", lambda *args: next(drawn))
         key = rsa.generate_private_key(2048)
@@ -1033,10 +1080,12 @@ class KeyGenerationArgumentTests(TestCase):
         strong_pseudoprime = 3825123056546413051
         self.assertTrue(_primes.strong_probable_prime(strong_pseudoprime, 2, pow))
         carmichael = 41 * 61 * 101  # 252601, a Carmichael number
+        p, q = _vector_primes(512)[:2]
         for backend in rsa.AVAILABLE_BACKENDS:
             be = _backends.BACKENDS[backend]
-            self.assertTrue(_primes.is_probable_prime(getPrime(512), 5, be))
-            self.assertFalse(_primes.is_probable_prime(getPrime(512) * getPrime(512), 5, be))
+            self.assertTrue(_primes.is_probable_prime(p, 5, be))
+            self.assertTrue(_primes.is_probable_prime(q, 5, be))
+            self.assertFalse(_primes.is_probable_prime(p * q, 5, be))
             self.assertFalse(_primes.is_probable_prime(strong_pseudoprime, 30, be))
             self.assertFalse(_primes.is_probable_prime(carmichael, 10, be))
             self.assertTrue(_primes.is_probable_prime(997, 5, be))
@@ -1116,12 +1165,14 @@ class KeyObjectTests(TestCase):
         self.assertRaises(TypeError, rsa.PrivateKey, n, e, str(d), p, q)
 
     def test_validate_rejects_composite_prime(self):
-        q = getPrime(1024)
-        while True:
-            fake_p = getPrime(512) * getPrime(512)
+        q = _vector_primes(1024)[0]
+        # A product of two 512-bit primes, as long as q, e invertible mod λ.
+        halves = _vector_primes(512)
+        for fake_p in (a * b for a in halves for b in halves if a < b):
             lam = math.lcm(fake_p - 1, q - 1)
-            if math.gcd(65537, lam) == 1:
+            if fake_p.bit_length() == 1024 and math.gcd(65537, lam) == 1:
                 break
+        self.assertEqual(math.gcd(65537, lam), 1)
         key = rsa.PrivateKey(fake_p * q, 65537, pow(65537, -1, lam), fake_p, q)
         for backend in rsa.AVAILABLE_BACKENDS:
             with rsa._use_backend(backend):
@@ -1129,13 +1180,8 @@ class KeyObjectTests(TestCase):
                 self.assertIn("p is not prime", str(exc))
 
     def test_validate_rejects_close_primes(self):
-        p = getPrime(1024)
-        q = p + 2
-        while test_probable_prime(q) != PROBABLY_PRIME:
-            q += 2
+        p, q = _close_primes()
         lam = math.lcm(p - 1, q - 1)
-        if math.gcd(65537, lam) != 1:
-            raise SkipTest("unlucky primes for e = 65537")
         key = rsa.PrivateKey(p * q, 65537, pow(65537, -1, lam), p, q)
         exc = self.assertRaises(ValueError, key.validate, min_bits=1024)
         self.assertIn("too close", str(exc))

@@ -263,7 +263,7 @@ class PoolTests(unittest.TestCase):
     def test_generates_and_decrypts_with_a_three_prime_key(self):
         """An ephemeral key's numbers go to a worker and back with all
         three primes, and a worker decrypts with them."""
-        numbers = yield self.pool.generate(3072, 3)
+        numbers = yield self.pool.generate(2048, 3)
         key = rsa.PrivateKey.from_primes(*numbers)
         self.assertIs(type(key), rsa.MultiPrimePrivateKey)
         self.assertEqual(len(key.primes), 3)
