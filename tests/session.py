@@ -3,10 +3,12 @@
 Where the daemon is under test and the client only shows that it serves
 (a first session before a reload, a session after one), a client process
 adds ~0.35 s of CPU, mostly its imports, to check nothing of its own.
-:func:`connect_here` runs what the command runs after parsing its
-arguments (:func:`keyexchanged.client.run_connect`, the same session and
-the same exit codes), on the test's reactor.  Tests of the client itself
-run the real command (:func:`tests.daemon.run_client`).
+:func:`connect_here` runs the command's session
+(:func:`keyexchanged.client.run_connect`: the same output and the same
+exit codes) on the test's reactor, trusting the pinned key alone (the
+command would also refuse a key revoked in the user's known-hosts file).
+Tests of the client itself run the real command
+(:func:`tests.daemon.run_client`).
 """
 
 import io

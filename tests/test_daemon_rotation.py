@@ -12,6 +12,7 @@ from keyexchanged import keys
 from tests import certs
 from tests.daemon import Daemon, DaemonTestCase, environment, run_client
 from tests.fixtures import CLIENT_KEY, SERVER_KEY
+from tests.session import connect_here
 
 CURRENT_FP = keys.fingerprint(SERVER_KEY.public_key())
 #: The next key: the vectors' client key, 2048 bits.
@@ -277,9 +278,7 @@ class NextKeyRefusalTests(DaemonTestCase):
         self.addCleanup(daemon.stop)
         port = yield daemon.listening
         # One session first: the reactor runs, so SIGHUP has its handler.
-        _out, err, code = yield run_client(
-            "connect", f"127.0.0.1:{port}", "--fingerprint", CURRENT_FP
-        )
+        _out, err, code = yield connect_here(port, CURRENT_FP)
         self.assertEqual(code, 0, err)
         # The next key is now the current key: refused, and the key, the
         # next key and the message all stay as they were.
