@@ -422,7 +422,6 @@ class ProcessesSystemTests(DaemonTestCase):
         self.assertEqual(os.listdir(runtime), [])
 
 
-
 # -- the parent's logic, on a Clock ---------------------------------------------------------
 
 

@@ -194,8 +194,6 @@ class NotifyTests(DaemonTestCase):
     """READY=1 once listening, RELOADING=1/READY=1 around a SIGHUP reload,
     STOPPING=1 on SIGTERM, from the real daemon."""
 
-
-
     def setUp(self):
         super().setUp()
         directory = tempfile.mkdtemp(prefix="kx-notify-")  # AF_UNIX paths are short
@@ -265,8 +263,6 @@ class Raw(Protocol):
 
 class ProxiedDaemonTests(DaemonTestCase):
     """``--listen haproxy:tcp:...`` with ``--trusted-proxies``."""
-
-
 
     @defer.inlineCallbacks
     def start(self, trusted):

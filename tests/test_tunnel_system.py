@@ -165,7 +165,6 @@ class SystemTunnelTests(DaemonTestCase):
         self.assertEqual(answer, expected)
         reply.transport.loseConnection()
 
-
     @defer.inlineCallbacks
     def test_an_unknown_host_is_refused_with_what_tunnel_can_do(self):
         """No terminal prompt and no --accept-new in a tunnel: its advice
