@@ -28,8 +28,9 @@ from zope.interface import implementer
 from keyexchanged import processes, protocol, tickets
 from keyexchanged.config import ConfigError
 from keyexchanged.trust import PinnedKey
-from tests.daemon import LIGHT, ROOT, TWISTD, Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import LIGHT, ROOT, TWISTD, Daemon, DaemonTestCase, environment
 from tests.fixtures import plant_module
+from tests.session import connect_here
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]
@@ -126,14 +127,14 @@ class ProcessesSystemTests(DaemonTestCase):
         if alive(pid):
             os.kill(pid, signal.SIGCONT)
 
-    def connect(self, port, *args):
-        return run_client("connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT, *args)
+    def connect(self, port, **options):
+        return connect_here(port, FINGERPRINT, **options)
 
     @defer.inlineCallbacks
-    def session(self, daemon, port, number, *args):
+    def session(self, daemon, port, number, **options):
         """Connect; return (child index, child pid, kind) of the ``number``-th
         session that ended, as the parent logged it."""
-        out, err, code = yield self.connect(port, *args)
+        out, err, code = yield self.connect(port, **options)
         self.assertEqual(code, 0, err)
         self.assertEqual(out, b"The secret message: hello from keyexchanged.")
         output = yield daemon.wait_for(b"ended: ok;", count=number)
@@ -160,18 +161,18 @@ class ProcessesSystemTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_both_children_serve_share_tickets_and_stop_with_the_parent(self):
-        cache = os.path.join(self.dir, "tickets.json")
+        cache = tickets.TicketStore()
         daemon, port, pids = yield self.start(
             "--listen", LOCAL, "--private-key", self.key, "--metrics", LOCAL
         )
         # Child 2 stopped: child 1 takes the connection, and issues a ticket.
         os.kill(pids[2], signal.SIGSTOP)
-        served = yield self.session(daemon, port, 1, "--ticket-cache", cache)
+        served = yield self.session(daemon, port, 1, tickets=cache)
         self.assertEqual(served, (1, pids[1], "full"))
         # Child 1 stopped: child 2 takes it, and resumes child 1's ticket.
         os.kill(pids[2], signal.SIGCONT)
         os.kill(pids[1], signal.SIGSTOP)
-        served = yield self.session(daemon, port, 2, "--ticket-cache", cache)
+        served = yield self.session(daemon, port, 2, tickets=cache)
         self.assertEqual(served, (2, pids[2], "resumed"))
         os.kill(pids[1], signal.SIGCONT)
 
@@ -338,7 +339,9 @@ class ProcessesSystemTests(DaemonTestCase):
         self.assertIn("ticket.keys", os.listdir(os.path.join(runtime, left)))
         again = Daemon.start(argv, env=env)
         self.addCleanup(again.stop)
-        yield again.wait_for(b"all 2 child processes serve")
+        # The parent makes its runtime directory, and removes the stale
+        # ones, before it listens: its children need not serve for that.
+        yield again.listening
         self.assertNotIn(left, os.listdir(runtime))
         self.assertEqual(len(os.listdir(runtime)), 1)  # the new parent's own
 
@@ -417,7 +420,6 @@ class ProcessesSystemTests(DaemonTestCase):
         self.assertNotEqual(code, 0)
         self.assertIn(b"cannot listen on tcp:", daemon.output)
         self.assertEqual(os.listdir(runtime), [])
-
 
 
 # -- the parent's logic, on a Clock ---------------------------------------------------------

@@ -7,12 +7,11 @@ import os
 from twisted.internet import defer, endpoints, reactor
 from twisted.internet.protocol import Factory, Protocol
 
-from keyexchanged import protocol
+from keyexchanged import keys, protocol
 from keyexchanged.trust import PinnedKey
-from tests.daemon import Daemon, DaemonTestCase, run_client
-from tests.vectors import RAW
-
-FINGERPRINT = RAW["server_fingerprint"]
+from tests.daemon import Daemon, DaemonTestCase
+from tests.fixtures import CLIENT_KEY
+from tests.session import FINGERPRINT, connect_here
 
 
 class Echoed(Protocol):
@@ -36,15 +35,12 @@ class Echoed(Protocol):
 
 
 class ReloadTests(DaemonTestCase):
-    # A reload that changes workers needs a daemon started without them.
+    # A reload below changes workers: each config says workers itself.
     light_config = "ephemeral-bits = 2048\n"
-
-    def connect(self, port):
-        return run_client("connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT)
 
     @defer.inlineCallbacks
     def test_bad_reload_keeps_serving_good_reload_takes_effect(self):
-        self.write_config("application = echo\n")
+        self.write_config("application = echo\nworkers = 0\n")
         daemon = Daemon.start(["--config", self.conf])
         self.addCleanup(daemon.stop)
         port = yield daemon.listening
@@ -57,15 +53,15 @@ class ReloadTests(DaemonTestCase):
         self.assertEqual((yield old.echo(b"before")), b"before")
 
         # A broken file: nothing changes, and it says where and why.
-        yield self.assert_reload_refused(daemon, "application = echo\n")
+        yield self.assert_reload_refused(daemon, "application = echo\nworkers = 0\n")
         self.assertEqual((yield old.echo(b"still")), b"still")
 
         # A good one: new sessions get the message application.
-        self.write_config("application = message\nmessage = reloaded!\nworkers = 0\n")
+        self.write_config("application = message\nmessage = reloaded!\nworkers = 1\n")
         daemon.signal("HUP")
         output = yield daemon.wait_for(b"reload: done")
         self.assertIn(b"reload: workers changes only at a restart", output)
-        out, err, code = yield self.connect(port)
+        out, err, code = yield connect_here(port)
         self.assertEqual((out, code), (b"reloaded!", 0), err)
         # ... while the old session still echoes.
         self.assertEqual((yield old.echo(b"after")), b"after")
@@ -73,23 +69,24 @@ class ReloadTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_a_new_long_term_key_is_logged_with_both_fingerprints(self):
-        self.write_config("")
+        self.write_config("workers = 0\n")
         daemon = Daemon.start(["--config", self.conf])
         self.addCleanup(daemon.stop)
         port = yield daemon.listening
+        # Another key (the vectors' client key: the test knows its fingerprint).
         other = os.path.join(self.dir, "other.key")
-        _out, err, code = yield run_client("keygen", "--bits", "2048", "--out", other)
-        self.assertEqual(code, 0, err)
+        keys.save_private_key(CLIENT_KEY, other)
         self.key = other
-        self.write_config("")
+        self.write_config("workers = 0\n")
         daemon.signal("HUP")
         output = yield daemon.wait_for(b"reload: done")
-        self.assertIn(
-            b"the long-term key changed from " + FINGERPRINT.encode() + b" to SHA256:", output
-        )
+        new = keys.fingerprint(CLIENT_KEY.public_key())
+        self.assertIn(f"the long-term key changed from {FINGERPRINT} to {new}".encode(), output)
         # Clients pinned to the old key now refuse: the new one is served.
-        _out, err, code = yield self.connect(port)
+        _out, err, code = yield connect_here(port)
         self.assertEqual(code, 3, err)
+        _out, err, code = yield connect_here(port, new)
+        self.assertEqual(code, 0, err)
 
 
 class ReloadIdentityTests(DaemonTestCase):
@@ -97,7 +94,7 @@ class ReloadIdentityTests(DaemonTestCase):
     key file is refused as a whole, and the served key stays."""
 
     def connect(self, port):
-        return run_client("connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT)
+        return connect_here(port)
 
     @defer.inlineCallbacks
     def assert_missing_key_refused(self, daemon, port, refusal):

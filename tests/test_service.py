@@ -15,11 +15,11 @@ from twisted.internet import defer, endpoints, reactor
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.trial import unittest
 
-from tests.daemon import LIGHT, TWISTD, Daemon, DaemonTestCase, environment, run_client
-from tests.vectors import RAW
+from keyexchanged import tickets
+from tests.daemon import LIGHT, LIGHT_CONFIG, TWISTD, Daemon, DaemonTestCase, environment
+from tests.session import connect_here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FINGERPRINT = RAW["server_fingerprint"]
 MESSAGE = b"The secret message: hello from keyexchanged."
 ACTIVATE = shutil.which("systemd-socket-activate")
 NO_ACTIVATE = "systemd-socket-activate is not installed (apt-get install -y systemd)"
@@ -124,9 +124,7 @@ class SocketActivationTests(DaemonTestCase):
         yield daemon.wait_for(f"Listening on {shown or address} as 3.".encode())
         # Socket activation: nothing runs until the first connection.
         self.assertNotIn(b"keyexchange", daemon.output.split(b"as 3.", 1)[1])
-        out, err, code = yield run_client(
-            "connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT
-        )
+        out, err, code = yield connect_here(port)
         self.assertEqual((out, code), (MESSAGE, 0), err + daemon.output)
         yield daemon.wait_for(b"ended: ok")
         return daemon
@@ -196,8 +194,6 @@ class NotifyTests(DaemonTestCase):
     """READY=1 once listening, RELOADING=1/READY=1 around a SIGHUP reload,
     STOPPING=1 on SIGTERM, from the real daemon."""
 
-
-
     def setUp(self):
         super().setUp()
         directory = tempfile.mkdtemp(prefix="kx-notify-")  # AF_UNIX paths are short
@@ -243,13 +239,7 @@ class NotifyTests(DaemonTestCase):
         _, reloading, ready = yield self.notifications.until(3)
         self.assertRegex(reloading, rb"^RELOADING=1\nMONOTONIC_USEC=\d+")
         self.assertTrue(ready.startswith(b"READY=1"), ready)
-        out, err, code = yield run_client(
-            "connect",
-            f"127.0.0.1:{self.port}",
-            "--fingerprint",
-            FINGERPRINT,
-            "--allow-no-forward-secrecy",
-        )
+        out, err, code = yield connect_here(self.port, require_forward_secrecy=False)
         self.assertEqual((out, code), (MESSAGE, 0), err)
 
 
@@ -273,8 +263,6 @@ class Raw(Protocol):
 
 class ProxiedDaemonTests(DaemonTestCase):
     """``--listen haproxy:tcp:...`` with ``--trusted-proxies``."""
-
-
 
     @defer.inlineCallbacks
     def start(self, trusted):
@@ -339,8 +327,8 @@ class ReloadForgetTests(unittest.TestCase):
     def test_the_workers_forget_the_old_long_term_key(self):
         from twisted.internet.task import Clock
 
-        from keyexchanged import keys, rsa, tap
-        from tests.fixtures import SERVER_KEY
+        from keyexchanged import keys, tap
+        from tests.fixtures import CLIENT_KEY, SERVER_KEY
 
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
@@ -348,7 +336,7 @@ class ReloadForgetTests(unittest.TestCase):
         keys.save_private_key(SERVER_KEY, key_path)
         conf = os.path.join(directory, "k.conf")
         with open(conf, "w") as f:
-            f.write("[keyexchanged]\nprivate-key = server.key\nworkers = 0\n")
+            f.write("[keyexchanged]\nprivate-key = server.key\n" + LIGHT_CONFIG)
         options = tap.Options(environ={})
         options.parseOptions(["--config", conf])
         service = tap.makeService(options, reactor=Clock())
@@ -365,7 +353,7 @@ class ReloadForgetTests(unittest.TestCase):
         service.reload()
         self.assertEqual(forgotten, [])
         os.remove(key_path)
-        keys.save_private_key(rsa.generate_private_key(2048), key_path)
+        keys.save_private_key(CLIENT_KEY, key_path)
         service.reload()
         self.assertEqual([key.n for key in forgotten], [SERVER_KEY.n])
         self.assertNotEqual(service.factory.identity.private_key.n, SERVER_KEY.n)
@@ -381,9 +369,7 @@ class ReloadRestartOnlyTests(DaemonTestCase):
         self.addCleanup(daemon.stop)
         port = yield daemon.listening
         # A session first: by then the daemon's reactor runs (and handles SIGHUP).
-        out, err, code = yield run_client(
-            "connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT
-        )
+        out, err, code = yield connect_here(port)
         self.assertEqual((out, code), (MESSAGE, 0), err)
         self.write_config("ticket-lifetime = 100\n")
         daemon.signal("HUP")
@@ -391,9 +377,7 @@ class ReloadRestartOnlyTests(DaemonTestCase):
         self.assertIn(b"reload: ticket-lifetime changes only at a restart", output)
         cache = os.path.join(self.dir, "tickets.json")
         before = time.time()
-        out, err, code = yield run_client(
-            "connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT, "--ticket-cache", cache
-        )
+        out, err, code = yield connect_here(port, tickets=tickets.TicketStore(cache))
         self.assertEqual((out, code), (MESSAGE, 0), err)
         with open(cache) as f:
             (ticket,) = json.load(f)["tickets"]

@@ -13,11 +13,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from tests.daemon import CLIENT, LIGHT, Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import CLIENT, LIGHT, Daemon, DaemonTestCase, environment
 from tests.fixtures import Pusher, Target
-from tests.vectors import RAW
+from tests.session import FINGERPRINT, connect_here
 
-FINGERPRINT = RAW["server_fingerprint"]
 SIZE = int(os.environ.get("KX_TUNNEL_SIZE", 64 * 1024 * 1024))
 
 
@@ -130,9 +129,7 @@ class SystemTunnelTests(DaemonTestCase):
         self.assertIn(b"shout", listing.output)
         self.assertIn(b"answer in capitals", listing.output)
         _, port = yield self.start_daemon("--application", "shout", env=env)
-        out, err, code = yield run_client(
-            "connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT, "--send", "hello"
-        )
+        out, err, code = yield connect_here(port, send=b"hello")
         self.assertEqual((out, code), (b"HELLO", 0), err)
 
     @defer.inlineCallbacks
@@ -167,7 +164,6 @@ class SystemTunnelTests(DaemonTestCase):
         answer = yield reply.complete
         self.assertEqual(answer, expected)
         reply.transport.loseConnection()
-
 
     @defer.inlineCallbacks
     def test_an_unknown_host_is_refused_with_what_tunnel_can_do(self):
