@@ -50,6 +50,12 @@ class DaemonTests(DaemonTestCase):
         self.port = yield daemon.listening
         return daemon
 
+    def shared(self):
+        """The daemon of this config, for a test that only connects to it."""
+        daemon = self.shared_daemon()
+        self.port = daemon.port
+        return daemon
+
     @defer.inlineCallbacks
     def test_pinned_client_gets_the_message(self):
         daemon = yield self.start()
@@ -64,7 +70,7 @@ class DaemonTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_explain_narrates_public_values_only(self):
-        yield self.start()
+        self.shared()
         out, err, code = yield run_client(
             "connect", f"127.0.0.1:{self.port}", "--fingerprint", FINGERPRINT, "--explain"
         )
@@ -85,7 +91,7 @@ class DaemonTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_wrong_fingerprint_is_refused_before_key(self):
-        daemon = yield self.start()
+        daemon = self.shared()
         wrong = "SHA256:" + "A" * 43
         out, err, code = yield run_client(
             "connect", f"127.0.0.1:{self.port}", "--fingerprint", wrong
@@ -100,14 +106,14 @@ class DaemonTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_no_trust_anchor_says_how_to_pin(self):
-        yield self.start()
+        self.shared()
         _, err, code = yield run_client("connect", f"127.0.0.1:{self.port}")
         self.assertEqual(code, 3)
         self.assertIn(f"--fingerprint {FINGERPRINT}".encode(), err)
 
     @defer.inlineCallbacks
     def test_stdin_goes_to_the_server(self):
-        yield self.start()
+        self.shared()
         out, err, code = yield run_client(
             "connect", f"127.0.0.1:{self.port}", "--fingerprint", FINGERPRINT, stdin=b"x" * 100000
         )
@@ -144,7 +150,7 @@ class DaemonTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_keeps_serving_after_bad_connections(self):
-        daemon = yield self.start()
+        daemon = self.shared()
         endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
         for junk, code in [
             (b"GET / HTTP/1.1\r\n\r\n", "malformed-frame"),
@@ -253,8 +259,10 @@ class PostQuantumTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_full_then_resumed_hybrid_sessions_with_ocb(self):
-        daemon = yield self.start()
-        self.assertIn(b"post-quantum: an ML-KEM-768 key with each ephemeral key", daemon.output)
+        daemon = self.shared_daemon()
+        self.port = daemon.port
+        started = yield daemon.started()
+        self.assertIn(b"post-quantum: an ML-KEM-768 key with each ephemeral key", started)
         cache = os.path.join(self.dir, "tickets.json")
         out, err, code = yield self.connect("--explain", "--ticket-cache", cache)
         self.assertEqual((out, code), (MESSAGE, 0), err)
@@ -360,7 +368,8 @@ class ForwardSecrecyAndResumptionTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_full_then_resumed_with_a_ticket_cache(self):
-        daemon, port = yield self.start()
+        daemon = self.shared_daemon()
+        port = daemon.port
         cache = os.path.join(self.dir, "tickets.json")
         out, err, code = yield self.connect(port, "--ticket-cache", cache)
         self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
