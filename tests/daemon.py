@@ -22,7 +22,10 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from keyexchanged import keys
+from keyexchanged.protocol import connect
+from keyexchanged.trust import PinnedKey
 from tests.fixtures import CLIENT_KEY, SERVER_KEY, ServerFiles
+from tests.vectors import RAW
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -143,6 +146,40 @@ def run_client(*args, stdin=None, env=None):
     argv = CLIENT + list(args)
     reactor.spawnProcess(output, argv[0], argv, env=env or environment())
     return output.done
+
+
+class _Received(protocol.Protocol):
+    def __init__(self):
+        self.data = b""
+        self.ended = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.ended.callback(self.data)
+
+
+@defer.inlineCallbacks
+def session(port, fingerprint=RAW["server_fingerprint"], **options):
+    """One session with the daemon on 127.0.0.1:``port`` through the
+    Python API (:func:`keyexchanged.protocol.connect`, as ``keyexchange
+    connect`` uses it), in this process, pinning ``fingerprint``: for a
+    test of the daemon, which needs a client but not the CLI's own
+    behaviour (nor the third of a second of CPU a client process costs).
+    Fires with what the server's application sent."""
+    received = _Received()
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    yield connect(
+        reactor,
+        endpoint,
+        PinnedKey(fingerprint),
+        protocol.Factory.forProtocol(lambda: received),
+        server_name="127.0.0.1",
+        **options,
+    )
+    data = yield received.ended
+    return data
 
 
 #: For a daemon whose key sizes and worker processes are not under test:

@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from keyexchanged import config, keys, protocol, tickets
 from keyexchanged.framing import encode_frame
 from keyexchanged.trust import PinnedKey
-from tests.daemon import CLIENT, LIGHT, Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import CLIENT, LIGHT, Daemon, DaemonTestCase, environment, run_client, session
 from tests.fixtures import SERVER_KEY, frames
 from tests.vectors import RAW
 
@@ -143,10 +143,8 @@ class DaemonTests(DaemonTestCase):
     def test_message_on_the_command_line_is_warned_of(self):
         daemon = yield self.start("--message", "visible in ps")
         self.assertIn(b"--message is in the process list", daemon.output)
-        out, err, code = yield run_client(
-            "connect", f"127.0.0.1:{self.port}", "--fingerprint", FINGERPRINT
-        )
-        self.assertEqual((out, code), (b"visible in ps", 0), err)
+        received = yield session(self.port)
+        self.assertEqual(received, b"visible in ps")
 
     @defer.inlineCallbacks
     def test_keeps_serving_after_bad_connections(self):
@@ -233,10 +231,8 @@ class DaemonTests(DaemonTestCase):
         self.assertEqual(os.stat(key_path).st_mode & 0o777, 0o600)
         fingerprint = keys.fingerprint(keys.load_public_key(key_path + ".pub"))
         self.assertIn(f"RSA-3072 key {fingerprint}".encode(), daemon.output)
-        out, err, code = yield run_client(
-            "connect", f"127.0.0.1:{port}", "--fingerprint", fingerprint
-        )
-        self.assertEqual((out, code), (MESSAGE, 0), err)
+        received = yield session(port, fingerprint)
+        self.assertEqual(received, MESSAGE)
 
 
 class PostQuantumTests(DaemonTestCase):
