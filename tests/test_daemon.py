@@ -180,29 +180,6 @@ class DaemonTests(DaemonTestCase):
         self.assertIn(b"cannot connect", err)
 
     @defer.inlineCallbacks
-    def test_port_in_use_is_a_failed_start(self):
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen()
-            port = taken.getsockname()[1]
-            daemon = Daemon.start(
-                ["--config", self.conf, "--listen", f"tcp:{port}:interface=127.0.0.1"]
-            )
-            code = yield daemon.refused()
-        self.assertNotEqual(code, 0)
-        self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1".encode(), daemon.output)
-        self.assertIn(b"Address already in use", daemon.output)
-
-    @defer.inlineCallbacks
-    def test_bad_config_value_refused_with_line(self):
-        self.write_config("idle-timeout = never\n")
-        daemon = Daemon.start(["--config", self.conf])
-        code = yield daemon.refused()
-        self.assertNotEqual(code, 0)
-        self.assertIn(b"line 4: idle-timeout = 'never'", daemon.output)
-        self.assertNotIn(b"Traceback", daemon.output)
-
-    @defer.inlineCallbacks
     def test_key_readable_by_others_refused(self):
         os.chmod(self.key, 0o640)
         daemon = Daemon.start(["--config", self.conf])
