@@ -211,9 +211,9 @@ class DaemonTestCase(ServerFiles, unittest.TestCase):
         listening on 127.0.0.1, for a test that only connects to it: what
         it logs from now (a :class:`SharedDaemonView`).  When the test
         ends, every connection it made has ended in the log."""
-        daemon = SharedDaemon.get((*LIGHT, *args) if light else args)
-        self.addCleanup(daemon.settle)
-        return SharedDaemonView(daemon)
+        view = SharedDaemonView(SharedDaemon.get((*LIGHT, *args) if light else args))
+        self.addCleanup(view.finish)
+        return view
 
     @defer.inlineCallbacks
     def assert_reload_refused(self, daemon, body):
@@ -361,7 +361,12 @@ class SharedDaemon:
     def wait_for(self, pattern, count=1, since=0):
         """Fires with the log from ``since`` once ``pattern`` (bytes) has
         appeared in it ``count`` times."""
-        d = defer.Deferred()
+
+        def cancel(d):
+            self._waiters[:] = [waiter for waiter in self._waiters if waiter[3] is not d]
+            self._read_while_waited_on()
+
+        d = defer.Deferred(cancel)
         if self.output.count(pattern, since) >= count:
             d.callback(self.output[since:])
         elif self.ended:
@@ -423,14 +428,28 @@ class SharedDaemonView:
         self.daemon = daemon
         self.port = daemon.port
         self.since = len(daemon.output)
+        self._waiting = []
 
     @property
     def output(self):
         return self.daemon.output[self.since :]
 
+    def _wait(self, d):
+        self._waiting.append(d)
+        return d
+
     def wait_for(self, pattern, count=1):
-        return self.daemon.wait_for(pattern, count, self.since)
+        return self._wait(self.daemon.wait_for(pattern, count, self.since))
 
     def started(self):
         """Fires with what the daemon said until it listened."""
-        return self.daemon.wait_for(b"listening on ")
+        return self._wait(self.daemon.wait_for(b"listening on "))
+
+    def finish(self):
+        """The test's end: a wait it left (a test that timed out) is
+        cancelled, and the daemon settles (:meth:`SharedDaemon.settle`)."""
+        for d in self._waiting:
+            if not d.called:
+                d.cancel()
+                d.addErrback(lambda failure: failure.trap(defer.CancelledError))
+        return self.daemon.settle()
