@@ -169,17 +169,6 @@ class DaemonTests(DaemonTestCase):
         self.assertEqual((out, exit_code), (MESSAGE, 0), err)
 
     @defer.inlineCallbacks
-    def test_connection_refused(self):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        _, err, code = yield run_client(
-            "connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT
-        )
-        self.assertEqual(code, 4)
-        self.assertIn(b"cannot connect", err)
-
-    @defer.inlineCallbacks
     def test_key_readable_by_others_refused(self):
         os.chmod(self.key, 0o640)
         daemon = Daemon.start(["--config", self.conf])
