@@ -391,6 +391,16 @@ class SharedDaemon:
         A connection of our own, closed at once, ends after those opened
         before it (the daemon has their end to read first): what a test
         left unfinished cannot end in the next test's part of the log."""
+        code = self.process.poll()
+        if code is not None:
+            # Ended: what it said, for the failure of the test that found it.
+            fd = self.process.stdout.fileno()
+            try:
+                while data := os.read(fd, 65536):
+                    self.output += data
+            except (BlockingIOError, OSError):
+                pass
+            raise RuntimeError(f"the shared twistd ended ({code}):\n{self.output.decode()}")
         since = len(self.output)
         closed = defer.Deferred()
         local = []
