@@ -132,11 +132,14 @@ class DaemonTrustTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_openssl_certificate_chain_from_the_config_file(self):
-        o = certs.OpenSSLCA(os.path.join(self.dir, "openssl"))
-        chain = o.server(
-            self.key, "server-chain.pem", names=["other.example"], ips=["127.0.0.1"],
+        # The process's openssl CAs (two openssl key generations, made once).
+        o = world()["openssl"]
+        made = o.server(
+            self.key, "daemon-trust-chain.pem", names=["other.example"], ips=["127.0.0.1"],
             issuer="intermediate",
         )  # fmt: skip
+        with open(made, "rb") as f:
+            chain = self.write(os.path.join("openssl", "server-chain.pem"), f.read())
         self.write_config(f"certificate = {os.path.relpath(chain, self.dir)}\n")
         yield self.start()
 
