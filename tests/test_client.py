@@ -7,7 +7,7 @@ from twisted.internet import defer, error, protocol, reactor
 from twisted.trial import unittest
 
 from keyexchanged import client
-from tests.daemon import CLIENT, Daemon, DaemonTestCase, environment
+from tests.daemon import CLIENT, DaemonTestCase, environment
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]
@@ -106,10 +106,7 @@ class _Terminal(protocol.ProcessProtocol):
 class TerminalTests(DaemonTestCase):
     @defer.inlineCallbacks
     def test_on_a_terminal_the_message_ends_its_line(self):
-        self.write_config("")
-        daemon = Daemon.start(["--config", self.conf])
-        self.addCleanup(daemon.stop)
-        port = yield daemon.listening
+        port = self.shared_daemon().port
         terminal = _Terminal()
         argv = [*CLIENT, "connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT]
         reactor.spawnProcess(terminal, argv[0], argv, env=environment(), usePTY=True)

@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from keyexchanged import config, keys, protocol, tickets
 from keyexchanged.framing import encode_frame
 from keyexchanged.trust import PinnedKey
-from tests.daemon import CLIENT, LIGHT, Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import CLIENT, LIGHT, Daemon, DaemonTestCase, environment, run_client, session
 from tests.fixtures import SERVER_KEY, frames
 from tests.vectors import RAW
 
@@ -50,6 +50,12 @@ class DaemonTests(DaemonTestCase):
         self.port = yield daemon.listening
         return daemon
 
+    def shared(self):
+        """The daemon of this config, for a test that only connects to it."""
+        daemon = self.shared_daemon()
+        self.port = daemon.port
+        return daemon
+
     @defer.inlineCallbacks
     def test_pinned_client_gets_the_message(self):
         daemon = yield self.start()
@@ -64,7 +70,7 @@ class DaemonTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_explain_narrates_public_values_only(self):
-        yield self.start()
+        self.shared()
         out, err, code = yield run_client(
             "connect", f"127.0.0.1:{self.port}", "--fingerprint", FINGERPRINT, "--explain"
         )
@@ -85,7 +91,7 @@ class DaemonTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_wrong_fingerprint_is_refused_before_key(self):
-        daemon = yield self.start()
+        daemon = self.shared()
         wrong = "SHA256:" + "A" * 43
         out, err, code = yield run_client(
             "connect", f"127.0.0.1:{self.port}", "--fingerprint", wrong
@@ -100,14 +106,14 @@ class DaemonTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_no_trust_anchor_says_how_to_pin(self):
-        yield self.start()
+        self.shared()
         _, err, code = yield run_client("connect", f"127.0.0.1:{self.port}")
         self.assertEqual(code, 3)
         self.assertIn(f"--fingerprint {FINGERPRINT}".encode(), err)
 
     @defer.inlineCallbacks
     def test_stdin_goes_to_the_server(self):
-        yield self.start()
+        self.shared()
         out, err, code = yield run_client(
             "connect", f"127.0.0.1:{self.port}", "--fingerprint", FINGERPRINT, stdin=b"x" * 100000
         )
@@ -137,14 +143,12 @@ class DaemonTests(DaemonTestCase):
     def test_message_on_the_command_line_is_warned_of(self):
         daemon = yield self.start("--message", "visible in ps")
         self.assertIn(b"--message is in the process list", daemon.output)
-        out, err, code = yield run_client(
-            "connect", f"127.0.0.1:{self.port}", "--fingerprint", FINGERPRINT
-        )
-        self.assertEqual((out, code), (b"visible in ps", 0), err)
+        received = yield session(self.port)
+        self.assertEqual(received, b"visible in ps")
 
     @defer.inlineCallbacks
     def test_keeps_serving_after_bad_connections(self):
-        daemon = yield self.start()
+        daemon = self.shared()
         endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
         for junk, code in [
             (b"GET / HTTP/1.1\r\n\r\n", "malformed-frame"),
@@ -163,40 +167,6 @@ class DaemonTests(DaemonTestCase):
             "connect", f"127.0.0.1:{self.port}", "--fingerprint", FINGERPRINT
         )
         self.assertEqual((out, exit_code), (MESSAGE, 0), err)
-
-    @defer.inlineCallbacks
-    def test_connection_refused(self):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        _, err, code = yield run_client(
-            "connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT
-        )
-        self.assertEqual(code, 4)
-        self.assertIn(b"cannot connect", err)
-
-    @defer.inlineCallbacks
-    def test_port_in_use_is_a_failed_start(self):
-        with socket.socket() as taken:
-            taken.bind(("127.0.0.1", 0))
-            taken.listen()
-            port = taken.getsockname()[1]
-            daemon = Daemon.start(
-                ["--config", self.conf, "--listen", f"tcp:{port}:interface=127.0.0.1"]
-            )
-            code = yield daemon.refused()
-        self.assertNotEqual(code, 0)
-        self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1".encode(), daemon.output)
-        self.assertIn(b"Address already in use", daemon.output)
-
-    @defer.inlineCallbacks
-    def test_bad_config_value_refused_with_line(self):
-        self.write_config("idle-timeout = never\n")
-        daemon = Daemon.start(["--config", self.conf])
-        code = yield daemon.refused()
-        self.assertNotEqual(code, 0)
-        self.assertIn(b"line 4: idle-timeout = 'never'", daemon.output)
-        self.assertNotIn(b"Traceback", daemon.output)
 
     @defer.inlineCallbacks
     def test_key_readable_by_others_refused(self):
@@ -227,10 +197,8 @@ class DaemonTests(DaemonTestCase):
         self.assertEqual(os.stat(key_path).st_mode & 0o777, 0o600)
         fingerprint = keys.fingerprint(keys.load_public_key(key_path + ".pub"))
         self.assertIn(f"RSA-3072 key {fingerprint}".encode(), daemon.output)
-        out, err, code = yield run_client(
-            "connect", f"127.0.0.1:{port}", "--fingerprint", fingerprint
-        )
-        self.assertEqual((out, code), (MESSAGE, 0), err)
+        received = yield session(port, fingerprint)
+        self.assertEqual(received, MESSAGE)
 
 
 class PostQuantumTests(DaemonTestCase):
@@ -253,8 +221,10 @@ class PostQuantumTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_full_then_resumed_hybrid_sessions_with_ocb(self):
-        daemon = yield self.start()
-        self.assertIn(b"post-quantum: an ML-KEM-768 key with each ephemeral key", daemon.output)
+        daemon = self.shared_daemon()
+        self.port = daemon.port
+        started = yield daemon.started()
+        self.assertIn(b"post-quantum: an ML-KEM-768 key with each ephemeral key", started)
         cache = os.path.join(self.dir, "tickets.json")
         out, err, code = yield self.connect("--explain", "--ticket-cache", cache)
         self.assertEqual((out, code), (MESSAGE, 0), err)
@@ -360,7 +330,8 @@ class ForwardSecrecyAndResumptionTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_full_then_resumed_with_a_ticket_cache(self):
-        daemon, port = yield self.start()
+        daemon = self.shared_daemon()
+        port = daemon.port
         cache = os.path.join(self.dir, "tickets.json")
         out, err, code = yield self.connect(port, "--ticket-cache", cache)
         self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)

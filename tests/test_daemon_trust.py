@@ -95,6 +95,12 @@ class DaemonTrustTests(DaemonTestCase):
         self.port = yield daemon.listening
         return daemon
 
+    def shared(self):
+        """The daemon of this config, for a test that only connects to it."""
+        daemon = self.shared_daemon()
+        self.port = daemon.port
+        return daemon
+
     def connect(self, *args, host="127.0.0.1"):
         return run_client("connect", f"{host}:{self.port}", *args, env=self.env)
 
@@ -126,11 +132,14 @@ class DaemonTrustTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_openssl_certificate_chain_from_the_config_file(self):
-        o = certs.OpenSSLCA(os.path.join(self.dir, "openssl"))
-        chain = o.server(
-            self.key, "server-chain.pem", names=["other.example"], ips=["127.0.0.1"],
+        # The process's openssl CAs (two openssl key generations, made once).
+        o = world()["openssl"]
+        made = o.server(
+            self.key, "daemon-trust-chain.pem", names=["other.example"], ips=["127.0.0.1"],
             issuer="intermediate",
         )  # fmt: skip
+        with open(made, "rb") as f:
+            chain = self.write(os.path.join("openssl", "server-chain.pem"), f.read())
         self.write_config(f"certificate = {os.path.relpath(chain, self.dir)}\n")
         yield self.start()
 
@@ -188,7 +197,7 @@ class DaemonTrustTests(DaemonTestCase):
         """An empty known-hosts file prompts on a terminal,
         and the second connection is silent."""
         self.write(self.known_hosts, "")
-        yield self.start()
+        self.shared()
         output, code = yield run_on_terminal(
             ["connect", f"127.0.0.1:{self.port}"], b"yes", self.env
         )
@@ -204,7 +213,7 @@ class DaemonTrustTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_prompt_no(self):
-        daemon = yield self.start()
+        daemon = self.shared()
         output, code = yield run_on_terminal(["connect", f"127.0.0.1:{self.port}"], b"no", self.env)
         self.assertEqual(code, 3, output)
         self.assertIn(b"was not accepted", output)
@@ -214,7 +223,7 @@ class DaemonTrustTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_unknown_host_without_a_terminal(self):
-        yield self.start()
+        self.shared()
         out, err, code = yield self.connect()
         self.assertEqual((out, code), (b"", 3))
         self.assertIn(b"--accept-new", err)
@@ -231,7 +240,7 @@ class DaemonTrustTests(DaemonTestCase):
     def test_changed_key_names_the_line(self):
         """A changed key is refused naming the line, even
         with --accept-new."""
-        yield self.start()
+        self.shared()
         path = os.path.join(self.dir, "hosts")
         self.write(path, f"# our servers\n127.0.0.1:{self.port} {CLIENT_FP}\n")
         for extra in ((), ("--accept-new",)):
@@ -243,7 +252,7 @@ class DaemonTrustTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_revoked_key_is_refused_everywhere(self):
-        yield self.start()
+        self.shared()
         self.write(self.known_hosts, f"127.0.0.1:{self.port} {SERVER_FP}\n@revoked {SERVER_FP}\n")
         for extra in ((), ("--fingerprint", SERVER_FP), ("--insecure",)):
             out, err, code = yield self.connect(*extra)

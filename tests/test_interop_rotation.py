@@ -12,7 +12,7 @@ from twisted.internet import defer, threads
 from twisted.trial.unittest import SynchronousTestCase
 
 from keyexchanged import keys
-from tests.daemon import Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import DaemonTestCase, environment, run_client
 from tests.fixtures import CLIENT_KEY, SERVER_KEY
 from tests.independent import kx1_peer as kx1
 from tests.independent import kx1_rotation
@@ -123,22 +123,17 @@ class ClientAgainstIndependentServerTests(DaemonTestCase):
 
 
 class IndependentClientAgainstDaemonTests(DaemonTestCase):
-    @defer.inlineCallbacks
     def start(self):
-        next_path = os.path.join(self.dir, "next.key")
-        keys.save_private_key(CLIENT_KEY, next_path)
-        self.write_config(f"next-private-key = {next_path}\n")
-        daemon = Daemon.start(["--config", self.conf])
-        self.addCleanup(daemon.stop)
-        port = yield daemon.listening
-        return port
+        """The daemon announcing the next key (the client key of the
+        vectors, ``client.key`` beside the shared daemon's key)."""
+        return self.shared_daemon("--next-private-key", "client.key").port
 
     @defer.inlineCallbacks
     def test_a_client_that_predates_rotation_never_sees_it(self):
         """The revision 2 independent client, which knows nothing of §14,
         completes as ever: HELLO's new member is ignored, NEXTKEY never
         comes (its frame reader would refuse the verb)."""
-        port = yield self.start()
+        port = self.start()
         client = kx1.IndependentClient(keys.fingerprint(SERVER_KEY.public_key()))
         limits = dict(kx1.PAYLOAD_LIMITS)
         del limits["NEXTKEY"]
@@ -149,7 +144,7 @@ class IndependentClientAgainstDaemonTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_the_independent_client_reads_the_daemons_announcement(self):
-        port = yield self.start()
+        port = self.start()
         announced, data = yield threads.deferToThread(
             kx1_rotation.announced_session,
             "127.0.0.1",

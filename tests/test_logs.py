@@ -25,9 +25,8 @@ from twisted.trial import unittest
 
 from keyexchanged import logs
 from keyexchanged.logs import SESSION_END_FIELDS, LimitWarnings
-from tests.daemon import TWISTD, Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import TWISTD, Daemon, DaemonTestCase, environment, session
 from tests.test_service import Notifications
-from tests.vectors import RAW
 
 FINGERPRINT = "SHA256:" + "B" * 43
 
@@ -486,10 +485,8 @@ class DaemonJSONLogTests(DaemonTestCase):
         daemon = JSONDaemon.start(["--config", self.conf, "--log-format", "json"])
         self.addCleanup(daemon.stop)
         port = yield daemon.listening
-        _, err, code = yield run_client(
-            "connect", f"127.0.0.1:{port}", "--fingerprint", RAW["server_fingerprint"]
-        )
-        self.assertEqual(code, 0, err)
+        received = yield session(port)
+        self.assertTrue(received)
         yield daemon.wait_for(b'"event": "session_end"')
         yield daemon.stop()
         events = self.events(daemon)
@@ -530,10 +527,8 @@ class DaemonJSONLogTests(DaemonTestCase):
         [ready] = yield notifications.until(1)
         self.assertTrue(ready.startswith(b"READY=1"), ready)
         daemon.signal(signal.SIGUSR1)  # Twisted knows only HUP, INT, KILL, TERM by name
-        _, err, code = yield run_client(
-            "connect", f"127.0.0.1:{port}", "--fingerprint", RAW["server_fingerprint"]
-        )
-        self.assertEqual(code, 0, err)
+        received = yield session(port)
+        self.assertTrue(received)
         code = yield daemon.stop()
         self.assertEqual(code, 0, daemon.output.decode())
         with open(log_file + ".1") as f:

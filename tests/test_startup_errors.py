@@ -14,7 +14,7 @@ from twisted.internet.protocol import Factory
 
 from keyexchanged import keys
 from keyexchanged.errors import EXIT_STATUS_TABLE
-from tests.daemon import CLIENT, TWISTD, Daemon, DaemonTestCase, Output, environment, run_client
+from tests.daemon import CLIENT, TWISTD, Daemon, DaemonTestCase, Output, environment, session
 from tests.fixtures import SERVER_KEY
 from tests.vectors import RAW
 
@@ -228,10 +228,8 @@ class PassphraseFileTests(DaemonTestCase):
         daemon = Daemon.start(["--config", self.conf])
         self.addCleanup(daemon.stop)
         port = yield daemon.listening
-        out, err, code = yield run_client(
-            "connect", f"127.0.0.1:{port}", "--fingerprint", FINGERPRINT
-        )
-        self.assertEqual((code, out), (0, b"The secret message: hello from keyexchanged."), err)
+        received = yield session(port)
+        self.assertEqual(received, b"The secret message: hello from keyexchanged.")
 
 
 class HelpTests(DaemonTestCase):
