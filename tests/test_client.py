@@ -7,11 +7,10 @@ from twisted.internet import defer, error, protocol, reactor
 from twisted.trial import unittest
 
 from keyexchanged import client
-from tests.daemon import CLIENT, DaemonTestCase, environment
+from tests.daemon import CLIENT, MESSAGE, DaemonTestCase, environment
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]
-MESSAGE = b"The secret message: hello from keyexchanged."
 
 
 class Connection:

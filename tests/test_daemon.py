@@ -12,12 +12,20 @@ from twisted.internet.protocol import Factory, Protocol
 from keyexchanged import config, keys, protocol, tickets
 from keyexchanged.framing import encode_frame
 from keyexchanged.trust import PinnedKey
-from tests.daemon import CLIENT, LIGHT, Daemon, DaemonTestCase, environment, run_client, session
+from tests.daemon import (
+    CLIENT,
+    LIGHT,
+    MESSAGE,
+    Daemon,
+    DaemonTestCase,
+    connect_here,
+    environment,
+    run_client,
+)
 from tests.fixtures import SERVER_KEY, frames
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]
-MESSAGE = b"The secret message: hello from keyexchanged."
 
 
 class Raw(Protocol):
@@ -143,8 +151,8 @@ class DaemonTests(DaemonTestCase):
     def test_message_on_the_command_line_is_warned_of(self):
         daemon = yield self.start("--message", "visible in ps")
         self.assertIn(b"--message is in the process list", daemon.output)
-        received = yield session(self.port)
-        self.assertEqual(received, b"visible in ps")
+        out, err, code = yield connect_here(self.port)
+        self.assertEqual((out, code), (b"visible in ps", 0), err)
 
     @defer.inlineCallbacks
     def test_keeps_serving_after_bad_connections(self):
@@ -197,8 +205,8 @@ class DaemonTests(DaemonTestCase):
         self.assertEqual(os.stat(key_path).st_mode & 0o777, 0o600)
         fingerprint = keys.fingerprint(keys.load_public_key(key_path + ".pub"))
         self.assertIn(f"RSA-3072 key {fingerprint}".encode(), daemon.output)
-        received = yield session(port, fingerprint)
-        self.assertEqual(received, MESSAGE)
+        out, err, code = yield connect_here(port, fingerprint)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
 
 
 class PostQuantumTests(DaemonTestCase):
@@ -280,9 +288,6 @@ class PostQuantumTests(DaemonTestCase):
         self.assertIn(b"--no-post-quantum and --require-post-quantum contradict", daemon.output)
 
 
-DEFAULT_MESSAGE = b"The secret message: hello from keyexchanged."
-
-
 def free_port():
     """A port nobody listens on now (for a daemon restarted on the same one)."""
     with socket.socket() as s:
@@ -334,11 +339,11 @@ class ForwardSecrecyAndResumptionTests(DaemonTestCase):
         port = daemon.port
         cache = os.path.join(self.dir, "tickets.json")
         out, err, code = yield self.connect(port, "--ticket-cache", cache)
-        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         yield daemon.wait_for(b"ended: ok; full, forward secrecy")
         self.assertEqual(os.stat(cache).st_mode & 0o777, 0o600)
         out, err, code = yield self.connect(port, "--ticket-cache", cache, "--explain")
-        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         self.assertIn(b"resuming: RESUME carries the ticket", err)
         self.assertNotIn(b"KEY: secret encrypted", err)
         log = yield daemon.wait_for(b"ended: ok; resumed")
@@ -360,7 +365,7 @@ class ForwardSecrecyAndResumptionTests(DaemonTestCase):
         self.assertEqual((out, code), (b"", 3), err)
         self.assertIn(b"--allow-no-forward-secrecy", err)
         out, err, code = yield self.connect(port, "--allow-no-forward-secrecy")
-        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         yield daemon.wait_for(b"ended: ok; full, no forward secrecy")
 
     @defer.inlineCallbacks
@@ -380,7 +385,7 @@ class ForwardSecrecyAndResumptionTests(DaemonTestCase):
         )
         resumed = application.transport.resumed
         yield app.ended
-        self.assertEqual(app.data, DEFAULT_MESSAGE)
+        self.assertEqual(app.data, MESSAGE)
         return resumed
 
     @defer.inlineCallbacks
@@ -403,12 +408,12 @@ class ForwardSecrecyAndResumptionTests(DaemonTestCase):
         daemon, _ = yield self.start(listen=listen)
         cache = os.path.join(self.dir, "tickets.json")
         out, err, code = yield self.connect(port, "--ticket-cache", cache)
-        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         self.assertEqual((yield daemon.stop()), 0)
         # Restarted: new random ticket keys, the client's ticket is stale.
         daemon, _ = yield self.start(listen=listen)
         out, err, code = yield self.connect(port, "--ticket-cache", cache, "--explain")
-        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         self.assertIn(b"stale-ticket", err)
         log = yield daemon.wait_for(b"ended: ok; full, forward secrecy")
         self.assertIn(b"ended: stale-ticket", log)

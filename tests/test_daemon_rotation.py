@@ -11,9 +11,8 @@ from twisted.internet import defer
 
 from keyexchanged import keys
 from tests import certs
-from tests.daemon import Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import Daemon, DaemonTestCase, connect_here, environment, run_client
 from tests.fixtures import CLIENT_KEY, SERVER_KEY
-from tests.session import connect_here
 
 CURRENT_FP = keys.fingerprint(SERVER_KEY.public_key())
 #: The next key: the vectors' client key, 2048 bits.

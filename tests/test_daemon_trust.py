@@ -13,13 +13,12 @@ from twisted.internet import defer, threads
 from keyexchanged import keys
 from tests import certs
 from tests.certs import world
-from tests.daemon import CLIENT, Daemon, DaemonTestCase, environment, run_client
+from tests.daemon import CLIENT, MESSAGE, Daemon, DaemonTestCase, environment, run_client
 from tests.fixtures import CLIENT_KEY, SERVER_KEY, public_pem
 from tests.vectors import RAW
 
 SERVER_FP = RAW["server_fingerprint"]
 CLIENT_FP = RAW["client_fingerprint"]
-MESSAGE = b"The secret message: hello from keyexchanged."
 
 #: How long a session on the pseudo-terminal may take, start to exit.
 TERMINAL_DEADLINE = 60.0

@@ -25,7 +25,7 @@ from twisted.trial import unittest
 
 from keyexchanged import logs
 from keyexchanged.logs import SESSION_END_FIELDS, LimitWarnings
-from tests.daemon import TWISTD, Daemon, DaemonTestCase, environment, session
+from tests.daemon import MESSAGE, TWISTD, Daemon, DaemonTestCase, connect_here, environment
 from tests.test_service import Notifications
 
 FINGERPRINT = "SHA256:" + "B" * 43
@@ -189,9 +189,7 @@ class JSONLinesTests(unittest.TestCase):
         self.assertEqual({event["logger"] for event in events}, {"keyexchanged.test"})
 
     def test_time_is_rfc3339_utc(self):
-        self.observer(
-            {"log_format": "x", "log_time": 1796527238.25, "log_level": LogLevel.info}
-        )
+        self.observer({"log_format": "x", "log_time": 1796527238.25, "log_level": LogLevel.info})
         (event,) = json_lines(self.stream)
         self.assertEqual(event["time"], "2026-12-06T03:20:38.250Z")
 
@@ -485,8 +483,8 @@ class DaemonJSONLogTests(DaemonTestCase):
         daemon = JSONDaemon.start(["--config", self.conf, "--log-format", "json"])
         self.addCleanup(daemon.stop)
         port = yield daemon.listening
-        received = yield session(port)
-        self.assertTrue(received)
+        out, err, code = yield connect_here(port)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         yield daemon.wait_for(b'"event": "session_end"')
         yield daemon.stop()
         events = self.events(daemon)
@@ -527,8 +525,8 @@ class DaemonJSONLogTests(DaemonTestCase):
         [ready] = yield notifications.until(1)
         self.assertTrue(ready.startswith(b"READY=1"), ready)
         daemon.signal(signal.SIGUSR1)  # Twisted knows only HUP, INT, KILL, TERM by name
-        received = yield session(port)
-        self.assertTrue(received)
+        out, err, code = yield connect_here(port)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         code = yield daemon.stop()
         self.assertEqual(code, 0, daemon.output.decode())
         with open(log_file + ".1") as f:

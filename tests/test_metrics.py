@@ -18,7 +18,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
 from keyexchanged import metrics
 from keyexchanged.metrics import Metrics, MetricsError, metrics_service
-from tests.daemon import Daemon, DaemonTestCase, environment, session
+from tests.daemon import MESSAGE, Daemon, DaemonTestCase, connect_here, environment
 
 LOCAL = "tcp:0:interface=127.0.0.1"
 
@@ -521,7 +521,6 @@ _METRICS_AT = re.compile(rb"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 
 
 class DaemonMetricsTests(DaemonTestCase):
-
     @defer.inlineCallbacks
     def test_scrape_the_daemon_after_a_session(self):
         self.write_config()
@@ -530,8 +529,8 @@ class DaemonMetricsTests(DaemonTestCase):
         port = yield daemon.listening
         output = yield daemon.wait_for(b"/metrics")
         metrics_port = int(_METRICS_AT.search(output).group(1))
-        received = yield session(port)
-        self.assertTrue(received)
+        out, err, code = yield connect_here(port)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         yield daemon.wait_for(b"ended: ok")
         samples, _ = yield scrape(metrics_port)
         self.assertEqual(

@@ -28,9 +28,17 @@ from zope.interface import implementer
 from keyexchanged import processes, protocol, tickets
 from keyexchanged.config import ConfigError
 from keyexchanged.trust import PinnedKey
-from tests.daemon import LIGHT, ROOT, TWISTD, Daemon, DaemonTestCase, environment
+from tests.daemon import (
+    LIGHT,
+    MESSAGE,
+    ROOT,
+    TWISTD,
+    Daemon,
+    DaemonTestCase,
+    connect_here,
+    environment,
+)
 from tests.fixtures import plant_module
-from tests.session import connect_here
 from tests.vectors import RAW
 
 FINGERPRINT = RAW["server_fingerprint"]
@@ -136,7 +144,7 @@ class ProcessesSystemTests(DaemonTestCase):
         session that ended, as the parent logged it."""
         out, err, code = yield self.connect(port, **options)
         self.assertEqual(code, 0, err)
-        self.assertEqual(out, b"The secret message: hello from keyexchanged.")
+        self.assertEqual(out, MESSAGE)
         output = yield daemon.wait_for(b"ended: ok;", count=number)
         index, pid, kind = _SESSION.findall(output)[number - 1]
         return int(index), int(pid), kind.decode()

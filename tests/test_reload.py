@@ -9,9 +9,11 @@ from twisted.internet.protocol import Factory, Protocol
 
 from keyexchanged import keys, protocol
 from keyexchanged.trust import PinnedKey
-from tests.daemon import Daemon, DaemonTestCase
+from tests.daemon import MESSAGE, Daemon, DaemonTestCase, connect_here
 from tests.fixtures import CLIENT_KEY
-from tests.session import FINGERPRINT, connect_here
+from tests.vectors import RAW
+
+FINGERPRINT = RAW["server_fingerprint"]
 
 
 class Echoed(Protocol):
@@ -111,7 +113,7 @@ class ReloadIdentityTests(DaemonTestCase):
         # the old key still serves the clients pinned to it.
         out, err, code = yield self.connect(port)
         self.assertEqual(code, 0, err)
-        self.assertEqual(out, b"The secret message: hello from keyexchanged.")
+        self.assertEqual(out, MESSAGE)
         self.assertFalse(os.path.exists(self.key), "a reload generated a key")
         self.assertNotIn(b"generating", daemon.output)
         self.assertNotIn(b"reload done", daemon.output)

@@ -16,11 +16,18 @@ from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.trial import unittest
 
 from keyexchanged import tickets
-from tests.daemon import LIGHT, LIGHT_CONFIG, TWISTD, Daemon, DaemonTestCase, environment
-from tests.session import connect_here
+from tests.daemon import (
+    LIGHT,
+    LIGHT_CONFIG,
+    MESSAGE,
+    TWISTD,
+    Daemon,
+    DaemonTestCase,
+    connect_here,
+    environment,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MESSAGE = b"The secret message: hello from keyexchanged."
 ACTIVATE = shutil.which("systemd-socket-activate")
 NO_ACTIVATE = "systemd-socket-activate is not installed (apt-get install -y systemd)"
 PENDING = "needs integration in tap.py (pending restructure)"

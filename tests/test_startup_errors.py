@@ -14,7 +14,16 @@ from twisted.internet.protocol import Factory
 
 from keyexchanged import keys
 from keyexchanged.errors import EXIT_STATUS_TABLE
-from tests.daemon import CLIENT, TWISTD, Daemon, DaemonTestCase, Output, environment, session
+from tests.daemon import (
+    CLIENT,
+    MESSAGE,
+    TWISTD,
+    Daemon,
+    DaemonTestCase,
+    Output,
+    connect_here,
+    environment,
+)
 from tests.fixtures import SERVER_KEY
 from tests.vectors import RAW
 
@@ -228,8 +237,8 @@ class PassphraseFileTests(DaemonTestCase):
         daemon = Daemon.start(["--config", self.conf])
         self.addCleanup(daemon.stop)
         port = yield daemon.listening
-        received = yield session(port)
-        self.assertEqual(received, b"The secret message: hello from keyexchanged.")
+        out, err, code = yield connect_here(port)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
 
 
 class HelpTests(DaemonTestCase):

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from keyexchanged import cli, keys, tickets
 from keyexchanged.handshake import ClientConnection, ServerConnection, TicketReceived
-from tests.daemon import DaemonTestCase, run_client
+from tests.daemon import MESSAGE, DaemonTestCase, run_client
 from tests.fixtures import (
     CLIENT_KEY,
     IDENTITY,
@@ -508,9 +508,6 @@ class ReloadTests(unittest.TestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
-DEFAULT_MESSAGE = b"The secret message: hello from keyexchanged."
-
-
 class TicketCacheSystemTests(DaemonTestCase):
     """``keyexchange connect --ticket-cache`` against the real daemon."""
 
@@ -532,11 +529,11 @@ class TicketCacheSystemTests(DaemonTestCase):
         keys.save_private_key(CLIENT_KEY, identity)
         cache = os.path.join(self.dir, "tickets.json")
         out, err, code = yield self.connect(port, "--identity", identity, "--ticket-cache", cache)
-        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         yield daemon.wait_for(b"ended: ok;")
         # Without the identity, the ticket of a session that had one is not used.
         out, err, code = yield self.connect(port, "--ticket-cache", cache)
-        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         log = yield daemon.wait_for(b"ended: ok;", count=2)
         last = [line for line in log.splitlines() if b"ended: ok;" in line][-1]
         self.assertIn(b"ended: ok; full", last)
@@ -547,17 +544,17 @@ class TicketCacheSystemTests(DaemonTestCase):
         daemon, port = self.start()
         cache = os.path.join(self.dir, "tickets.json")
         out, err, code = yield self.connect(port, "--ticket-cache", cache)
-        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         with open(cache, "rb") as f:
             copy = f.read()
         out, err, code = yield self.connect(port, "--ticket-cache", cache)
-        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         yield daemon.wait_for(b"ended: ok; resumed")
         # The same ticket again (a copied cache, a second client): refused.
         with open(cache, "wb") as f:
             f.write(copy)
         out, err, code = yield self.connect(port, "--ticket-cache", cache, "--explain")
-        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         self.assertIn(b"stale-ticket", err)
         log = yield daemon.wait_for(b"ended: ok; full", count=2)
         self.assertEqual(log.count(b"ended: ok; resumed"), 1)
@@ -568,7 +565,7 @@ class TicketCacheSystemTests(DaemonTestCase):
         _, port = self.start()
         cache = os.path.join(self.dir, "no", "such", "tickets.json")
         out, err, code = yield self.connect(port, "--ticket-cache", cache)
-        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         self.assertIn(b"keyexchange: warning: --ticket-cache " + cache.encode(), err)
         self.assertNotIn(b"Traceback", err)
         self.assertNotIn(b"Unhandled", err)
@@ -591,7 +588,7 @@ class TicketCacheSystemTests(DaemonTestCase):
             json.dump({"tickets": [entry]}, f)
         os.chmod(cache, 0o600)
         out, err, code = yield self.connect(port, "--ticket-cache", cache)
-        self.assertEqual((out, code), (DEFAULT_MESSAGE, 0), err)
+        self.assertEqual((out, code), (MESSAGE, 0), err)
         self.assertIn(b"keyexchange: warning: --ticket-cache " + cache.encode(), err)
         self.assertNotIn(b"Traceback", err)
         yield daemon.wait_for(b"ended: ok; full")

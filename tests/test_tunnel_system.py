@@ -13,9 +13,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from tests.daemon import CLIENT, LIGHT, Daemon, DaemonTestCase, environment
+from tests.daemon import CLIENT, LIGHT, Daemon, DaemonTestCase, connect_here, environment
 from tests.fixtures import Pusher, Target
-from tests.session import FINGERPRINT, connect_here
+from tests.vectors import RAW
+
+FINGERPRINT = RAW["server_fingerprint"]
 
 SIZE = int(os.environ.get("KX_TUNNEL_SIZE", 64 * 1024 * 1024))
 
