@@ -26,6 +26,7 @@ Server operations
     ``admission.py``    connection, per-source and handshake limits
     ``workers.py``      private-key work in worker processes
     ``allocator.py``    glibc malloc tuned for many idle sessions
+    ``startup.py``      a process's start without the cycle collector, then frozen
     ``proxyproto.py``   the PROXY protocol behind a load balancer
     ``metrics.py``      Prometheus metrics
     ``logs.py``         JSON log lines, the session-end event, limit warnings

@@ -37,9 +37,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 # ``rsa as rsa``: tests replace cli.rsa.generate_private_key.
 from keyexchanged import rsa as rsa
+from keyexchanged import startup
 from keyexchanged.cli._common import PROG, CommandError, HelpParser, UsageError, error
 from keyexchanged.errors import (
     EXIT_ERROR,
@@ -119,3 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         error("interrupted")
         return EXIT_INTERRUPTED
+
+
+def run() -> NoReturn:
+    """The ``keyexchange`` program (its console script, and ``python -m
+    keyexchanged.cli``): :func:`main` as a process of its own, whose start
+    runs without the cycle collector (:mod:`keyexchanged.startup`; a
+    command that serves calls ``startup.started()`` before its work)."""
+    startup.begin()
+    sys.exit(main())

@@ -1,7 +1,5 @@
 """``python -m keyexchanged.cli``: the ``keyexchange`` command."""
 
-import sys
+from keyexchanged.cli import run
 
-from keyexchanged.cli import main
-
-sys.exit(main())
+run()

@@ -29,7 +29,8 @@ def add_lab(subparsers) -> None:
 
 def cmd_lab(args: argparse.Namespace) -> int:
     """Run the lab's lessons (keyexchanged.lab)."""
-    from keyexchanged import lab
+    from keyexchanged import lab, startup
 
+    startup.started()  # lessons run long, and make garbage
     with usage_errors(errors=lab.UnknownLesson):
         return lab.main(args.lessons, list_only=args.list, run_all=args.all, seed=args.seed)

@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from keyexchanged import allocator, files, keys
+from keyexchanged import allocator, files, keys, startup
 from keyexchanged.cli._common import (
     CommandError,
     add_command,
@@ -232,6 +232,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
         return running
 
     allocator.tune()  # a session may move a lot: see allocator.py
+    startup.started()
     try:
         task.react(session)
     except SystemExit as exc:
@@ -340,6 +341,7 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
         return listening
 
     allocator.tune()  # a tunnel moves bulk data: see allocator.py
+    startup.started()
     try:
         task.react(serve)
     except SystemExit as exc:
