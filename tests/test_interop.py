@@ -538,12 +538,15 @@ class DaemonInteropTests(DaemonTestCase):
     timeout = 60
     light_config = ""  # the defaults are under test
 
+    def shared_default_daemon(self):
+        """The daemon with the default settings, for the tests that only
+        connect to it."""
+        return self.shared_daemon(light=False)
+
     @defer.inlineCallbacks
     def test_full_then_resumed_session(self):
-        self.write_config()
-        daemon = Daemon.start(["--config", self.conf])
-        self.addCleanup(daemon.stop)
-        port = yield daemon.listening
+        daemon = self.shared_default_daemon()
+        port = daemon.port
         client = kx1.IndependentClient(FINGERPRINT)
 
         first = yield threads.deferToThread(client.connect, "127.0.0.1", port)
@@ -582,8 +585,8 @@ class DaemonInteropTests(DaemonTestCase):
         """The issue's "done when": an independent client on cryptography
         completes a hybrid OCB session, full then resumed, against the
         daemon with default settings."""
-        daemon = self.start_daemon()
-        port = yield daemon.listening
+        daemon = self.shared_default_daemon()
+        port = daemon.port
         client = kx1.IndependentClient(FINGERPRINT, revision=3, send=b"from the peer")
         first = yield threads.deferToThread(client.connect, "127.0.0.1", port)
         self.assertEqual((first.data, first.resumed), (MESSAGE, False))
