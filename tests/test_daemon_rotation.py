@@ -168,7 +168,9 @@ class OtherClientsTests(DaemonTestCase):
 
     @defer.inlineCallbacks
     def test_two_clients_learning_at_once_leave_one_correct_file(self):
-        yield self.start()
+        # The daemon announcing the next key (``client.key`` beside the
+        # shared daemon's key: the vectors' client key, as ``self.next``).
+        self.port = self.shared_daemon("--next-private-key", "client.key").port
         known = os.path.join(self.dir, "known_hosts")
         with open(known, "w") as f:
             f.write(f"127.0.0.1:{self.port} {CURRENT_FP}\nlocalhost:{self.port} {CURRENT_FP}\n")
