@@ -171,7 +171,7 @@ class SystemTunnelTests(DaemonTestCase):
     def test_an_unknown_host_is_refused_with_what_tunnel_can_do(self):
         """No terminal prompt and no --accept-new in a tunnel: its advice
         names connect and --fingerprint instead."""
-        _daemon, port = yield self.start_daemon()
+        port = self.shared_daemon().port  # the tunnel only connects to it
         known_hosts = os.path.join(self.dir, "known_hosts")
         open(known_hosts, "w").close()
         server = f"127.0.0.1:{port}"
