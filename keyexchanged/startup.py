@@ -12,12 +12,18 @@ exit) took a fifth less CPU without those passes; a daemon's start, whose
 first half is twistd's own imports, before the plugin is asked, a
 twentieth.
 
-:func:`begin` turns the collector off for the start; :func:`started`
+:func:`begin` turns the collector off for the imports; :func:`started`
 moves everything made so far into the permanent generation
 (:func:`gc.freeze`), which no later collection walks, the one at exit
 included, and turns the collector on for the process's own work.  A
-command that fails before it serves exits with the collector off, a
-moment later.
+command that fails before that exits with the collector off, a moment
+later.
+
+:func:`started` comes before the process reads any secret (its private
+key, a ticket, a message to send): a frozen object is never collected as
+part of a cycle, and a key caught in one would stay in memory for the
+process's life.  So only the imports are frozen: the modules, the classes
+and the functions, which are the process's for its life anyway.
 """
 
 import gc

@@ -200,6 +200,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
     host, port = _server_address(args.server)
     policy = _trust_policy(args, port)
+    startup.started()  # imported all it needs; no secret read yet
     store = None
     if args.ticket_cache is not None:
         from keyexchanged import tickets
@@ -232,7 +233,6 @@ def cmd_connect(args: argparse.Namespace) -> int:
         return running
 
     allocator.tune()  # a session may move a lot: see allocator.py
-    startup.started()
     try:
         task.react(session)
     except SystemExit as exc:
@@ -311,6 +311,7 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
     check_endpoint(global_reactor, args.listen, "--listen")
     host, port = _server_address(args.server)
     policy = _trust_policy(args, port, interactive=False)  # no prompts from a relay
+    startup.started()  # imported all it needs; no secret read yet
     if hasattr(policy, "unknown_host_advice"):
         policy.unknown_host_advice = (
             f"add it with 'keyexchange connect {args.server}' (which asks on a terminal, "
@@ -341,7 +342,6 @@ def cmd_tunnel(args: argparse.Namespace) -> int:
         return listening
 
     allocator.tune()  # a tunnel moves bulk data: see allocator.py
-    startup.started()
     try:
         task.react(serve)
     except SystemExit as exc:

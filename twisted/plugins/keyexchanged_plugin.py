@@ -5,21 +5,15 @@ class _KeyexchangeMaker(ServiceMaker):
     # twistd's options are the ones that say a mistake in one line.
     @property
     def options(self):
-        # The daemon's start, from here to makeService, runs without the
-        # cycle collector: see keyexchanged.startup.
+        # The daemon's modules are imported without the cycle collector,
+        # and frozen before any key is read: see keyexchanged.startup.
         from keyexchanged import startup
 
         startup.begin()
         from keyexchanged.tap import CommandLineOptions
 
-        return CommandLineOptions
-
-    def makeService(self, options):
-        from keyexchanged import startup
-
-        service = super().makeService(options)
         startup.started()
-        return service
+        return CommandLineOptions
 
 
 keyexchange = _KeyexchangeMaker(
