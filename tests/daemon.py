@@ -69,6 +69,15 @@ class Daemon(protocol.ProcessProtocol):
         reactor.spawnProcess(daemon, argv[0], argv, env=env or environment(), path=cwd)
         return daemon
 
+    @classmethod
+    def tunnel(cls, port, fingerprint=None):
+        """``keyexchange tunnel`` on a free port of 127.0.0.1 to the daemon
+        on ``port``, pinning ``fingerprint`` (the vector server key's)."""
+        fingerprint = fingerprint or RAW["server_fingerprint"]
+        listen, server = "tcp:0:interface=127.0.0.1", f"127.0.0.1:{port}"
+        pin = ["--fingerprint", fingerprint]
+        return cls.spawn([*CLIENT, "tunnel", "--listen", listen, "--server", server, *pin])
+
     def outReceived(self, data):
         self.output += data
         if self.port is None:

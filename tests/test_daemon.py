@@ -13,7 +13,6 @@ from keyexchanged import config, keys, protocol, tickets
 from keyexchanged.framing import encode_frame
 from keyexchanged.trust import PinnedKey
 from tests.daemon import (
-    CLIENT,
     LIGHT,
     MESSAGE,
     Daemon,
@@ -433,18 +432,7 @@ class ForwardSecrecyAndResumptionTests(DaemonTestCase):
         daemon, port = yield self.start(
             "--application", "forward", "--forward-to", f"tcp:127.0.0.1:{service.getHost().port}"
         )
-        tunnel = Daemon.spawn(
-            [
-                *CLIENT,
-                "tunnel",
-                "--listen",
-                "tcp:0:interface=127.0.0.1",
-                "--server",
-                f"127.0.0.1:{port}",
-                "--fingerprint",
-                FINGERPRINT,
-            ]
-        )
+        tunnel = Daemon.tunnel(port)
         self.addCleanup(tunnel.stop)
         local = yield tunnel.listening
         kinds = []

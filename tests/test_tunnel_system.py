@@ -70,18 +70,7 @@ class SystemTunnelTests(DaemonTestCase):
         daemon, port = yield self.start_daemon(
             "--application", "forward", "--forward-to", f"tcp:127.0.0.1:{target_port}"
         )
-        self.tunnel = Daemon.spawn(
-            [
-                *CLIENT,
-                "tunnel",
-                "--listen",
-                "tcp:0:interface=127.0.0.1",
-                "--server",
-                f"127.0.0.1:{port}",
-                "--fingerprint",
-                FINGERPRINT,
-            ]
-        )
+        self.tunnel = Daemon.tunnel(port)
         self.addCleanup(self.tunnel.stop)
         local_port = yield self.tunnel.listening
         return daemon, local_port
